@@ -1,0 +1,152 @@
+"""The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``status``, ``demo``.
+
+Exit codes (stable, for scripts and monitoring):
+  0  everything asked for is done
+  1  some frames failed, are blocked (missing calibrations) or are not solved
+  2  bad usage or configuration
+  3  another astep-cal process holds the data root
+  4  the data root does not exist or is not readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings, with_overrides
+from .ledger import Ledger, LedgerLocked, RootLock
+from .logs import configure, get_logger
+from .night import valid_date
+
+EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_ROOT = 0, 1, 2, 3, 4
+
+
+class ProgressLine:
+    """A one-line progress bar on a terminal (nothing when stdout is not a terminal)."""
+
+    def __init__(self, stream: Any = sys.stdout):
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, night: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.stream.write(f"\r{night} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(Path(args.config) if args.config else None)
+    return with_overrides(settings, mem_limit_gb=getattr(args, "mem_limit", None),
+                          ledger=getattr(args, "ledger", None))
+
+
+def _root(args: argparse.Namespace) -> Path:
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
+    return root
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from .pipeline import process_root
+
+    settings = _settings(args)
+    configure(settings.logging.format, settings.logging.level)
+    root = _root(args)
+    if args.night and not valid_date(args.night):
+        raise ConfigError(f"--night {args.night}: not a YYYY-MM-DD date")
+    ledger_path = settings.ledger_path(root)
+    with RootLock(ledger_path):
+        ledger = Ledger.load(ledger_path)
+        if ledger.recovered_from:
+            get_logger().warning("ledger_corrupt", kept_as=str(ledger.recovered_from))
+        results = process_root(root, settings, ledger, nights=[args.night] if args.night else None,
+                               force=args.force, progress=ProgressLine())
+    for result in results:
+        if result.to_do:
+            print(f"{result.date}: {result.calibrated} calibrated, {result.solved} solved, "
+                  f"{result.failed} failed, {result.blocked} blocked")
+    if args.night and not results:
+        print(f"no night {args.night} under {root}", file=sys.stderr)
+        return EXIT_USAGE
+    from .status import night_rows
+
+    attention = any(row["attention"] for row in night_rows(ledger, settings))
+    return EXIT_ATTENTION if attention else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import night_rows, render_table
+
+    settings = _settings(args)
+    root = _root(args)
+    ledger = Ledger.load(settings.ledger_path(root)) if settings.ledger_path(root).exists() else None
+    if ledger is None:
+        print(f"no ledger at {settings.ledger_path(root)}: nothing processed yet")
+        return EXIT_OK
+    rows = night_rows(ledger, settings)
+    print(render_table(rows))
+    return EXIT_ATTENTION if any(row["attention"] for row in rows) else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astep-cal", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"astep-cal {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    once = commands.add_parser("once", help="calibrate and solve every night not done yet, then exit")
+    once.add_argument("root", help="data root holding YYYY-MM-DD night directories")
+    once.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    once.add_argument("--force", action="store_true", help="redo the night(s) even if done")
+    once.add_argument("--mem-limit", type=float, metavar="GB", help="peak memory bound (default 2.0)")
+    once.add_argument("--config", help="TOML configuration file")
+    once.add_argument("--ledger", help="ledger file (default ROOT/.astep-cal/ledger.json)")
+    once.set_defaults(func=cmd_once)
+
+    status = commands.add_parser("status", help="print a table of the nights in the ledger")
+    status.add_argument("root")
+    status.add_argument("--config")
+    status.add_argument("--ledger")
+    status.set_defaults(func=cmd_status)
+
+    demo = commands.add_parser("demo", help="generate a synthetic night, process it, report the accuracy")
+    demo.add_argument("--dir", help="where to put the demo data (default: a new temporary directory)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"astep-cal: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except LedgerLocked as error:
+        print(f"astep-cal: {error}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        print(f"astep-cal: {error}", file=sys.stderr)
+        return EXIT_NO_ROOT
+    except KeyboardInterrupt:
+        print("astep-cal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Typed settings, read from a TOML file (``etc/astep-cal.toml`` documents every key).
+
+Every setting has a default so the service runs with no file at all. Unknown keys and values of the
+wrong type are refused with a :class:`ConfigError` naming the key: a typo in a config file at a polar
+station must not silently fall back to a default nobody chose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or has a bad key or value."""
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How masters are built and science frames calibrated (changing these redoes calibrated frames)."""
+
+    default_gain: float = 2.0  # e-/ADU when a frame has no GAIN keyword
+    default_read_noise: float = 9.0  # e- when a frame has no RDNOISE keyword
+    saturation_adu: float = 65535.0  # raw level at and above which a pixel is saturated
+    combine_sigma: float = 3.0  # sigma-clipping threshold when combining darks, biases and flats
+    flat_max_age_days: int = 30  # how far back a night without sky flats may borrow a master flat
+    hot_pixel_rate: float = 5.0  # e-/s: dark current above median + this is a hot pixel
+    hot_pixel_sigma: float = 8.0  # ... and it must also stand this many robust sigmas above the median
+    dead_flat_level: float = 0.2  # flat response below this: dead pixel (bad)
+    low_flat_level: float = 0.5  # flat response below this: low-flat pixel (flagged, still divided)
+
+
+@dataclass(frozen=True)
+class CosmicSettings:
+    """astroscrappy (L.A.Cosmic) parameters; the data given to it are in electrons."""
+
+    sigclip: float = 4.5
+    sigfrac: float = 0.3
+    objlim: float = 5.0
+    niter: int = 2
+    sepmed: bool = True
+    cleantype: str = "meanmask"
+    fsmode: str = "median"
+
+
+@dataclass(frozen=True)
+class AstrometrySettings:
+    """Astrometry.net ``solve-field`` options."""
+
+    enabled: bool = True
+    solve_field: str = "solve-field"  # executable name or path
+    scale_low_deg: float = 0.9  # field width limits (the old pipeline's 0.9-1.1 deg)
+    scale_high_deg: float = 1.1
+    use_header_pointing: bool = True  # pass RA/DEC from the header as a hint when present
+    search_radius_deg: float = 2.0  # radius around the header pointing
+    downsample: int = 2  # solve-field --downsample
+    cpulimit_s: int = 60  # solve-field --cpulimit
+    timeout_s: float = 180.0  # wall-clock limit; the whole process group is killed after it
+    max_tries: int = 3  # a frame whose solve failed this many times needs an operator
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = "auto"  # auto | console | json | journal
+    level: str = "info"  # debug | info | warning | error
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings. ``data_root`` and ``ledger`` may be overridden on the command line."""
+
+    data_root: str = ""  # the daemon's data root; the batch command takes ROOT as an argument
+    ledger: str = ""  # empty: DATA_ROOT/.astep-cal/ledger.json
+    mem_limit_gb: float = 2.0  # bound on the process's peak memory
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    cosmics: CosmicSettings = field(default_factory=CosmicSettings)
+    astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def ledger_path(self, root: Path) -> Path:
+        return Path(self.ledger) if self.ledger else root / ".astep-cal" / "ledger.json"
+
+    def fingerprint(self, section: str) -> str:
+        """A short hash of one section: a frame is redone when the settings that made it change."""
+        values = dataclasses.asdict(getattr(self, section))
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_SECTIONS = {
+    "calibration": CalibrationSettings,
+    "cosmics": CosmicSettings,
+    "astrometry": AstrometrySettings,
+    "logging": LoggingSettings,
+}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Check a TOML value against the type of its default (ints are accepted for floats)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
+    defaults = cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {prefix}{key}")
+        kwargs[key] = _coerce(prefix + key, value, getattr(defaults, key))
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    """The top-level keys of the file (the sections are separate dataclasses)."""
+
+    data_root: str = ""
+    ledger: str = ""
+    mem_limit_gb: float = 2.0
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table")
+            sections[key] = _build(_SECTIONS[key], value, f"{key}.")
+        else:
+            top[key] = value
+    base = _build(_TopLevel, top, "")
+    settings = Settings(**dataclasses.asdict(base), **sections)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Refuse values that are well-typed but meaningless."""
+    if settings.mem_limit_gb <= 0.1:
+        raise ConfigError("mem_limit_gb must be more than 0.1")
+    a = settings.astrometry
+    if not 0 < a.scale_low_deg <= a.scale_high_deg:
+        raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
+    if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 1:
+        raise ConfigError("astrometry timeout_s, cpulimit_s, max_tries and downsample must be positive")
+    if settings.cosmics.niter < 1:
+        raise ConfigError("cosmics.niter must be at least 1")
+    if settings.logging.format not in {"auto", "console", "json", "journal"}:
+        raise ConfigError("logging.format must be auto, console, json or journal")
+    if settings.logging.level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("logging.level must be debug, info, warning or error")
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read settings from ``path`` (``None``: all defaults)."""
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    return settings_from_dict(data)
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy with top-level values replaced (command-line options win over the file)."""
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})

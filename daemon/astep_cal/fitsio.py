@@ -1,0 +1,95 @@
+"""FITS and file I/O at the edge of the pipeline: atomic writes, band reads, fingerprints.
+
+Everything that lands in the data root goes through :func:`atomic_write_bytes` or
+:func:`atomic_write_hdul`: a temporary file in the same directory, fsync, rename, fsync of the
+directory. A crash (or SIGKILL, or a full disk) therefore leaves either the old file or the new one,
+never half of one. Temporary files are named ``.<name>.astep-tmp-<random>`` so they are hidden from
+the inventory and easy to sweep.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+TEMP_MARKER = ".astep-tmp-"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old content or the new, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_hdul(path: Path, hdul: fits.HDUList) -> None:
+    """Serialise an HDUList in memory, then write it atomically (checksums included)."""
+    buffer = io.BytesIO()
+    hdul.writeto(buffer, checksum=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporary files left by an interrupted atomic write; return what was removed."""
+    removed = []
+    if directory.is_dir():
+        for candidate in directory.glob(f".*{TEMP_MARKER}*"):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def fingerprint(path: Path) -> dict[str, int]:
+    """Size and modification time: cheap, and changes whenever a file is rewritten or replaced."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def read_image(path: Path) -> tuple[np.ndarray, fits.Header]:
+    """The primary image as float32 (BZERO/BSCALE applied) and its header."""
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[0].header.copy()
+        data = np.asarray(hdul[0].data, dtype=np.float32)
+    return data, header
+
+
+def iter_row_bands(paths: list[Path], rows: int, band_height: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(row slice, stack)`` with ``stack[i]`` the rows of ``paths[i]``, as float32.
+
+    Reading bands through ``HDU.section`` keeps memory at ``len(paths) * band_height * width``
+    values instead of whole frames: this is what bounds the master-combine step by ``--mem-limit``.
+    The files are opened once and kept open for the whole iteration.
+    """
+    handles = [fits.open(path, memmap=True, lazy_load_hdus=True) for path in paths]
+    try:
+        for start in range(0, rows, band_height):
+            band = slice(start, min(start + band_height, rows))
+            stack = np.stack([np.asarray(h[0].section[band, :], dtype=np.float32) for h in handles])
+            yield band, stack
+    finally:
+        for handle in handles:
+            handle.close()

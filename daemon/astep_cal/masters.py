@@ -1,0 +1,218 @@
+"""Master calibration frames: bias, darks (one per exposure time), flat and the bad-pixel mask.
+
+The science here is pure functions on arrays (``combine_stack``, ``normalise``, ``bad_pixel_mask``,
+``DarkLibrary.dark_for``); the functions that read many files in row bands to stay within the memory
+limit are at the bottom, clearly separated (``combine_files``, ``flat_from_files``).
+
+Dark model. A raw dark of exposure ``t`` is ``bias + rate * t``. A science frame whose exposure time has
+a master dark uses it as is (scale 1). Otherwise the nearest master dark is scaled: ``bias + (D_t0 -
+bias) * t / t0``. The bias comes from, in order of preference: the master bias; the per-pixel
+intercept of two dark exposure times; the median of the dark (a cooled CCD's mean dark current is tiny
+next to the bias pedestal, while the hot pixels that matter are above it and scale correctly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntFlag
+from pathlib import Path
+
+import numpy as np
+from astropy.stats import sigma_clip
+
+from .config import CalibrationSettings
+from .fitsio import iter_row_bands
+
+
+class MaskBit(IntFlag):
+    """Bits of the ``MASK`` extension of every calibrated frame (documented in the README)."""
+
+    BAD = 1  # hot pixel (dark current) or dead pixel (flat response near 0): value replaced
+    SATURATED = 2  # raw value at or above the saturation level
+    COSMIC = 4  # cosmic-ray hit found by L.A.Cosmic: value replaced by astroscrappy
+    LOW_FLAT = 8  # flat response below calibration.low_flat_level: divided, but noisy
+
+
+MIN_FRAMES_FOR_CLIPPING = 5  # below this a median rejects outliers better than sigma clipping
+
+
+def combine_stack(stack: np.ndarray, sigma: float) -> np.ndarray:
+    """Combine frames along axis 0 with outlier rejection, as float32.
+
+    With few frames (the usual 3 darks) the median is the robust choice; with more, a sigma-clipped
+    mean (median centre, MAD-based width) keeps more signal-to-noise and still rejects cosmic rays and
+    stars in the sky flats.
+    """
+    if stack.shape[0] < MIN_FRAMES_FOR_CLIPPING:
+        return np.median(stack, axis=0).astype(np.float32)
+    clipped = sigma_clip(stack, sigma=sigma, axis=0, maxiters=2, cenfunc="median", stdfunc="mad_std",
+                         masked=False, copy=False)
+    return np.nanmean(clipped, axis=0).astype(np.float32)
+
+
+def normalise(frame: np.ndarray) -> np.ndarray:
+    """Divide by the median of the finite, positive pixels, so the result has median 1."""
+    valid = frame[np.isfinite(frame) & (frame > 0)]
+    level = float(np.median(valid)) if valid.size else 0.0
+    if level <= 0:
+        raise ValueError("frame has no positive signal to normalise by")
+    return (frame / level).astype(np.float32)
+
+
+def bias_from_two_darks(short: np.ndarray, t_short: float, long: np.ndarray, t_long: float) -> np.ndarray:
+    """Per-pixel intercept of the dark level against exposure time: the bias without bias frames."""
+    return ((t_long * short - t_short * long) / (t_long - t_short)).astype(np.float32)
+
+
+@dataclass
+class DarkChoice:
+    """The dark to subtract from one frame, and how it was made (recorded in headers and the ledger)."""
+
+    data: np.ndarray
+    source_exptime: float
+    scale: float
+    bias_origin: str  # none | master_bias | two_darks | dark_median
+
+
+@dataclass
+class DarkLibrary:
+    """Master darks by exposure time, plus the best available bias, ready to serve any exposure."""
+
+    darks: dict[float, np.ndarray]
+    bias: np.ndarray | None = None
+    bias_origin: str = "none"
+    _pedestals: dict[float, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, darks: dict[float, np.ndarray], master_bias: np.ndarray | None) -> "DarkLibrary":
+        if master_bias is not None:
+            return cls(darks, master_bias, "master_bias")
+        positive = sorted(t for t in darks if t > 0)
+        if len(positive) >= 2:
+            short, long = positive[0], positive[-1]
+            return cls(darks, bias_from_two_darks(darks[short], short, darks[long], long), "two_darks")
+        return cls(darks, None, "dark_median")
+
+    def nearest_exptime(self, exptime: float) -> float | None:
+        if not self.darks:
+            return None
+        return min(self.darks, key=lambda t: (abs(t - exptime), -t))
+
+    def dark_for(self, exptime: float) -> DarkChoice | None:
+        """The dark for ``exptime``: exact when one exists, else the nearest one scaled."""
+        source = self.nearest_exptime(exptime)
+        if source is None:
+            return None
+        master = self.darks[source]
+        if abs(source - exptime) < 1e-3:
+            return DarkChoice(master, source, 1.0, "none")
+        if source <= 0:
+            return None  # a zero-second dark has no dark current to scale
+        scale = exptime / source
+        if self.bias is not None:
+            return DarkChoice(self.bias + (master - self.bias) * scale, source, scale, self.bias_origin)
+        pedestal = self._pedestals.setdefault(source, float(np.median(master)))
+        return DarkChoice(pedestal + (master - pedestal) * scale, source, scale, "dark_median")
+
+    def dark_rate(self) -> tuple[np.ndarray, float] | None:
+        """Dark current (ADU/s) from the longest dark, for finding hot pixels."""
+        longest = max((t for t in self.darks if t > 0), default=None)
+        if longest is None:
+            return None
+        master = self.darks[longest]
+        bias = self.bias if self.bias is not None else np.float32(np.median(master))
+        return ((master - bias) / longest).astype(np.float32), longest
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    sample = values[:: max(1, values.size // 1_000_000)]
+    median = np.median(sample)
+    return float(1.4826 * np.median(np.abs(sample - median)))
+
+
+def bad_pixel_mask(dark_rate_adu: np.ndarray | None, flat: np.ndarray, gain: float,
+                   settings: CalibrationSettings) -> np.ndarray:
+    """MASK bits from the masters alone: hot pixels (dark current) and dead/low pixels (flat).
+
+    Vectorised thresholds on two arrays: milliseconds where the old ``ccdmask`` took 98 s a night. A
+    pixel is hot when its dark current exceeds the median by both ``hot_pixel_rate`` e-/s and
+    ``hot_pixel_sigma`` robust sigmas (the second guard keeps a noisy short dark from flagging noise).
+    """
+    mask = np.zeros(flat.shape, dtype=np.uint8)
+    finite = np.isfinite(flat)
+    mask[~finite | (flat < settings.dead_flat_level)] |= MaskBit.BAD
+    mask[finite & (flat >= settings.dead_flat_level) & (flat < settings.low_flat_level)] |= MaskBit.LOW_FLAT
+    if dark_rate_adu is not None:
+        rate_e = dark_rate_adu * gain
+        median = float(np.median(rate_e[:: max(1, rate_e.shape[0] // 512)]))
+        threshold = median + max(settings.hot_pixel_rate, settings.hot_pixel_sigma * _robust_sigma(rate_e))
+        mask[rate_e > threshold] |= MaskBit.BAD
+    return mask
+
+
+# --- the file side: combining many frames in row bands within the memory limit --------------------
+
+BYTES_PER_STACK_VALUE = 16  # float32 stack + sigma_clip's deviation, mask and copies
+
+
+def band_height(n_frames: int, width: int, memory_bytes: float) -> int:
+    """Rows per band so that ``n_frames`` bands and the clipping temporaries fit in ``memory_bytes``."""
+    rows = int(memory_bytes // (max(n_frames, 1) * width * BYTES_PER_STACK_VALUE))
+    return max(16, rows)
+
+
+def _subtract_and_scale(stack: np.ndarray, band: slice, subtract: list[np.ndarray] | None,
+                       divisors: np.ndarray | None) -> None:
+    if subtract is not None:
+        for index, dark in enumerate(subtract):
+            stack[index] -= dark[band]
+    if divisors is not None:
+        stack /= divisors
+
+
+def combine_files(paths: list[Path], shape: tuple[int, int], sigma: float, memory_bytes: float,
+                  subtract: list[np.ndarray] | None = None, scales: Iterable[float] | None = None) -> np.ndarray:
+    """Combine the primary images of ``paths`` band by band.
+
+    ``subtract`` (one full-frame array per path, e.g. the dark for that frame's exposure time; the
+    same array object may serve several frames) is removed from every frame first, and ``scales`` (one
+    number per frame) divide each frame afterwards: that is how flats are normalised before the combine
+    without ever holding more than one band of every flat.
+    """
+    result = np.empty(shape, dtype=np.float32)
+    divisors = None if scales is None else np.asarray(list(scales), dtype=np.float32)[:, None, None]
+    rows = band_height(len(paths), shape[1], memory_bytes)
+    for band, stack in iter_row_bands(paths, shape[0], rows):
+        _subtract_and_scale(stack, band, subtract, divisors)
+        result[band] = combine_stack(stack, sigma)
+    return result
+
+
+def median_levels(paths: list[Path], shape: tuple[int, int], subtract: list[np.ndarray] | None,
+                  memory_bytes: float) -> list[float]:
+    """Median of each (dark-subtracted) frame, from a sparse pixel grid read band by band."""
+    step = 4
+    samples: list[list[np.ndarray]] = [[] for _ in paths]
+    rows = band_height(len(paths), shape[1], memory_bytes)
+    for band, stack in iter_row_bands(paths, shape[0], rows):
+        _subtract_and_scale(stack, band, subtract, None)
+        for index in range(len(paths)):
+            samples[index].append(stack[index, ::step, ::step].ravel())
+    return [float(np.median(np.concatenate(parts))) for parts in samples]
+
+
+def flat_from_files(paths: list[Path], shape: tuple[int, int], darks: list[np.ndarray], sigma: float,
+                    memory_bytes: float) -> tuple[np.ndarray, list[float]]:
+    """Master flat: dark-subtracted sky flats, each normalised by its median, combined, normalised to 1.
+
+    ``darks`` holds the dark to subtract from each flat. Returns the flat and the sky levels (ADU) of
+    the input flats, which the ledger records; flats without positive signal are left out.
+    """
+    levels = median_levels(paths, shape, darks, memory_bytes)
+    keep = [index for index, level in enumerate(levels) if level > 0]
+    if not keep:
+        raise ValueError("no sky flat has positive signal after dark subtraction")
+    combined = combine_files([paths[i] for i in keep], shape, sigma, memory_bytes,
+                             subtract=[darks[i] for i in keep], scales=[levels[i] for i in keep])
+    return normalise(combined), levels

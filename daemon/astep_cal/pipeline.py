@@ -1,0 +1,483 @@
+"""One night through the stages: inventory -> masters -> calibrate each frame -> solve each frame.
+
+This is the imperative shell around the science functions: it reads files, writes products, and keeps
+the ledger. Every per-frame step runs inside :func:`stage`, which owns timing, logging and error
+isolation (the role of BANZAI's ``Stage`` base class): a failing frame is recorded in the ledger with its
+reason and the night goes on.
+
+Astrometry of frame N runs in a worker thread (solve-field is a separate process) while frame N+1 is
+being calibrated, so both cores are busy. Only the calling thread touches the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__, astrometry, products
+from .calibrate import calibrate_frame
+from .config import Settings
+from .fitsio import fingerprint, read_image, remove_stale_temporaries
+from .ledger import Ledger
+from .logs import get_logger
+from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files
+from .night import NightInventory, Problem, RawFrame, discover_nights, masters_dir, take_inventory, valid_date
+
+ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
+
+
+class FrameBlocked(Exception):
+    """A frame that cannot be calibrated yet because a calibration (dark, flat) is missing."""
+
+
+@contextlib.contextmanager
+def stage(entry: dict[str, Any], name: str, log: Any) -> Iterator[dict[str, Any]]:
+    """Run one step for one frame: time it, log it, and turn any exception into a recorded failure.
+
+    The step fills the yielded record; on success ``status`` defaults to ``ok``. A blocked frame has no
+    duration so that re-checking it changes nothing in the ledger.
+    """
+    record: dict[str, Any] = {}
+    start = time.perf_counter()
+    try:
+        yield record
+    except FrameBlocked as reason:
+        record.clear()
+        record.update(status="blocked", error=str(reason))
+        log.warning("frame_blocked", stage=name, error=str(reason))
+    except Exception as error:  # error isolation: one bad frame never stops the night
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        record["duration_s"] = round(time.perf_counter() - start, 3)
+        log.error("frame_failed", stage=name, error=record["error"])
+    else:
+        record.setdefault("status", "ok")
+        record["duration_s"] = round(time.perf_counter() - start, 3)
+    finally:
+        entry[name] = record
+
+
+# --- masters ------------------------------------------------------------------------------------
+
+@dataclass
+class Masters:
+    """The night's masters in memory, loaded once and used by every frame."""
+
+    shape: tuple[int, int]
+    library: DarkLibrary
+    flat: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def memory_budget(settings: Settings, resident_bytes: int) -> float:
+    """Bytes a combine may use: the limit, less the interpreter and the masters already in memory."""
+    return max(64e6, settings.mem_limit_gb * 1e9 * 0.8 - 350e6 - resident_bytes)
+
+
+def _exptime_key(exptime: float) -> str:
+    return f"{exptime:g}"
+
+
+def common_shape(inventory: NightInventory) -> tuple[int, int] | None:
+    """The frame size of the night: the most common among science frames (else darks, else flats)."""
+    for frames in (inventory.science, inventory.darks, inventory.flats):
+        if frames:
+            return Counter(f.shape for f in frames).most_common(1)[0][0]
+    return None
+
+
+def _of_shape(frames: list[RawFrame], shape: tuple[int, int], problems: list[Problem]) -> list[RawFrame]:
+    kept = [f for f in frames if f.shape == shape]
+    problems.extend(Problem(f.path, "frame_shape_mismatch", f"{f.shape[1]}x{f.shape[0]}, night is "
+                            f"{shape[1]}x{shape[0]}") for f in frames if f.shape != shape)
+    return kept
+
+
+def find_borrowed_flat(root: Path, date: str, max_age_days: int) -> tuple[str, Path] | None:
+    """The nearest earlier night (within ``max_age_days``) that made a master flat from its own flats."""
+    night = dt.date.fromisoformat(date)
+    candidates = sorted((p.name for p in root.iterdir() if p.is_dir() and valid_date(p.name)), reverse=True)
+    for other in candidates:
+        age = (night - dt.date.fromisoformat(other)).days
+        if age <= 0:
+            continue
+        if age > max_age_days:
+            break
+        path = masters_dir(root, other) / products.MASTER_FLAT
+        if path.is_file() and fits.getval(path, "ASTCNITE") == other:
+            return other, path
+    return None
+
+
+def _build_darks(inventory: NightInventory, shape: tuple[int, int], settings: Settings,
+                 bias: np.ndarray | None, out: Path, record: dict[str, Any], log: Any) -> dict[float, np.ndarray]:
+    darks: dict[float, np.ndarray] = {}
+    by_exptime: dict[float, list[RawFrame]] = {}
+    for frame in inventory.darks:
+        by_exptime.setdefault(round(frame.exptime, 2), []).append(frame)
+    resident = 0 if bias is None else bias.nbytes
+    for exptime, frames in sorted(by_exptime.items()):
+        start = time.perf_counter()
+        paths = [f.path for f in frames]
+        darks[exptime] = combine_files(paths, shape, settings.calibration.combine_sigma,
+                                       memory_budget(settings, resident))
+        resident += darks[exptime].nbytes
+        name = products.dark_file_name(exptime)
+        products.write_master(out / name, darks[exptime], "MASTER_DARK", inventory.date,
+                              {"EXPTIME": exptime}, [p.name for p in paths])
+        record["darks"][_exptime_key(exptime)] = {"file": name, "inputs": [p.name for p in paths]}
+        log.info("master_built", kind="dark", exptime=exptime, n_inputs=len(paths),
+                 duration_s=round(time.perf_counter() - start, 2))
+    return darks
+
+
+def _build_flat(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,
+                out: Path, log: Any) -> None:
+    record = masters.record
+    flats = inventory.flats
+    if flats:
+        choices = [masters.library.dark_for(f.exptime) for f in flats]
+        if any(choice is None for choice in choices):
+            inventory.problems.append(Problem(inventory.skyflat_dir, "flat_without_dark",
+                                              "no dark to subtract from the sky flats"))
+        else:
+            start = time.perf_counter()
+            resident = sum(d.nbytes for d in masters.library.darks.values())
+            flat, levels = flat_from_files([f.path for f in flats], masters.shape, [c.data for c in choices],
+                                           settings.calibration.combine_sigma, memory_budget(settings, resident))
+            products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
+                                  [f.name for f in flats])
+            masters.flat = flat
+            record["flat"] = {"night": inventory.date, "file": str(Path(inventory.date) / inventory.cal_dir.name
+                                                                    / "masters" / products.MASTER_FLAT),
+                              "inputs": [f.name for f in flats], "levels_adu": [round(v, 1) for v in levels]}
+            log.info("master_built", kind="flat", n_inputs=len(flats),
+                     duration_s=round(time.perf_counter() - start, 2))
+            return
+    borrowed = find_borrowed_flat(root, inventory.date, settings.calibration.flat_max_age_days)
+    if borrowed is None:
+        log.warning("flat_unavailable", max_age_days=settings.calibration.flat_max_age_days)
+        return
+    other, path = borrowed
+    flat, _ = products.read_master(path)
+    if flat.shape != masters.shape:
+        log.warning("flat_unavailable", reason=f"{other} flat has another size")
+        return
+    masters.flat = flat.astype(np.float32)
+    record["flat"] = {"night": other, "file": str(path.relative_to(root)), "borrowed": True}
+    log.info("flat_borrowed", from_night=other)
+
+
+def build_masters(root: Path, inventory: NightInventory, settings: Settings, log: Any) -> Masters:
+    """Build and write every master of the night (bias, darks, flat, mask) from its raw frames."""
+    shape = common_shape(inventory)
+    if shape is None:
+        raise FrameBlocked("no frames in the night")
+    out = masters_dir(root, inventory.date)
+    record: dict[str, Any] = {"shape": list(shape), "darks": {}, "software": __version__}
+    problems = inventory.problems
+    inventory.darks = _of_shape(inventory.darks, shape, problems)
+    inventory.biases = _of_shape(inventory.biases, shape, problems)
+    inventory.flats = _of_shape(inventory.flats, shape, problems)
+    bias = None
+    if inventory.biases:
+        paths = [f.path for f in inventory.biases]
+        bias = combine_files(paths, shape, settings.calibration.combine_sigma, memory_budget(settings, 0))
+        products.write_master(out / products.MASTER_BIAS, bias, "MASTER_BIAS", inventory.date, {},
+                              [p.name for p in paths])
+        record["bias"] = {"file": products.MASTER_BIAS, "inputs": [p.name for p in paths]}
+        log.info("master_built", kind="bias", n_inputs=len(paths))
+    darks = _build_darks(inventory, shape, settings, bias, out, record, log)
+    masters = Masters(shape, DarkLibrary.build(darks, bias), record=record)
+    record["bias_origin"] = masters.library.bias_origin
+    _build_flat(root, inventory, masters, settings, out, log)
+    _build_mask(inventory.date, masters, settings, out, log)
+    record["complete"] = True
+    return masters
+
+
+def _build_mask(date: str, masters: Masters, settings: Settings, out: Path, log: Any) -> None:
+    if masters.flat is None:
+        return
+    start = time.perf_counter()
+    rate = masters.library.dark_rate()
+    mask = bad_pixel_mask(None if rate is None else rate[0], masters.flat, settings.calibration.default_gain,
+                          settings.calibration)
+    products.write_master(out / products.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
+    masters.mask = mask
+    masters.record["mask"] = {
+        "file": products.PIXEL_MASK,
+        "n_bad": int(np.count_nonzero(mask & MaskBit.BAD)),
+        "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT)),
+    }
+    log.info("master_built", kind="mask", n_bad=masters.record["mask"]["n_bad"],
+             duration_s=round(time.perf_counter() - start, 2))
+
+
+def load_masters(root: Path, date: str, record: dict[str, Any]) -> Masters:
+    """Read back the masters a previous run wrote (raises OSError/KeyError when any is gone)."""
+    directory = masters_dir(root, date)
+    bias = products.read_master(directory / record["bias"]["file"])[0] if "bias" in record else None
+    darks = {float(t): products.read_master(directory / d["file"])[0] for t, d in record["darks"].items()}
+    masters = Masters(tuple(record["shape"]), DarkLibrary.build(darks, bias), record=record)
+    if "flat" in record:
+        masters.flat = products.read_master(root / record["flat"]["file"])[0]
+    if "mask" in record:
+        masters.mask = products.read_master(directory / record["mask"]["file"])[0]
+    return masters
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+def calibration_fingerprint(settings: Settings) -> str:
+    return settings.fingerprint("calibration") + settings.fingerprint("cosmics")
+
+
+def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, settings: Settings) -> bool:
+    done = entry.get("calibrate", {})
+    same_input = entry.get("raw") == fingerprint(frame.path)
+    if done.get("status") == "failed" and same_input and done.get("config") == calibration_fingerprint(settings):
+        return False  # a frame that failed on these very bytes fails again: wait for a new file or --force
+    return not (done.get("status") == "ok" and same_input and cal_path.is_file()
+                and done.get("config") == calibration_fingerprint(settings))
+
+
+def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
+    if not settings.astrometry.enabled or entry.get("calibrate", {}).get("status") != "ok":
+        return False
+    solved = entry.get("astrometry", {})
+    if solved.get("status") == "solved":
+        return False
+    return solved.get("tries", 0) < settings.astrometry.max_tries
+
+
+def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
+    """A positive numeric header value, or the configured default (and which one was used)."""
+    try:
+        value = float(header[key])
+        if value > 0 and np.isfinite(value):
+            return value, "header"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return default, "default"
+
+
+def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
+                   record: dict[str, Any]) -> None:
+    if masters.flat is None or masters.mask is None:
+        raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
+    dark = masters.library.dark_for(frame.exptime)
+    if dark is None:
+        raise FrameBlocked("no master dark")
+    raw, header = read_image(frame.path)
+    gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
+    read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
+                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics)
+    flat_record = masters.record["flat"]
+    provenance = {
+        "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
+        "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
+        "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
+        "ASTCFLAT": (flat_record["file"], "master flat used (relative to the data root)"),
+        "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
+        "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
+    }
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
+    record.update(
+        output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
+        dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
+        flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
+        gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
+        sky_e=round(result.sky_e, 2),
+    )
+
+
+def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
+    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
+    header = fits.getheader(cal_path)
+    result = astrometry.solve(cal_path, header, settings.astrometry)
+    if result.solved and result.wcs_header is not None:
+        astrometry.merge_wcs(cal_path, result.wcs_header, {"ASTCWCS": ("solved", "astrometry status")})
+    else:
+        astrometry.mark_unsolved(cal_path, result.error or "no solution")
+    return result
+
+
+# --- a night ------------------------------------------------------------------------------------
+
+@dataclass
+class NightResult:
+    date: str
+    to_do: int = 0
+    calibrated: int = 0
+    solved: int = 0
+    failed: int = 0
+    blocked: int = 0
+
+
+class NightRun:
+    """Processes one night; holds what is shared between its frames for the duration of the run."""
+
+    def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
+                 progress: ProgressCallback | None = None):
+        self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
+        self.force, self.progress = force, progress
+        self.log = get_logger(night=date)
+        self.result = NightResult(date)
+        self.masters: Masters | None = None
+
+    def run(self) -> NightResult:
+        if self.force:
+            self.ledger.forget_night(self.date)
+        inventory = take_inventory(self.root, self.date)
+        self.inventory = inventory
+        remove_stale_temporaries(inventory.cal_dir)
+        remove_stale_temporaries(masters_dir(self.root, self.date))
+        night = self.ledger.night(self.date)
+        frames = self._frames_to_do(inventory)
+        self.result.to_do = len(frames)
+        if frames:
+            self.log.info("night_started", frames=len(frames), science=len(inventory.science))
+            self._process(frames)
+        self._record_inventory(night, inventory)
+        self.ledger.save()
+        if frames:
+            self.log.info("night_done", **{k: v for k, v in vars(self.result).items() if k != "date"})
+        return self.result
+
+    def _record_inventory(self, night: dict[str, Any], inventory: NightInventory) -> None:
+        for problem in inventory.problems:
+            self.log.warning(problem.event, path=str(problem.path), error=problem.reason)
+        for note in inventory.notes:
+            self.log.info(note.event, path=str(note.path), reason=note.reason)
+        night["problems"] = [{"path": str(p.path.relative_to(self.root)) if p.path.is_relative_to(self.root)
+                              else str(p.path), "event": p.event, "reason": p.reason}
+                             for p in inventory.problems]
+        night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
+                              "biases": len(inventory.biases), "flats": len(inventory.flats)}
+
+    def _frames_to_do(self, inventory: NightInventory) -> list[RawFrame]:
+        todo = []
+        for frame in sorted(inventory.science, key=lambda f: f.name):
+            entry = self.ledger.frame(self.date, frame.name)
+            cal_path = inventory.cal_dir / products.cal_name(frame.name)
+            if needs_calibration(entry, frame, cal_path, self.settings) or needs_solve(entry, self.settings):
+                todo.append(frame)
+        return todo
+
+    def _ensure_masters(self) -> Masters:
+        if self.masters is not None:
+            return self.masters
+        night = self.ledger.night(self.date)
+        record = night.get("masters", {})
+        if record.get("complete"):
+            try:
+                self.masters = load_masters(self.root, self.date, record)
+            except (OSError, KeyError, ValueError) as error:
+                self.log.warning("masters_reload_failed", error=str(error))
+            else:
+                if self.masters.flat is None:  # a flat may have become borrowable since
+                    out = masters_dir(self.root, self.date)
+                    _build_flat(self.root, self.inventory, self.masters, self.settings, out, self.log)
+                    _build_mask(self.date, self.masters, self.settings, out, self.log)
+                    self.ledger.save()
+                return self.masters
+        self.masters = build_masters(self.root, self.inventory, self.settings, self.log)
+        night["masters"] = self.masters.record
+        self.ledger.save()
+        return self.masters
+
+    def _process(self, frames: list[RawFrame]) -> None:
+        pending: list[tuple[str, Future]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
+            for index, frame in enumerate(frames, start=1):
+                self._calibrate(frame)
+                entry = self.ledger.frame(self.date, frame.name)
+                if needs_solve(entry, self.settings):
+                    cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
+                    pending.append((frame.name, solver.submit(solve_and_merge, cal_path, self.settings)))
+                pending = self._collect(pending, wait=False)
+                if self.progress:
+                    self.progress(self.date, index, len(frames))
+            self._collect(pending, wait=True)
+
+    def _calibrate(self, frame: RawFrame) -> None:
+        entry = self.ledger.frame(self.date, frame.name)
+        cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
+        if not needs_calibration(entry, frame, cal_path, self.settings):
+            return
+        log = self.log.bind(frame=frame.name)
+        entry["raw"] = fingerprint(frame.path)
+        entry.pop("astrometry", None)  # a new CAL file needs a new solution
+        with stage(entry, "calibrate", log) as record:
+            _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record)
+        status = entry["calibrate"]["status"]
+        if status == "ok":
+            self.result.calibrated += 1
+            log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
+                     n_cosmic=entry["calibrate"]["n_cosmic"])
+        elif status == "blocked":
+            self.result.blocked += 1
+        else:
+            self.result.failed += 1
+        self.ledger.save()
+
+    def _collect(self, pending: list[tuple[str, Future]], wait: bool) -> list[tuple[str, Future]]:
+        """Record finished solves in the ledger (from this thread only); return those still running."""
+        still = []
+        for name, future in pending:
+            if not wait and not future.done():
+                still.append((name, future))
+                continue
+            self._record_solve(name, future)
+        return still
+
+    def _record_solve(self, name: str, future: Future) -> None:
+        entry = self.ledger.frame(self.date, name)
+        log = self.log.bind(frame=name)
+        previous = entry.get("astrometry", {})
+        tries = previous.get("tries", 0) + 1
+        try:
+            result = future.result()
+            record = {"status": "solved" if result.solved else "failed", "tries": tries,
+                      "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+            if not result.solved:
+                record["error"] = result.error
+        except Exception as error:  # e.g. the CAL file vanished under us
+            record = {"status": "failed", "tries": tries, "error": f"{type(error).__name__}: {error}"}
+        entry["astrometry"] = record
+        cal_path = self.inventory.cal_dir / products.cal_name(name)
+        if cal_path.is_file():
+            entry["output"] = fingerprint(cal_path)
+        if record["status"] == "solved":
+            self.result.solved += 1
+            log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
+        else:
+            self.result.failed += 1
+            log.error("frame_failed", stage="astrometry", error=record["error"], tries=tries)
+        self.ledger.save()
+
+
+def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
+                 force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
+    """Process every night under ``root`` (or only ``nights``), oldest first."""
+    log = get_logger()
+    found, problems = discover_nights(root)
+    for problem in problems:
+        log.warning(problem.event, path=str(problem.path), error=problem.reason)
+    ledger.data["root_problems"] = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
+    selected = [d for d in found if nights is None or d in nights]
+    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected]
+    ledger.save()
+    return results
