@@ -63,8 +63,8 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
         sepmed=cosmics.sepmed, cleantype=cosmics.cleantype, fsmode=cosmics.fsmode,
     )
     mask = pixel_mask.astype(np.uint8, copy=True)
-    mask[saturated] |= MaskBit.SATURATED
-    mask[cosmic_mask] |= MaskBit.COSMIC
+    mask[saturated] |= MaskBit.SATURATED.value
+    mask[cosmic_mask] |= MaskBit.COSMIC.value
     return CalibratedFrame(
         data=np.asarray(cleaned, dtype=np.float32),
         mask=mask,

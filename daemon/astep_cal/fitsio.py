@@ -84,7 +84,7 @@ def iter_row_bands(paths: list[Path], rows: int, band_height: int) -> Iterator[t
     values instead of whole frames: this is what bounds the master-combine step by ``--mem-limit``.
     The files are opened once and kept open for the whole iteration.
     """
-    handles = [fits.open(path, memmap=True, lazy_load_hdus=True) for path in paths]
+    handles = [fits.open(path, memmap=False, lazy_load_hdus=True) for path in paths]
     try:
         for start in range(0, rows, band_height):
             band = slice(start, min(start + band_height, rows))

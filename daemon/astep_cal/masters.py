@@ -141,13 +141,13 @@ def bad_pixel_mask(dark_rate_adu: np.ndarray | None, flat: np.ndarray, gain: flo
     """
     mask = np.zeros(flat.shape, dtype=np.uint8)
     finite = np.isfinite(flat)
-    mask[~finite | (flat < settings.dead_flat_level)] |= MaskBit.BAD
-    mask[finite & (flat >= settings.dead_flat_level) & (flat < settings.low_flat_level)] |= MaskBit.LOW_FLAT
+    mask[~finite | (flat < settings.dead_flat_level)] |= MaskBit.BAD.value
+    mask[finite & (flat >= settings.dead_flat_level) & (flat < settings.low_flat_level)] |= MaskBit.LOW_FLAT.value
     if dark_rate_adu is not None:
         rate_e = dark_rate_adu * gain
         median = float(np.median(rate_e[:: max(1, rate_e.shape[0] // 512)]))
         threshold = median + max(settings.hot_pixel_rate, settings.hot_pixel_sigma * _robust_sigma(rate_e))
-        mask[rate_e > threshold] |= MaskBit.BAD
+        mask[rate_e > threshold] |= MaskBit.BAD.value
     return mask
 
 

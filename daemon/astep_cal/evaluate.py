@@ -1,0 +1,109 @@
+"""Science metrics against known truth: how good is a calibrated frame of a synthetic night?
+
+Used by the tests (acceptance thresholds) and by ``astep-cal demo`` (which prints them). The truth
+comes from :mod:`astep_cal.synthetic`; the metrics are plain array statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from .astrometry import wcs_error_px
+from .masters import MaskBit
+
+
+@dataclass
+class FrameScore:
+    name: str
+    solved: bool
+    wcs_error_px: float | None  # median over a grid of the frame
+    stars_matched: int  # truth stars the solved WCS puts within 0.5 px of their true place
+    stars_in_field: int
+    flat_residual: float  # relative spread (std) of 16x16-block ratios calibrated / true sky
+    cosmic_removed: float  # fraction of injected cosmic-ray pixels left consistent with noise
+    cosmic_pixels: int
+    hot_masked: float  # fraction of injected hot pixels flagged BAD
+    dead_column_masked: float | None
+
+
+def block_ratio_spread(calibrated: np.ndarray, truth: np.ndarray, usable: np.ndarray, block: int = 16) -> float:
+    """Std of per-block ratios sum(calibrated)/sum(truth) over usable pixels, relative to their median.
+
+    Blocks with fewer than half their pixels usable are left out (masked columns, saturated stars).
+    """
+    rows, cols = (s // block * block for s in calibrated.shape)
+
+    def blocks(array: np.ndarray) -> np.ndarray:
+        return array[:rows, :cols].reshape(rows // block, block, cols // block, block).sum(axis=(1, 3))
+
+    weight = usable.astype(np.float64)
+    cal_sum = blocks(np.where(usable, calibrated, 0.0).astype(np.float64))
+    truth_sum = blocks(np.where(usable, truth, 0.0).astype(np.float64))
+    enough = blocks(weight) >= block * block / 2
+    ratios = cal_sum[enough] / truth_sum[enough]
+    return float(np.std(ratios) / np.median(ratios))
+
+
+def cosmic_removed_fraction(calibrated: np.ndarray, truth: np.ndarray, cosmic_truth: np.ndarray,
+                            flat: np.ndarray, read_noise_e: float, n_sigma: float = 5.0) -> float:
+    """Fraction of injected cosmic-ray pixels whose calibrated value is back within noise of the truth.
+
+    The noise is that of the pixel without the cosmic ray (photon + read noise, through the flat), so
+    a pixel counts as removed only when the hit's charge is really gone, not merely flagged.
+    """
+    hit = cosmic_truth.astype(bool)
+    if not hit.any():
+        return 1.0
+    sigma = np.sqrt(np.clip(truth[hit], 0, None) * flat[hit] + read_noise_e ** 2) / flat[hit]
+    return float(np.mean(np.abs(calibrated[hit] - truth[hit]) < n_sigma * sigma))
+
+
+def stars_matched(solved: WCS, truth_stars, shape: tuple[int, int], tolerance_px: float = 0.5) -> tuple[int, int]:
+    """How many true stars inside the frame the solved WCS places within ``tolerance_px``."""
+    inside = ((truth_stars["x"] >= 0) & (truth_stars["x"] < shape[1]) & (truth_stars["y"] >= 0)
+              & (truth_stars["y"] < shape[0]))
+    stars = truth_stars[inside]
+    if len(stars) == 0:
+        return 0, 0
+    x, y = solved.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
+    offsets = np.hypot(x - np.asarray(stars["x"]), y - np.asarray(stars["y"]))
+    return int(np.count_nonzero(offsets < tolerance_px)), len(stars)
+
+
+def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
+    """Every metric for one calibrated frame of a synthetic night."""
+    with fits.open(cal_path) as hdul:
+        data = hdul[0].data.astype(np.float64)
+        header = hdul[0].header
+        mask = hdul["MASK"].data
+    sky = truth.sky_e(raw_name)
+    solved = header.get("ASTCWCS") == "solved"
+    wcs_error = matched = None
+    in_field = 0
+    if solved:
+        solved_wcs = WCS(header)
+        wcs_error = wcs_error_px(solved_wcs, truth.wcs(raw_name), data.shape)
+        matched, in_field = stars_matched(solved_wcs, truth.stars(raw_name), data.shape)
+    usable = (mask & (MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT)) == 0
+    hot = truth.hot_pixels.astype(bool)
+    dead = None
+    if truth.dead_column is not None:
+        dead = float(np.mean((mask[:, truth.dead_column] & MaskBit.BAD) > 0))
+    cosmic = truth.cosmic_mask(raw_name).astype(bool)
+    return FrameScore(
+        name=cal_path.name,
+        solved=solved,
+        wcs_error_px=wcs_error,
+        stars_matched=matched or 0,
+        stars_in_field=in_field,
+        flat_residual=block_ratio_spread(data, sky, usable),
+        cosmic_removed=cosmic_removed_fraction(data, sky, cosmic & usable, truth.flat, truth.spec.read_noise_e),
+        cosmic_pixels=int(np.count_nonzero(cosmic & usable)),
+        hot_masked=float(np.mean((mask[hot] & MaskBit.BAD) > 0)) if hot.any() else 1.0,
+        dead_column_masked=dead,
+    )

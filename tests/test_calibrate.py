@@ -1,0 +1,58 @@
+"""calibrate_frame on arrays: units, masks and cosmic rays with known answers."""
+
+import numpy as np
+import pytest
+
+from astep_cal.calibrate import CalibrationError, calibrate_frame
+from astep_cal.config import CosmicSettings
+from astep_cal.masters import MaskBit
+
+RNG = np.random.default_rng(7)
+
+
+def _scene(shape=(200, 200), gain=2.0, sky_e=2000.0):
+    flat = RNG.uniform(0.85, 1.1, shape).astype(np.float32)
+    dark = np.full(shape, 1010.0, np.float32)
+    sky = np.full(shape, sky_e, np.float32)
+    electrons = RNG.poisson(sky * flat).astype(np.float32) + RNG.normal(0, 9, shape)
+    raw = dark + electrons / gain
+    return raw.astype(np.float32), dark, flat, sky
+
+
+def test_output_is_in_electrons_and_flat_fielded():
+    raw, dark, flat, sky = _scene()
+    result = calibrate_frame(raw, dark, flat, np.zeros(raw.shape, np.uint8), gain=2.0, read_noise_e=9.0,
+                             saturation_adu=65535, cosmics=CosmicSettings())
+    assert result.data.dtype == np.float32
+    assert result.sky_e == pytest.approx(2000, rel=0.01)
+    assert np.std(result.data) < 2 * np.sqrt(2000)  # the flat pattern is gone
+
+
+def test_cosmic_rays_found_in_electrons_and_saturation_flagged():
+    raw, dark, flat, sky = _scene()
+    raw[50, 60:66] += 8000  # a cosmic-ray track in ADU
+    raw[120, 120] = 65535  # saturated pixel
+    result = calibrate_frame(raw, dark, flat, np.zeros(raw.shape, np.uint8), gain=2.0, read_noise_e=9.0,
+                             saturation_adu=65535, cosmics=CosmicSettings())
+    assert (result.mask[50, 60:66] & MaskBit.COSMIC).all()
+    assert np.all(np.abs(result.data[50, 60:66] - 2000) < 5 * np.sqrt(2000))
+    assert result.mask[120, 120] & MaskBit.SATURATED
+    assert result.n_cosmic >= 6 and result.n_saturated == 1
+
+
+def test_bad_pixels_replaced_by_sky_and_kept_in_mask():
+    raw, dark, flat, sky = _scene()
+    mask = np.zeros(raw.shape, np.uint8)
+    mask[:, 33] = MaskBit.BAD
+    flat[:, 33] = 0.01
+    result = calibrate_frame(raw, dark, flat, mask, gain=2.0, read_noise_e=9.0, saturation_adu=65535,
+                             cosmics=CosmicSettings())
+    assert np.allclose(result.data[:, 33], result.sky_e, rtol=0.05)
+    assert (result.mask[:, 33] & MaskBit.BAD).all()
+
+
+def test_shape_mismatch_is_a_calibration_error():
+    raw, dark, flat, _ = _scene()
+    with pytest.raises(CalibrationError, match="masters are"):
+        calibrate_frame(raw[:100], dark, flat, np.zeros(raw.shape, np.uint8), gain=2.0, read_noise_e=9.0,
+                        saturation_adu=65535, cosmics=CosmicSettings())
