@@ -1,4 +1,5 @@
-"""The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``status``, ``demo``.
+"""The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``run`` (the service),
+``rescan``, ``status``, ``demo``.
 
 Exit codes (stable, for scripts and monitoring):
   0  everything asked for is done
@@ -92,9 +93,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     if ledger is None:
         print(f"no ledger at {settings.ledger_path(root)}: nothing processed yet")
         return EXIT_OK
+    from .service import read_activity
+
     rows = night_rows(ledger, settings)
     print(render_table(rows))
+    activity = read_activity(settings.ledger_path(root))
+    if activity:
+        print(f"daemon (pid {activity['pid']}): {activity['activity']}")
     return EXIT_ATTENTION if any(row["attention"] for row in rows) else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .service import run_daemon
+
+    return run_daemon(Path(args.config) if args.config else None, args.root)
+
+
+def cmd_rescan(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from .service import running_daemon_pid
+
+    settings = _settings(args)
+    root = Path(args.root or settings.data_root or ".").resolve()
+    pid = running_daemon_pid(settings.ledger_path(root))
+    if pid is None:
+        print(f"astep-cal: no running daemon holds {root}", file=sys.stderr)
+        return EXIT_ATTENTION
+    os.kill(pid, signal.SIGHUP)
+    print(f"rescan requested from daemon pid {pid}")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config")
     status.add_argument("--ledger")
     status.set_defaults(func=cmd_status)
+
+    run = commands.add_parser("run", help="the long-running service: watch the data root and process nights")
+    run.add_argument("--config", help="TOML configuration file (e.g. /etc/astep-cal/astep-cal.toml)")
+    run.add_argument("--root", help="data root (overrides data_root in the config)")
+    run.set_defaults(func=cmd_run)
+
+    rescan = commands.add_parser("rescan", help="ask the running daemon to reload its config and rescan")
+    rescan.add_argument("--config")
+    rescan.add_argument("--root", help="data root (default: data_root from the config)")
+    rescan.add_argument("--ledger")
+    rescan.set_defaults(func=cmd_rescan)
 
     demo = commands.add_parser("demo", help="generate a synthetic night, process it, report the accuracy")
     demo.add_argument("--dir", help="where to put the demo data (default: a new temporary directory)")

@@ -65,6 +65,20 @@ class AstrometrySettings:
 
 
 @dataclass(frozen=True)
+class DaemonSettings:
+    """How the long-running service (``astep-cal run``) decides a night is ready, and stays healthy."""
+
+    settle_seconds: float = 300.0  # a night is ready when no file was added or changed for this long
+    marker_file: str = "NIGHT_COMPLETE"  # ... or at once when this file appears in the night directory
+    no_flat_wait_s: float = 21600.0  # a night without sky flats is processed with a borrowed flat after this
+    reconcile_interval_s: float = 600.0  # full rescan of the data root, whatever the file events said
+    use_polling: bool = False  # PollingObserver instead of inotify (network file systems)
+    poll_interval_s: float = 30.0
+    stall_timeout_s: float = 900.0  # no worker progress this long: stop the systemd watchdog pings
+    stop_grace_s: float = 20.0  # on SIGTERM, how long the current frame may take to finish
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = "auto"  # auto | console | json | journal
     level: str = "info"  # debug | info | warning | error
@@ -80,6 +94,7 @@ class Settings:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     cosmics: CosmicSettings = field(default_factory=CosmicSettings)
     astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def ledger_path(self, root: Path) -> Path:
@@ -95,6 +110,7 @@ _SECTIONS = {
     "calibration": CalibrationSettings,
     "cosmics": CosmicSettings,
     "astrometry": AstrometrySettings,
+    "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
 
@@ -160,6 +176,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
     if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 1:
         raise ConfigError("astrometry timeout_s, cpulimit_s, max_tries and downsample must be positive")
+    d = settings.daemon
+    if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
+            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s) <= 0:
+        raise ConfigError("daemon intervals must be positive")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:

@@ -236,4 +236,6 @@ def take_inventory(root: Path, date: str) -> NightInventory:
                 inventory.problems.append(result)
             else:
                 _place(result, role, inventory)
+    if inventory.cams_dir.is_dir() and not inventory.science:
+        inventory.notes.append(Problem(inventory.cams_dir, "night_empty", "no usable science frame"))
     return inventory

@@ -31,7 +31,8 @@ from .fitsio import fingerprint, read_image, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import get_logger
 from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files
-from .night import NightInventory, Problem, RawFrame, discover_nights, masters_dir, take_inventory, valid_date
+from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_temporary, kind_from_name,
+                    masters_dir, take_inventory, valid_date)
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -330,9 +331,9 @@ class NightRun:
     """Processes one night; holds what is shared between its frames for the duration of the run."""
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
-                 progress: ProgressCallback | None = None):
+                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
-        self.force, self.progress = force, progress
+        self.force, self.progress, self.should_stop = force, progress, should_stop
         self.log = get_logger(night=date)
         self.result = NightResult(date)
         self.masters: Masters | None = None
@@ -402,6 +403,12 @@ class NightRun:
         pending: list[tuple[str, Future]] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
             for index, frame in enumerate(frames, start=1):
+                if self.should_stop():
+                    self.log.info("night_interrupted", remaining=len(frames) - index + 1)
+                    for _, future in pending:
+                        future.cancel()
+                    astrometry.terminate_running_solves()
+                    break
                 self._calibrate(frame)
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings):
@@ -444,12 +451,16 @@ class NightRun:
         return still
 
     def _record_solve(self, name: str, future: Future) -> None:
+        if future.cancelled():
+            return  # never started (shutdown): the frame stays pending
         entry = self.ledger.frame(self.date, name)
         log = self.log.bind(frame=name)
         previous = entry.get("astrometry", {})
         tries = previous.get("tries", 0) + 1
         try:
             result = future.result()
+            if not result.solved and self.should_stop():
+                return  # ended by a shutdown, not a failure: stays pending, no try counted
             record = {"status": "solved" if result.solved else "failed", "tries": tries,
                       "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
             if not result.solved:
@@ -467,6 +478,32 @@ class NightRun:
             self.result.failed += 1
             log.error("frame_failed", stage="astrometry", error=record["error"], tries=tries)
         self.ledger.save()
+
+
+def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool) -> bool:
+    """Cheap check (directory listing and stat, no FITS reads) for science frames not done yet.
+
+    Used by the daemon on every reconcile, so a backlog of hundreds of finished nights costs little.
+    Blocked frames count as work only when ``retry_blocked`` (a full rescan): a calibration they lack
+    may have appeared since.
+    """
+    cams = root / date / f"{date}-CAMS"
+    if not cams.is_dir():
+        return False
+    frames = ledger.nights().get(date, {}).get("frames", {})
+    for path in cams.iterdir():
+        name = path.name
+        if is_temporary(name) or kind_from_name(name) != "SCIENCE" or not name.lower().endswith(".fits"):
+            continue
+        entry = frames.get(name)
+        if entry is None or entry.get("raw") != fingerprint(path):
+            return True
+        status = entry.get("calibrate", {}).get("status")
+        if status == "blocked" and retry_blocked:
+            return True
+        if status == "ok" and (needs_solve(entry, settings) or not (cal_dir(root, date) / products.cal_name(name)).is_file()):
+            return True
+    return False
 
 
 def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,

@@ -36,7 +36,7 @@ def night_row(date: str, night: dict[str, Any], settings: Settings) -> dict[str,
         state = "incomplete"
     return {"night": date, "frames": science, "calibrated": calibrated, "solved": solved, "failed": failed,
             "blocked": blocked, "darks": darks, "flat": flat_text, "state": state, "problems": problems,
-            "attention": state != "done"}
+            "attention": state != "done" or problems > 0}
 
 
 def night_rows(ledger: Ledger, settings: Settings) -> list[dict[str, Any]]:

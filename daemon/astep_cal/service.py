@@ -1,0 +1,284 @@
+"""The long-running service: ``astep-cal run``.
+
+Threads:
+- the **main thread** owns signals, systemd notifications (READY, STATUS, WATCHDOG, RELOADING,
+  STOPPING) and health: it never does pipeline work, so it always answers;
+- the **worker thread** processes one night at a time, oldest first, through the same engine as
+  ``astep-cal once`` (``pipeline.NightRun``); it is the only thread that writes the ledger;
+- the **watchdog observer** thread only records which nights were touched (``watcher.NightEvents``).
+
+Health: the worker stamps a heartbeat whenever it makes progress (a frame done, an idle loop). The
+main thread sends ``WATCHDOG=1`` only while that heartbeat is fresher than ``stall_timeout_s``; a hung
+worker therefore stops the pings and systemd (``WatchdogSec``) restarts the service.
+
+Outside systemd (no ``NOTIFY_SOCKET``) every notification is a silent no-op.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from systemd import daemon as sd
+
+from . import astrometry
+from .config import Settings, load_settings
+from .fitsio import atomic_write_bytes
+from .ledger import Ledger, RootLock
+from .logs import configure, get_logger
+from .night import discover_nights
+from .pipeline import NightRun, night_has_work
+from .status import night_rows
+from .watcher import NightEvents, night_readiness, start_observer
+
+ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`
+IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
+MAIN_TICK_S = 1.0
+
+
+def notify(message: str) -> None:
+    """One sd_notify datagram (systemd-python); nothing happens without NOTIFY_SOCKET."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        sd.notify(message)
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of systemd's WatchdogSec (from WATCHDOG_USEC), or None when no watchdog is asked for."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit():
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    return int(usec) / 2e6
+
+
+def write_activity(path: Path, text: str) -> None:
+    payload = {"pid": os.getpid(), "activity": text, "updated": time.time()}
+    atomic_write_bytes(path, json.dumps(payload).encode())
+
+
+def read_activity(ledger_path: Path) -> dict[str, Any] | None:
+    """The running daemon's activity, or None when no live daemon wrote one."""
+    try:
+        payload = json.loads((ledger_path.parent / ACTIVITY_FILE).read_text())
+        os.kill(int(payload["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return payload
+
+
+def running_daemon_pid(ledger_path: Path) -> int | None:
+    """PID of the process holding the data root's lock, when one does."""
+    lock = ledger_path.parent / "lock"
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None  # nobody holds it
+    except BlockingIOError:
+        text = lock.read_text().strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+@dataclass
+class Progress:
+    """What the worker is doing, for STATUS= and ``astep-cal status`` (written by the worker only)."""
+
+    night: str | None = None
+    done: int = 0
+    total: int = 0
+    calibrated: int = 0
+    solved: int = 0
+    failed: int = 0
+    nights_done: int = 0
+    last_night: str | None = None
+    heartbeat: float = field(default_factory=time.monotonic)
+
+    def text(self) -> str:
+        if self.night:
+            return (f"{self.night}: calibrated {self.calibrated}/{self.total}, solved {self.solved}, "
+                    f"{self.failed} failed")
+        last = f", last {self.last_night}" if self.last_night else ""
+        return f"idle — {self.nights_done} nights done{last}"
+
+
+class Daemon:
+    def __init__(self, settings: Settings, root: Path, config_path: Path | None):
+        self.settings, self.root, self.config_path = settings, root, config_path
+        self.log = get_logger()
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.rescan_all = threading.Event()
+        self.rescan_all.set()  # catch up on every night at start
+        self.progress = Progress()
+        self.events = NightEvents(root)
+        self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
+        self.ledger = Ledger.load(settings.ledger_path(root))
+        if self.ledger.recovered_from:
+            self.log.warning("ledger_corrupt", kept_as=str(self.ledger.recovered_from))
+        self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
+        self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
+
+    # --- main thread ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+
+    def run(self) -> int:
+        self._install_signals()
+        observer = start_observer(self.root, self.events, self.settings.daemon)
+        self.worker.start()
+        self.log.info("daemon_started", root=str(self.root), pid=os.getpid())
+        notify("READY=1")
+        status = ""
+        ping_every = watchdog_interval_s()
+        last_ping = 0.0
+        while not self.stop.wait(MAIN_TICK_S):
+            if self.reload_requested.is_set():
+                self._reload()
+            text = self.progress.text()
+            if text != status:
+                notify(f"STATUS={text}")
+                write_activity(self.activity_path, text)
+                status = text
+            if ping_every and time.monotonic() - last_ping >= ping_every and self._healthy():
+                notify("WATCHDOG=1")
+                last_ping = time.monotonic()
+        self._shutdown(observer)
+        return 0
+
+    def _healthy(self) -> bool:
+        stale = time.monotonic() - self.progress.heartbeat
+        if not self.worker.is_alive() or stale > self.settings.daemon.stall_timeout_s:
+            self.log.error("worker_stalled", seconds_since_progress=round(stale, 1),
+                           alive=self.worker.is_alive())
+            return False
+        return True
+
+    def _reload(self) -> None:
+        self.reload_requested.clear()
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            if self.config_path:
+                self.settings = load_settings(self.config_path)
+            self.log.info("config_reloaded", path=str(self.config_path))
+        except Exception as error:  # a bad edit keeps the old settings running
+            self.log.error("config_reload_failed", error=str(error))
+        self.rescan_all.set()
+        self.events.wakeup.set()
+        notify("READY=1")
+
+    def _shutdown(self, observer: Any) -> None:
+        notify("STOPPING=1")
+        self.log.info("daemon_stopping")
+        self.events.wakeup.set()
+        astrometry.terminate_running_solves()
+        self.worker.join(self.settings.daemon.stop_grace_s)
+        observer.stop()
+        if self.worker.is_alive():
+            self.log.warning("worker_abandoned", grace_s=self.settings.daemon.stop_grace_s)
+        self.activity_path.unlink(missing_ok=True)
+        self.log.info("daemon_stopped")
+
+    # --- worker thread ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            self.progress.heartbeat = time.monotonic()
+            try:
+                night = self._next_night()
+                if night is None:
+                    self.events.wakeup.wait(IDLE_TICK_S)
+                    self.events.wakeup.clear()
+                    continue
+                self._process(night)
+            except Exception as error:  # never let the worker die silently
+                self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
+                self.stop.wait(10)
+
+    def _collect_candidates(self) -> bool:
+        """Merge file events and (when due) a full rescan into ``pending``; True on a full rescan."""
+        now = time.monotonic()
+        for night in self.events.take():
+            self.pending[night] = now
+        full = self.rescan_all.is_set()
+        if full or now - getattr(self, "_last_reconcile", -1e18) >= self.settings.daemon.reconcile_interval_s:
+            self.rescan_all.clear()
+            self._last_reconcile = now
+            nights, _ = discover_nights(self.root)
+            for night in nights:
+                if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+                    self.pending.setdefault(night, now)
+            self.log.info("rescan", pending=len(self.pending))
+            return True
+        return False
+
+    def _next_night(self) -> str | None:
+        self._collect_candidates()
+        now = time.monotonic()
+        for night in sorted(self.pending):
+            if self.pending[night] > now:
+                continue
+            readiness = night_readiness(self.root, night, self.settings.daemon)
+            if not readiness.ready:
+                self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
+                continue
+            del self.pending[night]
+            if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+                self.log.info("night_ready", night=night, reason=readiness.reason)
+                return night
+        return None
+
+    def _process(self, night: str) -> None:
+        progress = self.progress
+        progress.night, progress.done, progress.total = night, 0, 0
+        progress.calibrated = progress.solved = progress.failed = 0
+
+        def on_frame(_night: str, done: int, total: int) -> None:
+            row = night_rows_for(self.ledger, self.settings, night)
+            progress.done, progress.total = done, row["frames"]
+            progress.calibrated, progress.solved, progress.failed = row["calibrated"], row["solved"], row["failed"]
+            progress.heartbeat = time.monotonic()
+
+        run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
+                       should_stop=self.stop.is_set)
+        run.run()
+        if not self.stop.is_set():
+            progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
+            progress.last_night = night
+        progress.night = None
+        progress.heartbeat = time.monotonic()
+
+
+def night_rows_for(ledger: Ledger, settings: Settings, night: str) -> dict[str, Any]:
+    from .status import night_row
+
+    return night_row(night, ledger.nights().get(night, {}), settings)
+
+
+def run_daemon(config_path: Path | None, root_override: str | None) -> int:
+    """Entry point of ``astep-cal run``; returns the process exit code."""
+    settings = load_settings(config_path)
+    configure(settings.logging.format, settings.logging.level)
+    root_text = root_override or settings.data_root
+    if not root_text:
+        raise FileNotFoundError("no data root: set data_root in the config or pass --root")
+    root = Path(root_text).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
+    if root_override:
+        settings = Settings(**{**settings.__dict__, "data_root": str(root)})
+    with RootLock(settings.ledger_path(root)):
+        return Daemon(settings, root, config_path).run()
