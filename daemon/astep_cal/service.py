@@ -127,6 +127,7 @@ class Daemon:
             self.log.warning("ledger_corrupt", kept_as=str(self.ledger.recovered_from))
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
+        self._stalled = False
         self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
 
     # --- main thread ------------------------------------------------------------------------------
@@ -153,7 +154,8 @@ class Daemon:
                 notify(f"STATUS={text}")
                 write_activity(self.activity_path, text)
                 status = text
-            if ping_every and time.monotonic() - last_ping >= ping_every and self._healthy():
+            healthy = self._healthy()
+            if ping_every and healthy and time.monotonic() - last_ping >= ping_every:
                 notify("WATCHDOG=1")
                 last_ping = time.monotonic()
         self._shutdown(observer)
@@ -161,11 +163,13 @@ class Daemon:
 
     def _healthy(self) -> bool:
         stale = time.monotonic() - self.progress.heartbeat
-        if not self.worker.is_alive() or stale > self.settings.daemon.stall_timeout_s:
-            self.log.error("worker_stalled", seconds_since_progress=round(stale, 1),
-                           alive=self.worker.is_alive())
-            return False
-        return True
+        healthy = self.worker.is_alive() and stale <= self.settings.daemon.stall_timeout_s
+        if not healthy and not self._stalled:  # log the transition, not every tick
+            self.log.error("worker_stalled", seconds_since_progress=round(stale, 1), alive=self.worker.is_alive())
+        elif healthy and self._stalled:
+            self.log.info("worker_recovered")
+        self._stalled = not healthy
+        return healthy
 
     def _reload(self) -> None:
         self.reload_requested.clear()

@@ -1,0 +1,233 @@
+"""The daemon as a real subprocess: a real sd_notify datagram socket, real watchdog observer, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from astep_cal.night import cal_dir
+from astep_cal.products import cal_name
+from astep_cal.synthetic import make_night
+
+from conftest import REPO, parse_events, small_spec
+
+
+class DaemonProcess:
+    """``astep-cal run`` in a subprocess with its own NOTIFY_SOCKET; collects datagrams and log events."""
+
+    def __init__(self, tmp: Path, root: Path, config: str, watchdog_usec: int | None = None):
+        self.socket_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.socket_path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        config_path = tmp / f"config-{time.monotonic_ns()}.toml"
+        config_path.write_text(config)
+        self.log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
+        env["NOTIFY_SOCKET"] = str(self.socket_path)
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config_path), "--root", str(root)],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def pump(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (socket.timeout, BlockingIOError):
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            result = predicate()
+            if result:
+                return result
+            if self.process.poll() is not None:
+                break
+        raise AssertionError(f"timed out waiting for {what}; exit={self.process.poll()}\n{self.log_tail()}")
+
+    def wait_message(self, prefix: str, timeout: float = 30, after: int = 0) -> str:
+        return self.wait_for(lambda: next((m for _, m in self.messages[after:] if m.startswith(prefix)), None),
+                             timeout, prefix)
+
+    def events(self) -> list[dict]:
+        return parse_events(self.log_path.read_text())
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.events() if e["event"] == name)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def stop(self, timeout: float = 10) -> float:
+        start = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        self.pump()
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        self.sock.close()
+
+
+def _config(settle: float = 1.0, solve: bool = False, extra: str = "", astrometry: str = "") -> str:
+    return (f'[daemon]\nsettle_seconds = {settle}\nno_flat_wait_s = 3600\n{extra}\n'
+            f'[astrometry]\nenabled = {"true" if solve else "false"}\n{astrometry}\n'
+            f'[logging]\nformat = "json"\n')
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    started = []
+
+    def start(root, config, **kwargs):
+        daemon = DaemonProcess(tmp_path, root, config, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()
+
+
+def _cal_files(root: Path, date: str) -> list[Path]:
+    directory = cal_dir(root, date)
+    return sorted(directory.glob("*_CAL.fits")) if directory.is_dir() else []
+
+
+def test_notify_protocol_ready_status_watchdog_reload_stopping(tmp_path, daemons):
+    root = tmp_path / "data"
+    root.mkdir()
+    daemon = daemons(root, _config(), watchdog_usec=1_000_000)
+    daemon.wait_message("READY=1")
+    assert daemon.wait_message("STATUS=idle").startswith("STATUS=idle — 0 nights done")
+    daemon.wait_message("WATCHDOG=1", timeout=5)
+    mark = len(daemon.messages)
+    daemon.process.send_signal(signal.SIGHUP)
+    reloading = daemon.wait_message("RELOADING=1", after=mark)
+    assert "MONOTONIC_USEC=" in reloading
+    daemon.wait_message("READY=1", after=mark)
+    truth = make_night(root, small_spec())
+    daemon.wait_for(lambda: len(_cal_files(root, truth.spec.date)) == 3, 120, "3 CAL files")
+    status = daemon.wait_message("STATUS=idle — 1 nights done, last 2026-07-01", timeout=20)
+    assert status
+    assert any(m.startswith("STATUS=2026-07-01: calibrated") for _, m in daemon.messages)
+    assert daemon.stop() < 10
+    assert daemon.process.returncode == 0
+    assert any(m.startswith("STOPPING=1") for _, m in daemon.messages)
+    assert "Traceback" not in daemon.log_tail()
+
+
+def test_night_copied_slowly_is_processed_once_when_complete(tmp_path, daemons):
+    source = tmp_path / "source"
+    truth = make_night(source, small_spec())
+    root = tmp_path / "data"
+    root.mkdir()
+    daemon = daemons(root, _config(settle=3.0, solve=True))
+    daemon.wait_message("READY=1")
+    files = sorted(p for p in (source / truth.spec.date).rglob("*.fits"))
+    half_written = files[len(files) // 2]
+    for path in files:
+        target = root / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path == half_written:
+            payload = path.read_bytes()
+            target.write_bytes(payload[: len(payload) // 2])
+            time.sleep(1.0)
+            assert not _cal_files(root, truth.spec.date)
+            target.write_bytes(payload)
+        else:
+            shutil.copy(path, target)
+        time.sleep(0.3)
+        assert not _cal_files(root, truth.spec.date), "processing started before the night was complete"
+    completed_at = time.monotonic()
+    daemon.wait_for(lambda: daemon.count("frame_solved") + daemon.count("frame_failed") >= 3, 240, "3 solves")
+    events = daemon.events()
+    assert daemon.count("frame_calibrated") == 3
+    assert daemon.count("frame_solved") == 3
+    ready = [e for e in events if e["event"] == "night_ready"]
+    assert len(ready) == 1 and time.monotonic() - completed_at >= 0
+    time.sleep(3)  # nothing more happens
+    assert daemon.count("frame_calibrated") == 3
+    daemon.stop()
+
+
+def test_sighup_picks_up_a_night_the_observer_missed(tmp_path, daemons):
+    root = tmp_path / "data"
+    root.mkdir()
+    # Polling every hour and reconciling every hour: only a SIGHUP rescan can find the night.
+    daemon = daemons(root, _config(extra="use_polling = true\npoll_interval_s = 3600\nreconcile_interval_s = 3600"))
+    daemon.wait_message("READY=1")
+    truth = make_night(root, small_spec())
+    time.sleep(4)
+    assert not _cal_files(root, truth.spec.date)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: len(_cal_files(root, truth.spec.date)) == 3, 120, "3 CAL files after SIGHUP")
+    daemon.stop()
+
+
+def test_sigterm_mid_night_then_restart_finishes(tmp_path, daemons):
+    root = tmp_path / "data"
+    root.mkdir()
+    truth = make_night(root, small_spec(n_science=12))
+    marker = root / truth.spec.date / "NIGHT_COMPLETE"
+    marker.touch()
+    daemon = daemons(root, _config(settle=3600))
+    daemon.wait_for(lambda: daemon.count("frame_calibrated") >= 2, 120, "two frames calibrated")
+    elapsed = daemon.stop()
+    assert elapsed < 10 and daemon.process.returncode == 0
+    first = daemon.count("frame_calibrated")
+    assert first < 12, "the night finished before the stop: make it longer"
+    leftovers = [p for p in (root / truth.spec.date).rglob("*") if ".astep-tmp-" in p.name]
+    assert leftovers == []
+    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    assert len([f for f in ledger["nights"][truth.spec.date]["frames"].values()
+                if f.get("calibrate", {}).get("status") == "ok"]) == first
+    again = daemons(root, _config(settle=3600))
+    again.wait_for(lambda: len(_cal_files(root, truth.spec.date)) == 12, 180, "all 12 CAL files")
+    again.wait_message("STATUS=idle — 1 nights done", timeout=30)
+    assert first + again.count("frame_calibrated") == 12  # each frame exactly once over both runs
+    again.stop()
+
+
+def test_hung_worker_stops_the_watchdog_pings(tmp_path, daemons):
+    root = tmp_path / "data"
+    root.mkdir()
+    hang = tmp_path / "solve-field-hangs"
+    hang.write_text("#!/bin/sh\nsleep 600\n")
+    hang.chmod(0o755)
+    truth = make_night(root, small_spec(n_science=1))
+    (root / truth.spec.date / "NIGHT_COMPLETE").touch()
+    config = _config(settle=3600, solve=True, extra="stall_timeout_s = 3",
+                     astrometry=f'solve_field = "{hang}"\ntimeout_s = 600.0')
+    daemon = daemons(root, config, watchdog_usec=1_000_000)
+    daemon.wait_message("READY=1")
+    daemon.wait_for(lambda: daemon.count("frame_calibrated") == 1, 60, "the frame calibrated")
+    # The worker now waits on a solve-field that never ends: pings must stop within ~3 s + a tick.
+    daemon.wait_for(lambda: daemon.count("worker_stalled") >= 1, 30, "worker_stalled event")
+    stalled_at = time.monotonic()
+    time.sleep(3)
+    daemon.pump()
+    late_pings = [t for t, m in daemon.messages if m.startswith("WATCHDOG=1") and t > stalled_at + 0.5]
+    assert late_pings == []
+    assert daemon.process.poll() is None  # alive but unhealthy: systemd would restart it
+    assert daemon.stop() < 10
