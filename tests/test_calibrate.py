@@ -56,3 +56,16 @@ def test_shape_mismatch_is_a_calibration_error():
     with pytest.raises(CalibrationError, match="masters are"):
         calibrate_frame(raw[:100], dark, flat, np.zeros(raw.shape, np.uint8), gain=2.0, read_noise_e=9.0,
                         saturation_adu=65535, cosmics=CosmicSettings())
+
+
+def test_banded_cosmic_detection_matches_whole_frame():
+    raw, dark, flat, sky = _scene(shape=(600, 300))
+    for row in (10, 150, 299, 301, 590):  # tracks near and across band edges
+        raw[row, 100:106] += 6000
+    common = dict(gain=2.0, read_noise_e=9.0, saturation_adu=65535, cosmics=CosmicSettings())
+    zero = np.zeros(raw.shape, np.uint8)
+    whole = calibrate_frame(raw, dark, flat, zero, **common)
+    banded = calibrate_frame(raw, dark, flat, zero, max_cosmic_pixels=300 * 200, **common)
+    assert np.array_equal(whole.mask, banded.mask)
+    assert np.allclose(whole.data, banded.data)
+    assert whole.n_cosmic >= 30

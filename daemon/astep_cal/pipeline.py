@@ -25,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__, astrometry, products
-from .calibrate import calibrate_frame
+from .calibrate import COSMIC_BYTES_PER_PIXEL, calibrate_frame
 from .config import Settings
 from .fitsio import fingerprint, read_image, remove_stale_temporaries
 from .ledger import Ledger
@@ -78,6 +78,10 @@ class Masters:
     flat: np.ndarray | None = None
     mask: np.ndarray | None = None
     record: dict[str, Any] = field(default_factory=dict)
+
+    def resident_bytes(self) -> int:
+        arrays = [*self.library.darks.values(), self.library.bias, self.flat, self.mask]
+        return sum(a.nbytes for a in arrays if a is not None)
 
 
 def memory_budget(settings: Settings, resident_bytes: int) -> float:
@@ -142,41 +146,57 @@ def _build_darks(inventory: NightInventory, shape: tuple[int, int], settings: Se
     return darks
 
 
-def _build_flat(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,
-                out: Path, log: Any) -> None:
-    record = masters.record
+def _own_flat(inventory: NightInventory, masters: Masters, settings: Settings, out: Path, log: Any) -> bool:
+    """Make the night's master flat from its sky flats; False (and a problem recorded) when it can't."""
     flats = inventory.flats
-    if flats:
-        choices = [masters.library.dark_for(f.exptime) for f in flats]
-        if any(choice is None for choice in choices):
-            inventory.problems.append(Problem(inventory.skyflat_dir, "flat_without_dark",
-                                              "no dark to subtract from the sky flats"))
-        else:
-            start = time.perf_counter()
-            resident = sum(d.nbytes for d in masters.library.darks.values())
-            flat, levels = flat_from_files([f.path for f in flats], masters.shape, [c.data for c in choices],
-                                           settings.calibration.combine_sigma, memory_budget(settings, resident))
-            products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
-                                  [f.name for f in flats])
-            masters.flat = flat
-            record["flat"] = {"night": inventory.date, "file": str(Path(inventory.date) / inventory.cal_dir.name
-                                                                    / "masters" / products.MASTER_FLAT),
-                              "inputs": [f.name for f in flats], "levels_adu": [round(v, 1) for v in levels]}
-            log.info("master_built", kind="flat", n_inputs=len(flats),
-                     duration_s=round(time.perf_counter() - start, 2))
-            return
-    borrowed = find_borrowed_flat(root, inventory.date, settings.calibration.flat_max_age_days)
+    if not flats:
+        return False
+    choices = [masters.library.dark_for(f.exptime) for f in flats]
+    if any(choice is None for choice in choices):
+        inventory.problems.append(Problem(inventory.skyflat_dir, "flat_without_dark",
+                                          "no dark to subtract from the sky flats"))
+        return False
+    start = time.perf_counter()
+    try:
+        flat, levels = flat_from_files([f.path for f in flats], masters.shape, [c.data for c in choices],
+                                       settings.calibration.combine_sigma,
+                                       memory_budget(settings, masters.resident_bytes()))
+    except ValueError as error:
+        inventory.problems.append(Problem(inventory.skyflat_dir, "flat_unusable", str(error)))
+        return False
+    products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
+                          [f.name for f in flats])
+    masters.flat = flat
+    masters.record["flat"] = {
+        "night": inventory.date,
+        "file": str((out / products.MASTER_FLAT).relative_to(inventory.night_dir.parent)),
+        "inputs": [f.name for f in flats],
+        "levels_adu": [round(v, 1) for v in levels],
+    }
+    log.info("master_built", kind="flat", n_inputs=len(flats), duration_s=round(time.perf_counter() - start, 2))
+    return True
+
+
+def _borrow_flat(root: Path, date: str, masters: Masters, settings: Settings, log: Any) -> None:
+    """Use the nearest earlier night's own master flat (the polar-winter case), if one is young enough."""
+    borrowed = find_borrowed_flat(root, date, settings.calibration.flat_max_age_days)
     if borrowed is None:
         log.warning("flat_unavailable", max_age_days=settings.calibration.flat_max_age_days)
         return
     other, path = borrowed
     flat, _ = products.read_master(path)
     if flat.shape != masters.shape:
-        log.warning("flat_unavailable", reason=f"{other} flat has another size")
+        log.warning("flat_unavailable", reason=f"the {other} flat has another size")
         return
     masters.flat = flat.astype(np.float32)
-    record["flat"] = {"night": other, "file": str(path.relative_to(root)), "borrowed": True}
+    masters.record["flat"] = {"night": other, "file": str(path.relative_to(root)), "borrowed": True}
     log.info("flat_borrowed", from_night=other)
+
+
+def _build_flat(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,
+                out: Path, log: Any) -> None:
+    if not _own_flat(inventory, masters, settings, out, log):
+        _borrow_flat(root, inventory.date, masters, settings, log)
 
 
 def build_masters(root: Path, inventory: NightInventory, settings: Settings, log: Any) -> Masters:
@@ -273,6 +293,12 @@ def header_number(header: fits.Header, key: str, default: float) -> tuple[float,
     return default, "default"
 
 
+def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
+    """Pixels astroscrappy may take at once: what the memory limit leaves after masters and frame copies."""
+    resident = masters.resident_bytes() + 4 * raw.nbytes  # raw, dark choice, data, cleaned output
+    return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
+
+
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
                    record: dict[str, Any]) -> None:
     if masters.flat is None or masters.mask is None:
@@ -284,7 +310,8 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
     read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
-                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics)
+                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
+                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw))
     flat_record = masters.record["flat"]
     provenance = {
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
@@ -337,6 +364,7 @@ class NightRun:
         self.log = get_logger(night=date)
         self.result = NightResult(date)
         self.masters: Masters | None = None
+        self._masters_error: Exception | None = None
 
     def run(self) -> NightResult:
         if self.force:
@@ -394,7 +422,14 @@ class NightRun:
                     _build_mask(self.date, self.masters, self.settings, out, self.log)
                     self.ledger.save()
                 return self.masters
-        self.masters = build_masters(self.root, self.inventory, self.settings, self.log)
+        if self._masters_error is not None:
+            raise self._masters_error  # tried once this run already: don't rebuild for every frame
+        try:
+            self.masters = build_masters(self.root, self.inventory, self.settings, self.log)
+        except Exception as error:
+            self._masters_error = error
+            self.log.error("masters_failed", error=f"{type(error).__name__}: {error}")
+            raise
         night["masters"] = self.masters.record
         self.ledger.save()
         return self.masters
