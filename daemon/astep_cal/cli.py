@@ -126,6 +126,31 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from .pipeline import clear_failures
+    from .service import RETRY_REQUEST, running_daemon_pid
+
+    settings = _settings(args)
+    root = _root(args)
+    nights = [args.night] if args.night else None
+    ledger_path = settings.ledger_path(root)
+    pid = running_daemon_pid(ledger_path)
+    if pid is not None:  # the daemon owns the ledger: leave it a request and wake it
+        (ledger_path.parent / RETRY_REQUEST).write_text(" ".join(nights or []))
+        os.kill(pid, signal.SIGHUP)
+        print(f"retry requested from daemon pid {pid}")
+        return EXIT_OK
+    with RootLock(ledger_path):
+        ledger = Ledger.load(ledger_path)
+        cleared = clear_failures(ledger, nights)
+        ledger.save()
+    print(f"{cleared} frame(s) will be retried by the next run")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -163,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     rescan.add_argument("--root", help="data root (default: data_root from the config)")
     rescan.add_argument("--ledger")
     rescan.set_defaults(func=cmd_rescan)
+
+    retry = commands.add_parser("retry", help="clear failed frames so they are tried again")
+    retry.add_argument("root")
+    retry.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    retry.add_argument("--config")
+    retry.add_argument("--ledger")
+    retry.set_defaults(func=cmd_retry)
 
     demo = commands.add_parser("demo", help="generate a synthetic night, process it, report the accuracy")
     demo.add_argument("--dir", help="where to put the demo data (default: a new temporary directory)")

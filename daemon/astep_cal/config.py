@@ -62,6 +62,7 @@ class AstrometrySettings:
     cpulimit_s: int = 60  # solve-field --cpulimit
     timeout_s: float = 180.0  # wall-clock limit; the whole process group is killed after it
     max_tries: int = 3  # a frame whose solve failed this many times needs an operator
+    retry_backoff_s: float = 300.0  # wait before retry n is retry_backoff_s * 2**(n-1)
 
 
 @dataclass(frozen=True)

@@ -279,7 +279,27 @@ def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
     solved = entry.get("astrometry", {})
     if solved.get("status") == "solved":
         return False
+    if solved.get("retry_after", 0) > time.time():
+        return False  # backing off after a failure
     return solved.get("tries", 0) < settings.astrometry.max_tries
+
+
+def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
+    """Forget failed stages (and solve tries) so the next run retries them; returns how many frames."""
+    cleared = 0
+    for date, night in ledger.nights().items():
+        if nights is not None and date not in nights:
+            continue
+        for entry in night.get("frames", {}).values():
+            touched = False
+            if entry.get("calibrate", {}).get("status") == "failed":
+                entry.pop("calibrate")
+                touched = True
+            if entry.get("astrometry", {}).get("status") == "failed":
+                entry.pop("astrometry")
+                touched = True
+            cleared += touched
+    return cleared
 
 
 def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
@@ -500,8 +520,12 @@ class NightRun:
                       "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
             if not result.solved:
                 record["error"] = result.error
+                backoff = self.settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
+                if tries < self.settings.astrometry.max_tries:
+                    record["retry_after"] = round(time.time() + backoff, 1)
         except Exception as error:  # e.g. the CAL file vanished under us
-            record = {"status": "failed", "tries": tries, "error": f"{type(error).__name__}: {error}"}
+            record = {"status": "failed", "tries": tries, "error": f"{type(error).__name__}: {error}",
+                      "retry_after": round(time.time() + self.settings.astrometry.retry_backoff_s, 1)}
         entry["astrometry"] = record
         cal_path = self.inventory.cal_dir / products.cal_name(name)
         if cal_path.is_file():

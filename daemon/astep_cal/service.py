@@ -34,10 +34,11 @@ from .fitsio import atomic_write_bytes
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
 from .night import discover_nights
-from .pipeline import NightRun, night_has_work
+from .pipeline import NightRun, clear_failures, night_has_work
 from .status import night_rows
 from .watcher import NightEvents, night_readiness, start_observer
 
+RETRY_REQUEST = "retry-request"  # next to the ledger: `astep-cal retry` asks the daemon to clear failures
 ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 MAIN_TICK_S = 1.0
@@ -221,6 +222,7 @@ class Daemon:
         if full or now - getattr(self, "_last_reconcile", -1e18) >= self.settings.daemon.reconcile_interval_s:
             self.rescan_all.clear()
             self._last_reconcile = now
+            self._apply_retry_request()
             nights, _ = discover_nights(self.root)
             for night in nights:
                 if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
@@ -228,6 +230,16 @@ class Daemon:
             self.log.info("rescan", pending=len(self.pending))
             return True
         return False
+
+    def _apply_retry_request(self) -> None:
+        request = self.settings.ledger_path(self.root).parent / RETRY_REQUEST
+        if not request.exists():
+            return
+        nights = request.read_text().split() or None
+        cleared = clear_failures(self.ledger, nights)
+        self.ledger.save()
+        request.unlink(missing_ok=True)
+        self.log.info("retry_requested", frames=cleared, nights=nights or "all")
 
     def _next_night(self) -> str | None:
         self._collect_candidates()
