@@ -13,6 +13,7 @@ Order (the user's guide's steps, with the old pipeline's unit bug fixed):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import astroscrappy
@@ -91,13 +92,16 @@ def _window_medians(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs:
     Gathered only at the given pixels (a few thousand), not filtered over the whole frame: a full
     median filter of a 4096² frame would cost more than the cosmic-ray detection itself.
     """
+    if not len(ys):
+        return np.empty(0, dtype=image.dtype)
     half = REPAIR_WINDOW // 2
     offsets = np.arange(-half, half + 1)
     wy = np.clip(ys[:, None, None] + offsets[None, :, None], 0, image.shape[0] - 1)
     wx = np.clip(xs[:, None, None] + offsets[None, None, :], 0, image.shape[1] - 1)
     values = np.where(excluded[wy, wx], np.nan, image[wy, wx]).reshape(len(ys), -1)
-    with np.errstate(all="ignore"):
-        medians = np.nanmedian(values, axis=1) if len(ys) else np.empty(0, image.dtype)
+    with warnings.catch_warnings():  # a window with no clean pixel: fall back to the pixel itself
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(values, axis=1)
     return np.where(np.isfinite(medians), medians, image[ys, xs])
 
 
