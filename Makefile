@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test clean
+.PHONY: all system-deps venv demo test bench clean
 
 all: test
 
@@ -37,6 +37,9 @@ demo: system-deps venv
 
 test: system-deps venv
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: system-deps venv
+	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache

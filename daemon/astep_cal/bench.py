@@ -1,0 +1,215 @@
+"""``make bench``: astep-cal against the straightforward pipeline and the astroscrappy floor, side by side.
+
+One run generates a 4096² night (N science frames, 20 darks, 20 sky flats) with the synthetic
+generator, then, for each of ``--repeats`` rounds, runs in separate processes:
+
+(a) ``baseline``: the guide's recipe written plainly with ccdproc (combine darks and flats, ``ccdmask``
+    bad-pixel mask, ``ccd_process``, ``cosmicray_lacosmic``, ``solve-field`` with only the scale limits);
+(b) ``floor``: bare ``astroscrappy.detect_cosmics`` on one calibrated frame (the per-frame floor);
+(c) ``astep-cal once`` on a fresh copy of the same night.
+
+Peak RSS comes from the OS (``wait4`` rusage of each child). Medians over the rounds and the ratios
+are printed as a table and written as JSON (``bench-results/bench.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BASELINE_SCRIPT = r'''
+import json, subprocess, sys, time, tempfile, warnings
+from pathlib import Path
+import numpy as np
+import ccdproc
+from astropy import units as u
+from astropy.nddata import CCDData
+warnings.simplefilter("ignore")
+night, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+cams, flats_dir = night / (night.name + "-CAMS"), night / (night.name + "-CAMS_SKYFLAT")
+t = {}
+def read(paths): return [CCDData.read(p, unit="adu") for p in paths]
+start = time.perf_counter()
+science_darks = sorted(cams.glob("*_DARK*.fits"))
+master_dark = ccdproc.combine([str(p) for p in science_darks], method="median", unit="adu", mem_limit=2e9,
+                              sigma_clip=True, dtype=np.float32)
+flat_darks = sorted(flats_dir.glob("*_DARK*.fits"))
+master_flat_dark = ccdproc.combine([str(p) for p in flat_darks], method="median", unit="adu", mem_limit=2e9,
+                                   dtype=np.float32)
+t["master_darks_s"] = time.perf_counter() - start
+start = time.perf_counter()
+flats = [ccdproc.subtract_dark(f, master_flat_dark, exposure_time="EXPTIME", exposure_unit=u.s)
+         for f in read(sorted(flats_dir.glob("*_SKYFLAT*.fits")))]
+master_flat = ccdproc.combine(flats, method="median", scale=lambda a: 1 / np.median(a), mem_limit=2e9,
+                              sigma_clip=True, dtype=np.float32)
+master_flat.data /= np.median(master_flat.data)
+del flats
+t["master_flat_s"] = time.perf_counter() - start
+start = time.perf_counter()
+mask = ccdproc.ccdmask(master_flat)
+t["ccdmask_s"] = time.perf_counter() - start
+cal, solve = [], []
+for path in sorted(cams.glob("*_SCIENCE*.fits")):
+    start = time.perf_counter()
+    ccd = CCDData.read(path, unit="adu")
+    ccd.mask = mask
+    ccd = ccdproc.ccd_process(ccd, dark_frame=master_dark, master_flat=master_flat, exposure_key="EXPTIME",
+                              exposure_unit=u.s, gain=2.0 * u.electron / u.adu, dark_scale=True)
+    ccd = ccdproc.cosmicray_lacosmic(ccd, sigclip=4.5, readnoise=9.0, satlevel=65535, gain_apply=False)
+    target = out / (path.stem + "_CAL.fits")
+    ccd.write(target, overwrite=True)
+    cal.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["solve-field", "--scale-units", "degwidth", "--scale-low", "0.9", "--scale-high", "1.1",
+                        "--no-plots", "--overwrite", "--dir", tmp, "--new-fits", "none", str(target)],
+                       capture_output=True, timeout=600)
+    solve.append(time.perf_counter() - start)
+t["calibrate_per_frame_s"] = float(np.median(cal))
+t["solve_per_frame_s"] = float(np.median(solve))
+print(json.dumps(t))
+'''
+
+FLOOR_SCRIPT = r'''
+import json, sys, time
+import astroscrappy
+import numpy as np
+from astropy.io import fits
+data = fits.getdata(sys.argv[1]).astype(np.float32)
+start = time.perf_counter()
+astroscrappy.detect_cosmics(data, sigclip=4.5, sigfrac=0.3, objlim=5.0, gain=1.0, readnoise=9.0,
+                            satlevel=130000.0, niter=1, sepmed=True)
+print(json.dumps({"astroscrappy_s": time.perf_counter() - start}))
+'''
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run a child process; return (wall seconds, peak RSS in MB from wait4, stdout)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited {process.returncode}")
+    return wall, usage.ru_maxrss / 1024.0, output
+
+
+def make_bench_night(root: Path, n_science: int) -> Path:
+    from .synthetic import NightSpec, make_night
+
+    spec = NightSpec(shape=(4096, 4096), pixel_scale_arcsec=0.93, n_science=n_science, n_darks=20, n_flats=20,
+                     n_flat_darks=20, fwhm_arcsec=3.5, n_cosmic_rays=600, n_hot_pixels=2000, dead_column=1200)
+    truth = make_night(root, spec)
+    return truth.night_dir
+
+
+def astep_stage_split(root: Path) -> dict[str, float]:
+    """Per-frame stage medians from the ledger astep-cal wrote."""
+    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    frames = [f for night in ledger["nights"].values() for f in night["frames"].values()]
+    calibrate = [f["calibrate"]["duration_s"] for f in frames if "duration_s" in f.get("calibrate", {})]
+    solve = [f["astrometry"]["duration_s"] for f in frames if "duration_s" in f.get("astrometry", {})]
+    return {"calibrate_per_frame_s": statistics.median(calibrate) if calibrate else None,
+            "solve_per_frame_s": statistics.median(solve) if solve else None,
+            "solved": sum(f.get("astrometry", {}).get("status") == "solved" for f in frames)}
+
+
+def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    baseline_out = work / "baseline-out"
+    wall, rss, out = run_measured([sys.executable, "-c", BASELINE_SCRIPT, str(night_dir), str(baseline_out)])
+    result["baseline"] = {"wall_s": wall, "peak_rss_mb": rss, **json.loads(out.strip().splitlines()[-1])}
+    first_cal = sorted(baseline_out.glob("*_CAL.fits"))[0]
+    wall, rss, out = run_measured([sys.executable, "-c", FLOOR_SCRIPT, str(first_cal)])
+    result["floor"] = {"wall_s": wall, "peak_rss_mb": rss, **json.loads(out.strip().splitlines()[-1])}
+    root = work / "astep-root"
+    shutil.copytree(night_dir, root / night_dir.name)
+    wall, rss, _ = run_measured([sys.executable, "-m", "astep_cal.cli", "once", str(root),
+                                 "--mem-limit", str(mem_limit)])
+    result["astep_cal"] = {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root)}
+    shutil.rmtree(root)
+    shutil.rmtree(baseline_out)
+    return result
+
+
+def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float) -> dict[str, Any]:
+    def med(path: tuple[str, str]) -> float | None:
+        values = [r[path[0]].get(path[1]) for r in rounds if r[path[0]].get(path[1]) is not None]
+        return statistics.median(values) if values else None
+
+    keys = {name: sorted({k for r in rounds for k in r[name]}) for name in ("baseline", "floor", "astep_cal")}
+    medians = {name: {k: med((name, k)) for k in ks} for name, ks in keys.items()}
+    floor = medians["floor"]["astroscrappy_s"]
+    astep = medians["astep_cal"]
+    per_frame = astep["wall_s"] / n_science  # end to end, masters included
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "n_science": n_science, "repeats": len(rounds), "mem_limit_gb": mem_limit,
+        "medians": medians,
+        "ratios": {
+            "baseline_over_astep_end_to_end": medians["baseline"]["wall_s"] / astep["wall_s"],
+            "astep_per_frame_over_floor": per_frame / floor,
+            "astep_calibrate_over_floor": (astep["calibrate_per_frame_s"] or 0) / floor,
+        },
+        "projection_1000_frames_h": per_frame * 1000 / 3600,
+        "rounds": rounds,
+    }
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    m = summary["medians"]
+    print(f"\n{summary['n_science']} science frames of 4096², 20 darks, 20 flats; medians of {summary['repeats']} rounds")
+    print(f"{'':28}{'baseline':>12}{'astep-cal':>12}{'floor':>10}")
+    print(f"{'end to end (s)':28}{m['baseline']['wall_s']:>12.1f}{m['astep_cal']['wall_s']:>12.1f}")
+    print(f"{'peak RSS (MB)':28}{m['baseline']['peak_rss_mb']:>12.0f}{m['astep_cal']['peak_rss_mb']:>12.0f}"
+          f"{m['floor']['peak_rss_mb']:>10.0f}")
+    print(f"{'calibrate / frame (s)':28}{m['baseline']['calibrate_per_frame_s']:>12.2f}"
+          f"{m['astep_cal']['calibrate_per_frame_s'] or float('nan'):>12.2f}{m['floor']['astroscrappy_s']:>10.2f}")
+    print(f"{'solve / frame (s)':28}{m['baseline']['solve_per_frame_s']:>12.2f}"
+          f"{m['astep_cal']['solve_per_frame_s'] or float('nan'):>12.2f}")
+    print(f"{'bad-pixel mask (s)':28}{m['baseline']['ccdmask_s']:>12.2f}")
+    r = summary["ratios"]
+    print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x")
+    print(f"astep-cal per frame / astroscrappy floor: {r['astep_per_frame_over_floor']:.2f}")
+    print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--science", type=int, default=5, help="science frames in the night (default 5)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mem-limit", type=float, default=2.0)
+    parser.add_argument("--out", default="bench-results", help="directory for bench.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="astep-bench-") as tmp:
+        work = Path(tmp)
+        print(f"generating a 4096² night with {args.science} science frames, 20 darks, 20 flats ...", flush=True)
+        night_dir = make_bench_night(work / "night-root", args.science)
+        rounds = []
+        for index in range(args.repeats):
+            print(f"round {index + 1}/{args.repeats} ...", flush=True)
+            rounds.append(one_round(night_dir, work / f"round-{index}", args.mem_limit))
+    summary = summarise(rounds, args.science, args.mem_limit)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary)
+    print(f"\nwritten {out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
