@@ -337,7 +337,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
         "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
         "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
-        "ASTCFLAT": (flat_record["file"], "master flat used (relative to the data root)"),
+        "ASTCFLAT": (flat_record["file"], "master flat (path in data root)"),
         "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
         "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
     }
@@ -356,7 +356,11 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
     header = fits.getheader(cal_path)
     result = astrometry.solve(cal_path, header, settings.astrometry)
     if result.solved and result.wcs_header is not None:
-        astrometry.merge_wcs(cal_path, result.wcs_header, {"ASTCWCS": ("solved", "astrometry status")})
+        extra = {"ASTCWCS": ("solved", "astrometry status: pending, solved, failed"),
+                 "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
+        if result.residual_arcsec is not None:
+            extra["ASTCWRES"] = (round(result.residual_arcsec, 3), "[arcsec] rms of those matches")
+        astrometry.merge_wcs(cal_path, result.wcs_header, extra)
     else:
         astrometry.mark_unsolved(cal_path, result.error or "no solution")
     return result
@@ -518,6 +522,10 @@ class NightRun:
                 return  # ended by a shutdown, not a failure: stays pending, no try counted
             record = {"status": "solved" if result.solved else "failed", "tries": tries,
                       "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+            if result.solved:
+                record["n_matched"] = result.n_matched
+                if result.residual_arcsec is not None:
+                    record["residual_arcsec"] = round(result.residual_arcsec, 3)
             if not result.solved:
                 record["error"] = result.error
                 backoff = self.settings.astrometry.retry_backoff_s * 2 ** (tries - 1)

@@ -1,0 +1,307 @@
+"""Plate solving with Astrometry.net ``solve-field``, and merging the solution into a CAL file.
+
+The process boundary is deliberate: ``solve-field`` is a separate program that can hang, crash, or be
+missing. :func:`solve` therefore never raises; it returns a :class:`SolveResult` that says what
+happened, and the pipeline records it in the ledger. Every run
+
+* gets an argument list (never a shell string: file names come from the data and are not trusted),
+* works in its own temporary directory outside the data root (``solve-field`` litters its working
+  directory with ``.axy``, ``.corr``, ``.match`` ... files),
+* runs in its own process group, so the wall-clock timeout and a service shutdown can end
+  ``solve-field`` *and* the helpers it starts (``astrometry-engine``, ``image2xy``),
+* is limited by ``--cpulimit`` (the engine's own budget) and by ``timeout_s`` (ours, in case the
+  engine ignores its budget or an image converter hangs).
+
+The WCS (TAN with SIP distortion terms, ``--tweak-order 2``) is merged into the CAL file's primary
+header with an atomic rewrite; the previous WCS keys, if any, are removed first so a re-solve never
+leaves a mix of two solutions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.coordinates import Angle
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from .config import AstrometrySettings
+from .fitsio import atomic_write_hdul
+
+# Keys of a celestial WCS (with SIP) that a new solution replaces.
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CRPIX\d|CRVAL\d|CTYPE\d|CUNIT\d|CDELT\d|CD\d_\d|PC\d_\d|CROTA\d|LONPOLE|LATPOLE|"
+    r"RADESYS|EQUINOX|WCSNAME|MJDREF|DATEREF|(A|B|AP|BP)_(ORDER|DMAX|\d_\d))$"
+)
+_OUTPUT_TAIL_CHARS = 400
+
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+@dataclass
+class SolveResult:
+    """What one ``solve-field`` run gave. ``error`` is a one-line reason when not solved."""
+
+    solved: bool
+    wcs_header: fits.Header | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    hinted: bool = False
+    command: list[str] = field(default_factory=list)
+    n_matched: int = 0  # stars matched between the image and the index (from the .corr file)
+    residual_arcsec: float | None = None  # rms distance of those matches under the solved WCS
+
+
+# --- pointing hints -----------------------------------------------------------------------------
+
+def _as_degrees(value: Any, unit: str) -> float | None:
+    """A header value as degrees: a number is degrees, a string is sexagesimal in ``unit``."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            degrees = float(value)
+        else:
+            text = str(value).strip()
+            try:
+                degrees = float(text)
+            except ValueError:
+                degrees = Angle(text, unit=unit).degree
+    except (ValueError, TypeError):
+        return None
+    return degrees if np.isfinite(degrees) else None
+
+
+def pointing_from_header(header: fits.Header) -> tuple[float, float] | None:
+    """Telescope pointing (RA, Dec in degrees) from ``RA``/``DEC`` or ``OBJCTRA``/``OBJCTDEC``.
+
+    Returns None when neither pair is present and sane, in which case the solve is blind.
+    """
+    candidates = ((header.get("RA"), "deg", header.get("DEC")),
+                  (header.get("OBJCTRA"), "hourangle", header.get("OBJCTDEC")))
+    for ra_value, ra_unit, dec_value in candidates:
+        ra = _as_degrees(ra_value, ra_unit)
+        dec = _as_degrees(dec_value, "deg")
+        if ra is not None and dec is not None and 0 <= ra < 360 and -90 <= dec <= 90:
+            return ra, dec
+    return None
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
+                  pointing: tuple[float, float] | None) -> list[str]:
+    """The ``solve-field`` argument list: scale limits, budgets, and every output but the WCS and
+    the match list switched off or sent to ``work_dir``."""
+    command = [
+        settings.solve_field, str(image),
+        "--dir", str(work_dir), "--out", "solution",
+        "--scale-units", "degwidth",
+        "--scale-low", f"{settings.scale_low_deg:g}", "--scale-high", f"{settings.scale_high_deg:g}",
+        "--downsample", str(settings.downsample),
+        "--cpulimit", str(settings.cpulimit_s),
+        "--tweak-order", "2", "--crpix-center",
+        "--no-plots", "--overwrite",
+        "--new-fits", "none", "--index-xyls", "none", "--rdls", "none", "--match", "none",
+        "--solved", str(work_dir / "solution.solved"),
+        "--wcs", str(work_dir / "solution.wcs"),
+        "--corr", str(work_dir / "solution.corr"),
+        "--temp-dir", str(work_dir),
+        "--extension", "0",
+    ]
+    if pointing is not None:
+        command += ["--ra", f"{pointing[0]:.6f}", "--dec", f"{pointing[1]:.6f}",
+                    "--radius", f"{settings.search_radius_deg:g}"]
+    return command
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+def _kill_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_running_solves(grace_s: float = 2.0) -> int:
+    """End every ``solve-field`` process group started by :func:`solve` (service shutdown).
+
+    SIGTERM first, SIGKILL after ``grace_s``. Returns how many were running.
+    """
+    with _running_lock:
+        processes = list(_running)
+    for process in processes:
+        _kill_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_group(process, signal.SIGKILL)
+    return len(processes)
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[-_OUTPUT_TAIL_CHARS:]
+
+
+def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
+    """Run in a new session; on timeout kill the whole group. Returns (exit code or None, output)."""
+    environment = dict(os.environ, TMPDIR=str(work_dir))
+    log_path = work_dir / "solve-field.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
+                                   start_new_session=True)
+        with _running_lock:
+            _running.add(process)
+        try:
+            code: int | None = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process, signal.SIGKILL)
+            process.wait()
+            code = None
+        finally:
+            _kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
+            with _running_lock:
+                _running.discard(process)
+    return code, log_path.read_text(errors="replace")
+
+
+def _match_statistics(corr_path: Path) -> tuple[int, float | None]:
+    """Number of image/index star matches and their rms offset in arcsec under the solved WCS."""
+    if not corr_path.is_file():
+        return 0, None
+    try:
+        with fits.open(corr_path) as hdul:
+            table = hdul[1].data
+            if table is None or len(table) == 0:
+                return 0, None
+            ra_field, dec_field = table["field_ra"], table["field_dec"]
+            ra_index, dec_index = table["index_ra"], table["index_dec"]
+    except (OSError, KeyError, IndexError):
+        return 0, None
+    dec_mid = np.radians((dec_field + dec_index) / 2)
+    d_ra = (ra_field - ra_index + 180) % 360 - 180
+    offsets = np.hypot(d_ra * np.cos(dec_mid), dec_field - dec_index) * 3600
+    return int(len(offsets)), float(np.sqrt(np.mean(offsets ** 2)))
+
+
+def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
+          tmp_root: Path | None = None) -> SolveResult:
+    """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set."""
+    started = time.monotonic()
+    pointing = pointing_from_header(header) if settings.use_header_pointing else None
+    executable = shutil.which(settings.solve_field)
+    if executable is None:
+        return SolveResult(False, error=f"solve-field not found: {settings.solve_field!r}",
+                           hinted=pointing is not None)
+    with tempfile.TemporaryDirectory(prefix="astep-solve-", dir=tmp_root) as work_text:
+        work_dir = Path(work_text)
+        command = build_command(image, work_dir, settings, pointing)
+        command[0] = executable
+
+        def result(**fields: Any) -> SolveResult:
+            return SolveResult(duration_s=time.monotonic() - started, hinted=pointing is not None,
+                               command=command, **fields)
+
+        try:
+            code, output = _run(command, settings.timeout_s, work_dir)
+        except OSError as error:
+            return result(solved=False, error=f"solve-field could not start: {error}")
+        if code is None:
+            return result(solved=False, error=f"solve-field timed out after {settings.timeout_s:g} s")
+        wcs_path = work_dir / "solution.wcs"
+        if code != 0:
+            return result(solved=False, error=f"solve-field exited with {code}: {_tail(output)}")
+        if not (work_dir / "solution.solved").is_file() or not wcs_path.is_file():
+            reason = "no index file" if "no index files" in output.lower() else "field not solved"
+            return result(solved=False, error=f"{reason} (scale {settings.scale_low_deg:g}-"
+                                              f"{settings.scale_high_deg:g} deg, "
+                                              f"{'hinted' if pointing else 'blind'})")
+        try:
+            wcs_header = clean_wcs_header(fits.getheader(wcs_path))
+        except (OSError, ValueError) as error:
+            return result(solved=False, error=f"unreadable solution: {error}")
+        n_matched, residual = _match_statistics(work_dir / "solution.corr")
+        return result(solved=True, wcs_header=wcs_header, n_matched=n_matched, residual_arcsec=residual)
+
+
+def clean_wcs_header(raw: fits.Header) -> fits.Header:
+    """Only the WCS (TAN-SIP) keys of a ``solve-field`` ``.wcs`` header, as astropy writes them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(raw, relax=True)
+    if not wcs.has_celestial:
+        raise ValueError("solution has no celestial WCS")
+    header = wcs.to_header(relax=True)
+    for key in ("DATE-OBS", "MJD-OBS", "DATEREF", "MJDREF", "MJDREFI", "MJDREFF"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    return header
+
+
+# --- the CAL file -------------------------------------------------------------------------------
+
+def _without_wcs(header: fits.Header) -> None:
+    for key in [k for k in header.keys() if _WCS_KEY.match(k)]:
+        header.remove(key, ignore_missing=True, remove_all=True)
+
+
+def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[Any, str]]) -> None:
+    """Replace the WCS of ``cal_path``'s primary header by ``wcs_header`` and add ``extra`` cards.
+
+    The file is read whole and rewritten atomically: a crash leaves the old file or the new one.
+    """
+    with fits.open(cal_path, memmap=False) as hdul:
+        hdul.verify("silentfix")
+        header = hdul[0].header
+        _without_wcs(header)
+        header.remove("ASTCWERR", ignore_missing=True)
+        for card in wcs_header.cards:
+            header[card.keyword] = (card.value, card.comment)
+        for key, (value, comment) in extra.items():
+            header[key] = (value, comment)
+        atomic_write_hdul(cal_path, hdul)
+
+
+def mark_unsolved(cal_path: Path, reason: str) -> None:
+    """Record a failed solve in the CAL file: ``ASTCWCS = 'failed'`` and the reason in ``ASTCWERR``."""
+    printable = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in reason)
+    with fits.open(cal_path, memmap=False) as hdul:
+        header = hdul[0].header
+        _without_wcs(header)
+        header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
+        header["ASTCWERR"] = (printable[:60], "why the plate solve failed")
+        atomic_write_hdul(cal_path, hdul)
+
+
+# --- accuracy -----------------------------------------------------------------------------------
+
+def wcs_error_px(solved: WCS, truth: WCS, shape: tuple[int, int], grid: int = 16) -> float:
+    """Median distance (pixels) between where ``truth`` and ``solved`` put the same sky points.
+
+    Points are a ``grid`` × ``grid`` lattice over the frame; each is sent to the sky with the true
+    WCS and back to pixels with the solved one, so distortion (SIP) errors count as much as
+    pointing errors.
+    """
+    rows, columns = shape
+    y, x = np.meshgrid(np.linspace(0, rows - 1, grid), np.linspace(0, columns - 1, grid), indexing="ij")
+    ra, dec = truth.all_pix2world(x.ravel(), y.ravel(), 0)
+    x_back, y_back = solved.all_world2pix(ra, dec, 0)
+    return float(np.median(np.hypot(x_back - x.ravel(), y_back - y.ravel())))
