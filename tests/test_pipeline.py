@@ -141,36 +141,51 @@ def test_mixed_dark_exptimes_all_used(tmp_path, capsys):
     assert header["ASTCDARK"] == "master_dark_60s.fits" and header["ASTCDSCL"] == 1.0
 
 
-@pytest.mark.parametrize("n_bias, dark_exptimes, origin", [
-    (3, (30.0,), "master_bias"),
-    (0, (20.0, 30.0), "two_darks"),
-    (0, (30.0,), "dark_median"),
+@pytest.mark.parametrize("n_bias, dark_exptimes, flat_exptime, origin", [
+    (3, (30.0,), 5.0, "master_bias"),
+    (0, (20.0, 30.0), 5.0, "two_darks"),
+    (0, (30.0,), 30.0, "dark_median"),  # flats (and their darks) also 30 s: one dark exposure time only
 ])
-def test_no_matching_dark_uses_nearest_scaled(tmp_path, capsys, n_bias, dark_exptimes, origin):
-    truth = make_night(tmp_path, small_spec(n_bias=n_bias, dark_exptimes=dark_exptimes))
+def test_no_matching_dark_uses_nearest_scaled(tmp_path, capsys, n_bias, dark_exptimes, flat_exptime, origin):
+    truth = make_night(tmp_path, small_spec(n_bias=n_bias, dark_exptimes=dark_exptimes, flat_exptime=flat_exptime))
     code, _, _ = run_cli(capsys, "once", tmp_path, "--config", no_solve_config(tmp_path))
     assert code == 0
-    path = cal_dir(tmp_path, truth.spec.date) / cal_name(truth.science_files[0].name)
+    name = truth.science_files[0].name
+    path = cal_dir(tmp_path, truth.spec.date) / cal_name(name)
     header = fits.getheader(path)
     assert header["ASTCDARK"] == "master_dark_30s.fits"
     assert header["ASTCDSCL"] == pytest.approx(2.0) and header["ASTCBORG"] == origin
-    score = score_frame(path, truth, truth.science_files[0].name)
-    print(origin, "flat residual", score.flat_residual, "cosmic removed", score.cosmic_removed)
-    assert score.flat_residual < 0.01 and score.cosmic_removed >= 0.98 and score.hot_masked >= 0.99
+    # A wrongly scaled dark leaves an offset of the sky: compare star-free sky with the truth.
+    with fits.open(path) as hdul:
+        data, mask = hdul[0].data, hdul["MASK"].data
+    sky = truth.sky_e(name)
+    blank = (mask == 0) & (sky < np.median(sky) + 1)
+    offset = float(np.median(data[blank] - sky[blank]))
+    print(origin, "sky offset (e-)", offset)
+    if origin == "dark_median":
+        # With no bias at all the median dark current cannot be told from the bias: the scaled dark
+        # misses the median dark current of the extra 30 s (documented), and nothing more.
+        missing = truth.spec.dark_e_per_s * (truth.spec.science_exptime - 30.0)
+        assert abs(offset - missing) < 1.0
+    else:
+        assert abs(offset) < 1.0  # e-, on a sky of 1200 e-
+    score = score_frame(path, truth, name)
+    assert score.hot_masked >= 0.99 and score.dead_column_masked == 1.0
 
 
 def test_night_without_flats_borrows_earlier_flat(tmp_path, capsys):
     make_night(tmp_path, small_spec(date="2026-07-01", start_time="2026-07-01T20:00:00"))
     late = make_night(tmp_path, small_spec(date="2026-07-03", start_time="2026-07-03T20:00:00", seed=5,
                                            n_flats=0, n_flat_darks=0))
-    code, out, events = run_cli(capsys, "once", tmp_path, "--config", no_solve_config(tmp_path))
+    config = no_solve_config(tmp_path)
+    code, out, events = run_cli(capsys, "once", tmp_path, "--config", config)
     assert code == 0
     assert [e["from_night"] for e in events if e["event"] == "flat_borrowed"] == ["2026-07-01"]
     path = cal_dir(tmp_path, "2026-07-03") / cal_name(late.science_files[0].name)
     assert fits.getval(path, "ASTCFNIT") == "2026-07-01"
     score = score_frame(path, late, late.science_files[0].name)
     assert score.flat_residual < 0.01
-    code, out, _ = run_cli(capsys, "status", tmp_path)
+    code, out, _ = run_cli(capsys, "status", tmp_path, "--config", config)
     assert "from 2026-07-01" in out and code == 0
 
 

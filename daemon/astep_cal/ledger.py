@@ -39,10 +39,15 @@ class LedgerLocked(RuntimeError):
 
 
 class RootLock:
-    """An exclusive, non-blocking ``flock`` on ``<ledger dir>/lock``."""
+    """An exclusive, non-blocking ``flock`` on ``<ledger dir>/lock``.
 
-    def __init__(self, ledger_path: Path):
+    The daemon writes its PID into the file (``astep-cal rescan``/``retry`` signal it); a batch run
+    leaves the file empty and untouched, so a run with nothing to do modifies no file at all.
+    """
+
+    def __init__(self, ledger_path: Path, record_pid: bool = False):
         self.path = Path(ledger_path).parent / "lock"
+        self.record_pid = record_pid
         self._fd: int | None = None
 
     def __enter__(self) -> "RootLock":
@@ -53,8 +58,11 @@ class RootLock:
         except BlockingIOError:
             os.close(fd)
             raise LedgerLocked(f"another astep-cal process is working on {self.path.parent}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if self.record_pid:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        elif os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)  # a stale PID of a daemon that has stopped
         self._fd = fd
         return self
 

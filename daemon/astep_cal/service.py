@@ -296,5 +296,5 @@ def run_daemon(config_path: Path | None, root_override: str | None) -> int:
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     if root_override:
         settings = Settings(**{**settings.__dict__, "data_root": str(root)})
-    with RootLock(settings.ledger_path(root)):
+    with RootLock(settings.ledger_path(root), record_pid=True):
         return Daemon(settings, root, config_path).run()
