@@ -6,12 +6,13 @@ comes from :mod:`astep_cal.synthetic`; the metrics are plain array statistics.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.wcs import WCS, FITSFixedWarning
 
 from .astrometry import wcs_error_px
 from .masters import MaskBit
@@ -86,7 +87,9 @@ def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
     wcs_error = matched = None
     in_field = 0
     if solved:
-        solved_wcs = WCS(header)
+        with warnings.catch_warnings():  # 'datfix' notes about MJD-OBS are not news
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            solved_wcs = WCS(header)
         wcs_error = wcs_error_px(solved_wcs, truth.wcs(raw_name), data.shape)
         matched, in_field = stars_matched(solved_wcs, truth.stars(raw_name), data.shape)
     usable = (mask & (MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT)) == 0

@@ -337,7 +337,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
         "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
         "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
-        "ASTCFLAT": (flat_record["file"], "master flat (path in data root)"),
+        "ASTCFLAT": (flat_record["file"], ""),  # path relative to the data root (README)
         "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
         "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
     }
