@@ -1,15 +1,21 @@
 """Discovering nights and classifying raw files: every oddity becomes a Problem, never an exception."""
 
+import itertools
+
 import numpy as np
 from astropy.io import fits
 
 from astep_cal.night import discover_nights, inspect_frame, is_temporary, kind_from_name, take_inventory
 
 
+_MINUTES = itertools.count()
+
+
 def _frame(path, kind="Light Frame", exptime=60.0, shape=(20, 30)):
     path.parent.mkdir(parents=True, exist_ok=True)
     hdu = fits.PrimaryHDU(np.zeros(shape, np.uint16))
     hdu.header["IMAGETYP"] = kind
+    hdu.header["DATE-OBS"] = f"2026-07-01T20:{next(_MINUTES) % 60:02d}:00"
     if exptime is not None:
         hdu.header["EXPTIME"] = exptime
     hdu.writeto(path)

@@ -156,7 +156,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
         raise CalibrationError(f"frame is {raw.shape[1]}x{raw.shape[0]} but the masters are "
                                f"{flat.shape[1]}x{flat.shape[0]}")
     saturated = raw >= saturation_adu
-    bad = (pixel_mask & MaskBit.BAD).astype(bool)
+    bad = (pixel_mask & MaskBit.BAD).astype(bool) | ~np.isfinite(raw)  # NaN from a broken readout
     data = np.subtract(raw, dark, dtype=np.float32)
     data /= np.where(bad, np.float32(1), flat)
     data *= np.float32(gain)
@@ -171,6 +171,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
     cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, bad, sky, read_noise_e)
     cleaned = replace_on_sky(data, cleaned, cosmic_mask, bad, sky, read_noise_e)
     mask = pixel_mask.astype(np.uint8, copy=True)
+    mask[bad] |= MaskBit.BAD.value
     mask[saturated] |= MaskBit.SATURATED.value
     mask[cosmic_mask] |= MaskBit.COSMIC.value
     return CalibratedFrame(

@@ -33,6 +33,9 @@ class CalibrationSettings:
     hot_pixel_sigma: float = 8.0  # ... and it must also stand this many robust sigmas above the median
     dead_flat_level: float = 0.2  # flat response below this: dead pixel (bad)
     low_flat_level: float = 0.5  # flat response below this: low-flat pixel (flagged, still divided)
+    flat_min_level_adu: float = 2000.0  # a sky flat dimmer than this (dark-subtracted median) is left out
+    flat_max_level_adu: float = 50000.0  # ... and one brighter than this (near saturation) too
+    dark_temp_tolerance_c: float = 3.0  # darks whose CCD-TEMP is further than this from the science frames'
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,10 @@ def validate(settings: Settings) -> None:
     if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
             d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s) <= 0:
         raise ConfigError("daemon intervals must be positive")
+    c = settings.calibration
+    if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:
+        raise ConfigError("calibration: need 0 <= flat_min_level_adu < flat_max_level_adu and "
+                          "dark_temp_tolerance_c > 0")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:

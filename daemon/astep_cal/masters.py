@@ -172,47 +172,59 @@ def _subtract_and_scale(stack: np.ndarray, band: slice, subtract: list[np.ndarra
 
 
 def combine_files(paths: list[Path], shape: tuple[int, int], sigma: float, memory_bytes: float,
-                  subtract: list[np.ndarray] | None = None, scales: Iterable[float] | None = None) -> np.ndarray:
+                  subtract: list[np.ndarray] | None = None, scales: Iterable[float] | None = None,
+                  hdus: list[int] | None = None) -> np.ndarray:
     """Combine the primary images of ``paths`` band by band.
 
     ``subtract`` (one full-frame array per path, e.g. the dark for that frame's exposure time; the
     same array object may serve several frames) is removed from every frame first, and ``scales`` (one
     number per frame) divide each frame afterwards: that is how flats are normalised before the combine
-    without ever holding more than one band of every flat.
+    without ever holding more than one band of every flat. ``hdus``: the image HDU of each file.
     """
     result = np.empty(shape, dtype=np.float32)
     divisors = None if scales is None else np.asarray(list(scales), dtype=np.float32)[:, None, None]
     rows = band_height(len(paths), shape[1], memory_bytes)
-    for band, stack in iter_row_bands(paths, shape[0], rows):
+    for band, stack in iter_row_bands(paths, shape[0], rows, hdus):
         _subtract_and_scale(stack, band, subtract, divisors)
         result[band] = combine_stack(stack, sigma)
     return result
 
 
 def median_levels(paths: list[Path], shape: tuple[int, int], subtract: list[np.ndarray] | None,
-                  memory_bytes: float) -> list[float]:
+                  memory_bytes: float, hdus: list[int] | None = None) -> list[float]:
     """Median of each (dark-subtracted) frame, from a sparse pixel grid read band by band."""
     step = 4
     samples: list[list[np.ndarray]] = [[] for _ in paths]
     rows = band_height(len(paths), shape[1], memory_bytes)
-    for band, stack in iter_row_bands(paths, shape[0], rows):
+    for band, stack in iter_row_bands(paths, shape[0], rows, hdus):
         _subtract_and_scale(stack, band, subtract, None)
         for index in range(len(paths)):
             samples[index].append(stack[index, ::step, ::step].ravel())
     return [float(np.median(np.concatenate(parts))) for parts in samples]
 
 
+def flat_level_usable(level: float, level_range: tuple[float, float]) -> bool:
+    """A sky flat is usable when its dark-subtracted median is inside ``level_range`` (ADU): below it
+    the twilight was too dark or clouds dimmed it (noise and stars dominate), above it the sky is
+    near saturation and the CCD no longer responds linearly."""
+    low, high = level_range
+    return max(low, 0.0) < level <= high
+
+
 def flat_from_files(paths: list[Path], shape: tuple[int, int], darks: list[np.ndarray], sigma: float,
-                    memory_bytes: float) -> tuple[np.ndarray, list[float]]:
+                    memory_bytes: float, hdus: list[int] | None = None,
+                    level_range: tuple[float, float] = (0.0, float("inf"))) -> tuple[np.ndarray, list[float]]:
     """Master flat: dark-subtracted sky flats, each normalised by its median, combined, normalised to 1.
 
     ``darks`` holds the dark to subtract from each flat. Returns the flat and the sky levels (ADU) of
-    the input flats, which the ledger records; flats without positive signal are left out.
+    the input flats, which the ledger records; flats whose level is outside ``level_range`` are left out.
     """
-    levels = median_levels(paths, shape, darks, memory_bytes)
-    keep = [index for index, level in enumerate(levels) if level > 0]
+    levels = median_levels(paths, shape, darks, memory_bytes, hdus)
+    keep = [index for index, level in enumerate(levels) if flat_level_usable(level, level_range)]
     if not keep:
-        raise ValueError("no sky flat has positive signal after dark subtraction")
+        raise ValueError(f"no sky flat has a usable level (medians {[round(v) for v in levels]} ADU, "
+                         f"usable {level_range[0]:g}-{level_range[1]:g})")
     combined = combine_files([paths[i] for i in keep], shape, sigma, memory_bytes,
-                             subtract=[darks[i] for i in keep], scales=[levels[i] for i in keep])
+                             subtract=[darks[i] for i in keep], scales=[levels[i] for i in keep],
+                             hdus=None if hdus is None else [hdus[i] for i in keep])
     return normalise(combined), levels

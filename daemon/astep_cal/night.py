@@ -16,9 +16,12 @@ stop a night.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from astropy.io import fits
 
@@ -28,6 +31,9 @@ KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TYPE_WORD = re.compile(r"_(SCIENCE|DARK|BIAS|SKYFLAT)(?![A-Z])", re.IGNORECASE)
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".swp", ".partial", "~")
+# Plain FITS, and the two compressions FITS archives use: gzip of the whole file, and fpack (tiled
+# image compression in a binary-table extension). The type word and the CAL name ignore the suffix.
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fits.fz")
 _HEADER_TYPES = {
     "LIGHT": "SCIENCE",
     "LIGHT FRAME": "SCIENCE",
@@ -55,6 +61,9 @@ class RawFrame:
     exptime: float
     shape: tuple[int, int]
     header_kind: str | None  # the type the header claims, when it has one
+    hdu: int = 0  # the image HDU: 0, or 1 for an fpack-compressed file
+    date_obs: str | None = None  # DATE-OBS when it parses as an ISO time
+    ccd_temp: float | None = None  # CCD-TEMP (deg C) when present and numeric
 
     @property
     def name(self) -> str:
@@ -120,11 +129,26 @@ def discover_nights(root: Path) -> tuple[list[str], list[Problem]]:
     for entry in sorted(root.iterdir()):
         if not entry.is_dir() or not DATE_PATTERN.match(entry.name):
             continue
-        if valid_date(entry.name):
+        if not within_root(entry, root):
+            problems.append(Problem(entry, "symlink_outside_root", "symbolic link out of the data root: refused"))
+        elif valid_date(entry.name):
             nights.append(entry.name)
         else:
             problems.append(Problem(entry, "night_dir_invalid", f"{entry.name} is not a calendar date"))
     return nights, problems
+
+
+def is_fits_name(name: str) -> bool:
+    return name.lower().endswith(FITS_SUFFIXES)
+
+
+def fits_stem(name: str) -> str:
+    """The name without its FITS suffix: ``a_SCIENCE.fits.fz`` -> ``a_SCIENCE``."""
+    lower = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def is_temporary(name: str) -> bool:
@@ -153,8 +177,58 @@ def read_exptime(header: fits.Header) -> float | None:
                 value = float(header[key])
             except (TypeError, ValueError):
                 return None
-            return value if value >= 0 and value == value and value != float("inf") else None
+            return value if value >= 0 and math.isfinite(value) else None
     return None
+
+
+def read_date_obs(header: fits.Header) -> str | None:
+    """DATE-OBS when it is an ISO date-time (the summary's time axis); None when absent or garbage."""
+    value = header.get("DATE-OBS")
+    if not isinstance(value, str):
+        return None
+    try:
+        dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return value.strip()
+
+
+def read_ccd_temp(header: fits.Header) -> float | None:
+    try:
+        value = float(header["CCD-TEMP"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _image_hdu(hdul: fits.HDUList) -> int:
+    """Index of the image: the primary HDU, or the first tile-compressed one (fpack puts it in HDU 1)."""
+    if hdul[0].header.get("NAXIS", 0) == 0 and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
+        return 1
+    return 0
+
+
+def _gzip_payload_size(path: Path) -> int:
+    """Bytes a gzip file really decompresses to, streamed (a truncated file stops short or fails)."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    total = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            total += len(inflater.decompress(chunk))
+    return total if inflater.eof else -1
+
+
+def _bytes_on_disk_needed(path: Path, hdu: Any, size: int) -> tuple[int, int]:
+    """(bytes available, bytes needed) for the image data to be whole, in the file's own encoding."""
+    info = hdu.fileinfo()
+    if isinstance(hdu, fits.CompImageHDU):
+        # The compressed table's span is known from its header; allow the final block's padding.
+        return size, info["datLoc"] + max(info["datSpan"] - 2879, 1)
+    shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+    needed = info["datLoc"] + shape[0] * shape[1] * abs(int(hdu.header["BITPIX"])) // 8
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return (_gzip_payload_size(path) if gzipped else size), needed
 
 
 def inspect_frame(path: Path) -> RawFrame | Problem:
@@ -165,19 +239,21 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         if size == 0:
             return Problem(path, "file_empty", "zero-byte file")
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            hdu = hdul[0]
+            index = _image_hdu(hdul)
+            hdu = hdul[index]
             header = hdu.header
-            info = hdu.fileinfo()
-    except OSError as error:
+            if header.get("NAXIS") != 2:
+                return Problem(path, "frame_not_image", f"image HDU has NAXIS={header.get('NAXIS')}, need 2")
+            shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            available, needed = _bytes_on_disk_needed(path, hdu, size)
+    except PermissionError as error:
+        return Problem(path, "file_unreadable", f"permission denied: {error.strerror}")
+    except (OSError, EOFError, zlib.error) as error:
         return Problem(path, "file_unreadable", f"cannot read as FITS: {error}")
     except Exception as error:  # astropy raises various errors on garbage; none may escape
         return Problem(path, "file_unreadable", f"cannot read as FITS: {type(error).__name__}: {error}")
-    if header.get("NAXIS") != 2:
-        return Problem(path, "frame_not_image", f"primary HDU has NAXIS={header.get('NAXIS')}, need 2")
-    shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-    needed = info["datLoc"] + shape[0] * shape[1] * abs(int(header["BITPIX"])) // 8
-    if size < needed:
-        return Problem(path, "file_truncated", f"{size} bytes on disk, {needed} needed")
+    if available < needed:
+        return Problem(path, "file_truncated", f"{available} bytes of data, {needed} needed")
     header_kind = kind_from_header(header)
     kind = name_kind or header_kind
     if kind is None:
@@ -187,19 +263,52 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         if kind != "BIAS":
             return Problem(path, "exptime_invalid", f"EXPTIME missing or invalid: {header.get('EXPTIME')!r}")
         exptime = 0.0
-    return RawFrame(path=path, kind=kind, exptime=exptime, shape=shape, header_kind=header_kind)
+    return RawFrame(path=path, kind=kind, exptime=exptime, shape=shape, header_kind=header_kind, hdu=index,
+                    date_obs=read_date_obs(header), ccd_temp=read_ccd_temp(header))
+
+
+def within_root(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks followed, stays inside the data root (links out are refused)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def _fits_files(directory: Path, inventory: NightInventory) -> list[Path]:
     paths = []
+    root = inventory.night_dir.parent
     for entry in sorted(directory.iterdir()):
         if is_temporary(entry.name) or entry.is_dir():
             continue
-        if not entry.name.lower().endswith(".fits"):
-            inventory.notes.append(Problem(entry, "file_ignored", "not a .fits file"))
+        if entry.is_symlink() and not within_root(entry, root):
+            inventory.problems.append(Problem(entry, "symlink_outside_root",
+                                              "symbolic link out of the data root: refused"))
+            continue
+        if not is_fits_name(entry.name):
+            inventory.notes.append(Problem(entry, "file_ignored", "not a FITS file name (.fits, .fits.gz, .fits.fz)"))
             continue
         paths.append(entry)
     return paths
+
+
+def _note_headers(inventory: NightInventory) -> None:
+    """DATE-OBS that does not parse, and science frames that look like copies of one another.
+
+    Neither stops a frame (it is calibrated all the same: nothing is dropped on a guess), but both
+    are worth an operator's look: duplicates are two names for one exposure (same DATE-OBS and size).
+    """
+    seen: dict[tuple[str, int], RawFrame] = {}
+    for frame in inventory.science:
+        if frame.date_obs is None:
+            inventory.notes.append(Problem(frame.path, "date_obs_invalid", "DATE-OBS missing or not an ISO time"))
+            continue
+        key = (frame.date_obs, frame.path.stat().st_size)
+        if key in seen:
+            inventory.notes.append(Problem(frame.path, "frame_duplicate",
+                                           f"same DATE-OBS and size as {seen[key].name}"))
+        else:
+            seen[key] = frame
 
 
 def _place(frame: RawFrame, directory_role: str, inventory: NightInventory) -> None:
@@ -227,8 +336,12 @@ def take_inventory(root: Path, date: str) -> NightInventory:
             target = inventory.problems if role == "CAMS" else inventory.notes
             target.append(Problem(directory, event, f"{directory.name} does not exist"))
             continue
+        if not within_root(directory, root):
+            inventory.problems.append(Problem(directory, "symlink_outside_root",
+                                              "symbolic link out of the data root: refused"))
+            continue
         for path in _fits_files(directory, inventory):
-            if "_CAL" in path.stem.upper():
+            if "_CAL" in fits_stem(path.name).upper():
                 inventory.notes.append(Problem(path, "file_ignored", "calibrated product in a raw directory"))
                 continue
             result = inspect_frame(path)
@@ -236,6 +349,7 @@ def take_inventory(root: Path, date: str) -> NightInventory:
                 inventory.problems.append(result)
             else:
                 _place(result, role, inventory)
+    _note_headers(inventory)
     if inventory.cams_dir.is_dir() and not inventory.science:
         inventory.notes.append(Problem(inventory.cams_dir, "night_empty", "no usable science frame"))
     return inventory

@@ -25,14 +25,14 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__, astrometry, products
-from .calibrate import COSMIC_BYTES_PER_PIXEL, calibrate_frame
+from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .fitsio import fingerprint, read_image, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import get_logger
-from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files
-from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_temporary, kind_from_name,
-                    masters_dir, take_inventory, valid_date)
+from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
+from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_fits_name, is_temporary,
+                    kind_from_name, masters_dir, take_inventory, valid_date)
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -124,18 +124,45 @@ def find_borrowed_flat(root: Path, date: str, max_age_days: int) -> tuple[str, P
     return None
 
 
+def darks_at_science_temperature(inventory: NightInventory, tolerance_c: float) -> list[RawFrame]:
+    """The darks taken at the science frames' CCD temperature (median CCD-TEMP, within ``tolerance_c``).
+
+    Dark current doubles every ~6 deg C: a dark from a warmer CCD over-subtracts. A dark off
+    temperature is left out (a ``dark_temperature_mismatch`` problem) only while darks of its exposure
+    time within tolerance remain; when none do, all are kept (with the problem noted), since an
+    approximate dark beats a blocked night.
+    """
+    temps = [f.ccd_temp for f in inventory.science if f.ccd_temp is not None]
+    if not temps:
+        return inventory.darks
+    reference = float(np.median(temps))
+    by_exptime: dict[float, list[RawFrame]] = {}
+    for frame in inventory.darks:
+        by_exptime.setdefault(round(frame.exptime, 2), []).append(frame)
+    kept: list[RawFrame] = []
+    for frames in by_exptime.values():
+        off = [f for f in frames if f.ccd_temp is not None and abs(f.ccd_temp - reference) > tolerance_c]
+        within = [f for f in frames if f not in off]
+        for frame in off:
+            action = "left out" if within else "used anyway: no dark of this exposure time is within tolerance"
+            inventory.problems.append(Problem(frame.path, "dark_temperature_mismatch",
+                                              f"CCD-TEMP {frame.ccd_temp:g} C, science {reference:g} C; {action}"))
+        kept.extend(within or frames)
+    return kept
+
+
 def _build_darks(inventory: NightInventory, shape: tuple[int, int], settings: Settings,
                  bias: np.ndarray | None, out: Path, record: dict[str, Any], log: Any) -> dict[float, np.ndarray]:
     darks: dict[float, np.ndarray] = {}
     by_exptime: dict[float, list[RawFrame]] = {}
-    for frame in inventory.darks:
+    for frame in darks_at_science_temperature(inventory, settings.calibration.dark_temp_tolerance_c):
         by_exptime.setdefault(round(frame.exptime, 2), []).append(frame)
     resident = 0 if bias is None else bias.nbytes
     for exptime, frames in sorted(by_exptime.items()):
         start = time.perf_counter()
         paths = [f.path for f in frames]
         darks[exptime] = combine_files(paths, shape, settings.calibration.combine_sigma,
-                                       memory_budget(settings, resident))
+                                       memory_budget(settings, resident), hdus=[f.hdu for f in frames])
         resident += darks[exptime].nbytes
         name = products.dark_file_name(exptime)
         products.write_master(out / name, darks[exptime], "MASTER_DARK", inventory.date,
@@ -157,13 +184,20 @@ def _own_flat(inventory: NightInventory, masters: Masters, settings: Settings, o
                                           "no dark to subtract from the sky flats"))
         return False
     start = time.perf_counter()
+    calibration = settings.calibration
+    level_range = (calibration.flat_min_level_adu, calibration.flat_max_level_adu)
     try:
         flat, levels = flat_from_files([f.path for f in flats], masters.shape, [c.data for c in choices],
-                                       settings.calibration.combine_sigma,
-                                       memory_budget(settings, masters.resident_bytes()))
+                                       calibration.combine_sigma, memory_budget(settings, masters.resident_bytes()),
+                                       hdus=[f.hdu for f in flats], level_range=level_range)
     except ValueError as error:
         inventory.problems.append(Problem(inventory.skyflat_dir, "flat_unusable", str(error)))
         return False
+    for frame, level in zip(flats, levels):
+        if not flat_level_usable(level, level_range):
+            inventory.problems.append(Problem(frame.path, "flat_rejected", f"median {level:.0f} ADU after the dark, "
+                                              f"usable {level_range[0]:g}-{level_range[1]:g}"))
+    flats = [f for f, level in zip(flats, levels) if flat_level_usable(level, level_range)]
     products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
                           [f.name for f in flats])
     masters.flat = flat
@@ -213,7 +247,8 @@ def build_masters(root: Path, inventory: NightInventory, settings: Settings, log
     bias = None
     if inventory.biases:
         paths = [f.path for f in inventory.biases]
-        bias = combine_files(paths, shape, settings.calibration.combine_sigma, memory_budget(settings, 0))
+        bias = combine_files(paths, shape, settings.calibration.combine_sigma, memory_budget(settings, 0),
+                             hdus=[f.hdu for f in inventory.biases])
         products.write_master(out / products.MASTER_BIAS, bias, "MASTER_BIAS", inventory.date, {},
                               [p.name for p in paths])
         record["bias"] = {"file": products.MASTER_BIAS, "inputs": [p.name for p in paths]}
@@ -319,6 +354,39 @@ def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -
     return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
 
 
+def read_whole_frame(frame: RawFrame) -> tuple[np.ndarray, fits.Header]:
+    """The raw pixels, refusing a file that changed while it was read and a frame with no signal.
+
+    A file still being written when read gives a frame that is half old, half new: it is left
+    (blocked) for the next run, which sees a new fingerprint and calibrates the finished file.
+    """
+    before = fingerprint(frame.path)
+    raw, header = read_image(frame.path, frame.hdu)
+    if fingerprint(frame.path) != before:
+        raise FrameBlocked("the raw file changed while it was read (still being written?)")
+    finite = np.isfinite(raw)
+    if not finite.any() or not np.any(raw[finite]):
+        raise CalibrationError("the frame holds no signal (every pixel is 0 or NaN)")
+    return raw, header
+
+
+def keep_foreign_file(cal_path: Path, record: dict[str, Any]) -> None:
+    """A file at our output's name that astep-cal did not write (no ASTCVER) is moved aside, not lost:
+    e.g. a product of the old pipeline. Its new name is recorded in the frame's ledger entry."""
+    if not cal_path.is_file():
+        return
+    try:
+        ours = "ASTCVER" in fits.getheader(cal_path)
+    except Exception:  # unreadable: certainly not ours
+        ours = False
+    if not ours:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = cal_path.with_name(f"{cal_path.name}.foreign-{stamp}")
+        cal_path.rename(aside)
+        record["foreign_kept_as"] = aside.name
+        get_logger().warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
+
+
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
                    record: dict[str, Any]) -> None:
     if masters.flat is None or masters.mask is None:
@@ -326,7 +394,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     dark = masters.library.dark_for(frame.exptime)
     if dark is None:
         raise FrameBlocked("no master dark")
-    raw, header = read_image(frame.path)
+    raw, header = read_whole_frame(frame)
     gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
     read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
@@ -341,6 +409,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
         "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
     }
+    keep_foreign_file(cal_path, record)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
@@ -560,7 +629,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     frames = ledger.nights().get(date, {}).get("frames", {})
     for path in cams.iterdir():
         name = path.name
-        if is_temporary(name) or kind_from_name(name) != "SCIENCE" or not name.lower().endswith(".fits"):
+        if is_temporary(name) or kind_from_name(name) != "SCIENCE" or not is_fits_name(name):
             continue
         entry = frames.get(name)
         if entry is None or entry.get("raw") != fingerprint(path):

@@ -15,6 +15,7 @@ from . import __version__
 from .calibrate import CalibratedFrame
 from .fitsio import atomic_write_hdul
 from .masters import MaskBit
+from .night import fits_stem
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -29,9 +30,11 @@ PIXEL_MASK = "bad_pixel_mask.fits"
 
 
 def cal_name(raw_name: str) -> str:
-    """``2026-07-01_20.00.00_SCIENCE.fits`` -> ``2026-07-01_20.00.00_SCIENCE_CAL.fits``."""
-    stem = raw_name[: -len(".fits")] if raw_name.lower().endswith(".fits") else raw_name
-    return f"{stem}_CAL.fits"
+    """``2026-07-01_20.00.00_SCIENCE.fits`` -> ``2026-07-01_20.00.00_SCIENCE_CAL.fits``.
+
+    Compressed raw frames (``.fits.gz``, ``.fits.fz``) give the same, uncompressed, CAL name.
+    """
+    return f"{fits_stem(raw_name)}_CAL.fits"
 
 
 def write_master(path: Path, data: np.ndarray, kind: str, night: str, cards: dict[str, object],

@@ -18,7 +18,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .config import DaemonSettings
-from .night import Problem, inspect_frame, is_temporary, valid_date
+from .night import Problem, inspect_frame, is_fits_name, is_temporary, valid_date
 
 
 class NightEvents(FileSystemEventHandler):
@@ -95,7 +95,7 @@ def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float 
     quiet = now - max(stamps)
     if quiet < settings.settle_seconds:
         return Readiness(False, "settling", settings.settle_seconds - quiet)
-    fits_files = [p for p in files if p.name.lower().endswith(".fits")]
+    fits_files = [p for p in files if is_fits_name(p.name)]
     if quiet < INCOMPLETE_PATIENCE * settings.settle_seconds:
         # A short file that stopped changing may be a stalled transfer: give it more time, but not
         # for ever — after that it is a bad file, reported by the inventory, and the night goes on.
