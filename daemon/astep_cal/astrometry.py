@@ -19,6 +19,7 @@ leaves a mix of two solutions.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from .config import AstrometrySettings
+from .faults import checkpoint
 from .fitsio import atomic_write_hdul
 
 # Keys of a celestial WCS (with SIP) that a new solution replaces.
@@ -159,6 +161,16 @@ def _tail(text: str) -> str:
     return " | ".join(lines[-3:])[-_OUTPUT_TAIL_CHARS:]
 
 
+def _die_with_parent() -> None:
+    """In the child: ask the kernel for SIGKILL when astep-cal dies (even by SIGKILL), so a crashed
+    service never leaves ``solve-field`` running in its own session, orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
     """Run in a new session; on timeout kill the whole group. Returns (exit code or None, output)."""
     environment = dict(os.environ, TMPDIR=str(work_dir))
@@ -166,9 +178,10 @@ def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | No
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
         with _running_lock:
             _running.add(process)
+        checkpoint("solve_running")
         try:
             code: int | None = process.wait(timeout_s)
         except subprocess.TimeoutExpired:

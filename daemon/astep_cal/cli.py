@@ -21,6 +21,7 @@ from .config import ConfigError, Settings, load_settings, with_overrides
 from .ledger import Ledger, LedgerLocked, RootLock
 from .logs import configure, get_logger
 from .night import valid_date
+from .recovery import open_ledger
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_ROOT = 0, 1, 2, 3, 4
 
@@ -66,9 +67,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         raise ConfigError(f"--night {args.night}: not a YYYY-MM-DD date")
     ledger_path = settings.ledger_path(root)
     with RootLock(ledger_path):
-        ledger = Ledger.load(ledger_path)
-        if ledger.recovered_from:
-            get_logger().warning("ledger_corrupt", kept_as=str(ledger.recovered_from))
+        ledger = open_ledger(ledger_path, root, get_logger())
         results = process_root(root, settings, ledger, nights=[args.night] if args.night else None,
                                force=args.force, progress=ProgressLine())
     for result in results:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .faults import checkpoint, file_role
+
 TEMP_MARKER = ".astep-tmp-"
 
 
@@ -33,16 +35,19 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see the old content or the new, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    role = file_role(path)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        checkpoint(f"temp_written:{role}")
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    checkpoint(f"renamed:{role}")
     _fsync_directory(path.parent)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fitsio import atomic_write_bytes
+from .fitsio import atomic_write_bytes, remove_stale_temporaries
 
 SCHEMA_VERSION = 1
 
@@ -58,6 +58,8 @@ class RootLock:
         except BlockingIOError:
             os.close(fd)
             raise LedgerLocked(f"another astep-cal process is working on {self.path.parent}") from None
+        # Only the lock holder may sweep: a reader (``status``) must never remove a live write.
+        remove_stale_temporaries(self.path.parent)  # a ledger write cut short by a crash
         if self.record_pid:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())

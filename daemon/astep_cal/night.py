@@ -218,17 +218,19 @@ def _gzip_payload_size(path: Path) -> int:
     return total if inflater.eof else -1
 
 
-def _bytes_on_disk_needed(path: Path, hdu: Any, size: int) -> tuple[int, int]:
-    """(bytes available, bytes needed) for the image data to be whole, in the file's own encoding."""
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _bytes_needed(hdu: Any) -> int:
+    """Bytes the file must hold (uncompressed) for the image data to be whole."""
     info = hdu.fileinfo()
     if isinstance(hdu, fits.CompImageHDU):
         # The compressed table's span is known from its header; allow the final block's padding.
-        return size, info["datLoc"] + max(info["datSpan"] - 2879, 1)
+        return info["datLoc"] + max(info["datSpan"] - 2879, 1)
     shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
-    needed = info["datLoc"] + shape[0] * shape[1] * abs(int(hdu.header["BITPIX"])) // 8
-    with open(path, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    return (_gzip_payload_size(path) if gzipped else size), needed
+    return info["datLoc"] + shape[0] * shape[1] * abs(int(hdu.header["BITPIX"])) // 8
 
 
 def inspect_frame(path: Path) -> RawFrame | Problem:
@@ -238,6 +240,10 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         size = path.stat().st_size
         if size == 0:
             return Problem(path, "file_empty", "zero-byte file")
+        if _is_gzip(path):
+            size = _gzip_payload_size(path)  # the FITS file inside; -1 when the stream stops short
+            if size < 0:
+                return Problem(path, "file_truncated", "the gzip stream ends early")
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             index = _image_hdu(hdul)
             hdu = hdul[index]
@@ -245,15 +251,15 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
             if header.get("NAXIS") != 2:
                 return Problem(path, "frame_not_image", f"image HDU has NAXIS={header.get('NAXIS')}, need 2")
             shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-            available, needed = _bytes_on_disk_needed(path, hdu, size)
+            needed = _bytes_needed(hdu)
     except PermissionError as error:
         return Problem(path, "file_unreadable", f"permission denied: {error.strerror}")
     except (OSError, EOFError, zlib.error) as error:
         return Problem(path, "file_unreadable", f"cannot read as FITS: {error}")
     except Exception as error:  # astropy raises various errors on garbage; none may escape
         return Problem(path, "file_unreadable", f"cannot read as FITS: {type(error).__name__}: {error}")
-    if available < needed:
-        return Problem(path, "file_truncated", f"{available} bytes of data, {needed} needed")
+    if size < needed:
+        return Problem(path, "file_truncated", f"{size} bytes of data, {needed} needed")
     header_kind = kind_from_header(header)
     kind = name_kind or header_kind
     if kind is None:

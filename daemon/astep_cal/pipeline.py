@@ -27,8 +27,10 @@ from astropy.io import fits
 from . import __version__, astrometry, products
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
+from .faults import checkpoint
 from .fitsio import fingerprint, read_image, remove_stale_temporaries
 from .ledger import Ledger
+from .recovery import raw_fingerprint_card
 from .logs import get_logger
 from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
 from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_fits_name, is_temporary,
@@ -233,6 +235,12 @@ def _build_flat(root: Path, inventory: NightInventory, masters: Masters, setting
         _borrow_flat(root, inventory.date, masters, settings, log)
 
 
+def problem_record(problem: Problem, root: Path) -> dict[str, str]:
+    """A problem as the ledger keeps it: the path relative to the data root when it is inside."""
+    path = problem.path.relative_to(root) if problem.path.is_relative_to(root) else problem.path
+    return {"path": str(path), "event": problem.event, "reason": problem.reason}
+
+
 def build_masters(root: Path, inventory: NightInventory, settings: Settings, log: Any) -> Masters:
     """Build and write every master of the night (bias, darks, flat, mask) from its raw frames."""
     shape = common_shape(inventory)
@@ -241,6 +249,7 @@ def build_masters(root: Path, inventory: NightInventory, settings: Settings, log
     out = masters_dir(root, inventory.date)
     record: dict[str, Any] = {"shape": list(shape), "darks": {}, "software": __version__}
     problems = inventory.problems
+    found_before = len(problems)
     inventory.darks = _of_shape(inventory.darks, shape, problems)
     inventory.biases = _of_shape(inventory.biases, shape, problems)
     inventory.flats = _of_shape(inventory.flats, shape, problems)
@@ -258,6 +267,10 @@ def build_masters(root: Path, inventory: NightInventory, settings: Settings, log
     record["bias_origin"] = masters.library.bias_origin
     _build_flat(root, inventory, masters, settings, out, log)
     _build_mask(inventory.date, masters, settings, out, log)
+    # Problems found while building (frames of another size, darks off temperature, rejected flats)
+    # are kept with the masters: later runs load the masters instead of building them, and must still
+    # show these problems in the ledger and the status.
+    record["problems"] = [problem_record(p, root) for p in problems[found_before:]]
     record["complete"] = True
     return masters
 
@@ -408,6 +421,10 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCFLAT": (flat_record["file"], ""),  # path relative to the data root (README)
         "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
         "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
+        # What the ledger needs to be rebuilt from this file alone (recovery.py):
+        "ASTCRAW": (frame.name, "raw frame calibrated"),
+        "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
+        "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
     }
     keep_foreign_file(cal_path, record)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
@@ -424,6 +441,7 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
     """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
     header = fits.getheader(cal_path)
     result = astrometry.solve(cal_path, header, settings.astrometry)
+    checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = {"ASTCWCS": ("solved", "astrometry status: pending, solved, failed"),
                  "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
@@ -464,6 +482,7 @@ class NightRun:
             self.ledger.forget_night(self.date)
         inventory = take_inventory(self.root, self.date)
         self.inventory = inventory
+        checkpoint("stage:inventory_taken")
         remove_stale_temporaries(inventory.cal_dir)
         remove_stale_temporaries(masters_dir(self.root, self.date))
         night = self.ledger.night(self.date)
@@ -483,9 +502,9 @@ class NightRun:
             self.log.warning(problem.event, path=str(problem.path), error=problem.reason)
         for note in inventory.notes:
             self.log.info(note.event, path=str(note.path), reason=note.reason)
-        night["problems"] = [{"path": str(p.path.relative_to(self.root)) if p.path.is_relative_to(self.root)
-                              else str(p.path), "event": p.event, "reason": p.reason}
-                             for p in inventory.problems]
+        problems = [problem_record(p, self.root) for p in inventory.problems]
+        problems += [p for p in night.get("masters", {}).get("problems", []) if p not in problems]
+        night["problems"] = problems
         night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
                               "biases": len(inventory.biases), "flats": len(inventory.flats)}
 
@@ -523,6 +542,7 @@ class NightRun:
             self._masters_error = error
             self.log.error("masters_failed", error=f"{type(error).__name__}: {error}")
             raise
+        checkpoint("stage:masters_built")
         night["masters"] = self.masters.record
         self.ledger.save()
         return self.masters
@@ -557,6 +577,7 @@ class NightRun:
         entry.pop("astrometry", None)  # a new CAL file needs a new solution
         with stage(entry, "calibrate", log) as record:
             _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record)
+        checkpoint("stage:frame_calibrated")
         status = entry["calibrate"]["status"]
         if status == "ok":
             self.result.calibrated += 1

@@ -30,11 +30,13 @@ from systemd import daemon as sd
 
 from . import astrometry
 from .config import Settings, load_settings
+from .faults import checkpoint
 from .fitsio import atomic_write_bytes
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
 from .night import discover_nights
 from .pipeline import NightRun, clear_failures, night_has_work
+from .recovery import open_ledger
 from .status import night_rows
 from .watcher import NightEvents, night_readiness, start_observer
 
@@ -123,9 +125,7 @@ class Daemon:
         self.progress = Progress()
         self.events = NightEvents(root)
         self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
-        self.ledger = Ledger.load(settings.ledger_path(root))
-        if self.ledger.recovered_from:
-            self.log.warning("ledger_corrupt", kept_as=str(self.ledger.recovered_from))
+        self.ledger = open_ledger(settings.ledger_path(root), root, self.log)
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
         self._stalled = False
@@ -174,6 +174,7 @@ class Daemon:
 
     def _reload(self) -> None:
         self.reload_requested.clear()
+        checkpoint("daemon:reload")
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             if self.config_path:

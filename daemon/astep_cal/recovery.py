@@ -1,0 +1,146 @@
+"""Rebuilding the ledger from the outputs when it is lost (deleted, truncated, corrupt).
+
+The ledger is the memory of what was done, but the outputs carry their own provenance: each CAL file
+names its raw frame and that frame's fingerprint (``ASTCRAW``, ``ASTCRAWF``), the settings that made
+it (``ASTCCONF``), the masters used and the astrometry status; each master names its inputs. So a lost
+ledger costs a directory scan and a header read per file, not a night of recomputation: frames whose
+raw file is unchanged are recognised as done, and only the rest is redone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+
+from . import products
+from .ledger import Ledger
+from .night import cal_dir, discover_nights, masters_dir
+
+PROVENANCE_NEEDED = ("ASTCVER", "ASTCRAW", "ASTCRAWF", "ASTCCONF")
+
+
+def raw_fingerprint_card(fingerprint: dict[str, int]) -> str:
+    """The raw file's fingerprint as one header value: ``size:mtime_ns``."""
+    return f"{fingerprint['size']}:{fingerprint['mtime_ns']}"
+
+
+def _parse_fingerprint(text: str) -> dict[str, int] | None:
+    size, _, mtime = str(text).partition(":")
+    if not (size.isdigit() and mtime.isdigit()):
+        return None
+    return {"size": int(size), "mtime_ns": int(mtime)}
+
+
+def _astrometry_record(header: fits.Header) -> dict[str, Any] | None:
+    status = header.get("ASTCWCS")
+    if status == "solved":
+        record: dict[str, Any] = {"status": "solved", "tries": 1, "n_matched": header.get("ASTCWNM", 0)}
+        if "ASTCWRES" in header:
+            record["residual_arcsec"] = header["ASTCWRES"]
+        return record
+    if status == "failed":  # retried by the next run: the try count is not in the file
+        return {"status": "failed", "tries": 1, "error": header.get("ASTCWERR", "unknown")}
+    return None  # pending: the next run solves it
+
+
+def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dict[str, Any]] | None:
+    """(raw name, ledger entry) from a CAL file's header; None when it lacks the provenance."""
+    if any(key not in header for key in PROVENANCE_NEEDED):
+        return None
+    raw = _parse_fingerprint(header["ASTCRAWF"])
+    if raw is None:
+        return None
+    flat_night = header.get("ASTCFNIT", date)
+    calibrate = {
+        "status": "ok", "output": cal_name, "config": header["ASTCCONF"], "software": header["ASTCVER"],
+        "flat": {"night": flat_night, "borrowed": flat_night != date},
+        "gain": header.get("ASTCGAIN"), "n_cosmic": header.get("NCOSMIC", 0),
+        "n_saturated": header.get("NSATUR", 0), "sky_e": header.get("SKYLEVEL"), "recovered": True,
+    }
+    entry: dict[str, Any] = {"raw": raw, "calibrate": calibrate}
+    astrometry = _astrometry_record(header)
+    if astrometry is not None:
+        entry["astrometry"] = astrometry
+    return header["ASTCRAW"], entry
+
+
+def _inputs(header: fits.Header) -> list[str]:
+    return [str(h)[len("input "):] for h in header.get("HISTORY", []) if str(h).startswith("input ")]
+
+
+def masters_record(root: Path, date: str, flat_night: str | None) -> dict[str, Any] | None:
+    """The night's masters record from the files under ``_CAL/masters`` (None when there are none).
+
+    Marked complete only when every file it names is there: otherwise the next run builds anew.
+    """
+    directory = masters_dir(root, date)
+    darks = sorted(directory.glob("master_dark_*.fits")) if directory.is_dir() else []
+    if not darks:
+        return None
+    record: dict[str, Any] = {"darks": {}, "recovered": True}
+    for path in darks:
+        header = fits.getheader(path)
+        record["darks"][f"{float(header['EXPTIME']):g}"] = {"file": path.name, "inputs": _inputs(header)}
+        record["shape"] = [header["NAXIS2"], header["NAXIS1"]]
+    if (directory / products.MASTER_BIAS).is_file():
+        record["bias"] = {"file": products.MASTER_BIAS, "inputs": _inputs(fits.getheader(directory / products.MASTER_BIAS))}
+    own_flat = directory / products.MASTER_FLAT
+    if own_flat.is_file():
+        record["flat"] = {"night": date, "file": str(own_flat.relative_to(root)),
+                          "inputs": _inputs(fits.getheader(own_flat))}
+    elif flat_night and flat_night != date:
+        borrowed = masters_dir(root, flat_night) / products.MASTER_FLAT
+        record["flat"] = {"night": flat_night, "file": str(borrowed.relative_to(root)), "borrowed": True}
+    if (directory / products.PIXEL_MASK).is_file():
+        record["mask"] = {"file": products.PIXEL_MASK}
+    record["complete"] = "flat" in record and "mask" in record
+    return record
+
+
+def rebuild_from_outputs(root: Path, ledger: Ledger) -> int:
+    """Fill ``ledger`` from the CAL files and masters under ``root``; returns the frames recovered."""
+    recovered = 0
+    nights, _ = discover_nights(root)
+    for date in nights:
+        directory = cal_dir(root, date)
+        if not directory.is_dir():
+            continue
+        flat_night = None
+        for path in sorted(directory.glob("*_CAL.fits")):
+            try:
+                header = fits.getheader(path)
+            except Exception:  # a damaged output is simply redone
+                continue
+            found = frame_entry(header, date, path.name)
+            if found is None:
+                continue
+            raw_name, entry = found
+            ledger.frame(date, raw_name).update(entry)
+            flat_night = entry["calibrate"]["flat"]["night"]
+            recovered += 1
+        try:
+            masters = masters_record(root, date, flat_night)
+        except (OSError, KeyError, ValueError):
+            masters = None
+        if masters is not None:
+            ledger.night(date)["masters"] = masters
+    return recovered
+
+
+def open_ledger(path: Path, root: Path, log: Any) -> Ledger:
+    """Load the ledger for a process that holds the root's lock; a lost one is rebuilt from the outputs.
+
+    A corrupt ledger was already moved aside by :meth:`Ledger.load` (kept for inspection); either way
+    the service starts.
+    """
+    ledger = Ledger.load(path)
+    if ledger.recovered_from:
+        log.warning("ledger_corrupt", kept_as=str(ledger.recovered_from))
+    if not ledger.nights():
+        frames = rebuild_from_outputs(root, ledger)
+        if frames:
+            log.warning("ledger_rebuilt", frames=frames, nights=len(ledger.nights()))
+            ledger.save()
+    return ledger
