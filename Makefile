@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test bench clean
+.PHONY: all system-deps venv demo test test-faults bench clean
 
 all: test
 
@@ -36,7 +36,11 @@ demo: system-deps venv
 	$(BIN)/astep-cal demo
 
 test: system-deps venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
+
+# SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
+test-faults: system-deps venv
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
 bench: system-deps venv
 	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)

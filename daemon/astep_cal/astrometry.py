@@ -214,6 +214,25 @@ def _match_statistics(corr_path: Path) -> tuple[int, float | None]:
     return int(len(offsets)), float(np.sqrt(np.mean(offsets ** 2)))
 
 
+def has_wcs(header: fits.Header) -> bool:
+    return any(key in header for key in ("CTYPE1", "CRVAL1", "CD1_1"))
+
+
+def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
+    """The image with its old solution removed, in the work directory.
+
+    ``solve-field`` uses a WCS it finds in the input, so a re-solve (after a crash between the merge
+    and the ledger, or a forced rerun) would give a slightly different answer than the first solve of
+    the same pixels. Starting from the bare image keeps the result identical. Rare: first solves skip it.
+    """
+    with fits.open(image, memmap=False) as hdul:
+        header = hdul[0].header.copy()
+        _without_wcs(header)
+        target = work_dir / "input.fits"
+        fits.PrimaryHDU(hdul[0].data, header).writeto(target)
+    return target
+
+
 def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
           tmp_root: Path | None = None) -> SolveResult:
     """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set."""
@@ -225,6 +244,8 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
                            hinted=pointing is not None)
     with tempfile.TemporaryDirectory(prefix="astep-solve-", dir=tmp_root) as work_text:
         work_dir = Path(work_text)
+        if has_wcs(header):
+            image = _copy_without_wcs(image, work_dir)
         command = build_command(image, work_dir, settings, pointing)
         command[0] = executable
 
