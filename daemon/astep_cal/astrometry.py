@@ -123,6 +123,8 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
         "--temp-dir", str(work_dir),
         "--extension", "0",
     ]
+    if settings.config_file:
+        command += ["--config", settings.config_file]
     if pointing is not None:
         command += ["--ra", f"{pointing[0]:.6f}", "--dec", f"{pointing[1]:.6f}",
                     "--radius", f"{settings.search_radius_deg:g}"]
@@ -311,7 +313,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
             header[card.keyword] = (card.value, card.comment)
         for key, (value, comment) in extra.items():
             header[key] = (value, comment)
-        atomic_write_hdul(cal_path, hdul)
+        atomic_write_hdul(cal_path, hdul, make_parents=False)
 
 
 def mark_unsolved(cal_path: Path, reason: str) -> None:
@@ -322,7 +324,7 @@ def mark_unsolved(cal_path: Path, reason: str) -> None:
         _without_wcs(header)
         header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
         header["ASTCWERR"] = (printable[:60], "why the plate solve failed")
-        atomic_write_hdul(cal_path, hdul)
+        atomic_write_hdul(cal_path, hdul, make_parents=False)
 
 
 # --- accuracy -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Exit codes (stable, for scripts and monitoring):
   2  bad usage or configuration
   3  another astep-cal process holds the data root
   4  the data root does not exist or is not readable
+  5  the storage failed under the run (disk full, data root gone): nothing lost, run again later
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, with_overrides
+from .fitsio import StorageUnavailable
 from .ledger import Ledger, LedgerLocked, RootLock
 from .logs import configure, get_logger
 from .night import valid_date
 from .recovery import open_ledger
 
-EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_ROOT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_ROOT, EXIT_STORAGE = 0, 1, 2, 3, 4, 5
 
 
 class ProgressLine:
@@ -211,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerLocked as error:
         print(f"astep-cal: {error}", file=sys.stderr)
         return EXIT_LOCKED
+    except StorageUnavailable as error:
+        get_logger().error("storage_unavailable", error=str(error))
+        print(f"astep-cal: {error}; what was done is kept, run again when the storage is back",
+              file=sys.stderr)
+        return EXIT_STORAGE
     except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
         print(f"astep-cal: {error}", file=sys.stderr)
         return EXIT_NO_ROOT

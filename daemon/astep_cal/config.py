@@ -63,6 +63,7 @@ class AstrometrySettings:
 
     enabled: bool = True
     solve_field: str = "solve-field"  # executable name or path
+    config_file: str = ""  # solve-field --config (index paths); empty: its default /etc/astrometry.cfg
     scale_low_deg: float = 0.9  # field width limits (the old pipeline's 0.9-1.1 deg)
     scale_high_deg: float = 1.1
     use_header_pointing: bool = True  # pass RA/DEC from the header as a hint when present
@@ -86,6 +87,7 @@ class DaemonSettings:
     poll_interval_s: float = 30.0
     stall_timeout_s: float = 900.0  # no worker progress this long: stop the systemd watchdog pings
     stop_grace_s: float = 20.0  # on SIGTERM, how long the current frame may take to finish
+    storage_retry_s: float = 60.0  # disk full or data root gone: how often to try again
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("astrometry timeout_s, cpulimit_s, max_tries and downsample must be positive")
     d = settings.daemon
     if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
-            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s) <= 0:
+            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s) <= 0:
         raise ConfigError("daemon intervals must be positive")
     c = settings.calibration
     if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:

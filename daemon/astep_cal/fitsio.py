@@ -9,6 +9,7 @@ the inventory and easy to sweep.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -21,6 +22,21 @@ from astropy.io import fits
 from .faults import checkpoint, file_role
 
 TEMP_MARKER = ".astep-tmp-"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageUnavailable(Exception):
+    """The data root cannot be used right now: disk full, quota reached, unmounted or gone.
+
+    Not the frame's fault, so nothing is recorded as failed: the work is left undone and taken up
+    again when the storage is back (the daemon waits and retries; the batch command says so and exits).
+    """
+
+
+def ensure_root(root: Path, error: BaseException) -> None:
+    """Turn an I/O error into :class:`StorageUnavailable` when the data root itself is gone."""
+    if not Path(root).is_dir():
+        raise StorageUnavailable(f"the data root {root} is not there (unmounted?)") from error
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -31,31 +47,44 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old content or the new, never a mix."""
+def atomic_write_bytes(path: Path, payload: bytes, make_parents: bool = True) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old content or the new, never a mix.
+
+    Writers into the data root pass ``make_parents=False``: if the root was unmounted under us, a
+    ``mkdir -p`` would quietly recreate it on the wrong disk instead of failing.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     role = file_role(path)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
     try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise StorageUnavailable(f"no space left to write {path.name} in {path.parent}") from error
+        raise
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600: products must be readable by the astronomers
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint(f"temp_written:{role}")
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            raise StorageUnavailable(f"no space left to write {path.name} in {path.parent}") from error
         raise
     checkpoint(f"renamed:{role}")
     _fsync_directory(path.parent)
 
 
-def atomic_write_hdul(path: Path, hdul: fits.HDUList) -> None:
+def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True) -> None:
     """Serialise an HDUList in memory, then write it atomically (checksums included)."""
     buffer = io.BytesIO()
     hdul.writeto(buffer, checksum=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), make_parents)
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -115,7 +115,8 @@ class Ledger:
             return False
         self.data["software"] = __version__
         self.data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_bytes(self.path, json.dumps(self.data, sort_keys=True, indent=1).encode())
+        self.path.parent.mkdir(exist_ok=True)  # its own directory, never the data root above it
+        atomic_write_bytes(self.path, json.dumps(self.data, sort_keys=True, indent=1).encode(), make_parents=False)
         self._saved = current
         return True
 

@@ -113,6 +113,15 @@ def masters_dir(root: Path, date: str) -> Path:
     return cal_dir(root, date) / "masters"
 
 
+def make_output_dirs(root: Path, date: str) -> None:
+    """Create ``_CAL/masters`` under the night directory, never the night directory or root itself
+    (an unmounted root must make writes fail, not be recreated on the wrong disk)."""
+    night = root / date
+    if not night.is_dir():
+        raise FileNotFoundError(f"the night directory {night} is not there")
+    masters_dir(root, date).mkdir(parents=True, exist_ok=True)
+
+
 def valid_date(name: str) -> bool:
     if not DATE_PATTERN.match(name):
         return False

@@ -28,13 +28,13 @@ from . import __version__, astrometry, products
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
-from .fitsio import fingerprint, read_image, remove_stale_temporaries
+from .fitsio import StorageUnavailable, ensure_root, fingerprint, read_image, remove_stale_temporaries
 from .ledger import Ledger
 from .recovery import raw_fingerprint_card
 from .logs import get_logger
 from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
 from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_fits_name, is_temporary,
-                    kind_from_name, masters_dir, take_inventory, valid_date)
+                    kind_from_name, make_output_dirs, masters_dir, take_inventory, valid_date)
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -44,16 +44,28 @@ class FrameBlocked(Exception):
 
 
 @contextlib.contextmanager
-def stage(entry: dict[str, Any], name: str, log: Any) -> Iterator[dict[str, Any]]:
+def stage(entry: dict[str, Any], name: str, log: Any, root: Path | None = None) -> Iterator[dict[str, Any]]:
     """Run one step for one frame: time it, log it, and turn any exception into a recorded failure.
 
     The step fills the yielded record; on success ``status`` defaults to ``ok``. A blocked frame has no
-    duration so that re-checking it changes nothing in the ledger.
+    duration so that re-checking it changes nothing in the ledger. Storage trouble (disk full, the
+    data root gone) is not the frame's failure: nothing is recorded and :class:`StorageUnavailable`
+    goes up to stop the night, which is resumed when the storage is back.
     """
     record: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        yield record
+        try:
+            yield record
+        except StorageUnavailable:
+            raise
+        except Exception as error:
+            if root is not None:
+                ensure_root(root, error)
+            raise
+    except StorageUnavailable:
+        record = entry.get(name)  # leave the previous state as it was
+        raise
     except FrameBlocked as reason:
         record.clear()
         record.update(status="blocked", error=str(reason))
@@ -66,7 +78,10 @@ def stage(entry: dict[str, Any], name: str, log: Any) -> Iterator[dict[str, Any]
         record.setdefault("status", "ok")
         record["duration_s"] = round(time.perf_counter() - start, 3)
     finally:
-        entry[name] = record
+        if record is None:
+            entry.pop(name, None)
+        else:
+            entry[name] = record
 
 
 # --- masters ------------------------------------------------------------------------------------
@@ -247,6 +262,7 @@ def build_masters(root: Path, inventory: NightInventory, settings: Settings, log
     if shape is None:
         raise FrameBlocked("no frames in the night")
     out = masters_dir(root, inventory.date)
+    make_output_dirs(root, inventory.date)
     record: dict[str, Any] = {"shape": list(shape), "darks": {}, "software": __version__}
     problems = inventory.problems
     found_before = len(problems)
@@ -426,6 +442,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
         "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
     }
+    make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
     record.update(
@@ -478,6 +495,17 @@ class NightRun:
         self._masters_error: Exception | None = None
 
     def run(self) -> NightResult:
+        """Process the night; raises :class:`StorageUnavailable` (nothing recorded) when the data root
+        is full or gone, so the caller can wait and run the night again."""
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
+        try:
+            return self._run()
+        except OSError as error:
+            ensure_root(self.root, error)
+            raise
+
+    def _run(self) -> NightResult:
         if self.force:
             self.ledger.forget_night(self.date)
         inventory = take_inventory(self.root, self.date)
@@ -538,6 +566,8 @@ class NightRun:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
         try:
             self.masters = build_masters(self.root, self.inventory, self.settings, self.log)
+        except StorageUnavailable:
+            raise  # not the night's fault: nothing cached, built again when the storage is back
         except Exception as error:
             self._masters_error = error
             self.log.error("masters_failed", error=f"{type(error).__name__}: {error}")
@@ -575,7 +605,7 @@ class NightRun:
         log = self.log.bind(frame=frame.name)
         entry["raw"] = fingerprint(frame.path)
         entry.pop("astrometry", None)  # a new CAL file needs a new solution
-        with stage(entry, "calibrate", log) as record:
+        with stage(entry, "calibrate", log, self.root) as record:
             _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record)
         checkpoint("stage:frame_calibrated")
         status = entry["calibrate"]["status"]
@@ -599,31 +629,37 @@ class NightRun:
             self._record_solve(name, future)
         return still
 
+    def _solve_record(self, result: astrometry.SolveResult | Exception, tries: int) -> dict[str, Any]:
+        """The ledger's astrometry record; a failure gets its retry time (exponential backoff)."""
+        backoff = self.settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
+        retry = {"retry_after": round(time.time() + backoff, 1)} if tries < self.settings.astrometry.max_tries else {}
+        if isinstance(result, Exception):
+            return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
+        record = {"status": "solved" if result.solved else "failed", "tries": tries,
+                  "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+        if result.solved:
+            record["n_matched"] = result.n_matched
+            if result.residual_arcsec is not None:
+                record["residual_arcsec"] = round(result.residual_arcsec, 3)
+        else:
+            record.update(error=result.error, **retry)
+        return record
+
     def _record_solve(self, name: str, future: Future) -> None:
         if future.cancelled():
             return  # never started (shutdown): the frame stays pending
         entry = self.ledger.frame(self.date, name)
         log = self.log.bind(frame=name)
-        previous = entry.get("astrometry", {})
-        tries = previous.get("tries", 0) + 1
+        tries = entry.get("astrometry", {}).get("tries", 0) + 1
         try:
             result = future.result()
-            if not result.solved and self.should_stop():
-                return  # ended by a shutdown, not a failure: stays pending, no try counted
-            record = {"status": "solved" if result.solved else "failed", "tries": tries,
-                      "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
-            if result.solved:
-                record["n_matched"] = result.n_matched
-                if result.residual_arcsec is not None:
-                    record["residual_arcsec"] = round(result.residual_arcsec, 3)
-            if not result.solved:
-                record["error"] = result.error
-                backoff = self.settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
-                if tries < self.settings.astrometry.max_tries:
-                    record["retry_after"] = round(time.time() + backoff, 1)
+        except StorageUnavailable:
+            raise  # the merge could not be written: stays pending, no try counted
         except Exception as error:  # e.g. the CAL file vanished under us
-            record = {"status": "failed", "tries": tries, "error": f"{type(error).__name__}: {error}",
-                      "retry_after": round(time.time() + self.settings.astrometry.retry_backoff_s, 1)}
+            result = error
+        if isinstance(result, astrometry.SolveResult) and not result.solved and self.should_stop():
+            return  # ended by a shutdown, not a failure: stays pending, no try counted
+        record = self._solve_record(result, tries)
         entry["astrometry"] = record
         cal_path = self.inventory.cal_dir / products.cal_name(name)
         if cal_path.is_file():

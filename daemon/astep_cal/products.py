@@ -49,7 +49,7 @@ def write_master(path: Path, data: np.ndarray, kind: str, night: str, cards: dic
         header[key] = value
     for name in inputs:
         header.add_history(f"input {name}")
-    atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(data, header)]))
+    atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(data, header)]), make_parents=False)
 
 
 def read_master(path: Path) -> tuple[np.ndarray, fits.Header]:
@@ -82,4 +82,4 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
 
 
 def write_calibrated(path: Path, hdul: fits.HDUList) -> None:
-    atomic_write_hdul(path, hdul)
+    atomic_write_hdul(path, hdul, make_parents=False)

@@ -31,7 +31,7 @@ from systemd import daemon as sd
 from . import astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
-from .fitsio import atomic_write_bytes
+from .fitsio import StorageUnavailable, atomic_write_bytes
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
 from .night import discover_nights
@@ -44,6 +44,15 @@ RETRY_REQUEST = "retry-request"  # next to the ledger: `astep-cal retry` asks th
 ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 MAIN_TICK_S = 1.0
+
+
+def root_identity(root: Path) -> tuple[int, int] | None:
+    """(device, inode) of the data root, None when it is not there: a remount changes it."""
+    try:
+        stat = root.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def notify(message: str) -> None:
@@ -65,7 +74,7 @@ def watchdog_interval_s() -> float | None:
 
 def write_activity(path: Path, text: str) -> None:
     payload = {"pid": os.getpid(), "activity": text, "updated": time.time()}
-    atomic_write_bytes(path, json.dumps(payload).encode())
+    atomic_write_bytes(path, json.dumps(payload).encode(), make_parents=False)
 
 
 def read_activity(ledger_path: Path) -> dict[str, Any] | None:
@@ -104,9 +113,12 @@ class Progress:
     failed: int = 0
     nights_done: int = 0
     last_night: str | None = None
+    waiting: str | None = None  # why the worker waits for the storage (disk full, root gone)
     heartbeat: float = field(default_factory=time.monotonic)
 
     def text(self) -> str:
+        if self.waiting:
+            return f"waiting for storage — {self.waiting}"
         if self.night:
             return (f"{self.night}: calibrated {self.calibrated}/{self.total}, solved {self.solved}, "
                     f"{self.failed} failed")
@@ -129,6 +141,7 @@ class Daemon:
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
         self._stalled = False
+        self._storage_night: str | None = None  # the night a write failed on, while waiting for space
         self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
 
     # --- main thread ------------------------------------------------------------------------------
@@ -140,7 +153,8 @@ class Daemon:
 
     def run(self) -> int:
         self._install_signals()
-        observer = start_observer(self.root, self.events, self.settings.daemon)
+        self.observer = start_observer(self.root, self.events, self.settings.daemon)
+        self.root_identity = root_identity(self.root)
         self.worker.start()
         self.log.info("daemon_started", root=str(self.root), pid=os.getpid())
         notify("READY=1")
@@ -150,17 +164,44 @@ class Daemon:
         while not self.stop.wait(MAIN_TICK_S):
             if self.reload_requested.is_set():
                 self._reload()
+            self._watch_root()
             text = self.progress.text()
             if text != status:
                 notify(f"STATUS={text}")
-                write_activity(self.activity_path, text)
-                status = text
+                status = text if self._write_activity(text) else ""
             healthy = self._healthy()
             if ping_every and healthy and time.monotonic() - last_ping >= ping_every:
                 notify("WATCHDOG=1")
                 last_ping = time.monotonic()
-        self._shutdown(observer)
+        self._shutdown(self.observer)
         return 0
+
+    def _write_activity(self, text: str) -> bool:
+        """``daemon.json`` for ``astep-cal status``; a full disk must not stop the main thread."""
+        try:
+            write_activity(self.activity_path, text)
+        except (StorageUnavailable, OSError):
+            return False
+        return True
+
+    def _watch_root(self) -> None:
+        """Notice the data root vanishing (unmounted, renamed) and coming back.
+
+        The inotify watches die with the directory they were on, so on its return the observer is
+        started anew and a full rescan finds whatever arrived in the meantime.
+        """
+        identity = root_identity(self.root)
+        if identity == self.root_identity:
+            return
+        self.root_identity = identity
+        if identity is None:
+            self.log.error("data_root_missing", root=str(self.root))
+            return
+        self.log.info("data_root_returned", root=str(self.root))
+        self.observer.stop()
+        self.observer = start_observer(self.root, self.events, self.settings.daemon)
+        self.rescan_all.set()
+        self.events.wakeup.set()
 
     def _healthy(self) -> bool:
         stale = time.monotonic() - self.progress.heartbeat
@@ -206,13 +247,32 @@ class Daemon:
             try:
                 night = self._next_night()
                 if night is None:
+                    if self._storage_night is None:
+                        self._storage_back()  # the data root is back and nothing failed on a write
                     self.events.wakeup.wait(IDLE_TICK_S)
                     self.events.wakeup.clear()
                     continue
                 self._process(night)
+                self._storage_back()
+            except StorageUnavailable as error:
+                self._storage_wait(error)
             except Exception as error:  # never let the worker die silently
                 self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
                 self.stop.wait(10)
+
+    def _storage_wait(self, error: StorageUnavailable) -> None:
+        """Disk full or data root gone: say so once, keep the heartbeat (waiting is not hanging), retry."""
+        if self.progress.waiting is None:
+            self.log.error("storage_unavailable", error=str(error))
+        self.progress.waiting = str(error)
+        self.progress.heartbeat = time.monotonic()
+        self.stop.wait(self.settings.daemon.storage_retry_s)
+
+    def _storage_back(self) -> None:
+        if self.progress.waiting is not None:
+            self.log.info("storage_available")
+            self.progress.waiting = None
+        self._storage_night = None
 
     def _collect_candidates(self) -> bool:
         """Merge file events and (when due) a full rescan into ``pending``; True on a full rescan."""
@@ -243,6 +303,8 @@ class Daemon:
         self.log.info("retry_requested", frames=cleared, nights=nights or "all")
 
     def _next_night(self) -> str | None:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
         self._collect_candidates()
         now = time.monotonic()
         for night in sorted(self.pending):
@@ -271,7 +333,13 @@ class Daemon:
 
         run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
                        should_stop=self.stop.is_set)
-        run.run()
+        try:
+            run.run()
+        except StorageUnavailable:
+            self._storage_night = night  # its retry tells when the storage is back
+            self.pending[night] = time.monotonic() + self.settings.daemon.storage_retry_s
+            progress.night = None
+            raise
         if not self.stop.is_set():
             progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
             progress.last_night = night
