@@ -36,6 +36,8 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_PNG = "summary.png"
 FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 PNG_COLOURS = 128  # palette size of the PNG (the figure has few colours; this halves the file)
+FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
+                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched")
 METRICS = ("sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec", "ellipticity", "n_cosmic", "masked_fraction",
            "wcs_residual_arcsec")
 
@@ -50,15 +52,15 @@ def frame_time(name: str, entry: dict[str, Any]) -> str | None:
     """ISO time of the exposure: ``DATE-OBS`` as recorded, else the time in the file name."""
     recorded = entry.get("calibrate", {}).get("date_obs")
     if recorded:
-        return str(recorded)
+        return str(recorded)[:19]  # to the second: the summary has no use for milliseconds
     try:
         return dt.datetime.strptime(name[:19], "%Y-%m-%d_%H.%M.%S").isoformat()
     except ValueError:
         return None
 
 
-def frame_metrics(name: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """One frame's row of the summary, from its ledger entry.
+def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dict[str, Any]:
+    """One frame's row of the summary, from its ledger entry (``solving``: astrometry is enabled).
 
     FWHM in arcsec uses the solved WCS's pixel scale when the frame is solved, else the nominal scale
     recorded at calibration.
@@ -73,7 +75,7 @@ def frame_metrics(name: str, entry: dict[str, Any]) -> dict[str, Any]:
         "frame": name,
         "time": frame_time(name, entry),
         "calibrate": calibrate.get("status", "pending"),
-        "astrometry": solve.get("status", "pending" if calibrate.get("status") == "ok" else "none"),
+        "astrometry": solve.get("status", _unsolved_state(calibrate.get("status"), solving)),
         "sky_e": calibrate.get("sky_e"),
         "sky_noise_e": measured.get("sky_noise_e"),
         "n_stars": measured.get("n_stars"),
@@ -87,14 +89,20 @@ def frame_metrics(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unsolved_state(calibrated: str | None, solving: bool) -> str:
+    if not solving:
+        return "off"
+    return "pending" if calibrated == "ok" else "none"
+
+
 def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
     return round(float(statistics.median(values)), 3) if values else None
 
 
-def night_frames(night: dict[str, Any]) -> list[dict[str, Any]]:
+def night_frames(night: dict[str, Any], solving: bool = True) -> list[dict[str, Any]]:
     """Every frame's metrics row, in time order."""
-    rows = [frame_metrics(name, entry) for name, entry in night.get("frames", {}).items()]
+    rows = [frame_metrics(name, entry, solving) for name, entry in night.get("frames", {}).items()]
     return sorted(rows, key=lambda row: (row["time"] or "", row["frame"]))
 
 
@@ -126,16 +134,32 @@ def _masters(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _failures(night: dict[str, Any], max_tries: int) -> list[dict[str, Any]]:
-    failures = []
+    """Failed and blocked frames grouped by stage and reason: a night where every solve failed for one
+    reason is one entry (with its frames listed), not 800 copies of the same sentence."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     for name, entry in sorted(night.get("frames", {}).items()):
         for stage in ("calibrate", "astrometry"):
             record = entry.get(stage, {})
-            if record.get("status") in ("failed", "blocked"):
-                failures.append({"frame": name, "time": frame_time(name, entry), "stage": stage,
-                                 "status": record["status"], "error": record.get("error"),
-                                 "tries": record.get("tries"),
-                                 "retry_pending": stage == "astrometry" and retry_pending(entry, max_tries)})
-    return failures
+            if record.get("status") not in ("failed", "blocked"):
+                continue
+            key = (stage, record["status"], str(record.get("error")))
+            group = groups.setdefault(key, {"stage": stage, "status": record["status"], "error": key[2],
+                                            "n_frames": 0, "retries_pending": 0, "frames": []})
+            group["n_frames"] += 1
+            group["retries_pending"] += stage == "astrometry" and retry_pending(entry, max_tries)
+            group["frames"].append(name)
+    return sorted(groups.values(), key=lambda g: -g["n_frames"])
+
+
+def frame_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-frame rows as one table (column names once): 812 frames make ~120 KB instead of ~270 KB."""
+    return {"columns": list(FRAME_COLUMNS), "rows": [[row.get(c) for c in FRAME_COLUMNS] for row in rows]}
+
+
+def frame_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-frame rows of a summary document as dictionaries (the inverse of :func:`frame_table`)."""
+    table = document["frames"]
+    return [dict(zip(table["columns"], row)) for row in table["rows"]]
 
 
 def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -143,7 +167,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
     from .status import night_row  # status imports this module for the per-frame metrics
 
     row = night_row(date, night, settings)
-    frames = night_frames(night)
+    frames = night_frames(night, settings.astrometry.enabled)
     return {
         "schema": SCHEMA_VERSION,
         "night": date,
@@ -157,7 +181,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "masters": _masters(night.get("masters", {})),
         "failures": _failures(night, settings.astrometry.max_tries),
         "problems": night.get("problems", []),
-        "frames": frames,
+        "frames": frame_table(frames),
     }
 
 
@@ -190,7 +214,7 @@ def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settin
     if png_path.is_file() and _same_content(document, json_path):
         return None
     png = render_png(document, flat_preview(root, night.get("masters", {})))
-    payload = json.dumps(document, indent=1).encode()
+    payload = json.dumps(document, separators=(",", ":")).encode()
     atomic_write_bytes(png_path, png)
     atomic_write_bytes(json_path, payload)
     return Written(json_path, png_path, round(len(payload) / 1024, 1), round(len(png) / 1024, 1))
@@ -236,7 +260,7 @@ def render_png(document: dict[str, Any], flat: np.ndarray | None) -> bytes:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in the worker thread
 
-    frames = document["frames"]
+    frames = frame_rows(document)
     times = _times(frames)
     figure = Figure(figsize=(9.6, 6.4), dpi=72)
     grid = figure.add_gridspec(len(_PANELS), 2, width_ratios=(2.3, 1), hspace=0.15, wspace=0.25,
@@ -259,7 +283,7 @@ def render_png(document: dict[str, Any], flat: np.ndarray | None) -> bytes:
     else:
         axes[-1].set_xlabel("frame")
     _draw_flat(figure.add_subplot(grid[:3, 1]), flat, document["masters"]["flat"])
-    _draw_counts(figure.add_subplot(grid[3, 1]), document)
+    _draw_counts(figure.add_subplot(grid[3, 1]), document, frames)
     counts = document["counts"]
     figure.suptitle(f"ASTEP {document['night']} \u2014 {document['state']} \u2014 {counts['frames']} frames, "
                     f"{counts['calibrated']} calibrated, {counts['solved']} solved, {counts['failed']} failed",
@@ -303,7 +327,7 @@ def _draw_flat(ax: Any, flat: np.ndarray | None, origin: dict[str, Any]) -> None
     ax.set_title(f"master flat ({where})", fontsize=9)
 
 
-def _draw_counts(ax: Any, document: dict[str, Any]) -> None:
+def _draw_counts(ax: Any, document: dict[str, Any], frames: list[dict[str, Any]]) -> None:
     ax.axis("off")
     medians, counts = document["medians"], document["counts"]
     lines = [f"median FWHM {_fmt(medians['fwhm_arcsec'], '.2f')}\u2033",
@@ -312,7 +336,7 @@ def _draw_counts(ax: Any, document: dict[str, Any]) -> None:
              f"median WCS rms {_fmt(medians['wcs_residual_arcsec'], '.2f')}\u2033",
              f"blocked {counts['blocked']}, retries {counts['retries_pending']}, problems {counts['problems']}"]
     ax.text(0.0, 1.0, "\n".join(lines), va="top", fontsize=9, family="monospace")
-    if any(f["calibrate"] == "failed" or f["astrometry"] == "failed" for f in document["frames"]):
+    if any(f["calibrate"] == "failed" or f["astrometry"] == "failed" for f in frames):
         ax.text(0.0, 0.0, "red lines: failed frames", va="bottom", fontsize=8, color="tab:red")
 
 
@@ -374,17 +398,17 @@ def render_report(document: dict[str, Any]) -> str:
         f"ellipticity {_fmt(medians['ellipticity'], '.2f')} | WCS rms {_fmt(medians['wcs_residual_arcsec'], '.2f')}\"",
         "",
     ]
-    cells = [[_cell(key, frame.get(key)) for key, _, _ in _TABLE] for frame in document["frames"]]
+    cells = [[_cell(key, frame.get(key)) for key, _, _ in _TABLE] for frame in frame_rows(document)]
     widths = [max([len(title), width] + [len(row[i]) for row in cells]) for i, (_, title, width) in enumerate(_TABLE)]
     lines.append("  ".join(title.ljust(w) for (_, title, _), w in zip(_TABLE, widths)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     if document["failures"]:
         lines += ["", "failures:"]
         for failure in document["failures"]:
-            retry = " (retry pending)" if failure["retry_pending"] else ""
-            tries = f", {failure['tries']} tries" if failure.get("tries") else ""
-            lines.append(f"  {failure['frame']}: {failure['stage']} {failure['status']}{tries}{retry}: "
-                         f"{failure['error']}")
+            retry = f", {failure['retries_pending']} to be retried" if failure["retries_pending"] else ""
+            names = ", ".join(failure["frames"][:3]) + (", ..." if failure["n_frames"] > 3 else "")
+            lines.append(f"  {failure['stage']} {failure['status']}: {failure['error']}")
+            lines.append(f"    {failure['n_frames']} frame(s){retry}: {names}")
     if document["problems"]:
         lines += ["", "unusable input files:"]
         lines += [f"  {p['path']}: {p['event']} ({p['reason']})" for p in document["problems"]]
