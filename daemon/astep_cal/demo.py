@@ -54,5 +54,6 @@ def run_demo(directory: Path | None = None) -> int:
     print(f"Ledger:   {ledger_path}")
     print(f"Truth:    {truth.truth_dir}")
     print(f"Status:   astep-cal status {root}")
+    print(f"Report:   astep-cal report {spec.date} {root}   (summary.json, summary.png beside the CAL files)")
     ok = all(s.solved for s in scores) and night.failed == 0
     return 0 if ok else 1

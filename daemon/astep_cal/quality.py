@@ -4,9 +4,10 @@ Pure functions of a calibrated frame (electrons) and its mask; no file is touche
 the CAL header, the ledger and the nightly summary, and must be cheap: the per-frame floor is the
 cosmic-ray step (~7 s on 4096²), so everything here is done on sparse samples where a sample suffices:
 
-* sky level and noise: sigma-clipped statistics of a sparse grid of unmasked pixels;
-* background: photutils ``Background2D`` on a strided copy (every ``BACKGROUND_STRIDE``-th pixel, which
-  keeps the pixel statistics), interpolated back to full size;
+* sky level: sigma-clipped median of a sparse grid of unmasked pixels; sky noise: the same, about
+  the background map (a gradient is not noise);
+* background: photutils ``Background2D`` on a strided copy (about ``BACKGROUND_STRIDE_PIXELS`` wide,
+  which keeps the pixel statistics), interpolated bilinearly back to full size;
 * detection: photutils ``detect_sources`` (image segmentation) on the background-subtracted frame,
   smoothed by a small Gaussian, ``detect_sigma`` times the smoothed sky noise, at least 5 pixels;
 * shape: ``SourceCatalog`` moments (ellipticity) and a pixel-integrated Gaussian fit
@@ -177,29 +178,40 @@ def _fit_candidates(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarr
     return np.asarray(chosen, dtype=int)
 
 
-def count_stars(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray) -> int:
+def _touching_replaced(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per detection: does it touch a pixel whose value was replaced (BAD or COSMIC)?"""
+    replaced = np.unique(segments[(mask & (MaskBit.BAD | MaskBit.COSMIC)) > 0])
+    return np.isin(catalog.labels, replaced)
+
+
+def typical_moment_fwhm(catalog: SourceCatalog, touching: np.ndarray) -> float:
+    """Median segment-moment FWHM (px) of the detections untouched by replaced pixels (all if none)."""
+    fwhm = np.asarray(catalog.fwhm.value)
+    clean = fwhm[~touching] if (~touching).any() else fwhm
+    return float(np.nanmedian(clean)) if np.isfinite(clean).any() else float("nan")
+
+
+def count_stars(catalog: SourceCatalog, touching: np.ndarray) -> int:
     """Detections that look like stars: not a sharp residue of a masked bad pixel or cosmic-ray hit.
 
     A detection touching BAD or COSMIC pixels and sharper than ``SHARP_FRACTION`` of the clean
-    detections (those touching no such pixel) is what is left around a replaced hit or a dead column,
-    not a star (on a synthetic 4096² frame: 16 of 111 detections, all of them such residues).
+    detections is what is left around a replaced hit or a dead column, not a star (on a synthetic
+    4096² frame: 16 of 111 detections, all of them such residues).
     """
     if len(catalog) == 0:
         return 0
     fwhm = np.asarray(catalog.fwhm.value)
-    touching = np.isin(catalog.labels, np.unique(segments[(mask & (MaskBit.BAD | MaskBit.COSMIC)) > 0]))
-    reference = np.nanmedian(fwhm[~touching]) if (~touching).any() else np.nanmedian(fwhm)
-    sharp = ~(fwhm >= SHARP_FRACTION * reference)  # NaN (no positive second moment) is sharp too
+    sharp = ~(fwhm >= SHARP_FRACTION * typical_moment_fwhm(catalog, touching))  # NaN is sharp too
     return int(np.count_nonzero(~(touching & sharp)))
 
 
 def star_shapes(image: np.ndarray, catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray,
-                noise: float, limit: int) -> tuple[float | None, float | None, int]:
-    """Median FWHM (px, from a pixel-integrated Gaussian fit) and ellipticity of the best stars."""
-    if len(catalog) == 0:
-        return None, None, 0
-    guess = float(np.nanmedian(np.asarray(catalog.fwhm.value)))
-    if not np.isfinite(guess) or guess <= 0:
+                noise: float, limit: int, guess: float) -> tuple[float | None, float | None, int]:
+    """Median FWHM (px, from a pixel-integrated Gaussian fit) and ellipticity of the best stars.
+
+    ``guess`` (the typical moment FWHM) starts the fit and sizes its box (±1.5 FWHM).
+    """
+    if len(catalog) == 0 or not np.isfinite(guess) or guess <= 0:
         return None, None, 0
     half = int(np.clip(np.ceil(1.5 * guess), 2, 15))
     chosen = _fit_candidates(catalog, segments, mask, noise, half, limit)
@@ -234,6 +246,8 @@ def measure_frame(data: np.ndarray, mask: np.ndarray, detect_sigma: float = 5.0,
     if segments is None:
         return FrameQuality(sky, noise, 0, None, None, 0, masked_fraction)
     catalog = SourceCatalog(image, segments)
-    fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, noise, max_fit_stars)
-    n_stars = count_stars(catalog, segments.data, mask)
+    touching = _touching_replaced(catalog, segments.data, mask)
+    fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, noise, max_fit_stars,
+                                          typical_moment_fwhm(catalog, touching))
+    n_stars = count_stars(catalog, touching)
     return FrameQuality(sky, noise, n_stars, fwhm, ellipticity, used, masked_fraction)
