@@ -93,6 +93,13 @@ def test_masked_fraction_and_masked_pixels_are_not_stars():
     assert result.fwhm_px == pytest.approx(clean.fwhm_px, rel=0.05)
 
 
+def test_frame_without_usable_pixels_reports_only_sky_and_masking():
+    data, mask = grid_frame(2.5, np.full(16, 300.0))
+    mask[:] = MaskBit.SATURATED.value  # daylight in the dome
+    result = measure_frame(data, mask)
+    assert result.masked_fraction == 1.0 and result.n_stars == 0 and result.fwhm_px is None
+
+
 def test_metrics_cost_on_a_1024_frame():
     data, mask = grid_frame(2.5, np.geomspace(10, 3000, 100), shape=(1024, 1024))
     measure_frame(data, mask)  # imports and caches warmed

@@ -41,6 +41,7 @@ DETECT_SMOOTH_SIGMA_PX = 1.0  # Gaussian smoothing before detection (a matched f
 MIN_PIXELS = 5  # a detection covers at least this many connected pixels (cosmic-ray residues do not)
 FIT_MIN_SNR = 20.0  # only stars whose peak is this many sky sigmas up are fitted for the FWHM
 SHARP_FRACTION = 0.75  # a masked-pixel residue is this much sharper than the stars (moments FWHM)
+MIN_USABLE_FRACTION = 0.05  # below this (a saturated or dead frame) only sky and masking are reported
 UNUSABLE = MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT  # values that are not sky or star light
 
 
@@ -234,7 +235,9 @@ def measure_frame(data: np.ndarray, mask: np.ndarray, detect_sigma: float = 5.0,
     """Every metric of one calibrated frame (electrons) with its MASK (``MaskBit`` values)."""
     usable = mask == 0
     masked_fraction = 1.0 - float(np.count_nonzero(usable)) / usable.size
-    sky, _ = sky_statistics(data, usable)
+    sky, noise = sky_statistics(data, usable)
+    if masked_fraction > 1.0 - MIN_USABLE_FRACTION:  # nothing to find stars in (daylight, a dead read-out)
+        return FrameQuality(sky, noise, 0, None, None, 0, masked_fraction)
     image = data - background_map(data, usable)
     _, noise = sky_statistics(image, usable)  # about the background: a sky gradient is not noise
     smoothed = ndimage.gaussian_filter(image, DETECT_SMOOTH_SIGMA_PX, truncate=2.5)
