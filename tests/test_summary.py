@@ -26,6 +26,12 @@ SENDABLE_BYTES = 300 * 1024
 NO_SOLVE_7_2 = "[astrometry]\nenabled = false\n[quality]\npixel_scale_arcsec = 7.2\n"
 
 
+def cli_main(*args) -> int:
+    from astep_cal import cli
+
+    return cli.main([str(a) for a in args])
+
+
 def _config(tmp_path, text: str = NO_SOLVE_7_2):
     path = tmp_path / "config.toml"
     path.write_text(text)
@@ -159,11 +165,16 @@ def test_report_prints_the_night(night, capsys):
                                                                   "--config", config)[1].splitlines()[:4]
 
 
-def test_report_of_unknown_night_or_bad_date_is_a_usage_error(night, capsys):
+def test_report_of_unknown_night_or_bad_date_is_a_usage_error(night, capsys, tmp_path):
     root, _, config = night
     code, out, _ = run_cli(capsys, "report", "2026-01-01", root, "--config", config)
     assert code == 2 and out == ""
     assert run_cli(capsys, "report", "yesterday", root)[0] == 2
+    other = tmp_path / "other.json"
+    other.write_text('{"schema": 1, "night": "2026-07-01"}')
+    capsys.readouterr()
+    assert cli_main("report", other) == 2
+    assert "not an astep-cal summary" in capsys.readouterr().err
 
 
 def test_status_json_for_monitoring(night, capsys):

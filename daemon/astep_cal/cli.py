@@ -119,14 +119,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
     """The night's summary, built from the ledger; or a summary.json file given instead of a date."""
-    from .summary import build_summary
+    from .summary import build_summary, is_summary
 
     given = Path(args.night)
     if not valid_date(args.night) and given.is_file():
         try:
-            return json.loads(given.read_text())
-        except ValueError as error:
+            document = json.loads(given.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
             raise ConfigError(f"{given}: not a summary.json ({error})") from None
+        if not is_summary(document):
+            raise ConfigError(f"{given}: not an astep-cal summary.json (schema 1)")
+        return document
     if not valid_date(args.night):
         raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
     settings = _settings(args)

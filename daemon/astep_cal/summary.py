@@ -185,14 +185,28 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
     }
 
 
+def _without_time(document: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key != "generated"}
+
+
 def _same_content(document: dict[str, Any], path: Path) -> bool:
     """Whether ``path`` already holds ``document`` (the generation time aside)."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    strip = lambda d: {k: v for k, v in d.items() if k != "generated"}  # noqa: E731
-    return isinstance(old, dict) and strip(old) == strip(json.loads(json.dumps(document)))
+    fresh = json.loads(json.dumps(document))  # as it would read back (tuples become lists ...)
+    return isinstance(old, dict) and _without_time(old) == _without_time(fresh)
+
+
+REQUIRED_KEYS = ("schema", "night", "state", "attention", "counts", "medians", "masters", "failures", "problems",
+                 "frames")
+
+
+def is_summary(document: Any) -> bool:
+    """Whether a JSON document is a summary this version can read (``report`` on a received file)."""
+    return (isinstance(document, dict) and all(key in document for key in REQUIRED_KEYS)
+            and document["schema"] == SCHEMA_VERSION)
 
 
 @dataclass
