@@ -367,8 +367,13 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
         gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
-        sky_e=round(result.sky_e, 2), date_obs=header.get("DATE-OBS"), quality=quality_record,
+        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
