@@ -242,3 +242,19 @@ def test_summary_failure_never_breaks_the_night(tmp_path, capsys):
     failed = [e for e in events if e["event"] == "summary_failed"]
     assert len(failed) == 1 and failed[0]["level"] == "error"
     assert sum(e["event"] == "frame_calibrated" for e in events) == truth.spec.n_science
+
+
+def test_solved_night_summary_has_wcs_residuals_and_true_fwhm(solved_night):
+    """The session's 1024² night, solved by the real solve-field with the default configuration."""
+    root, truth, _, completed = solved_night
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    json_path, png_path = _summary_files(root, truth.spec.date)
+    document = json.loads(json_path.read_text())
+    check_schema(document)
+    assert document["state"] == "done" and document["counts"]["solved"] == truth.spec.n_science
+    assert png_path.read_bytes().startswith(PNG_SIGNATURE)
+    for row in frame_rows(document):
+        assert row["astrometry"] == "solved" and row["wcs_matched"] > 10
+        assert 0 < row["wcs_residual_arcsec"] < 0.5 * truth.spec.pixel_scale_arcsec
+        assert row["fwhm_arcsec"] == pytest.approx(truth.spec.fwhm_arcsec, rel=0.10)  # solved scale
+    assert '"summary_written"' in completed.stderr
