@@ -1,8 +1,8 @@
 """The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``run`` (the service),
-``rescan``, ``status``, ``demo``.
+``rescan``, ``retry``, ``status``, ``report``, ``demo``.
 
 Exit codes (stable, for scripts and monitoring):
-  0  everything asked for is done
+  0  everything asked for is done (status, report: nothing needs attention)
   1  some frames failed, are blocked (missing calibrations) or are not solved
   2  bad usage or configuration
   3  another astep-cal process holds the data root
@@ -13,6 +13,7 @@ Exit codes (stable, for scripts and monitoring):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,23 +86,71 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_ATTENTION if attention else EXIT_OK
 
 
+def _root_or_config(args: argparse.Namespace, settings: Settings) -> Path:
+    """ROOT from the command line, else ``data_root`` from the configuration."""
+    if not args.root and not settings.data_root:
+        raise ConfigError("no data root: give ROOT or set data_root in the config")
+    root = Path(args.root or settings.data_root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
+    return root
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from .service import read_activity
     from .status import night_rows, render_table
 
     settings = _settings(args)
-    root = _root(args)
-    ledger = Ledger.load(settings.ledger_path(root)) if settings.ledger_path(root).exists() else None
-    if ledger is None:
-        print(f"no ledger at {settings.ledger_path(root)}: nothing processed yet")
-        return EXIT_OK
-    from .service import read_activity
-
-    rows = night_rows(ledger, settings)
-    print(render_table(rows))
-    activity = read_activity(settings.ledger_path(root))
-    if activity:
+    root = _root_or_config(args, settings)
+    ledger_path = settings.ledger_path(root)
+    rows = night_rows(Ledger.load(ledger_path), settings) if ledger_path.exists() else []
+    activity = read_activity(ledger_path)
+    attention = any(row["attention"] for row in rows)
+    if args.json:
+        print(json.dumps({"root": str(root), "attention": attention, "nights": rows,
+                          "daemon": activity}, indent=1))
+    elif not ledger_path.exists():
+        print(f"no ledger at {ledger_path}: nothing processed yet")
+    else:
+        print(render_table(rows))
+    if activity and not args.json:
         print(f"daemon (pid {activity['pid']}): {activity['activity']}")
-    return EXIT_ATTENTION if any(row["attention"] for row in rows) else EXIT_OK
+    return EXIT_ATTENTION if attention else EXIT_OK
+
+
+def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The night's summary, built from the ledger; or a summary.json file given instead of a date."""
+    from .summary import build_summary, is_summary
+
+    given = Path(args.night)
+    if not valid_date(args.night) and given.is_file():
+        try:
+            document = json.loads(given.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{given}: not a summary.json ({error})") from None
+        if not is_summary(document):
+            raise ConfigError(f"{given}: not an astep-cal summary.json (schema 1)")
+        return document
+    if not valid_date(args.night):
+        raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
+    settings = _settings(args)
+    root = _root_or_config(args, settings)
+    ledger_path = settings.ledger_path(root)
+    night = Ledger.load(ledger_path).nights().get(args.night) if ledger_path.exists() else None
+    if not night or not night.get("frames"):
+        return None
+    return build_summary(args.night, night, settings)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .summary import render_report
+
+    document = _load_summary(args)
+    if document is None:
+        print(f"astep-cal: no processed frames for night {args.night}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(document, indent=1) if args.json else render_report(document))
+    return EXIT_ATTENTION if document.get("attention") else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -173,11 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--ledger", help="ledger file (default ROOT/.astep-cal/ledger.json)")
     once.set_defaults(func=cmd_once)
 
-    status = commands.add_parser("status", help="print a table of the nights in the ledger")
-    status.add_argument("root")
+    status = commands.add_parser("status", help="one row per night, and the daemon's activity; exit 1 if "
+                                                "something needs attention")
+    status.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
+    status.add_argument("--json", action="store_true", help="machine-readable output (for monitoring)")
     status.add_argument("--config")
     status.add_argument("--ledger")
     status.set_defaults(func=cmd_status)
+
+    report = commands.add_parser("report", help="print one night's summary (frames, masters, metrics, failures)")
+    report.add_argument("night", metavar="DATE", help="YYYY-MM-DD, or the path of a night's summary.json")
+    report.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
+    report.add_argument("--json", action="store_true", help="the summary document as JSON")
+    report.add_argument("--config")
+    report.add_argument("--ledger")
+    report.set_defaults(func=cmd_report)
 
     run = commands.add_parser("run", help="the long-running service: watch the data root and process nights")
     run.add_argument("--config", help="TOML configuration file (e.g. /etc/astep-cal/astep-cal.toml)")

@@ -76,6 +76,15 @@ class AstrometrySettings:
 
 
 @dataclass(frozen=True)
+class QualitySettings:
+    """Per-frame quality metrics (``quality.py``); changing them does not redo calibrated frames."""
+
+    pixel_scale_arcsec: float = 0.93  # nominal scale for FWHM in arcsec until a solved WCS gives the real one
+    detect_sigma: float = 5.0  # detection threshold, in sky sigmas of the smoothed frame
+    fwhm_stars: int = 20  # brightest clean stars fitted for the FWHM (cost ~20 ms each)
+
+
+@dataclass(frozen=True)
 class DaemonSettings:
     """How the long-running service (``astep-cal run``) decides a night is ready, and stays healthy."""
 
@@ -106,6 +115,7 @@ class Settings:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     cosmics: CosmicSettings = field(default_factory=CosmicSettings)
     astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -122,6 +132,7 @@ _SECTIONS = {
     "calibration": CalibrationSettings,
     "cosmics": CosmicSettings,
     "astrometry": AstrometrySettings,
+    "quality": QualitySettings,
     "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
@@ -196,6 +207,9 @@ def validate(settings: Settings) -> None:
     if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:
         raise ConfigError("calibration: need 0 <= flat_min_level_adu < flat_max_level_adu and "
                           "dark_temp_tolerance_c > 0")
+    q = settings.quality
+    if q.pixel_scale_arcsec <= 0 or q.detect_sigma <= 0 or q.fwhm_stars < 1:
+        raise ConfigError("quality pixel_scale_arcsec, detect_sigma and fwhm_stars must be positive")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from .config import Settings
 from .evaluate import score_frame
@@ -50,9 +51,15 @@ def run_demo(directory: Path | None = None) -> int:
     if errors:
         print(f"\nMedian WCS error {np.median(errors):.3f} px; cosmic-ray pixels removed "
               f"{100 * np.mean([s.cosmic_removed for s in scores]):.1f}% of {sum(s.cosmic_pixels for s in scores)}.")
+    headers = [fits.getheader(cal_dir(root, spec.date) / cal_name(p.name)) for p in truth.science_files]
+    fwhm = [h["FWHM"] for h in headers if "FWHM" in h]
+    if fwhm:
+        print(f"Median FWHM {np.median(fwhm):.2f}\" (injected {spec.fwhm_arcsec:.2f}\"), stars detected per frame "
+              f"{', '.join(str(h.get('NSTARS')) for h in headers)}.")
     print(f"\nOutputs:  {cal_dir(root, spec.date)}  (masters in masters/)")
     print(f"Ledger:   {ledger_path}")
     print(f"Truth:    {truth.truth_dir}")
     print(f"Status:   astep-cal status {root}")
+    print(f"Report:   astep-cal report {spec.date} {root}   (summary.json, summary.png beside the CAL files)")
     ok = all(s.solved for s in scores) and night.failed == 0
     return 0 if ok else 1

@@ -10,9 +10,13 @@ Shape (``schema`` 1)::
              "raw": {"size": ..., "mtime_ns": ...},
              "calibrate": {"status": "ok|failed|blocked", "output": ..., "duration_s": ..., "config": ...,
                            "software": ..., "dark": {...}, "flat": {...}, "gain": ..., "n_cosmic": ...,
-                           "error": ...},
+                           "sky_e": ..., "date_obs": ..., "error": ...,
+                           "quality": {"sky_noise_e": ..., "n_stars": ..., "fwhm_px": ..., "fwhm_arcsec": ...,
+                                       "pixel_scale_arcsec": ..., "ellipticity": ..., "n_fwhm_stars": ...,
+                                       "masked_fraction": ..., "duration_s": ...}},
              "astrometry": {"status": "solved|failed|pending|disabled", "tries": ..., "error": ...,
-                            "duration_s": ..., "hinted": ...}}}}}}
+                            "duration_s": ..., "hinted": ..., "n_matched": ..., "residual_arcsec": ...,
+                            "pixel_scale_arcsec": ...}}}}}}
 
 Writes are atomic and skipped when nothing changed, so a run that does nothing rewrites nothing. A
 lock file next to the ledger (``flock``) keeps two processes off the same data root: the kernel

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, astrometry, products
+from . import __version__, astrometry, products, quality, summary
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
@@ -399,7 +399,7 @@ def read_whole_frame(frame: RawFrame) -> tuple[np.ndarray, fits.Header]:
     return raw, header
 
 
-def keep_foreign_file(cal_path: Path, record: dict[str, Any]) -> None:
+def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
     """A file at our output's name that astep-cal did not write (no ASTCVER) is moved aside, not lost:
     e.g. a product of the old pipeline. Its new name is recorded in the frame's ledger entry."""
     if not cal_path.is_file():
@@ -413,11 +413,29 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any]) -> None:
         aside = cal_path.with_name(f"{cal_path.name}.foreign-{stamp}")
         cal_path.rename(aside)
         record["foreign_kept_as"] = aside.name
-        get_logger().warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
+        log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
+
+
+def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, tuple], dict[str, Any]]:
+    """Header cards and ledger record of the frame's quality metrics.
+
+    Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
+    content) is still a good calibrated frame, so a failure here is logged and recorded, not raised.
+    """
+    start = time.perf_counter()
+    scale = settings.quality.pixel_scale_arcsec
+    try:
+        measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
+                                         settings.quality.fwhm_stars)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log.warning("quality_failed", error=f"{type(error).__name__}: {error}")
+        return {}, {"error": f"{type(error).__name__}: {error}"}
+    record = {**measured.record(scale), "duration_s": round(time.perf_counter() - start, 3)}
+    return measured.header_cards(scale, "nominal"), record
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
-                   record: dict[str, Any]) -> None:
+                   record: dict[str, Any], log: Any) -> None:
     if masters.flat is None or masters.mask is None:
         raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
     dark = masters.library.dark_for(frame.exptime)
@@ -430,6 +448,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw))
     flat_record = masters.record["flat"]
+    quality_cards, quality_record = frame_quality(result, settings, log)
     provenance = {
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
         "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
@@ -441,17 +460,33 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCRAW": (frame.name, "raw frame calibrated"),
         "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
         "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
+        **quality_cards,
     }
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
-    keep_foreign_file(cal_path, record)
+    keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
         gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
-        sky_e=round(result.sky_e, 2),
+        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
+    """The pixel scale (arcsec/px) of a solution, which makes FWHM in arcsec exact; None if unknown."""
+    if not result.solved or result.wcs_header is None:
+        return None
+    try:
+        return quality.pixel_scale_arcsec(result.wcs_header)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
@@ -464,6 +499,9 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
                  "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
         if result.residual_arcsec is not None:
             extra["ASTCWRES"] = (round(result.residual_arcsec, 3), "[arcsec] rms of those matches")
+        scale = solved_pixel_scale(result)
+        if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
+            extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
         astrometry.merge_wcs(cal_path, result.wcs_header, extra)
     else:
         astrometry.mark_unsolved(cal_path, result.error or "no solution")
@@ -523,7 +561,24 @@ class NightRun:
         self.ledger.save()
         if frames:
             self.log.info("night_done", **{k: v for k, v in vars(self.result).items() if k != "date"})
+        if not self.should_stop() and (frames or not summary.summary_path(inventory.cal_dir).is_file()):
+            self._write_summary(night)
         return self.result
+
+    def _write_summary(self, night: dict[str, Any]) -> None:
+        """summary.json + summary.png for the night; a failure is logged, never raised (the night is done)."""
+        if not night.get("frames"):
+            return
+        start = time.perf_counter()
+        try:
+            written = summary.write_summary(self.root, self.date, night, self.settings)
+        except Exception as error:  # noqa: BLE001 - the summary must never break the night
+            self.log.error("summary_failed", error=f"{type(error).__name__}: {error}")
+            return
+        if written is not None:
+            self.log.info("summary_written", path=str(written.json_path.relative_to(self.root)),
+                          json_kb=written.json_kb, png_kb=written.png_kb,
+                          duration_s=round(time.perf_counter() - start, 2))
 
     def _record_inventory(self, night: dict[str, Any], inventory: NightInventory) -> None:
         for problem in inventory.problems:
@@ -606,7 +661,7 @@ class NightRun:
         entry["raw"] = fingerprint(frame.path)
         entry.pop("astrometry", None)  # a new CAL file needs a new solution
         with stage(entry, "calibrate", log, self.root) as record:
-            _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record)
+            _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record, log)
         checkpoint("stage:frame_calibrated")
         status = entry["calibrate"]["status"]
         if status == "ok":
@@ -641,6 +696,9 @@ class NightRun:
             record["n_matched"] = result.n_matched
             if result.residual_arcsec is not None:
                 record["residual_arcsec"] = round(result.residual_arcsec, 3)
+            scale = solved_pixel_scale(result)
+            if scale is not None:
+                record["pixel_scale_arcsec"] = round(scale, 4)
         else:
             record.update(error=result.error, **retry)
         return record

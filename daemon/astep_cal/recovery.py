@@ -45,6 +45,15 @@ def _astrometry_record(header: fits.Header) -> dict[str, Any] | None:
     return None  # pending: the next run solves it
 
 
+_QUALITY_CARDS = {"SKYNOISE": "sky_noise_e", "NSTARS": "n_stars", "FWHMPIX": "fwhm_px", "FWHM": "fwhm_arcsec",
+                  "ELLIPTIC": "ellipticity", "MASKFRAC": "masked_fraction"}
+
+
+def _quality_record(header: fits.Header) -> dict[str, Any]:
+    """The frame's quality metrics as the summary reads them, from the cards ``quality`` wrote."""
+    return {field: header[card] for card, field in _QUALITY_CARDS.items() if card in header}
+
+
 def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dict[str, Any]] | None:
     """(raw name, ledger entry) from a CAL file's header; None when it lacks the provenance."""
     if any(key not in header for key in PROVENANCE_NEEDED):
@@ -58,6 +67,7 @@ def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dic
         "flat": {"night": flat_night, "borrowed": flat_night != date},
         "gain": header.get("ASTCGAIN"), "n_cosmic": header.get("NCOSMIC", 0),
         "n_saturated": header.get("NSATUR", 0), "sky_e": header.get("SKYLEVEL"), "recovered": True,
+        "date_obs": header.get("DATE-OBS"), "quality": _quality_record(header),
     }
     entry: dict[str, Any] = {"raw": raw, "calibrate": calibrate}
     astrometry = _astrometry_record(header)

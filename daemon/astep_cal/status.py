@@ -6,8 +6,10 @@ from typing import Any
 
 from .config import Settings
 from .ledger import Ledger
+from .summary import median_of, night_frames, retry_pending
 
-_COLUMNS = ("night", "frames", "calibrated", "solved", "failed", "blocked", "darks", "flat", "state")
+_COLUMNS = ("night", "frames", "calibrated", "solved", "failed", "retries", "blocked", "fwhm", "darks", "flat",
+            "state")
 
 
 def night_row(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -34,19 +36,30 @@ def night_row(date: str, night: dict[str, Any], settings: Settings) -> dict[str,
         state = "done"
     else:
         state = "incomplete"
+    retries = sum(1 for f in frames.values() if retry_pending(f, settings.astrometry.max_tries))
+    fwhm = median_of(night_frames(night), "fwhm_arcsec")
     return {"night": date, "frames": science, "calibrated": calibrated, "solved": solved, "failed": failed,
-            "blocked": blocked, "darks": darks, "flat": flat_text, "state": state, "problems": problems,
-            "attention": state != "done" or problems > 0}
+            "retries_pending": retries, "blocked": blocked, "fwhm_arcsec": fwhm, "darks": darks,
+            "flat": flat_text, "state": state, "problems": problems, "attention": state != "done" or problems > 0}
 
 
 def night_rows(ledger: Ledger, settings: Settings) -> list[dict[str, Any]]:
     return [night_row(date, night, settings) for date, night in sorted(ledger.nights().items())]
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "retries":
+        return str(row["retries_pending"])
+    if column == "fwhm":  # median FWHM in arcsec
+        return "-" if row["fwhm_arcsec"] is None else f"{row['fwhm_arcsec']:.2f}\""
+    return str(row[column])
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table; problems (unusable files) are counted in a last column."""
+    """A fixed-width table; ``retries`` are failed solves still to be retried, ``fwhm`` the night's
+    median FWHM in arcsec; problems (unusable files) are counted in a last column."""
     header = list(_COLUMNS) + ["problems"]
-    cells = [[str(row[c]) for c in header] for row in rows]
+    cells = [[_cell(row, c) for c in header] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
