@@ -31,18 +31,25 @@ if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null
 fi
 
 # --- the cached root file system -------------------------------------------------------------------
-# The project's own Debian packages are included so `make install` finds them installed (it would
-# otherwise apt-get ~400 MB on every run, since each run starts from this pristine root).
-packages="systemd,systemd-sysv,dbus,procps,python3,make,$(make -s -C "$REPO" print-debian-packages | tr ' ' ',')"
-if [ "$(cat "$BASE/.astep-cal-packages" 2>/dev/null)" != "$packages" ]; then
+# The project's own Debian packages are installed into it by the project's own `make system-deps`, so
+# that `make install` in each run (from this pristine root) finds them and does not apt-get ~400 MB.
+# (debootstrap --include cannot take them: its resolver does not follow virtual packages.)
+packages="systemd,systemd-sysv,dbus,procps,python3,make"
+stamp="$packages $(make -s -C "$REPO" print-debian-packages)"
+if [ "$(cat "$BASE/.astep-cal-packages" 2>/dev/null)" != "$stamp" ]; then
     mirror=${DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\([^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)}
     [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
     [ -n "$mirror" ] || die "no Debian mirror in the apt sources: set DEBIAN_MIRROR"
-    say "debootstrap bookworm into $BASE (once; packages: $packages)"
+    say "debootstrap bookworm into $BASE (once)"
     rm -rf "$BASE.new" && mkdir -p "$CACHE"
     debootstrap --variant=minbase --include="$packages" bookworm "$BASE.new" "$mirror" > "$CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap.log"; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
-    echo "$packages" > "$BASE.new/.astep-cal-packages"
+    say "make system-deps inside it"
+    systemd-nspawn --quiet --register=no --keep-unit -D "$BASE.new" --bind-ro="$REPO:/src/astep-cal" \
+        make -s -C /src/astep-cal system-deps > "$CACHE/system-deps.log" 2>&1 \
+        || { tail -20 "$CACHE/system-deps.log"; die "make system-deps failed in the root (log: $CACHE/system-deps.log)"; }
+    rm -f "$BASE.new"/var/cache/apt/archives/*.deb
+    echo "$stamp" > "$BASE.new/.astep-cal-packages"
     rm -rf "$BASE" && mv "$BASE.new" "$BASE"
 fi
 
