@@ -54,7 +54,9 @@ if [ "$(cat "$BASE/.astep-cal-packages" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 # --- boot a throw-away copy ------------------------------------------------------------------------
+# The run's changes (the venv of `make install`, ~600 MB) go to a tmpfs: dropped in an instant at the end.
 RUN=$(mktemp -d /var/tmp/astep-cal-systemd.XXXXXX)
+mount -t tmpfs -o size=4G,mode=0755 astep-cal-test "$RUN"
 mkdir -p "$RUN/upper" "$RUN/work" "$RUN/root" "$CACHE/pip"
 mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$RUN/root"
 NSPAWN=""
@@ -72,10 +74,11 @@ teardown() {
         for _ in $(seq 30); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 1; done
         kill -KILL "$NSPAWN" 2>/dev/null && sleep 1
     fi
-    # Only remove the overlay once it is unmounted: rm through a live overlay would reach nothing in
-    # $BASE (lowerdir deletions are whiteouts), but an unmounted $RUN/root is plainly safe.
-    if umount "$RUN/root" 2>/dev/null || ! mountpoint -q "$RUN/root"; then rm -rf "$RUN"; else
-        say "warning: $RUN/root still mounted, left in place"; fi
+    # Never rm through a mount: the overlay's lower directory is the cached root.
+    umount "$RUN/root" 2>/dev/null || true
+    umount "$RUN" 2>/dev/null || true
+    if mountpoint -q "$RUN/root" || mountpoint -q "$RUN"; then say "warning: $RUN still mounted, left in place"
+    else rm -rf "$RUN"; fi
     say "$([ "$code" = 0 ] && echo PASSED || echo FAILED) in $(( $(date +%s) - started )) s"
     exit "$code"
 }
@@ -192,3 +195,20 @@ code=$(C systemctl show -P ExecMainStatus astep-cal)
 say "stopped in $(( $(date +%s) - t0 )) s: Result=$result ExecMainStatus=$code"
 [ "$result" = success ] && [ "$code" = 0 ] || die "unclean stop"
 [ "$(events daemon_stopped)" = 1 ] || die "no daemon_stopped event"
+
+# --- watchdog and restart, for real: a short WatchdogSec must be fed by the idle daemon's pings, and a
+# killed daemon must be restarted (Restart=on-failure) and find its ledger in the StateDirectory.
+C mkdir -p /etc/systemd/system/astep-cal.service.d
+C sh -c 'printf "[Service]\nWatchdogSec=4s\nRestartSec=1s\n" > /etc/systemd/system/astep-cal.service.d/test.conf'
+C systemctl daemon-reload
+C systemctl start astep-cal || die "restart after stop failed"
+pid=$(C systemctl show -P MainPID astep-cal)
+sleep 12  # three watchdog periods: without WATCHDOG=1 every 2 s systemd would have killed it
+[ "$(C systemctl show -P MainPID astep-cal)" = "$pid" ] && [ "$(C systemctl show -P NRestarts astep-cal)" = 0 ] \
+    || die "the service did not survive WatchdogSec=4s (watchdog pings missing)"
+[ "$(status_text)" = "idle — 1 nights done" ] || die "after a restart the ledger's night is not counted: $(status_text)"
+C kill -KILL "$pid"
+wait_for 30 "a restart after SIGKILL" '[ "$(C systemctl show -P NRestarts astep-cal)" = 1 ] && [ "$(status_text)" = "idle — 1 nights done" ]'
+say "watchdog fed for 12 s at WatchdogSec=4s; SIGKILL -> restarted (pid $pid -> $(C systemctl show -P MainPID astep-cal))"
+C journalctl -u astep-cal --no-pager > "$CACHE/last-journal.txt" || true
+C systemctl stop astep-cal
