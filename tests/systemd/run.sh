@@ -61,9 +61,6 @@ flock -s 9
 # --- boot a throw-away copy ------------------------------------------------------------------------
 # The run's changes (the venv of `make install`, ~600 MB) go to a tmpfs: dropped in an instant at the end.
 RUN=$(mktemp -d /var/tmp/astep-cal-systemd.XXXXXX)
-mount -t tmpfs -o size=4G,mode=0755 astep-cal-test "$RUN"
-mkdir -p "$RUN/upper" "$RUN/work" "$RUN/root" "$CACHE/pip"
-mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$RUN/root"
 NSPAWN=""
 PID1=""
 
@@ -89,6 +86,10 @@ teardown() {
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
+
+mount -t tmpfs -o size=4G,mode=0755 astep-cal-test "$RUN"
+mkdir -p "$RUN/upper" "$RUN/work" "$RUN/root" "$CACHE/pip"
+mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$RUN/root"
 
 binds=(--bind-ro="$REPO:/src/astep-cal" --bind="$CACHE/pip:/root/.cache/pip")
 # pip inside trusts what the host trusts (some sites reach PyPI through a TLS proxy with its own CA).
@@ -154,9 +155,9 @@ awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.0) }' || die "exposure $e
 # astep-cal + group-writable: the service writes the night's _CAL directory next to the raw ones.
 say "a synthetic $NIGHT night arrives"
 C sh -c "umask 002 && mkdir -p /srv/incoming && /opt/astep-cal/bin/python -c '
-from dataclasses import replace
 from pathlib import Path
 from astep_cal.synthetic import NightSpec, make_night
+# tests/conftest.py SMALL: 512² frames of a 1° field, solvable with the Tycho-2 07/08 indexes
 spec = NightSpec(date=\"$NIGHT\", shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_science=$N_SCIENCE,
                  n_cosmic_rays=40, n_hot_pixels=80, dead_column=150)
 make_night(Path(\"/srv/incoming\"), spec)
