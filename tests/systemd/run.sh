@@ -68,7 +68,7 @@ teardown() {
     local code=$?
     if [ -n "$PID1" ] && [ "$code" != 0 ]; then
         say "--- systemctl status / journal of astep-cal (failure) ---"
-        C systemctl status --no-pager astep-cal 2>&1 | tail -20 || true
+        C systemctl status --no-pager -n 0 astep-cal 2>&1 || true
         C journalctl -u astep-cal --no-pager 2>&1 | tail -40 || true
     fi
     if [ -n "$NSPAWN" ] && kill -0 "$NSPAWN" 2>/dev/null; then
@@ -163,7 +163,8 @@ spec = NightSpec(date=\"$NIGHT\", shape=(512, 512), pixel_scale_arcsec=7.2, fwhm
 make_night(Path(\"/srv/incoming\"), spec)
 ' && chgrp -R astep-cal /srv/incoming/$NIGHT && mv /srv/incoming/$NIGHT /srv/astep/ && touch /srv/astep/$NIGHT/NIGHT_COMPLETE" \
     || die "could not make the synthetic night"
-wait_for 300 "night $NIGHT done" '[ "$(status_text)" = "idle — 1 nights done, last $NIGHT" ]'
+wait_for 300 "night $NIGHT processed (event night_done)" '[ "$(events night_done)" -ge 1 ]'
+wait_for 10 "STATUS= after the night" '[ "$(status_text)" = "idle — 1 nights done, last $NIGHT" ]'
 say "processed: $(status_text)"
 solved=$(events frame_solved)
 [ "$solved" = "$N_SCIENCE" ] || die "$solved frames solved, expected $N_SCIENCE (solve-field under the hardening)"
