@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,11 +335,14 @@ def test_a_file_growing_while_read_is_left_for_the_next_run(tmp_path):
     frame = inspect_frame(truth.science_files[0])
     stop = threading.Event()
 
-    def keep_writing():
+    def keep_writing():  # a slow transfer: ~3 MB/s, at most 16 MB, so the disk never fills
         with open(frame.path, "ab") as handle:
-            while not stop.is_set():
+            for _ in range(16 * 2 ** 20 // 2880):
+                if stop.is_set():
+                    return
                 handle.write(b"\0" * 2880)
                 handle.flush()
+                time.sleep(0.001)
 
     writer = threading.Thread(target=keep_writing)
     writer.start()
