@@ -119,6 +119,9 @@ def make_output_dirs(root: Path, date: str) -> None:
     night = root / date
     if not night.is_dir():
         raise FileNotFoundError(f"the night directory {night} is not there")
+    for directory in (cal_dir(root, date), masters_dir(root, date)):
+        if directory.exists() and not within_root(directory, root):
+            raise PermissionError(f"{directory} links out of the data root: refused")
     masters_dir(root, date).mkdir(parents=True, exist_ok=True)
 
 

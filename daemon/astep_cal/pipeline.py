@@ -571,6 +571,7 @@ class NightRun:
             return
         start = time.perf_counter()
         try:
+            make_output_dirs(self.root, self.date)  # refuses a _CAL directory that links out of the root
             written = summary.write_summary(self.root, self.date, night, self.settings)
         except Exception as error:  # noqa: BLE001 - the summary must never break the night
             self.log.error("summary_failed", error=f"{type(error).__name__}: {error}")

@@ -229,8 +229,8 @@ def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settin
         return None
     png = render_png(document, flat_preview(root, night.get("masters", {})))
     payload = json.dumps(document, separators=(",", ":")).encode()
-    atomic_write_bytes(png_path, png)
-    atomic_write_bytes(json_path, payload)
+    atomic_write_bytes(png_path, png, make_parents=False)
+    atomic_write_bytes(json_path, payload, make_parents=False)
     return Written(json_path, png_path, round(len(payload) / 1024, 1), round(len(png) / 1024, 1))
 
 
