@@ -52,36 +52,35 @@ def stage(entry: dict[str, Any], name: str, log: Any, root: Path | None = None) 
     data root gone) is not the frame's failure: nothing is recorded and :class:`StorageUnavailable`
     goes up to stop the night, which is resumed when the storage is back.
     """
+    previous = entry.get(name)
     record: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        try:
-            yield record
-        except StorageUnavailable:
-            raise
-        except Exception as error:
+        yield record
+    except FrameBlocked as reason:
+        record = {"status": "blocked", "error": str(reason)}
+        log.warning("frame_blocked", stage=name, error=str(reason))
+    except Exception as error:  # error isolation: one bad frame never stops the night
+        if isinstance(error, StorageUnavailable) or (root is not None and not root.is_dir()):
+            _put_back(entry, name, previous)
             if root is not None:
                 ensure_root(root, error)
             raise
-    except StorageUnavailable:
-        record = entry.get(name)  # leave the previous state as it was
-        raise
-    except FrameBlocked as reason:
-        record.clear()
-        record.update(status="blocked", error=str(reason))
-        log.warning("frame_blocked", stage=name, error=str(reason))
-    except Exception as error:  # error isolation: one bad frame never stops the night
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         record["duration_s"] = round(time.perf_counter() - start, 3)
         log.error("frame_failed", stage=name, error=record["error"])
     else:
         record.setdefault("status", "ok")
         record["duration_s"] = round(time.perf_counter() - start, 3)
-    finally:
-        if record is None:
-            entry.pop(name, None)
-        else:
-            entry[name] = record
+    entry[name] = record
+
+
+def _put_back(entry: dict[str, Any], name: str, previous: dict[str, Any] | None) -> None:
+    """Leave a stage's record as it was before the step (nothing learnt about the frame)."""
+    if previous is None:
+        entry.pop(name, None)
+    else:
+        entry[name] = previous
 
 
 # --- masters ------------------------------------------------------------------------------------
