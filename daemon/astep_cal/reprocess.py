@@ -365,11 +365,12 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     """
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
+        try:  # waits up to the Dask setting distributed.comm.timeouts.connect (DASK_... environment)
+            client = Client(scheduler, timeout=dask.config.get("distributed.comm.timeouts.connect"))
         except (OSError, TimeoutError, ValueError) as error:
             raise ClusterError(f"cannot connect to the Dask scheduler {scheduler}: {error}") from None
         with client:
