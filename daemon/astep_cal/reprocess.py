@@ -246,7 +246,7 @@ class Reprocess:
             futures.append(masters)
         for frame, calibrate in todo:
             entry = self.ledger.frame(date, frame.name)
-            key = f"frame-{frame.name}-{self.run_id}"
+            key = f"frame-{date}-{frame.name}-{self.run_id}"
             self.tasks[key] = (date, frame.name, calibrate)
             futures.append(self.client.submit(frame_task, str(self.root), date, frame, self.settings, masters,
                                               entry, calibrate, key=key, retries=TASK_RETRIES, pure=False))
@@ -328,6 +328,8 @@ class Reprocess:
     def _night_finished(self, date: str) -> None:
         plan = self.plans[date]
         inventory = plan.inventory
+        for directory in (inventory.cal_dir, masters_dir(self.root, date)):
+            remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
         for problem in inventory.problems:
             self.log.warning(problem.event, night=date, path=str(problem.path), error=problem.reason)
         night = self.ledger.night(date)
