@@ -23,7 +23,9 @@ from astep_cal.config import ConfigError, load_settings
 from astep_cal.fitsio import TEMP_MARKER
 from astep_cal.ledger import Ledger
 from astep_cal.logs import configure
-from astep_cal.reprocess import parse_night_range, reprocess_root
+from astep_cal.night import cal_dir, take_inventory
+from astep_cal.products import cal_name
+from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.synthetic import make_night
 
 from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec
@@ -147,6 +149,25 @@ def test_reprocess_equals_once_then_does_nothing(archive, by_once, capsys):
     code, out, events = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config)
     assert code == 0 and "calibrated" not in out
     assert mtimes(archive) == before  # nothing redone, not even the ledger rewritten
+    code, out, events = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config, "--force",
+                                "--nights", f"{NIGHTS[2]}..")
+    assert code == 0 and [line for line in out.splitlines() if "calibrated" in line] == [
+        f"{NIGHTS[2]}: 3 calibrated, 0 solved, 0 failed, 0 blocked"]
+    changed = {k for k, v in mtimes(archive).items() if before.get(k) != v}
+    assert {k.split("/")[0] for k in changed if k.endswith("_CAL.fits")} == {NIGHTS[2]}
+    assert_same_outputs(archive, by_once)
+
+
+def test_frames_of_another_version_are_redone(by_once):
+    settings = load_settings(None)
+    ledger = Ledger.load(settings.ledger_path(by_once))
+    frame = take_inventory(by_once, NIGHTS[0]).science[0]
+    entry = ledger.frame(NIGHTS[0], frame.name)
+    cal_path = cal_dir(by_once, NIGHTS[0]) / cal_name(frame.name)
+    no_solve = load_settings(no_solve_config(by_once.parent))
+    assert not needs_recalibration(entry, frame, cal_path, no_solve)
+    assert needs_recalibration({**entry, "calibrate": {**entry["calibrate"], "software": "0.0.1"}}, frame,
+                               cal_path, no_solve)
 
 
 @pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
