@@ -41,6 +41,7 @@ from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, lo
 
 TASK_RETRIES = 2  # an exception escaping a task (e.g. the raw file vanished): try again before giving up
 SAVE_INTERVAL_S = 5.0  # ledger saves at most this often (and at the end): bounded cost on a large ledger
+WORKER_WAIT_S = 120.0  # a scheduler without workers yet (batch jobs still queued): wait this long
 MAX_PENDING_FRAMES = 2000  # plan more nights only while fewer frames than this are waiting
 
 
@@ -388,7 +389,10 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
 def check_workers(client: Any, root: Path) -> int:
     """Fail early and clearly when a worker runs another version or does not see the data root."""
     if not client.scheduler_info().get("workers"):
-        client.wait_for_workers(1, timeout=60)
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise ClusterError(f"no worker joined the scheduler within {WORKER_WAIT_S:g} s") from None
     versions = client.run(worker_version)
     wrong = {address: version for address, version in versions.items() if version != __version__}
     if wrong:
