@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -255,3 +256,58 @@ def _calibrated(ledger_path: Path) -> set[tuple[str, str]]:
         return set()
     return {(date, name) for date, night in nights.items() for name, frame in night["frames"].items()
             if frame.get("calibrate", {}).get("status") == "ok"}
+
+
+def test_interrupt_ends_the_workers_solve_fields(tmp_path):
+    """Ctrl-C while a worker's solve-field runs: the run stops (130) once the running tasks end, without a
+    traceback, and no solve-field outlives it."""
+    root = tmp_path / "root"
+    make_night(root, small_spec(), truth_dir=tmp_path / "truth")
+    process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "reprocess", str(root), "--workers", "2"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    sessions: set[int] = set()
+    while time.monotonic() < deadline and not sessions and process.poll() is None:
+        sessions = _solver_sessions(root)
+        time.sleep(0.02)
+    assert sessions, "no solve-field was seen running"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert not _alive_in(sessions), "a solve-field outlived the run"
+
+
+def _processes() -> list[tuple[int, bytes]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes()))
+            except OSError:
+                continue
+    return found
+
+
+def _solver_sessions(root: Path) -> set[int]:
+    """Sessions of the solve-field processes working on files under ``root`` (each solve has its own)."""
+    sessions = set()
+    for pid, command in _processes():
+        if b"solve-field" in command and str(root).encode() in command:
+            with contextlib.suppress(OSError):
+                sessions.add(os.getsid(pid))
+    return sessions
+
+
+def _alive_in(sessions: set[int]) -> bool:
+    for pid, _ in _processes():
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) in sessions and not _zombie(pid):
+                return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
