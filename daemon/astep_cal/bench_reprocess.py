@@ -30,10 +30,15 @@ def make_archive(root: Path, nights: int, frames: int, size: int) -> None:
         make_night(root, spec, truth_dir=root.parent / "truth" / date)
 
 
-def timed(command: list[str]) -> float:
-    start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+def timed(pristine: Path, copy: Path, command: list[str]) -> float:
+    """Wall time of ``command`` on ``copy``, a fresh copy of ``pristine`` deleted afterwards (disk space)."""
+    shutil.copytree(pristine, copy)
+    try:
+        start = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+    finally:
+        shutil.rmtree(copy)
     if completed.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
     return elapsed
@@ -54,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         config = base / "config.toml"
         config.write_text("[astrometry]\nenabled = false\n" if args.no_solve else "")
         cli = [sys.executable, "-m", "astep_cal.cli"]
-        rows = [("once", timed([*cli, "once", str(shutil.copytree(pristine, base / "once")), "--config", str(config)]))]
+        copy = base / "copy"
+        rows = [("once", timed(pristine, copy, [*cli, "once", str(copy), "--config", str(config)]))]
         for workers in args.workers:
-            copy = shutil.copytree(pristine, base / f"w{workers}")
-            rows.append((f"reprocess --workers {workers}",
-                         timed([*cli, "reprocess", str(copy), "--workers", str(workers), "--config", str(config)])))
+            rows.append((f"reprocess --workers {workers}", timed(pristine, copy, [
+                *cli, "reprocess", str(copy), "--workers", str(workers), "--config", str(config)])))
     frames = args.nights * args.frames
     print(f"{args.nights} nights x {args.frames} frames of {args.size}² ({frames} frames), "
           f"astrometry {'off' if args.no_solve else 'on'}, {os.cpu_count()} cores, "

@@ -114,6 +114,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         except ClusterError as error:
             print(f"astep-cal: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except OSError as error:  # e.g. a full disk under the ledger: what was saved before stays valid
+            print(f"astep-cal: reprocessing stopped: {error}", file=sys.stderr)
+            return EXIT_ATTENTION
     for result in results:
         if result.to_do:
             print(f"{result.date}: {result.calibrated} calibrated, {result.solved} solved, "

@@ -299,10 +299,15 @@ class Reprocess:
                       error: BaseException | None) -> None:
         plan = self.plans[date]
         before = self.ledger.frame(date, name)
-        if entry is None:  # the task itself failed (e.g. its worker kept dying): recorded, not fatal
+        if entry is None:  # the task itself failed (e.g. its workers kept dying): recorded, not fatal
             entry = copy.deepcopy(before)
-            entry["calibrate"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-            self.log.error("frame_failed", night=date, frame=name, stage="task", error=entry["calibrate"]["error"])
+            reason = f"{type(error).__name__}: {error}"
+            if calibrate:
+                entry["calibrate"] = {"status": "failed", "error": reason}
+            else:
+                tries = entry.get("astrometry", {}).get("tries", 0) + 1
+                entry["astrometry"] = {"status": "failed", "tries": tries, "error": reason}
+            self.log.error("frame_failed", night=date, frame=name, stage="task", error=reason)
         self.ledger.night(date)["frames"][name] = entry
         self._count(plan.result, calibrate, before, entry)
         plan.waiting.discard(name)
@@ -317,7 +322,7 @@ class Reprocess:
     def _count(result: NightResult, calibrate: bool, before: dict[str, Any], after: dict[str, Any]) -> None:
         """Count what this run did to the frame, as ``once`` counts it."""
         status = after.get("calibrate", {}).get("status")
-        if calibrate or status == "failed" and before.get("calibrate", {}).get("status") != "failed":
+        if calibrate:
             result.calibrated += status == "ok"
             result.blocked += status == "blocked"
             result.failed += status == "failed"
@@ -364,7 +369,9 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     """A Dask client: to ``scheduler`` when given, else to a ``LocalCluster`` on this machine (loopback).
 
     The local cluster has one single-threaded worker process per core: calibration is CPU-bound Python
-    and NumPy, so processes, not threads, give the speed-up.
+    and NumPy, so processes, not threads, give the speed-up. Dask's own log lines are silenced there
+    (a Ctrl-C would print its workers' heartbeat tracebacks): astep-cal's events and the ledger tell
+    what happened.
     """
     import logging
 
@@ -382,7 +389,7 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     n_workers = workers or len(os.sched_getaffinity(0))
     dashboard = "127.0.0.1:0" if _dashboard_available() else None
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=dashboard, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      dashboard_address=dashboard, silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
 
 
