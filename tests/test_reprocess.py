@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster
 
 from astep_cal.config import ConfigError, load_settings
 from astep_cal.fitsio import TEMP_MARKER
-from astep_cal.ledger import Ledger
+from astep_cal.ledger import Ledger, RootLock
 from astep_cal.logs import configure
 from astep_cal.night import cal_dir, take_inventory
 from astep_cal.products import cal_name
@@ -133,6 +133,9 @@ def test_bad_usage_exit_codes(tmp_path, capsys):
     assert run_cli(capsys, "reprocess", tmp_path, "--workers", "0")[0] == 2
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         assert run_cli(capsys, "reprocess", tmp_path, "--scheduler", "tcp://127.0.0.1:9")[0] == 2
+    with RootLock(tmp_path / ".astep-cal" / "ledger.json"):
+        assert run_cli(capsys, "reprocess", tmp_path, "--workers", 1)[0] == 3
+    assert run_cli(capsys, "reprocess", tmp_path, "--workers", 1)[0] == 2  # a root without nights
 
 
 def test_reprocess_equals_once_then_does_nothing(archive, by_once, capsys):
