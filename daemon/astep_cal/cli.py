@@ -122,7 +122,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
             print(f"{result.date}: {result.calibrated} calibrated, {result.solved} solved, "
                   f"{result.failed} failed, {result.blocked} blocked")
     if not results:
-        print(f"no night {args.nights or ''} under {root}", file=sys.stderr)
+        print(f"astep-cal: no night{' ' + args.nights if args.nights else ''} under {root}", file=sys.stderr)
         return EXIT_USAGE
     dates = {result.date for result in results}
     rows = [row for row in night_rows(ledger, settings) if row["night"] in dates]
