@@ -215,6 +215,21 @@ def test_killed_worker_costs_a_retry_only(archive, by_once):
     assert_same_outputs(archive, by_once)
 
 
+def test_a_task_that_keeps_failing_is_recorded_and_the_run_goes_on(archive):
+    """A raw frame deleted after planning: its task fails (retried, then given up), the rest is done."""
+    configure("json")
+    settings = load_settings(no_solve_config(archive.parent))
+    ledger = Ledger.load(settings.ledger_path(archive))
+    victim = sorted((archive / NIGHTS[-1] / f"{NIGHTS[-1]}-CAMS").glob("*_SCIENCE*.fits"))[-1]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        results = reprocess_root(client, archive, settings, ledger,
+                                 on_result=lambda kind, key: victim.unlink(missing_ok=True))
+    assert [(r.calibrated, r.failed) for r in results] == [(3, 0), (3, 0), (2, 1)]
+    record = ledger.frame(NIGHTS[-1], victim.name)["calibrate"]
+    assert record["status"] == "failed" and record["error"].startswith("FileNotFoundError")
+
+
 def _executing(dask_worker) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
