@@ -45,6 +45,7 @@ KILL_POINTS = [
     "solve_running", "stage:solve_returned",
     "temp_written:cal_replace", "renamed:cal_replace#2",
     "temp_written:ledger_replace#4", "renamed:ledger_replace#6",
+    "temp_written:summary", "renamed:summary#2",
 ]
 
 
@@ -79,7 +80,7 @@ def _assert_recovered(root: Path, truth, reference) -> None:
     ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())  # parses
     expected = {cal_name(p.name) for p in truth.science_files}
     products = {p.name for p in cal_dir(root, DATE).iterdir() if p.is_file()}
-    assert products == expected, "exactly one CAL file per science frame, nothing else"
+    assert products == expected | {"summary.json", "summary.png"}, "one CAL file per science frame, the summary"
     outputs = _outputs(root)
     shape = truth.spec.shape
     for name, (data, mask, header) in reference.items():

@@ -1,5 +1,5 @@
-"""The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``run`` (the service),
-``rescan``, ``retry``, ``status``, ``report``, ``demo``.
+"""The ``astep-cal`` command: ``once`` (batch, what ``cal.sh DATA --force`` did), ``reprocess`` (the
+archive on a Dask cluster), ``run`` (the service), ``rescan``, ``retry``, ``status``, ``report``, ``demo``.
 
 Exit codes (stable, for scripts and monitoring):
   0  everything asked for is done (status, report: nothing needs attention)
@@ -94,6 +94,53 @@ def _root_or_config(args: argparse.Namespace, settings: Settings) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     return root
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """The archive on a Dask cluster: same engine and ledger as ``once``, many machines."""
+    import signal
+
+    from .reprocess import ClusterError, check_workers, open_client, parse_night_range, reprocess_root
+    from .status import night_rows
+
+    settings = _settings(args)
+    configure(settings.logging.format, settings.logging.level)
+    root = _root(args)
+    first, last = parse_night_range(args.nights)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: need at least 1")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: ledger saved, cluster closed
+    ledger_path = settings.ledger_path(root)
+    with RootLock(ledger_path):
+        ledger = open_ledger(ledger_path, root, get_logger())
+        try:
+            with open_client(args.scheduler, args.workers) as client:
+                n_workers = check_workers(client, root)
+                dashboard = client.dashboard_link if _has_dashboard(client) else "not available (bokeh missing)"
+                print(f"Dask scheduler {client.scheduler.address}, {n_workers} worker(s); dashboard: {dashboard}",
+                      flush=True)
+                results = reprocess_root(client, root, settings, ledger, first=first, last=last,
+                                         force=args.force, progress=ProgressLine())
+        except ClusterError as error:
+            print(f"astep-cal: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as error:  # e.g. a full disk under the ledger: what was saved before stays valid
+            print(f"astep-cal: reprocessing stopped: {error}", file=sys.stderr)
+            return EXIT_ATTENTION
+    for result in results:
+        if result.to_do:
+            print(f"{result.date}: {result.calibrated} calibrated, {result.solved} solved, "
+                  f"{result.failed} failed, {result.blocked} blocked")
+    if not results:
+        print(f"astep-cal: no night{' ' + args.nights if args.nights else ''} under {root}", file=sys.stderr)
+        return EXIT_USAGE
+    dates = {result.date for result in results}
+    rows = [row for row in night_rows(ledger, settings) if row["night"] in dates]
+    return EXIT_ATTENTION if any(row["attention"] for row in rows) else EXIT_OK
+
+
+def _has_dashboard(client: Any) -> bool:
+    return "dashboard" in client.scheduler_info().get("services", {})
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -221,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--config", help="TOML configuration file")
     once.add_argument("--ledger", help="ledger file (default ROOT/.astep-cal/ledger.json)")
     once.set_defaults(func=cmd_once)
+
+    reprocess = commands.add_parser("reprocess", help="reprocess the archive on a Dask cluster")
+    reprocess.add_argument("root", help="data root, at the same path on every worker")
+    reprocess.add_argument("--nights", metavar="FROM..TO", help="only these nights (inclusive; FROM.. or ..TO)")
+    where = reprocess.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (tcp://host:8786)")
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes of a local cluster (default: one per core)")
+    reprocess.add_argument("--force", action="store_true", help="redo the night(s) even if done")
+    reprocess.add_argument("--mem-limit", type=float, metavar="GB", help="peak memory bound per worker (default 2.0)")
+    reprocess.add_argument("--config", help="TOML configuration file")
+    reprocess.add_argument("--ledger", help="ledger file (default ROOT/.astep-cal/ledger.json)")
+    reprocess.set_defaults(func=cmd_reprocess)
 
     status = commands.add_parser("status", help="one row per night, and the daemon's activity; exit 1 if "
                                                 "something needs attention")

@@ -321,6 +321,35 @@ def load_masters(root: Path, date: str, record: dict[str, Any]) -> Masters:
     return masters
 
 
+def ensure_masters(root: Path, inventory: NightInventory, settings: Settings, record: dict[str, Any],
+                   log: Any) -> Masters:
+    """The night's masters: read back when ``record`` (the ledger's) says they are complete, else built.
+
+    Shared by ``once`` (lazily, on the first frame to calibrate) and ``reprocess`` (one task per night
+    on the cluster), so both make the same masters in the same way. Read-back masters without a flat
+    get another chance to borrow one (an earlier night may have made one since). The caller stores
+    ``masters.record`` in the ledger.
+    """
+    if record.get("complete"):
+        try:
+            masters = load_masters(root, inventory.date, record)
+        except (OSError, KeyError, ValueError) as error:
+            log.warning("masters_reload_failed", error=str(error))
+        else:
+            if masters.flat is None:
+                out = masters_dir(root, inventory.date)
+                _build_flat(root, inventory, masters, settings, out, log)
+                _build_mask(inventory.date, masters, settings, out, log)
+            return masters
+    try:
+        return build_masters(root, inventory, settings, log)
+    except StorageUnavailable:
+        raise  # not the night's fault: nothing to report as a masters failure
+    except Exception as error:
+        log.error("masters_failed", error=f"{type(error).__name__}: {error}")
+        raise
+
+
 # --- frames -------------------------------------------------------------------------------------
 
 def calibration_fingerprint(settings: Settings) -> str:
@@ -507,6 +536,58 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
     return result
 
 
+def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: Settings, cal_path: Path,
+                    entry: dict[str, Any], log: Any, root: Path | None = None) -> str:
+    """Calibrate one frame and record it in its ledger ``entry``; returns the stage status.
+
+    The one per-frame calibration step of ``once``, the daemon and ``reprocess`` (a Dask task calls it on
+    a copy of the entry and sends the entry back). ``masters`` is called only when the frame really is
+    calibrated, so a night with nothing to calibrate never builds or reads its masters.
+    """
+    entry["raw"] = fingerprint(frame.path)
+    entry.pop("astrometry", None)  # a new CAL file needs a new solution
+    with stage(entry, "calibrate", log, root) as record:
+        _calibrate_one(frame, masters(), settings, cal_path, record, log)
+    checkpoint("stage:frame_calibrated")
+    return entry["calibrate"]["status"]
+
+
+def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
+    """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
+
+    ``tries`` counts this attempt. Never raises, but for :class:`StorageUnavailable` (the merge could
+    not be written: the frame stays pending and no try is counted). Shared by ``once`` (in its solve
+    thread) and ``reprocess`` (in the frame's task).
+    """
+    try:
+        result: astrometry.SolveResult | Exception = solve_and_merge(cal_path, settings)
+    except StorageUnavailable:
+        raise
+    except Exception as error:  # e.g. the CAL file vanished under us
+        result = error
+    return solve_record(result, tries, settings)
+
+
+def solve_record(result: astrometry.SolveResult | Exception, tries: int, settings: Settings) -> dict[str, Any]:
+    """The ledger's astrometry record; a failure gets its retry time (exponential back-off) while tries remain."""
+    backoff = settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
+    retry = {"retry_after": round(time.time() + backoff, 1)} if tries < settings.astrometry.max_tries else {}
+    if isinstance(result, Exception):
+        return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
+    record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
+                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+    if result.solved:
+        record["n_matched"] = result.n_matched
+        if result.residual_arcsec is not None:
+            record["residual_arcsec"] = round(result.residual_arcsec, 3)
+        scale = solved_pixel_scale(result)
+        if scale is not None:
+            record["pixel_scale_arcsec"] = round(scale, 4)
+    else:
+        record.update(error=result.error, **retry)
+    return record
+
+
 # --- a night ------------------------------------------------------------------------------------
 
 @dataclass
@@ -603,29 +684,16 @@ class NightRun:
     def _ensure_masters(self) -> Masters:
         if self.masters is not None:
             return self.masters
-        night = self.ledger.night(self.date)
-        record = night.get("masters", {})
-        if record.get("complete"):
-            try:
-                self.masters = load_masters(self.root, self.date, record)
-            except (OSError, KeyError, ValueError) as error:
-                self.log.warning("masters_reload_failed", error=str(error))
-            else:
-                if self.masters.flat is None:  # a flat may have become borrowable since
-                    out = masters_dir(self.root, self.date)
-                    _build_flat(self.root, self.inventory, self.masters, self.settings, out, self.log)
-                    _build_mask(self.date, self.masters, self.settings, out, self.log)
-                    self.ledger.save()
-                return self.masters
         if self._masters_error is not None:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
+        night = self.ledger.night(self.date)
         try:
-            self.masters = build_masters(self.root, self.inventory, self.settings, self.log)
+            self.masters = ensure_masters(self.root, self.inventory, self.settings, night.get("masters", {}),
+                                          self.log)
         except StorageUnavailable:
             raise  # not the night's fault: nothing cached, built again when the storage is back
         except Exception as error:
             self._masters_error = error
-            self.log.error("masters_failed", error=f"{type(error).__name__}: {error}")
             raise
         checkpoint("stage:masters_built")
         night["masters"] = self.masters.record
@@ -646,7 +714,8 @@ class NightRun:
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings):
                     cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
-                    pending.append((frame.name, solver.submit(solve_and_merge, cal_path, self.settings)))
+                    tries = entry.get("astrometry", {}).get("tries", 0) + 1
+                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
                 pending = self._collect(pending, wait=False)
                 if self.progress:
                     self.progress(self.date, index, len(frames))
@@ -658,12 +727,7 @@ class NightRun:
         if not needs_calibration(entry, frame, cal_path, self.settings):
             return
         log = self.log.bind(frame=frame.name)
-        entry["raw"] = fingerprint(frame.path)
-        entry.pop("astrometry", None)  # a new CAL file needs a new solution
-        with stage(entry, "calibrate", log, self.root) as record:
-            _calibrate_one(frame, self._ensure_masters(), self.settings, cal_path, record, log)
-        checkpoint("stage:frame_calibrated")
-        status = entry["calibrate"]["status"]
+        status = calibrate_entry(frame, self._ensure_masters, self.settings, cal_path, entry, log, self.root)
         if status == "ok":
             self.result.calibrated += 1
             log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
@@ -684,51 +748,31 @@ class NightRun:
             self._record_solve(name, future)
         return still
 
-    def _solve_record(self, result: astrometry.SolveResult | Exception, tries: int) -> dict[str, Any]:
-        """The ledger's astrometry record; a failure gets its retry time (exponential backoff)."""
-        backoff = self.settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
-        retry = {"retry_after": round(time.time() + backoff, 1)} if tries < self.settings.astrometry.max_tries else {}
-        if isinstance(result, Exception):
-            return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
-        record = {"status": "solved" if result.solved else "failed", "tries": tries,
-                  "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
-        if result.solved:
-            record["n_matched"] = result.n_matched
-            if result.residual_arcsec is not None:
-                record["residual_arcsec"] = round(result.residual_arcsec, 3)
-            scale = solved_pixel_scale(result)
-            if scale is not None:
-                record["pixel_scale_arcsec"] = round(scale, 4)
-        else:
-            record.update(error=result.error, **retry)
-        return record
-
     def _record_solve(self, name: str, future: Future) -> None:
         if future.cancelled():
             return  # never started (shutdown): the frame stays pending
-        entry = self.ledger.frame(self.date, name)
-        log = self.log.bind(frame=name)
-        tries = entry.get("astrometry", {}).get("tries", 0) + 1
-        try:
-            result = future.result()
-        except StorageUnavailable:
-            raise  # the merge could not be written: stays pending, no try counted
-        except Exception as error:  # e.g. the CAL file vanished under us
-            result = error
-        if isinstance(result, astrometry.SolveResult) and not result.solved and self.should_stop():
+        record = future.result()  # only StorageUnavailable is raised: it stops the night, nothing recorded
+        if record["status"] != "solved" and self.should_stop():
             return  # ended by a shutdown, not a failure: stays pending, no try counted
-        record = self._solve_record(result, tries)
+        entry = self.ledger.frame(self.date, name)
         entry["astrometry"] = record
         cal_path = self.inventory.cal_dir / products.cal_name(name)
         if cal_path.is_file():
             entry["output"] = fingerprint(cal_path)
         if record["status"] == "solved":
             self.result.solved += 1
-            log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
         else:
             self.result.failed += 1
-            log.error("frame_failed", stage="astrometry", error=record["error"], tries=tries)
+        log_solve(self.log.bind(frame=name), record)
         self.ledger.save()
+
+
+def log_solve(log: Any, record: dict[str, Any]) -> None:
+    """The log line of one finished solve (the ledger record has everything it says)."""
+    if record["status"] == "solved":
+        log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
+    else:
+        log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])
 
 
 def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool) -> bool:

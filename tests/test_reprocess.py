@@ -1,0 +1,331 @@
+"""``astep-cal reprocess`` on a real Dask ``LocalCluster`` (2 worker processes on loopback) against
+``astep-cal once`` on a copy of the same three synthetic nights (the third borrows the second's flat)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from distributed import Client, LocalCluster
+
+from astep_cal.config import ConfigError, load_settings
+from astep_cal.fitsio import TEMP_MARKER
+from astep_cal.ledger import Ledger, RootLock
+from astep_cal.logs import configure
+from astep_cal.night import cal_dir, take_inventory
+from astep_cal.products import cal_name
+from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
+from astep_cal.synthetic import make_night
+
+from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec
+
+NIGHTS = ("2026-07-01", "2026-07-02", "2026-07-03")
+VOLATILE = {"duration_s", "mtime_ns", "updated", "retry_after"}  # times, not results
+
+
+def _make_archive(root: Path) -> None:
+    for index, date in enumerate(NIGHTS):
+        no_flats = {"n_flats": 0, "n_flat_darks": 0} if date == NIGHTS[-1] else {}
+        make_night(root, small_spec(date=date, start_time=f"{date}T20:00:00", seed=index + 1, **no_flats),
+                   truth_dir=root.parent / f"truth-{date}")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("archive") / "root"
+    root.mkdir()
+    _make_archive(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def by_once(pristine, tmp_path_factory) -> Path:
+    """The reference: the same archive processed by ``astep-cal once`` (no astrometry)."""
+    base = tmp_path_factory.mktemp("once")
+    root = shutil.copytree(pristine, base / "root")
+    completed = subprocess.run([sys.executable, "-m", "astep_cal.cli", "once", root, "--config",
+                                no_solve_config(base)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return root
+
+
+@pytest.fixture
+def archive(pristine, tmp_path) -> Path:
+    return shutil.copytree(pristine, tmp_path / "root")
+
+
+def _strip(value, ignore: set[str]):
+    if isinstance(value, dict):
+        return {k: _strip(v, ignore) for k, v in value.items() if k not in ignore}
+    if isinstance(value, list):
+        return [_strip(v, ignore) for v in value]
+    return value
+
+
+def _ledger(root: Path, ignore: set[str] = frozenset()) -> dict:
+    return _strip(json.loads((root / ".astep-cal" / "ledger.json").read_text()), VOLATILE | ignore)
+
+
+def _solution_key(key: str) -> bool:
+    """Header keys of the solved WCS (TAN-SIP) and its match statistics: compared numerically instead."""
+    return key.split("_")[0] in ("A", "B", "AP", "BP") or key.rstrip("0123456789_") in (
+        "CRVAL", "CRPIX", "CD", "CDELT", "PC", "LONPOLE", "LATPOLE", "EQUINOX", "ASTCWRES", "ASTCWNM")
+
+
+def assert_same_outputs(root: Path, reference: Path, wcs_tolerance_px: float | None = None) -> None:
+    """Every product file of ``reference`` exists in ``root`` with equal pixels and headers, same ledger."""
+    products = sorted(p.relative_to(reference) for p in reference.rglob("*_CAL/**/*.fits"))
+    assert products and products == sorted(p.relative_to(root) for p in root.rglob("*_CAL/**/*.fits"))
+    for relative in products:
+        with fits.open(root / relative) as ours, fits.open(reference / relative) as theirs:
+            assert len(ours) == len(theirs)
+            for a, b in zip(ours, theirs):
+                assert np.array_equal(a.data, b.data), relative
+                differ = {card[0] for card in set(a.header.items()) ^ set(b.header.items())}
+                differ -= {"CHECKSUM"}  # its comment holds the write time
+                if wcs_tolerance_px is not None:
+                    differ = {key for key in differ if not _solution_key(key)}
+                assert not differ, (relative, differ)
+            if wcs_tolerance_px is not None and relative.name.endswith("_CAL.fits"):
+                _assert_close_wcs(ours[0].header, theirs[0].header, wcs_tolerance_px)
+    solution = {"residual_arcsec", "n_matched"} if wcs_tolerance_px is not None else set()
+    assert _ledger(root, solution) == _ledger(reference, solution)
+    assert not [p for p in root.rglob(f"*{TEMP_MARKER}*")], "temporary files left behind"
+
+
+def _assert_close_wcs(ours: fits.Header, theirs: fits.Header, tolerance_px: float) -> None:
+    assert ours["ASTCWCS"] == theirs["ASTCWCS"] == "solved"
+    shape = (ours["NAXIS2"], ours["NAXIS1"])
+    y, x = np.mgrid[0:shape[0]:32, 0:shape[1]:32]
+    sky = WCS(theirs).pixel_to_world(x.ravel(), y.ravel())
+    back = np.array(WCS(ours).world_to_pixel(sky))
+    error = np.hypot(back[0] - x.ravel(), back[1] - y.ravel()).max()
+    print("max WCS difference (px):", error)
+    assert error < tolerance_px
+
+
+def test_night_range_parsing():
+    assert parse_night_range(None) == (None, None)
+    assert parse_night_range("2026-07-01..2026-07-03") == ("2026-07-01", "2026-07-03")
+    assert parse_night_range("2026-07-02..") == ("2026-07-02", None)
+    assert parse_night_range("..2026-07-02") == (None, "2026-07-02")
+    assert parse_night_range("2026-07-02") == ("2026-07-02", "2026-07-02")
+    for bad in ("2026-07-32..", "July..", "2026-07-03..2026-07-01", "2026-07-01...2026-07-02"):
+        with pytest.raises(ConfigError):
+            parse_night_range(bad)
+
+
+def test_bad_usage_exit_codes(tmp_path, capsys):
+    assert run_cli(capsys, "reprocess", tmp_path, "--nights", "2026-13-01..")[0] == 2
+    assert run_cli(capsys, "reprocess", tmp_path / "missing")[0] == 4
+    assert run_cli(capsys, "reprocess", tmp_path, "--workers", "0")[0] == 2
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        assert run_cli(capsys, "reprocess", tmp_path, "--scheduler", "tcp://127.0.0.1:9")[0] == 2
+    with RootLock(tmp_path / ".astep-cal" / "ledger.json"):
+        assert run_cli(capsys, "reprocess", tmp_path, "--workers", 1)[0] == 3
+    assert run_cli(capsys, "reprocess", tmp_path, "--workers", 1)[0] == 2  # a root without nights
+
+
+def test_reprocess_equals_once_then_does_nothing(archive, by_once, capsys):
+    config = no_solve_config(archive.parent)
+    code, out, _ = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config, "--nights", "..2026-07-02")
+    assert code == 0, out
+    assert "dashboard: http://127.0.0.1:" in out and "2 worker(s)" in out
+    assert [line.split(":")[0] for line in out.splitlines() if "calibrated" in line] == list(NIGHTS[:2])
+    code, out, _ = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config)
+    assert code == 0, out
+    assert [line for line in out.splitlines() if "calibrated" in line] == [f"{NIGHTS[2]}: 3 calibrated, 0 solved, "
+                                                                          "0 failed, 0 blocked"]
+    assert_same_outputs(archive, by_once)
+    before = mtimes(archive)
+    code, out, events = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config)
+    assert code == 0 and "calibrated" not in out
+    assert mtimes(archive) == before  # nothing redone, not even the ledger rewritten
+    code, out, events = run_cli(capsys, "reprocess", archive, "--workers", 2, "--config", config, "--force",
+                                "--nights", f"{NIGHTS[2]}..")
+    assert code == 0 and [line for line in out.splitlines() if "calibrated" in line] == [
+        f"{NIGHTS[2]}: 3 calibrated, 0 solved, 0 failed, 0 blocked"]
+    changed = {k for k, v in mtimes(archive).items() if before.get(k) != v}
+    assert {k.split("/")[0] for k in changed if k.endswith("_CAL.fits")} == {NIGHTS[2]}
+    assert_same_outputs(archive, by_once)
+
+
+def test_frames_of_another_version_are_redone(by_once):
+    settings = load_settings(None)
+    ledger = Ledger.load(settings.ledger_path(by_once))
+    frame = take_inventory(by_once, NIGHTS[0]).science[0]
+    entry = ledger.frame(NIGHTS[0], frame.name)
+    cal_path = cal_dir(by_once, NIGHTS[0]) / cal_name(frame.name)
+    no_solve = load_settings(no_solve_config(by_once.parent))
+    assert not needs_recalibration(entry, frame, cal_path, no_solve)
+    assert needs_recalibration({**entry, "calibrate": {**entry["calibrate"], "software": "0.0.1"}}, frame,
+                               cal_path, no_solve)
+
+
+@pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
+def test_with_astrometry_wcs_matches_once(tmp_path, capsys):
+    """One night with the real solve-field in both: the same CAL pixels and the same WCS."""
+    make_night(tmp_path / "once", small_spec(), truth_dir=tmp_path / "truth")
+    shutil.copytree(tmp_path / "once", tmp_path / "dask")
+    assert run_cli(capsys, "once", tmp_path / "once")[0] == 0
+    code, out, _ = run_cli(capsys, "reprocess", tmp_path / "dask", "--workers", 2)
+    assert code == 0 and "3 calibrated, 3 solved" in out, out
+    assert_same_outputs(tmp_path / "dask", tmp_path / "once", wcs_tolerance_px=0.01)
+
+
+def test_killed_worker_costs_a_retry_only(archive, by_once):
+    configure("json")  # an earlier in-process CLI run left structlog writing to a closed capture
+    settings = load_settings(no_solve_config(archive.parent))
+    ledger = Ledger.load(settings.ledger_path(archive))
+    killed: dict[str, object] = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+
+        def kill_a_busy_worker(kind: str, key: str) -> None:
+            if killed or kind != "frame":
+                return
+            for address, keys in client.run(_executing).items():
+                frames = [k for k in keys if k.startswith("frame-")]
+                if frames:
+                    os.kill(pids[address], signal.SIGKILL)
+                    killed.update(pid=pids[address], key=frames[0])
+                    return
+
+        results = reprocess_root(client, archive, settings, ledger, on_result=kill_a_busy_worker)
+        history = client.run_on_scheduler(_transitions, key=killed["key"])
+    assert killed, "no frame task was running when the first result came back"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)
+    print("transitions of the killed task:", history)
+    assert history.count("processing") >= 2, history  # it was running, then ran again elsewhere
+    assert sum(r.calibrated for r in results) == 9 and not any(r.failed or r.blocked for r in results)
+    assert_same_outputs(archive, by_once)
+
+
+def test_a_task_that_keeps_failing_is_recorded_and_the_run_goes_on(archive):
+    """A raw frame deleted after planning: its task fails (retried, then given up), the rest is done."""
+    configure("json")
+    settings = load_settings(no_solve_config(archive.parent))
+    ledger = Ledger.load(settings.ledger_path(archive))
+    victim = sorted((archive / NIGHTS[-1] / f"{NIGHTS[-1]}-CAMS").glob("*_SCIENCE*.fits"))[-1]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        results = reprocess_root(client, archive, settings, ledger,
+                                 on_result=lambda kind, key: victim.unlink(missing_ok=True))
+    assert [(r.calibrated, r.failed) for r in results] == [(3, 0), (3, 0), (2, 1)]
+    record = ledger.frame(NIGHTS[-1], victim.name)["calibrate"]
+    assert record["status"] == "failed" and record["error"].startswith("FileNotFoundError")
+
+
+def _executing(dask_worker) -> list[str]:
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
+def _transitions(dask_scheduler, key: str) -> list[str]:
+    return [entry[2] for entry in dask_scheduler.transition_log if entry[0] == key]
+
+
+def test_interrupted_run_resumes(archive, by_once):
+    config = no_solve_config(archive.parent)
+    ledger_path = archive / ".astep-cal" / "ledger.json"
+    command = [sys.executable, "-m", "astep_cal.cli", "reprocess", str(archive), "--workers", "2", "--config",
+               str(config)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_calibrated(ledger_path)) < 3:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    recorded = _calibrated(ledger_path)
+    assert 3 <= len(recorded) < 9, f"{len(recorded)} frames recorded before the interrupt"
+    before = mtimes(archive)
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    events = [json.loads(line) for line in completed.stderr.splitlines() if line.startswith("{")]
+    redone = {(e["night"], e["frame"]) for e in events if e["event"] == "frame_calibrated"}
+    assert len(redone) == 9 - len(recorded) and not redone & recorded  # only what was not recorded
+    after = mtimes(archive)
+    for night, name in recorded:
+        cal = str(Path(night) / f"{night}-CAMS_CAL" / name.replace(".fits", "_CAL.fits"))
+        assert after[cal] == before[cal]
+    assert_same_outputs(archive, by_once)
+
+
+def _calibrated(ledger_path: Path) -> set[tuple[str, str]]:
+    """(night, frame) of the frames the ledger records as calibrated."""
+    try:
+        nights = json.loads(ledger_path.read_text())["nights"]
+    except (FileNotFoundError, ValueError):
+        return set()
+    return {(date, name) for date, night in nights.items() for name, frame in night["frames"].items()
+            if frame.get("calibrate", {}).get("status") == "ok"}
+
+
+def test_interrupt_ends_the_workers_solve_fields(tmp_path):
+    """Ctrl-C while a worker's solve-field runs: the run stops (130) once the running tasks end, without a
+    traceback, and no solve-field outlives it."""
+    root = tmp_path / "root"
+    make_night(root, small_spec(), truth_dir=tmp_path / "truth")
+    process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "reprocess", str(root), "--workers", "2"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    sessions: set[int] = set()
+    while time.monotonic() < deadline and not sessions and process.poll() is None:
+        sessions = _solver_sessions(root)
+        time.sleep(0.02)
+    assert sessions, "no solve-field was seen running"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert not _alive_in(sessions), "a solve-field outlived the run"
+
+
+def _processes() -> list[tuple[int, bytes]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes()))
+            except OSError:
+                continue
+    return found
+
+
+def _solver_sessions(root: Path) -> set[int]:
+    """Sessions of the solve-field processes working on files under ``root`` (each solve has its own)."""
+    sessions = set()
+    for pid, command in _processes():
+        if b"solve-field" in command and str(root).encode() in command:
+            with contextlib.suppress(OSError):
+                sessions.add(os.getsid(pid))
+    return sessions
+
+
+def _alive_in(sessions: set[int]) -> bool:
+    for pid, _ in _processes():
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) in sessions and not _zombie(pid):
+                return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
