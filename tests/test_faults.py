@@ -13,10 +13,9 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.night import cal_dir
-from astep_cal.products import cal_name
 from astep_cal.synthetic import NightSpec, make_night
 
-from conftest import REPO, no_solve_config, run_cli, small_spec, tree_digest
+from conftest import no_solve_config, run_cli, small_spec, tree_digest
 from test_service import _config, daemons  # noqa: F401  (the fixture)
 
 DATE = "2026-07-01"

@@ -19,7 +19,7 @@ from astep_cal.products import cal_name
 from astep_cal.quality import measure_frame
 from astep_cal.synthetic import make_night, render_stars
 
-from conftest import run_cli, small_spec
+from conftest import small_spec
 
 SKY_E, READ_NOISE_E = 1000.0, 9.0
 SIGMA_PER_FWHM = 1 / (2 * np.sqrt(2 * np.log(2)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 from astep_cal.night import cal_dir
 from astep_cal.synthetic import make_night

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from astep_cal.night import cal_dir
-from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 
 from conftest import REPO, parse_events, small_spec
