@@ -64,8 +64,10 @@ for path in sorted(cams.glob("*_SCIENCE*.fits")):
     start = time.perf_counter()
     ccd = CCDData.read(path, unit="adu")
     ccd.mask = mask
-    ccd = ccdproc.ccd_process(ccd, dark_frame=master_dark, master_flat=master_flat, exposure_key="EXPTIME",
-                              exposure_unit=u.s, gain=2.0 * u.electron / u.adu, dark_scale=True)
+    # the guide's order: dark, flat, (mask), ADU -> electrons, cosmic rays
+    ccd = ccdproc.subtract_dark(ccd, master_dark, exposure_time="EXPTIME", exposure_unit=u.s, scale=True)
+    ccd = ccdproc.flat_correct(ccd, master_flat)
+    ccd = ccdproc.gain_correct(ccd, 2.0 * u.electron / u.adu)
     ccd = ccdproc.cosmicray_lacosmic(ccd, sigclip=4.5, readnoise=9.0, satlevel=65535, gain_apply=False)
     target = out / (path.stem + "_CAL.fits")
     ccd.write(target, overwrite=True)
