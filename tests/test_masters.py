@@ -6,7 +6,7 @@ from astropy.io import fits
 
 from astep_cal.config import CalibrationSettings
 from astep_cal.masters import (DarkLibrary, MaskBit, bad_pixel_mask, band_height, combine_files,
-                               combine_stack, flat_from_files, normalise)
+                               combine_stack, combine_stack_threaded, flat_from_files, normalise)
 
 RNG = np.random.default_rng(3)
 
@@ -94,6 +94,15 @@ def test_band_combine_matches_in_memory_combine(tmp_path):
     banded = combine_files(paths, (300, 200), 3.0, tiny_budget)
     whole = combine_stack(np.stack(frames), 3.0)
     assert np.allclose(banded, whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_threaded_combine_is_the_single_thread_combine(workers):
+    stack = RNG.normal(500, 5, (8, 101, 64)).astype(np.float32)
+    stack[RNG.integers(0, 8, 300), RNG.integers(0, 101, 300), RNG.integers(0, 64, 300)] += 5000  # hits to clip
+    single = combine_stack(stack.copy(), 3.0)
+    assert np.array_equal(combine_stack_threaded(stack.copy(), 3.0, workers), single)
+    assert abs(float(np.median(single)) - 500) < 1  # the hits were clipped
 
 
 def test_flat_from_files_normalises_each_flat_and_rejects_stars(tmp_path):

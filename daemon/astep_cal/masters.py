@@ -13,7 +13,9 @@ next to the bias pedestal, while the hot pixels that matter are above it and sca
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntFlag
 from pathlib import Path
@@ -49,6 +51,28 @@ def combine_stack(stack: np.ndarray, sigma: float) -> np.ndarray:
     clipped = sigma_clip(stack, sigma=sigma, axis=0, maxiters=2, cenfunc="median", stdfunc="mad_std",
                          masked=False, copy=False)
     return np.nanmean(clipped, axis=0).astype(np.float32)
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity, which systemd's CPUAffinity= or a container narrows)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def combine_stack_threaded(stack: np.ndarray, sigma: float, workers: int) -> np.ndarray:
+    """:func:`combine_stack` on ``workers`` slices of rows at once; the same result, sooner.
+
+    astropy's sigma clipping along the frame axis is compiled code that releases the GIL, and it is
+    the whole cost of a master (20 darks of 4096²: ~20 s on one core). Each pixel is combined on its
+    own, so cutting the rows between threads changes nothing in the result and nothing in the peak
+    memory (each thread's temporaries cover its own rows only).
+    """
+    rows = stack.shape[1]
+    if workers <= 1 or rows < 2 * workers:
+        return combine_stack(stack, sigma)
+    edges = np.linspace(0, rows, workers + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine") as pool:
+        parts = pool.map(lambda lo, hi: combine_stack(stack[:, lo:hi], sigma), edges[:-1], edges[1:])
+        return np.concatenate(list(parts), axis=0)
 
 
 def normalise(frame: np.ndarray) -> np.ndarray:
@@ -173,8 +197,9 @@ def _subtract_and_scale(stack: np.ndarray, band: slice, subtract: list[np.ndarra
 
 def combine_files(paths: list[Path], shape: tuple[int, int], sigma: float, memory_bytes: float,
                   subtract: list[np.ndarray] | None = None, scales: Iterable[float] | None = None,
-                  hdus: list[int] | None = None) -> np.ndarray:
-    """Combine the primary images of ``paths`` band by band.
+                  hdus: list[int] | None = None, workers: int | None = None) -> np.ndarray:
+    """Combine the primary images of ``paths`` band by band, each band on ``workers`` threads
+    (default: every CPU this process may use).
 
     ``subtract`` (one full-frame array per path, e.g. the dark for that frame's exposure time; the
     same array object may serve several frames) is removed from every frame first, and ``scales`` (one
@@ -184,9 +209,10 @@ def combine_files(paths: list[Path], shape: tuple[int, int], sigma: float, memor
     result = np.empty(shape, dtype=np.float32)
     divisors = None if scales is None else np.asarray(list(scales), dtype=np.float32)[:, None, None]
     rows = band_height(len(paths), shape[1], memory_bytes)
+    workers = cpu_count() if workers is None else workers
     for band, stack in iter_row_bands(paths, shape[0], rows, hdus):
         _subtract_and_scale(stack, band, subtract, divisors)
-        result[band] = combine_stack(stack, sigma)
+        result[band] = combine_stack_threaded(stack, sigma, workers)
     return result
 
 
