@@ -69,3 +69,17 @@ def test_banded_cosmic_detection_matches_whole_frame():
     assert np.array_equal(whole.mask, banded.mask)
     assert np.allclose(whole.data, banded.data)
     assert whole.n_cosmic >= 30
+
+
+def test_ring_is_the_3x3_dilation_minus_flagged_and_excluded():
+    from scipy.ndimage import binary_dilation
+
+    from astep_cal.calibrate import _ring
+
+    rng = np.random.default_rng(5)
+    flagged = rng.random((60, 50)) < 0.02
+    flagged[0, :3] = flagged[-1, -1] = flagged[30, 0] = True  # on the edges: no neighbour outside the frame
+    excluded = rng.random((60, 50)) < 0.1
+    expected = binary_dilation(flagged, structure=np.ones((3, 3), bool)) & ~flagged & ~excluded
+    ys, xs = _ring(flagged, excluded)
+    assert [ys.tolist(), xs.tolist()] == [a.tolist() for a in np.nonzero(expected)]

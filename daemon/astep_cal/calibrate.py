@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import astroscrappy
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 from .config import CosmicSettings
 from .masters import MaskBit
@@ -105,6 +104,22 @@ def _window_medians(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs:
     return np.where(np.isfinite(medians), medians, image[ys, xs])
 
 
+def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major coordinates of the 8-neighbours of ``flagged`` pixels that are neither flagged nor
+    ``excluded``: a 3x3 binary dilation minus the flagged pixels, computed from the few thousand flagged
+    pixels instead of over the whole frame (a full-frame dilation of 4096² costs ~0.25 s a round)."""
+    ys, xs = np.nonzero(flagged)
+    offsets = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    ny, nx = flagged.shape
+    yy = (ys[:, None] + offsets[:, 0]).ravel()
+    xx = (xs[:, None] + offsets[:, 1]).ravel()
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    linear = np.unique(yy[inside] * nx + xx[inside])
+    ry, rx = np.divmod(linear, nx)
+    keep = ~flagged[ry, rx] & ~excluded[ry, rx]
+    return ry[keep], rx[keep]
+
+
 def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, sky_e: float, read_noise_e: float,
                      n_sigma: float = 3.0, rounds: int = 2) -> np.ndarray:
     """The faint edges of cosmic-ray tracks that L.A.Cosmic leaves (wide and diagonal tracks).
@@ -118,11 +133,12 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, sky_
     flagged = cosmic.copy()
     sky_sigma = np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2)
     for _ in range(rounds):
-        ring = binary_dilation(flagged, structure=np.ones((3, 3), bool)) & ~flagged & ~bad
-        ys, xs = np.nonzero(ring)
+        ys, xs = _ring(flagged, bad)
         if not len(ys):
             break
-        background = _window_medians(data, flagged | ring | bad, ys, xs)
+        excluded = flagged | bad
+        excluded[ys, xs] = True
+        background = _window_medians(data, excluded, ys, xs)
         sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
         on_sky = background < sky_e + n_sigma * sky_sigma
         hits = on_sky & (data[ys, xs] - background > n_sigma * sigma)
