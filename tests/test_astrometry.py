@@ -64,6 +64,14 @@ def test_command_is_an_argument_list_with_scale_limits_and_hints(tmp_path):
     assert "--ra" not in astrometry.build_command(image, tmp_path, SETTINGS, None)
 
 
+@pytest.mark.parametrize(("configured", "width", "expected"), [(0, 4096, 4), (0, 1024, 1), (0, 2048, 2),
+                                                               (0, None, 2), (3, 4096, 3)])
+def test_downsampling_is_automatic_unless_configured(tmp_path, configured, width, expected):
+    settings = replace(SETTINGS, downsample=configured)
+    command = astrometry.build_command(tmp_path / "x.fits", tmp_path, settings, None, width)
+    assert command[command.index("--downsample") + 1] == str(expected)
+
+
 @pytest.mark.parametrize("blind", [False, True], ids=["hinted", "blind"])
 def test_solve_and_merge_matches_the_true_wcs(raw_night, tmp_path, blind):
     raw = raw_night.science_files[0]

@@ -68,7 +68,7 @@ class AstrometrySettings:
     scale_high_deg: float = 1.1
     use_header_pointing: bool = True  # pass RA/DEC from the header as a hint when present
     search_radius_deg: float = 2.0  # radius around the header pointing
-    downsample: int = 2  # solve-field --downsample
+    downsample: int = 0  # solve-field --downsample; 0: automatic (to ~1024 px wide: 4 for 4096²)
     cpulimit_s: int = 60  # solve-field --cpulimit
     timeout_s: float = 180.0  # wall-clock limit; the whole process group is killed after it
     max_tries: int = 3  # a frame whose solve failed this many times needs an operator
@@ -197,8 +197,9 @@ def validate(settings: Settings) -> None:
     a = settings.astrometry
     if not 0 < a.scale_low_deg <= a.scale_high_deg:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
-    if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 1:
-        raise ConfigError("astrometry timeout_s, cpulimit_s, max_tries and downsample must be positive")
+    if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 0:
+        raise ConfigError("astrometry timeout_s, cpulimit_s and max_tries must be positive, downsample 0 "
+                          "(automatic) or more")
     d = settings.daemon
     if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
             d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s) <= 0:
