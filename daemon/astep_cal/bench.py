@@ -15,6 +15,7 @@ are printed as a table and written as JSON (``bench-results/bench.json``).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -96,10 +97,17 @@ print(json.dumps({"astroscrappy_s": time.perf_counter() - start}))
 '''
 
 
-def run_measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run a child process; return (wall seconds, peak RSS in MB from wait4, stdout)."""
+def run_measured(argv: list[str], env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> tuple[float, float, str]:
+    """Run a child process; return (wall seconds, peak RSS in MB from wait4, stdout). Its stderr (the
+    JSON log lines of ``astep-cal``) goes to ``log_path`` when given."""
     start = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    stderr = open(log_path, "w") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    finally:
+        if log_path is not None:
+            stderr.close()
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -129,6 +137,56 @@ def astep_stage_split(root: Path) -> dict[str, float]:
             "solved": sum(f.get("astrometry", {}).get("status") == "solved" for f in frames)}
 
 
+def _log_events(log_path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in log_path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # not a log line
+    return events
+
+
+def astep_cadence(log_path: Path) -> dict[str, float | None]:
+    """From astep-cal's own JSON log: the seconds the masters took, and the steady-state cadence, the
+    median interval between successive ``frame_calibrated`` events. The cadence is what a long night
+    costs per frame: it holds everything done per frame (reading, calibrating, metrics, writing, the
+    ledger) with the solve of the previous frame running beside it on the other core."""
+    events = _log_events(log_path)
+    built = [e for e in events if e.get("event") == "master_built"]
+    masters = sum(e.get("duration_s", 0.0) for e in built)
+    mask = [e["duration_s"] for e in built if e.get("kind") == "mask" and "duration_s" in e]
+    stamps = [dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
+              for e in events if e.get("event") == "frame_calibrated"]
+    intervals = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+    return {"masters_s": round(masters, 2) if masters else None, "mask_s": mask[0] if mask else None,
+            "steady_frame_s": statistics.median(intervals) if intervals else None}
+
+
+def wcs_errors_px(root: Path, truth_dir: Path) -> list[float]:
+    """Median WCS error (px) against the synthetic truth of every solved CAL file under ``root``."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from .astrometry import wcs_error_px
+    from .synthetic import load_truth
+
+    truth = load_truth(truth_dir)
+    errors = []
+    for cal in sorted(root.glob("*/*-CAMS_CAL/*_CAL.fits")):
+        header = fits.getheader(cal)
+        if header.get("ASTCWCS") != "solved":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            solved = WCS(header)
+        raw_name = cal.name.replace("_CAL.fits", ".fits")
+        errors.append(wcs_error_px(solved, truth.wcs(raw_name), (header["NAXIS2"], header["NAXIS1"])))
+    return errors
+
+
 def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
     result: dict[str, Any] = {}
     baseline_out = work / "baseline-out"
@@ -139,9 +197,13 @@ def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
     result["floor"] = {"wall_s": wall, "peak_rss_mb": rss, **json.loads(out.strip().splitlines()[-1])}
     root = work / "astep-root"
     shutil.copytree(night_dir, root / night_dir.name)
+    log_path = work / "astep-cal.log"
+    json_logs = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
     wall, rss, _ = run_measured([sys.executable, "-m", "astep_cal.cli", "once", str(root),
-                                 "--mem-limit", str(mem_limit)])
-    result["astep_cal"] = {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root)}
+                                 "--mem-limit", str(mem_limit)], env=json_logs, log_path=log_path)
+    errors = wcs_errors_px(root, night_dir.parent / ".truth" / night_dir.name)
+    result["astep_cal"] = {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root), **astep_cadence(log_path),
+                           "wcs_error_px": statistics.median(errors) if errors else None}
     shutil.rmtree(root)
     shutil.rmtree(baseline_out)
     return result
@@ -153,6 +215,18 @@ def projection_h(wall_s: float, steady_frame_s: float, n_measured: int, n_frames
     return (fixed + n_frames * steady_frame_s) / 3600
 
 
+TARGETS = {  # issue 6, checked on the medians of one run
+    "end to end >= 4x faster than the baseline": lambda m, r, p: r["baseline_over_astep_end_to_end"] >= 4,
+    "steady frame <= 1.3 x floor + 3 s": lambda m, r, p: m["astep_cal"]["steady_frame_s"]
+    <= 1.3 * m["floor"]["astroscrappy_s"] + 3,
+    "bad-pixel mask < 5 s": lambda m, r, p: (m["astep_cal"]["mask_s"] or 0) < 5,
+    "peak RSS <= --mem-limit": lambda m, r, p: m["astep_cal"]["peak_rss_mb"] <= p["mem_limit_gb"] * 1000,
+    "solve <= 3 s median": lambda m, r, p: m["astep_cal"]["solve_per_frame_s"] <= 3,
+    "WCS error < 0.3 px median": lambda m, r, p: m["astep_cal"]["wcs_error_px"] < 0.3,
+    "1000-frame night < 3 h": lambda m, r, p: p["projection_1000_frames_h"] < 3,
+}
+
+
 def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float) -> dict[str, Any]:
     def med(path: tuple[str, str]) -> float | None:
         values = [r[path[0]].get(path[1]) for r in rounds if r[path[0]].get(path[1]) is not None]
@@ -162,40 +236,50 @@ def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float) ->
     medians = {name: {k: med((name, k)) for k in ks} for name, ks in keys.items()}
     floor = medians["floor"]["astroscrappy_s"]
     astep = medians["astep_cal"]
-    per_frame = astep["wall_s"] / n_science  # end to end, masters included
-    return {
+    steady = astep.get("steady_frame_s") or astep["calibrate_per_frame_s"]
+    ratios = {
+        "baseline_over_astep_end_to_end": medians["baseline"]["wall_s"] / astep["wall_s"],
+        "astep_steady_frame_over_floor": steady / floor,
+        "astep_calibrate_over_floor": (astep["calibrate_per_frame_s"] or 0) / floor,
+        "baseline_mask_over_astep_mask": medians["baseline"]["ccdmask_s"] / max(astep.get("mask_s") or 0.01, 0.01),
+    }
+    summary = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "n_science": n_science, "repeats": len(rounds), "mem_limit_gb": mem_limit,
         "medians": medians,
-        "ratios": {
-            "baseline_over_astep_end_to_end": medians["baseline"]["wall_s"] / astep["wall_s"],
-            "astep_per_frame_over_floor": per_frame / floor,
-            "astep_calibrate_over_floor": (astep["calibrate_per_frame_s"] or 0) / floor,
-        },
-        # Once per night (masters, start-up) plus 1000 frames at the steady-state cost: the solve of frame N
-        # runs beside the calibration of frame N+1, so a frame costs its calibration time.
-        "projection_1000_frames_h": projection_h(astep["wall_s"], astep["calibrate_per_frame_s"] or per_frame,
-                                                 n_science, 1000),
+        "ratios": ratios,
+        # Once per night (masters, start-up, the last solve) plus 1000 frames at the steady cadence.
+        "projection_1000_frames_h": projection_h(astep["wall_s"], steady, n_science, 1000),
         "rounds": rounds,
     }
+    summary["targets"] = {name: bool(check(medians, ratios, summary)) for name, check in TARGETS.items()}
+    return summary
 
 
 def print_table(summary: dict[str, Any]) -> None:
     m = summary["medians"]
+    b, a, f = m["baseline"], m["astep_cal"], m["floor"]
     print(f"\n{summary['n_science']} science frames of 4096², 20 darks, 20 flats; medians of {summary['repeats']} rounds")
-    print(f"{'':28}{'baseline':>12}{'astep-cal':>12}{'floor':>10}")
-    print(f"{'end to end (s)':28}{m['baseline']['wall_s']:>12.1f}{m['astep_cal']['wall_s']:>12.1f}")
-    print(f"{'peak RSS (MB)':28}{m['baseline']['peak_rss_mb']:>12.0f}{m['astep_cal']['peak_rss_mb']:>12.0f}"
-          f"{m['floor']['peak_rss_mb']:>10.0f}")
-    print(f"{'calibrate / frame (s)':28}{m['baseline']['calibrate_per_frame_s']:>12.2f}"
-          f"{m['astep_cal']['calibrate_per_frame_s'] or float('nan'):>12.2f}{m['floor']['astroscrappy_s']:>10.2f}")
-    print(f"{'solve / frame (s)':28}{m['baseline']['solve_per_frame_s']:>12.2f}"
-          f"{m['astep_cal']['solve_per_frame_s'] or float('nan'):>12.2f}")
-    print(f"{'bad-pixel mask (s)':28}{m['baseline']['ccdmask_s']:>12.2f}")
+    print(f"{'':30}{'baseline':>12}{'astep-cal':>12}{'floor':>10}")
+
+    def row(label: str, base: float | None, astep: float | None, floor: float | None = None, fmt: str = ".2f") -> None:
+        cells = [f"{v:>12{fmt}}" if v is not None else f"{'':>12}" for v in (base, astep)]
+        print(f"{label:30}{cells[0]}{cells[1]}" + (f"{floor:>10{fmt}}" if floor is not None else ""))
+
+    row("end to end (s)", b["wall_s"], a["wall_s"], fmt=".1f")
+    row("peak RSS (MB)", b["peak_rss_mb"], a["peak_rss_mb"], f["peak_rss_mb"], fmt=".0f")
+    row("masters (s)", b["master_darks_s"] + b["master_flat_s"], a.get("masters_s"), fmt=".1f")
+    row("bad-pixel mask (s)", b["ccdmask_s"], a.get("mask_s"))
+    row("calibrate / frame (s)", b["calibrate_per_frame_s"], a["calibrate_per_frame_s"], f["astroscrappy_s"])
+    row("solve / frame (s)", b["solve_per_frame_s"], a["solve_per_frame_s"])
+    row("steady cadence / frame (s)", b["calibrate_per_frame_s"] + b["solve_per_frame_s"], a.get("steady_frame_s"))
+    row("WCS error vs truth (px)", None, a.get("wcs_error_px"), fmt=".3f")
     r = summary["ratios"]
     print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x")
-    print(f"astep-cal per frame / astroscrappy floor: {r['astep_per_frame_over_floor']:.2f}")
+    print(f"astep-cal steady frame / astroscrappy floor: {r['astep_steady_frame_over_floor']:.2f}")
     print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h")
+    for name, met in summary["targets"].items():
+        print(f"  {'met ' if met else 'MISSED'}  {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
