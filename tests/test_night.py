@@ -80,3 +80,19 @@ def test_inspect_frame_refuses_non_images(tmp_path):
     path = tmp_path / "t_SCIENCE.fits"
     fits.HDUList([fits.PrimaryHDU()]).writeto(path)
     assert inspect_frame(path).event == "frame_not_image"
+
+
+def test_gzip_check_is_redone_when_the_file_changes(tmp_path):
+    import gzip
+
+    from astep_cal.night import RawFrame, Problem
+
+    plain = _frame(tmp_path / "plain.fits", shape=(200, 300))
+    packed = tmp_path / "2026-07-01_20.00.00_SCIENCE.fits.gz"
+    payload = gzip.compress(plain.read_bytes(), compresslevel=1)
+    packed.write_bytes(payload)
+    assert isinstance(inspect_frame(packed), RawFrame)
+    assert isinstance(inspect_frame(packed), RawFrame)  # the kept answer for the same file version
+    packed.write_bytes(payload[: len(payload) // 2])  # rewritten short: a new version is inflated again
+    problem = inspect_frame(packed)
+    assert isinstance(problem, Problem) and problem.event == "file_truncated"

@@ -221,13 +221,31 @@ def _image_hdu(hdul: fits.HDUList) -> int:
 
 
 def _gzip_payload_size(path: Path) -> int:
-    """Bytes a gzip file really decompresses to, streamed (a truncated file stops short or fails)."""
+    """Bytes a gzip file really decompresses to, streamed (a truncated file stops short or fails).
+
+    The whole stream must be inflated to know (~0.15 s for a 4096² frame), and the daemon takes a
+    night's inventory again at every readiness check and run: the answer is kept per file version
+    (device, inode, size, mtime), so an unchanged file is inflated once per process.
+    """
+    stat = path.stat()
+    version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    known = _GZIP_SIZES.get(path)
+    if known is not None and known[0] == version:
+        return known[1]
     inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
     total = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             total += len(inflater.decompress(chunk))
-    return total if inflater.eof else -1
+    size = total if inflater.eof else -1
+    if len(_GZIP_SIZES) >= GZIP_CACHE_ENTRIES:
+        _GZIP_SIZES.pop(next(iter(_GZIP_SIZES)))  # the oldest entry: a bounded cache for a long-lived daemon
+    _GZIP_SIZES[path] = (version, size)
+    return size
+
+
+GZIP_CACHE_ENTRIES = 20_000  # a few nights of frames; ~200 bytes each
+_GZIP_SIZES: dict[Path, tuple[tuple[int, int, int, int], int]] = {}
 
 
 def _is_gzip(path: Path) -> bool:
