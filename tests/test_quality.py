@@ -187,3 +187,19 @@ def test_solved_frames_give_fwhm_with_the_solved_scale_and_a_small_residual(solv
         assert solve["pixel_scale_arcsec"] == pytest.approx(spec.pixel_scale_arcsec, rel=0.01)
         assert 0 < header["ASTCWRES"] < 0.5 * spec.pixel_scale_arcsec
         assert header["NSTARS"] > 0.8 * solve["n_matched"]
+
+
+def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
+    """frame_quality's fallback: metrics are for people; an error in them never fails the frame."""
+    from astep_cal.calibrate import CalibratedFrame
+    from astep_cal.config import load_settings
+    from astep_cal.logs import configure, get_logger
+    from astep_cal.pipeline import frame_quality
+
+    configure("json", "info")
+    odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ
+                          n_cosmic=0, n_saturated=0, sky_e=1.0)
+    cards, record = frame_quality(odd, load_settings(None), get_logger(frame="odd.fits"))
+    assert cards == {} and record["error"]
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "quality_failed" and e["frame"] == "odd.fits" for e in logged)
