@@ -196,6 +196,40 @@ def test_daemon_survives_the_data_root_vanishing(small_night, tmp_path, daemons)
     assert daemon.stop() < 10
 
 
+def _mount_tmpfs(mount_point: Path) -> None:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+def test_daemon_survives_a_real_unmount_of_the_data_root(small_night, tmp_path, daemons):
+    """The data root is a real mount point, unmounted and mounted again (the ledger lives outside it,
+    as under systemd). Unmounting leaves an empty directory at the root's path: the daemon must take
+    that for storage gone (not for an empty data root), write nothing into it, and resume on remount."""
+    root = tmp_path / "data"
+    root.mkdir()
+    _mount_tmpfs(root)
+    try:
+        ledger = tmp_path / "state" / "ledger.json"
+        ledger.parent.mkdir()
+        config = f'ledger = "{ledger}"\n' + _config(settle=1.0, extra="storage_retry_s = 1.0")
+        daemon = daemons(root, config)
+        daemon.wait_message("READY=1")
+        subprocess.run(["umount", "-l", str(root)], check=True)
+        daemon.wait_for(lambda: daemon.count("data_root_missing") == 1, 20, "data_root_missing")
+        daemon.wait_message("STATUS=waiting for storage", timeout=20)
+        time.sleep(3)
+        assert daemon.process.poll() is None
+        assert list(root.iterdir()) == []  # nothing written into the directory under the mount
+        assert daemon.count("data_root_returned") == 0
+        _mount_tmpfs(root)
+        daemon.wait_for(lambda: daemon.count("data_root_returned") == 1, 20, "data_root_returned")
+        shutil.copytree(small_night / DATE, root / DATE)
+        daemon.wait_for(lambda: len(_cal_files(root)) == 2, 120, "the night processed after the remount")
+        assert daemon.stop() < 10
+    finally:
+        subprocess.run(["umount", "-l", str(root)])
+
+
 # --- an event storm and a backlog --------------------------------------------------------------------
 
 def _rss_kb(pid: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, with_overrides
-from .fitsio import StorageUnavailable
+from .fitsio import StorageUnavailable, root_present
 from .ledger import Ledger, LedgerLocked, RootLock
 from .logs import configure, get_logger
 from .night import valid_date
@@ -55,7 +55,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _root(args: argparse.Namespace) -> Path:
     root = Path(args.root).resolve()
-    if not root.is_dir():
+    if not root_present(root):
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     return root
 
@@ -91,7 +91,7 @@ def _root_or_config(args: argparse.Namespace, settings: Settings) -> Path:
     if not args.root and not settings.data_root:
         raise ConfigError("no data root: give ROOT or set data_root in the config")
     root = Path(args.root or settings.data_root).resolve()
-    if not root.is_dir():
+    if not root_present(root):
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     return root
 

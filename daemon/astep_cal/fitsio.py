@@ -33,9 +33,29 @@ class StorageUnavailable(Exception):
     """
 
 
+_WAS_MOUNT_POINT: dict[str, bool] = {}  # data root -> whether it was a mount point when first seen
+
+
+def root_present(root: Path) -> bool:
+    """Whether the data root is there: a directory, and still a mount point if it was one.
+
+    Unmounting a data root that is itself the mount point leaves an empty directory behind on the
+    parent file system: without the mount check, a night in progress would see its files "vanish"
+    (recorded as failed frames) and writes could land in that hidden directory. Whether the root is
+    a mount point is learnt the first time it is seen by this process (at start-up).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    key = str(root)
+    if key not in _WAS_MOUNT_POINT:
+        _WAS_MOUNT_POINT[key] = os.path.ismount(root)
+    return not _WAS_MOUNT_POINT[key] or os.path.ismount(root)
+
+
 def ensure_root(root: Path, error: BaseException) -> None:
     """Turn an I/O error into :class:`StorageUnavailable` when the data root itself is gone."""
-    if not Path(root).is_dir():
+    if not root_present(root):
         raise StorageUnavailable(f"the data root {root} is not there (unmounted?)") from error
 
 

@@ -28,7 +28,8 @@ from . import __version__, astrometry, products, quality, summary
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
-from .fitsio import StorageUnavailable, ensure_root, fingerprint, read_image, remove_stale_temporaries
+from .fitsio import (StorageUnavailable, ensure_root, fingerprint, read_image, remove_stale_temporaries,
+                     root_present)
 from .ledger import Ledger
 from .recovery import raw_fingerprint_card
 from .logs import get_logger
@@ -61,7 +62,7 @@ def stage(entry: dict[str, Any], name: str, log: Any, root: Path | None = None) 
         record = {"status": "blocked", "error": str(reason)}
         log.warning("frame_blocked", stage=name, error=str(reason))
     except Exception as error:  # error isolation: one bad frame never stops the night
-        if isinstance(error, StorageUnavailable) or (root is not None and not root.is_dir()):
+        if isinstance(error, StorageUnavailable) or (root is not None and not root_present(root)):
             _put_back(entry, name, previous)
             if root is not None:
                 ensure_root(root, error)
@@ -615,7 +616,7 @@ class NightRun:
     def run(self) -> NightResult:
         """Process the night; raises :class:`StorageUnavailable` (nothing recorded) when the data root
         is full or gone, so the caller can wait and run the night again."""
-        if not self.root.is_dir():
+        if not root_present(self.root):
             raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
         try:
             return self._run()

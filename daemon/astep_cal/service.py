@@ -31,7 +31,7 @@ from systemd import daemon as sd
 from . import astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
-from .fitsio import StorageUnavailable, atomic_write_bytes
+from .fitsio import StorageUnavailable, atomic_write_bytes, root_present
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
 from .night import discover_nights
@@ -47,10 +47,13 @@ MAIN_TICK_S = 1.0
 
 
 def root_identity(root: Path) -> tuple[int, int] | None:
-    """(device, inode) of the data root, None when it is not there: a remount changes it."""
+    """(device, inode) of the data root, None when it is not there (or no longer mounted): a remount
+    changes it."""
     try:
         stat = root.stat()
     except OSError:
+        return None
+    if not root_present(root):
         return None
     return stat.st_dev, stat.st_ino
 
@@ -303,7 +306,7 @@ class Daemon:
         self.log.info("retry_requested", frames=cleared, nights=nights or "all")
 
     def _next_night(self) -> str | None:
-        if not self.root.is_dir():
+        if not root_present(self.root):
             raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
         self._collect_candidates()
         now = time.monotonic()
@@ -361,7 +364,7 @@ def run_daemon(config_path: Path | None, root_override: str | None) -> int:
     if not root_text:
         raise FileNotFoundError("no data root: set data_root in the config or pass --root")
     root = Path(root_text).resolve()
-    if not root.is_dir():
+    if not root_present(root):
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     if root_override:
         settings = Settings(**{**settings.__dict__, "data_root": str(root)})
