@@ -164,27 +164,13 @@ def astep_cadence(log_path: Path) -> dict[str, float | None]:
 
 
 def wcs_errors_px(root: Path, truth_dir: Path) -> list[float]:
-    """Median WCS error (px) against the synthetic truth of every solved CAL file under ``root``."""
-    import warnings
-
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    from .astrometry import wcs_error_px
+    """WCS error (px, median over the frame) against the synthetic truth of every solved CAL file."""
+    from .evaluate import wcs_error_of
     from .synthetic import load_truth
 
     truth = load_truth(truth_dir)
-    errors = []
-    for cal in sorted(root.glob("*/*-CAMS_CAL/*_CAL.fits")):
-        header = fits.getheader(cal)
-        if header.get("ASTCWCS") != "solved":
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            solved = WCS(header)
-        raw_name = cal.name.replace("_CAL.fits", ".fits")
-        errors.append(wcs_error_px(solved, truth.wcs(raw_name), (header["NAXIS2"], header["NAXIS1"])))
-    return errors
+    errors = [wcs_error_of(cal, truth) for cal in sorted(root.glob("*/*-CAMS_CAL/*_CAL.fits"))]
+    return [e for e in errors if e is not None]
 
 
 def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:

@@ -76,6 +76,25 @@ def stars_matched(solved: WCS, truth_stars, shape: tuple[int, int], tolerance_px
     return int(np.count_nonzero(offsets < tolerance_px)), len(stars)
 
 
+def solved_wcs_of(header: fits.Header) -> WCS | None:
+    """The WCS astep-cal merged into a CAL header, or None when the frame is not solved."""
+    if header.get("ASTCWCS") != "solved":
+        return None
+    with warnings.catch_warnings():  # 'datfix' notes about MJD-OBS are not news
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header)
+
+
+def wcs_error_of(cal_path: Path, truth) -> float | None:
+    """Median WCS error (px) of a solved CAL file against the truth of its raw frame (header only:
+    cheap enough for 4096² benchmarks); None when unsolved."""
+    header = fits.getheader(cal_path)
+    solved = solved_wcs_of(header)
+    if solved is None:
+        return None
+    return wcs_error_px(solved, truth.wcs(header["ASTCRAW"]), (header["NAXIS2"], header["NAXIS1"]))
+
+
 def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
     """Every metric for one calibrated frame of a synthetic night."""
     with fits.open(cal_path) as hdul:
@@ -83,13 +102,11 @@ def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
         header = hdul[0].header
         mask = hdul["MASK"].data
     sky = truth.sky_e(raw_name)
-    solved = header.get("ASTCWCS") == "solved"
+    solved_wcs = solved_wcs_of(header)
+    solved = solved_wcs is not None
     wcs_error = matched = None
     in_field = 0
-    if solved:
-        with warnings.catch_warnings():  # 'datfix' notes about MJD-OBS are not news
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            solved_wcs = WCS(header)
+    if solved_wcs is not None:
         wcs_error = wcs_error_px(solved_wcs, truth.wcs(raw_name), data.shape)
         matched, in_field = stars_matched(solved_wcs, truth.stars(raw_name), data.shape)
     usable = (mask & (MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT)) == 0

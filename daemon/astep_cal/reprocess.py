@@ -35,6 +35,7 @@ from .config import ConfigError, Settings
 from .fitsio import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
+from .masters import cpu_count
 from .night import NightInventory, Problem, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
 from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, load_masters, log_solve,
                        needs_calibration, needs_solve, solve_frame)
@@ -386,7 +387,7 @@ def open_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         with client:
             yield client
         return
-    n_workers = workers or len(os.sched_getaffinity(0))
+    n_workers = workers or cpu_count()
     dashboard = "127.0.0.1:0" if _dashboard_available() else None
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=dashboard, silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
