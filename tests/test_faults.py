@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
+from astep_cal.harness import rss_mb
 from astep_cal.night import cal_dir
 from astep_cal.synthetic import NightSpec, make_night
 
@@ -231,20 +232,13 @@ def test_daemon_survives_a_real_unmount_of_the_data_root(small_night, tmp_path, 
 
 # --- an event storm and a backlog --------------------------------------------------------------------
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_event_storm_keeps_memory_bounded_and_misses_nothing(small_night, tmp_path, daemons):
     root = tmp_path / "data"
     root.mkdir()
     daemon = daemons(root, _config(settle=2.0))
     daemon.wait_message("READY=1")
     time.sleep(1)
-    before = _rss_kb(daemon.process.pid)
+    before = rss_mb(daemon.process.pid)
     guider = root / DATE / f"{DATE}-CAMS" / "guider"
     guider.mkdir(parents=True)
     start = time.monotonic()
@@ -252,7 +246,7 @@ def test_event_storm_keeps_memory_bounded_and_misses_nothing(small_night, tmp_pa
         (guider / f"guide_{index:05d}.txt").write_text("x")
     storm_s = time.monotonic() - start
     time.sleep(3)  # the observer has seen them all
-    growth_mb = (_rss_kb(daemon.process.pid) - before) / 1024
+    growth_mb = rss_mb(daemon.process.pid) - before
     assert storm_s < 10
     assert growth_mb < 20, f"RSS grew {growth_mb:.1f} MB for 5000 file events"
     shutil.copytree(small_night / DATE, root / DATE, dirs_exist_ok=True)

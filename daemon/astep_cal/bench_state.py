@@ -36,6 +36,7 @@ import numpy as np
 from astropy.io import fits
 
 from .config import Settings
+from .harness import rss_mb
 from .fitsio import fingerprint
 from .ledger import Ledger, RootLock
 from .night import raw_listing
@@ -191,13 +192,6 @@ def time_status(root: Path, state: Path, repeats: int = 3) -> float:
     return round(statistics.median(times), 3)
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def daemon_rss_mb(root: Path, state: Path, settle_s: float = 8.0) -> float:
     """RSS of a real ``astep-cal run`` on ``root`` with the ledger in ``state``, once it has started
     and done its first rescan."""
@@ -212,7 +206,7 @@ def daemon_rss_mb(root: Path, state: Path, settle_s: float = 8.0) -> float:
         while '"rescan"' not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
         time.sleep(settle_s)
-        return _rss_mb(process.pid)
+        return rss_mb(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

@@ -50,6 +50,11 @@ FILTER_NAME = "RC"
 CCD_TEMP = -40.0
 DEDUP_ARCSEC = 2.0
 _ROW_BAND = 256  # rows per band when drawing noise: bounds the int64 Poisson temporaries
+# A small frame that still solves: half the pixels of 1024² at twice the scale (a 1° field); the seeing
+# is doubled too, so stars keep the ~2.5 px FWHM of the real camera (undersampled stars are
+# indistinguishable from cosmic rays). Used by the tests and the soak run (``NightSpec(**SMALL_FIELD)``).
+SMALL_FIELD = dict(shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_cosmic_rays=40, n_hot_pixels=80,
+                   dead_column=150)
 _KIND_CODE = {"SCIENCE": 1, "DARK": 2, "BIAS": 3, "SKYFLAT": 4, "FLATDARK": 5}
 _IMAGETYP = {"SCIENCE": "Light Frame", "DARK": "Dark Frame", "BIAS": "Bias Frame", "SKYFLAT": "Flat Field"}
 
