@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-state clean install install-app install-files \
+.PHONY: all system-deps venv demo test test-faults bench bench-state soak soak-short clean install install-app install-files \
 	install-activate test-systemd print-debian-packages
 
 all: test
@@ -49,6 +49,15 @@ bench: system-deps venv
 # The state at archive scale: ledgers of 150 and 500 nights x 1000 frames (~10 min, ~1.5 GB of scratch).
 bench-state: system-deps venv
 	$(BIN)/python -m astep_cal.bench_state $(BENCH_STATE_ARGS)
+
+# A winter compressed into minutes through the real daemon, with faults (README "Reliability"; root: tmpfs
+# mounts). Full: 30 nights, ~10 min; soak-short: 8 nights, ~3 min (.ci/run).
+SOAK_ARGS ?=
+soak: system-deps venv
+	$(BIN)/python -m astep_cal.soak $(SOAK_ARGS)
+
+soak-short: system-deps venv
+	$(BIN)/python -m astep_cal.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
 
 # --- deployment (README "Deploying the service") -------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

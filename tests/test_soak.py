@@ -1,0 +1,61 @@
+"""The soak driver's own logic (the winter itself is ``make soak``, not a test)."""
+
+import pytest
+
+from astep_cal.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, Check, lender, lifetime_trends, plan_nights,
+                            render)
+
+FAULTS = {"junk_file", "sigkill", "truncated_file", "disk_full", "unmount", "blind_solve", "sighup"}
+
+
+@pytest.mark.parametrize("n", [MIN_NIGHTS, 9, 15, 30, 60])
+def test_every_fault_is_met_and_the_flatless_run_can_borrow(n):
+    plans = plan_nights(n)
+    assert [p.index for p in plans] == list(range(n))
+    assert len({p.date for p in plans}) == n and plans[0].date == "2026-06-01"
+    assert set().union(*(p.faults for p in plans)) == FAULTS
+    for fault in FAULTS - {"sighup"}:
+        assert sum(fault in p.faults for p in plans) == 1, fault
+    # the storage faults and the kill on nights of their own: one outcome each to check
+    for fault in ("sigkill", "disk_full", "unmount"):
+        night = next(p for p in plans if fault in p.faults)
+        assert not {"sigkill", "disk_full", "unmount"} & (set(night.faults) - {fault})
+    flatless = [p.index for p in plans if not p.flats]
+    assert len(flatless) >= 3 and flatless == list(range(flatless[0], flatless[-1] + 1))  # one run, consecutive
+    assert plans[0].flats and plans[-1].flats
+    assert all(lender(plans, p) == plans[flatless[0] - 1].date for p in plans if not p.flats)
+    assert [p.pointing for p in plans].count(False) == 1 and "blind_solve" in plans[-1].faults
+
+
+def test_too_short_a_winter_is_refused():
+    with pytest.raises(ValueError, match="at least"):
+        plan_nights(MIN_NIGHTS - 1)
+
+
+def _sample(pid, night, rss, fds):
+    return {"pid": pid, "night": night, "rss_mb": rss, "fds": fds}
+
+
+def test_resources_are_compared_within_one_process_lifetime():
+    samples = [_sample(10, "d1", 100.0, 12), _sample(10, "d2", 400.0, 30),  # killed: a restart resets them
+               _sample(11, "d3", 150.0, 14), _sample(11, "d4", 170.0, 15), _sample(11, "d5", 150.0 + RSS_GROWTH_MB, 14 + FD_GROWTH)]
+    trends = lifetime_trends(samples)
+    assert [t["pid"] for t in trends] == [11, 10]  # the longest lifetime first
+    assert trends[0] == {"pid": 11, "nights": 3, "first_night": "d3", "last_night": "d5", "rss_first_mb": 150.0,
+                         "rss_last_mb": 150.0 + RSS_GROWTH_MB, "rss_max_mb": 180.0, "fds_first": 14,
+                         "fds_last": 14 + FD_GROWTH, "ok": True}
+    assert trends[1]["ok"] is False  # grew 300 MB within its own lifetime
+
+
+@pytest.mark.parametrize("rss, fds", [(150.0 + RSS_GROWTH_MB + 1, 14), (150.0, 14 + FD_GROWTH + 1)])
+def test_a_leak_fails(rss, fds):
+    trends = lifetime_trends([_sample(1, "d1", 150.0, 14), _sample(1, "d2", rss, fds)])
+    assert trends[0]["ok"] is False
+
+
+def test_the_table_marks_each_check():
+    table = render([Check("frames lost", 0, 0, True), Check("valid frames solved", 89, 90, False)])
+    lines = table.splitlines()
+    assert lines[0].split() == ["check", "value", "expected"]
+    assert lines[1].endswith("PASS") and lines[2].endswith("FAIL") and "89" in lines[2]
+    assert lines[1].index("0") == lines[0].index("value")  # columns aligned
