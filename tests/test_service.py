@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -135,3 +136,31 @@ def test_hung_worker_stops_the_watchdog_pings(tmp_path, daemons):
     assert late_pings == []
     assert daemon.process.poll() is None  # alive but unhealthy: systemd would restart it
     assert daemon.stop() < 10
+
+
+def test_a_night_copied_with_its_old_mtimes_is_not_settled_while_files_arrive(tmp_path):
+    """rsync -a (or cp -p) keeps each file's mtime from the camera: a night re-sent after a link outage
+    arrives with hours-old files. Its files landing in -CAMS change that directory's mtime, not the
+    night directory's: readiness must see the arrivals there, or the night is processed half-copied
+    (masters from the first darks, the rest "alone")."""
+    from astep_cal.config import DaemonSettings
+    from astep_cal.watcher import night_readiness
+
+    source = tmp_path / "source"
+    truth = make_night(source, small_spec(n_science=1, n_darks=2, n_flats=0, n_flat_darks=0))
+    date = truth.spec.date
+    root = tmp_path / "data"
+    cams = root / date / f"{date}-CAMS"
+    cams.mkdir(parents=True)
+    hours_ago = time.time() - 3 * 3600
+    for raw in (root / date, cams):
+        raw.touch()
+    for path in truth.dark_files:  # the darks arrive first, with the camera's time
+        shutil.copy2(path, cams / path.name)
+        os.utime(cams / path.name, (hours_ago, hours_ago))
+    os.utime(root / date, (hours_ago, hours_ago))  # made when the transfer began, an hour into it
+    settings = DaemonSettings(settle_seconds=300.0, no_flat_wait_s=0.0)
+    readiness = night_readiness(root, date, settings)
+    assert not readiness.ready and readiness.reason == "settling"
+    os.utime(cams, (hours_ago, hours_ago))  # nothing arrived since: settled
+    assert night_readiness(root, date, settings).ready

@@ -189,11 +189,12 @@ def arrival_order(source: Path, date: str) -> list[Path]:
 
 
 def deliver(path: Path, source: Path, root: Path) -> None:
-    """One file arriving as rsync writes it: a hidden temporary beside it, then a rename."""
+    """One file arriving as ``rsync -a`` writes it: a hidden temporary beside it, its source mtime kept,
+    then a rename."""
     target = root / path.relative_to(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.soak{os.getpid()}")
-    shutil.copyfile(path, temporary)
+    shutil.copy2(path, temporary)  # rsync -a: the camera's mtime kept
     os.replace(temporary, target)
 
 

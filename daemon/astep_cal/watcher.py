@@ -79,13 +79,12 @@ class Readiness:
     wait_s: float = 0.0  # when known, how long until it might be ready
 
 
+def _raw_dirs(night_dir: Path, date: str) -> list[Path]:
+    return [d for d in (night_dir / f"{date}-CAMS", night_dir / f"{date}-CAMS_SKYFLAT") if d.is_dir()]
+
+
 def _night_files(night_dir: Path, date: str) -> list[Path]:
-    files = []
-    for sub in (f"{date}-CAMS", f"{date}-CAMS_SKYFLAT"):
-        directory = night_dir / sub
-        if directory.is_dir():
-            files.extend(p for p in directory.iterdir() if p.is_file())
-    return files
+    return [p for directory in _raw_dirs(night_dir, date) for p in directory.iterdir() if p.is_file()]
 
 
 def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float | None = None) -> Readiness:
@@ -99,7 +98,9 @@ def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float 
     files = _night_files(night_dir, date)
     if any(is_temporary(p.name) for p in files):
         return Readiness(False, "transfer in progress", settings.settle_seconds)
-    stamps = [p.stat().st_mtime for p in files] + [night_dir.stat().st_mtime]
+    # The raw directories' own mtimes too: a file arriving with an old mtime (rsync -a, cp -p keep the
+    # camera's) changes only the directory it lands in.
+    stamps = [p.stat().st_mtime for p in [*files, night_dir, *_raw_dirs(night_dir, date)]]
     quiet = now - max(stamps)
     if quiet < settings.settle_seconds:
         return Readiness(False, "settling", settings.settle_seconds - quiet)
