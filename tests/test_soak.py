@@ -2,8 +2,8 @@
 
 import pytest
 
-from astep_cal.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, Check, lender, lifetime_trends, plan_nights,
-                            render)
+from astep_cal.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, SLOPE_MB_PER_NIGHT, Check, lender, lifetime_trends,
+                            plan_nights, render)
 
 FAULTS = {"junk_file", "sigkill", "truncated_file", "disk_full", "unmount", "blind_solve", "sighup"}
 
@@ -43,7 +43,7 @@ def test_resources_are_compared_within_one_process_lifetime():
     assert [t["pid"] for t in trends] == [11, 10]  # the longest lifetime first
     assert trends[0] == {"pid": 11, "nights": 3, "first_night": "d3", "last_night": "d5", "rss_first_mb": 150.0,
                          "rss_last_mb": 150.0 + RSS_GROWTH_MB, "rss_max_mb": 180.0, "fds_first": 14,
-                         "fds_last": 14 + FD_GROWTH, "ok": True}
+                         "fds_last": 14 + FD_GROWTH, "warm_slope_mb_per_night": None, "ok": True}
     assert trends[1]["ok"] is False  # grew 300 MB within its own lifetime
 
 
@@ -51,6 +51,22 @@ def test_resources_are_compared_within_one_process_lifetime():
 def test_a_leak_fails(rss, fds):
     trends = lifetime_trends([_sample(1, "d1", 150.0, 14), _sample(1, "d2", rss, fds)])
     assert trends[0]["ok"] is False
+
+
+def _lifetime(rss_per_night):
+    return [_sample(1, f"d{i}", rss, 12) for i, rss in enumerate(rss_per_night)]
+
+
+def test_a_warm_up_passes_but_a_steady_creep_after_it_fails():
+    warm_up = [200.0, 215.0, 224.0]
+    flat = lifetime_trends(_lifetime(warm_up + [224.0 + 0.1 * (i % 3) for i in range(20)]))[0]
+    assert flat["ok"] and abs(flat["warm_slope_mb_per_night"]) < 0.05
+    # the astroscrappy leak: +0.84 MB a night, within first + 30 MB over a short lifetime, yet a leak
+    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 0.84 * i for i in range(1, 6)]))[0]
+    assert creep["rss_last_mb"] - creep["rss_first_mb"] <= RSS_GROWTH_MB
+    assert creep["warm_slope_mb_per_night"] is None and creep["ok"]  # too few nights to measure a slope
+    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 0.84 * i for i in range(1, 9)]))[0]
+    assert creep["warm_slope_mb_per_night"] > SLOPE_MB_PER_NIGHT and not creep["ok"]
 
 
 def test_the_table_marks_each_check():
