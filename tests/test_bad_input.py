@@ -415,7 +415,7 @@ def test_daemon_handles_every_bad_input_once_and_goes_on(tmp_path, daemons):
     for dark in later.dark_files:
         shutil.copy(dark, junk_only / dark.name.replace("2026-07-10", "2026-07-11"))
     (junk_only / "2026-07-11_20.00.00_SCIENCE.fits").write_text("not a FITS file\n" * 10)
-    config = daemon_config(settle=1.0, extra="no_flat_wait_s = 2.0")
+    config = daemon_config(settle=1.0, extra="no_flat_wait_s = 8.0")  # after 2026-07-01 made its flat
     daemon = daemons(root, config.replace("no_flat_wait_s = 3600\n", ""), prefix=NO_DAC)
     daemon.wait_for(lambda: len(list(cal_dir(root, "2026-07-10").glob("*_CAL.fits"))) == 3, 300,
                     "the good night after the bad one")

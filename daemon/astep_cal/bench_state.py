@@ -8,7 +8,8 @@ frame) are built through the real :class:`~astep_cal.ledger.Ledger`, then measur
   of the night when its file is largest;
 - **status**: ``astep-cal status --json`` in its own process (start-up included);
 - **the daemon's memory from the state**: RSS of a real ``astep-cal run`` started on a root with the
-  archive's ledger, less the RSS of one started with an empty ledger;
+  archive's ledger, less the RSS of one started with an empty ledger; and on the 150-night root below,
+  the duration of its full reconcile (start) and of its periodic ones (every 3 s here);
 - **once with nothing to do** (150 nights): a root of 150 nights × 1000 science frames and their CAL
   files (hard links to tiny FITS files: the check reads directories and stats files, never pixels),
   ``astep-cal once`` timed, and every file's mtime compared before and after (nothing written).
@@ -198,24 +199,37 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def daemon_rss_mb(root: Path, state: Path, settle_s: float = 8.0) -> float:
-    """RSS of a real ``astep-cal run`` on ``root`` with the ledger in ``state``, once it has started
-    and done its first rescan."""
+def run_daemon(root: Path, state: Path, seconds: float, reconcile_s: float = 600.0) -> dict[str, Any]:
+    """A real ``astep-cal run`` on ``root`` with the ledger in ``state`` for ``seconds`` after its first
+    rescan: its RSS then, and the durations of its full and periodic reconciles (from its JSON log)."""
     config = state.parent / f"{state.name}-daemon.toml"
-    config.write_text(f'ledger = "{state / "ledger.json"}"\n[astrometry]\nenabled = false\n[logging]\nformat = "json"\n')
+    config.write_text(f'ledger = "{state / "ledger.json"}"\n[astrometry]\nenabled = false\n'
+                      f'[daemon]\nreconcile_interval_s = {reconcile_s}\n[logging]\nformat = "json"\n')
     log = config.with_suffix(".log")
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config), "--root",
                                     str(root)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while '"rescan"' not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
-        time.sleep(settle_s)
-        return _rss_mb(process.pid)
+        time.sleep(seconds)
+        rss = _rss_mb(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.wait(60)
+    rescans = [e for e in map(_json_or_none, log.read_text().splitlines()) if e and e.get("event") == "rescan"]
+    full = [e["duration_s"] for e in rescans if e.get("full")]
+    periodic = [e["duration_s"] for e in rescans if not e.get("full")]
+    return {"rss_mb": round(rss, 1), "full_rescan_s": full[0] if full else None,
+            "periodic_rescan_s": statistics.median(periodic) if periodic else None}
+
+
+def _json_or_none(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def file_times(*directories: Path) -> dict[str, int]:
@@ -242,7 +256,7 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
     empty_root.mkdir()
     empty_state = work / "empty-state"
     empty_state.mkdir()
-    rss_empty = daemon_rss_mb(empty_root, empty_state)
+    rss_empty = run_daemon(empty_root, empty_state, 8.0)["rss_mb"]
     for nights in sizes:
         state = work / f"state-{nights}"
         state.mkdir()
@@ -252,8 +266,8 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
                                "state_mb": round(sum(p.stat().st_size for p in state.rglob("*.json")) / 1e6, 1),
                                "index_kb": round((state / "ledger.json").stat().st_size / 1e3, 1)}
         row["status_s"] = time_status(empty_root, state)
-        rss = daemon_rss_mb(empty_root, state)
-        row["daemon_rss_mb"], row["daemon_state_rss_mb"] = round(rss, 1), round(rss - rss_empty, 1)
+        rss = run_daemon(empty_root, state, 8.0)["rss_mb"]
+        row["daemon_rss_mb"], row["daemon_state_rss_mb"] = rss, round(rss - rss_empty, 1)
         row.update(time_recording(state, frames))
         if baseline and nights == min(sizes):
             row.update(time_schema1_recording(state, night_dates(nights), frames, saves=2))
@@ -269,6 +283,8 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
         seconds, changed = time_once_idle(root, state)
         results["once_idle"] = {"nights": once_nights, "seconds": seconds, "files_changed": changed}
         print(f"once, {once_nights} nights with nothing to do: {seconds} s, {changed} files changed", flush=True)
+        results["daemon_on_archive"] = {"nights": once_nights, **run_daemon(root, state, 12.0, reconcile_s=3.0)}
+        print(f"daemon on that root: {results['daemon_on_archive']}", flush=True)
     results["daemon_rss_empty_mb"] = round(rss_empty, 1)
     return results
 

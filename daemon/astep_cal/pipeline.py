@@ -810,7 +810,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     """
     cams = root / date / f"{date}-CAMS"
     if not cams.is_dir():
-        return False
+        return date not in ledger.dates()  # looked at once, to record (and report) the missing directory
     night = ledger.peek(date)
     frames = night.get("frames", {})
     listing = night.get("listing")

@@ -267,7 +267,8 @@ class Daemon:
         for night in nights:
             if self._has_work(night, trust_stamp=not full):
                 self.pending.setdefault(night, now)
-        self.log.info("rescan", pending=len(self.pending), full=full)
+        self.log.info("rescan", pending=len(self.pending), full=full, nights=len(nights),
+                      duration_s=round(time.monotonic() - now, 3))
         return True
 
     def _has_work(self, night: str, trust_stamp: bool) -> bool:
