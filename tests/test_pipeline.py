@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 from astropy.io import fits
 
+from astep_cal.config import Settings
 from astep_cal.evaluate import score_frame
+from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
-from astep_cal.night import cal_dir, masters_dir
+from astep_cal.night import cal_dir, masters_dir, take_inventory
+from astep_cal.pipeline import build_masters
 from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 
@@ -198,3 +203,20 @@ def test_no_flat_anywhere_blocks_frames_clearly(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "status", tmp_path)
     assert code == 1 and "blocked" in out
     assert not list(cal_dir(tmp_path, truth.spec.date).glob("*_CAL.fits"))
+
+
+def test_building_the_masters_leaves_the_inventory_as_taken(tmp_path):
+    """The masters narrow the frames down on a copy: a dark of another size is left out of them and
+    reported with them, while the night's inventory (what the ledger records) is unchanged."""
+    truth = make_night(tmp_path, small_spec(n_science=1))
+    odd = truth.dark_files[0].with_name(truth.dark_files[0].name.replace("_DARK", "_1_DARK"))
+    with fits.open(truth.dark_files[0]) as hdul:
+        fits.PrimaryHDU(np.ascontiguousarray(hdul[0].data[:100, :120]), hdul[0].header).writeto(odd)
+    inventory = take_inventory(tmp_path, truth.spec.date)
+    taken = copy.deepcopy(inventory)
+    with capture_logs() as logged:
+        masters = build_masters(tmp_path, inventory, Settings(), get_logger())
+    assert inventory == taken
+    assert [e["path"] for e in logged if e["event"] == "frame_shape_mismatch"] == [str(odd)]  # logged when found
+    assert [p["event"] for p in masters.record["problems"]] == ["frame_shape_mismatch"]
+    assert len(masters.record["darks"]["60"]["inputs"]) == len(truth.dark_files)

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,24 @@ def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: 
                           "biases": len(inventory.biases), "flats": len(inventory.flats)}
 
 
+def working_copy(inventory: NightInventory) -> NightInventory:
+    """A copy of the inventory for the masters to narrow down (frames of another size, darks off
+    temperature) and note problems in: the night's inventory itself stays as it was taken, so every run
+    and every front-end records the same counts and problems from it."""
+    return replace(inventory, science=list(inventory.science), darks=list(inventory.darks),
+                   biases=list(inventory.biases), flats=list(inventory.flats), problems=[], notes=[])
+
+
+def _report_masters_problems(work: NightInventory, masters_record: dict[str, Any], root: Path, log: Any) -> None:
+    """Problems found while building (frames of another size, darks off temperature, rejected flats)
+    are logged once, when found, and kept with the masters: later runs load the masters instead of
+    building them, and must still show these problems in the ledger and the status."""
+    for problem in work.problems:
+        log.warning(problem.event, path=str(problem.path), error=problem.reason)
+    known = masters_record.setdefault("problems", [])
+    known += [p for p in (problem_record(p, root) for p in work.problems) if p not in known]
+
+
 def build_masters(root: Path, inventory: NightInventory, settings: Settings, log: Any) -> Masters:
     """Build and write every master of the night (bias, darks, flat, mask) from its raw frames."""
     shape = common_shape(inventory)
@@ -291,29 +309,27 @@ def build_masters(root: Path, inventory: NightInventory, settings: Settings, log
     out = masters_dir(root, inventory.date)
     make_output_dirs(root, inventory.date)
     record: dict[str, Any] = {"shape": list(shape), "darks": {}, "software": __version__}
-    problems = inventory.problems
-    found_before = len(problems)
-    inventory.darks = _of_shape(inventory.darks, shape, problems)
-    inventory.biases = _of_shape(inventory.biases, shape, problems)
-    inventory.flats = _of_shape(inventory.flats, shape, problems)
-    bias = None
-    if inventory.biases:
-        paths = [f.path for f in inventory.biases]
-        bias = combine_files(paths, shape, settings.calibration.combine_sigma, memory_budget(settings, 0),
-                             hdus=[f.hdu for f in inventory.biases])
-        products.write_master(out / products.MASTER_BIAS, bias, "MASTER_BIAS", inventory.date, {},
-                              [p.name for p in paths])
-        record["bias"] = {"file": products.MASTER_BIAS, "inputs": [p.name for p in paths]}
-        log.info("master_built", kind="bias", n_inputs=len(paths))
-    darks = _build_darks(inventory, shape, settings, bias, out, record, log)
-    masters = Masters(shape, DarkLibrary.build(darks, bias), record=record)
-    record["bias_origin"] = masters.library.bias_origin
-    _build_flat(root, inventory, masters, settings, out, log)
-    _build_mask(inventory.date, masters, settings, out, log)
-    # Problems found while building (frames of another size, darks off temperature, rejected flats)
-    # are kept with the masters: later runs load the masters instead of building them, and must still
-    # show these problems in the ledger and the status.
-    record["problems"] = [problem_record(p, root) for p in problems[found_before:]]
+    work = working_copy(inventory)
+    try:
+        work.darks = _of_shape(work.darks, shape, work.problems)
+        work.biases = _of_shape(work.biases, shape, work.problems)
+        work.flats = _of_shape(work.flats, shape, work.problems)
+        bias = None
+        if work.biases:
+            paths = [f.path for f in work.biases]
+            bias = combine_files(paths, shape, settings.calibration.combine_sigma, memory_budget(settings, 0),
+                                 hdus=[f.hdu for f in work.biases])
+            products.write_master(out / products.MASTER_BIAS, bias, "MASTER_BIAS", work.date, {},
+                                  [p.name for p in paths])
+            record["bias"] = {"file": products.MASTER_BIAS, "inputs": [p.name for p in paths]}
+            log.info("master_built", kind="bias", n_inputs=len(paths))
+        darks = _build_darks(work, shape, settings, bias, out, record, log)
+        masters = Masters(shape, DarkLibrary.build(darks, bias), record=record)
+        record["bias_origin"] = masters.library.bias_origin
+        _build_flat(root, work, masters, settings, out, log)
+        _build_mask(work.date, masters, settings, out, log)
+    finally:
+        _report_masters_problems(work, record, root, log)
     record["complete"] = True
     return masters
 
@@ -366,8 +382,12 @@ def ensure_masters(root: Path, inventory: NightInventory, settings: Settings, re
         else:
             if masters.flat is None:
                 out = masters_dir(root, inventory.date)
-                _build_flat(root, inventory, masters, settings, out, log)
-                _build_mask(inventory.date, masters, settings, out, log)
+                work = working_copy(inventory)
+                try:
+                    _build_flat(root, work, masters, settings, out, log)
+                    _build_mask(inventory.date, masters, settings, out, log)
+                finally:
+                    _report_masters_problems(work, masters.record, root, log)
             return masters
     try:
         return build_masters(root, inventory, settings, log)
@@ -663,12 +683,12 @@ class NightRun:
         checkpoint("stage:inventory_taken")
         remove_stale_temporaries(inventory.cal_dir)
         remove_stale_temporaries(masters_dir(self.root, self.date))
-        night = self.ledger.night(self.date)
         frames = self._frames_to_do(inventory)
         self.result.to_do = len(frames)
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(inventory.science))
             self._process(frames)
+        night = self.ledger.night(self.date)  # asked for again: what is changed now is saved now
         record_inventory(night, inventory, listing, self.root, self.log)
         self.ledger.save()
         if frames:
@@ -758,7 +778,7 @@ class NightRun:
             self.result.blocked += 1
         else:
             self.result.failed += 1
-        self.ledger.save()
+        self.ledger.save(lazy_index=True)
 
     def _collect(self, pending: list[tuple[str, Future]], wait: bool) -> list[tuple[str, Future]]:
         """Record finished solves in the ledger (from this thread only); return those still running."""
@@ -786,7 +806,7 @@ class NightRun:
         else:
             self.result.failed += 1
         log_solve(self.log.bind(frame=name), record)
-        self.ledger.save()
+        self.ledger.save(lazy_index=True)
 
 
 def log_solve(log: Any, record: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from .fitsio import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, masters_dir, raw_listing,
+from .night import (NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, raw_listing,
                     take_inventory, valid_date)
 from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, load_masters, log_solve,
                        needs_calibration, needs_solve, record_inventory, solve_frame)
@@ -95,23 +95,18 @@ def masters_task(root: str, date: str, settings: Settings, record: dict[str, Any
     """Build (or read back) one night's masters on a worker and write them under ``_CAL/masters/``.
 
     ``earlier`` are the results of earlier nights' masters tasks this night may borrow a flat from;
-    Dask passes them only to make this task wait for them. Returns the ledger record, the problems
-    found while building (frames of another size, unusable flats) and, instead of raising, the error
+    Dask passes them only to make this task wait for them. Returns the ledger record (with the problems
+    found while building: frames of another size, unusable flats) and, instead of raising, the error
     that makes the night's frames blocked or failed — exactly what ``once`` records for them.
     """
     _configure_worker_logs(settings.logging.format, settings.logging.level)
     log = get_logger(night=date)
     inventory = take_inventory(Path(root), date)
-    known = len(inventory.problems)
     try:
         masters = ensure_masters(Path(root), inventory, settings, copy.deepcopy(record), log)
     except Exception as error:
-        return {"record": None, "error": error, "problems": _problem_tuples(inventory.problems[known:])}
-    return {"record": masters.record, "error": None, "problems": _problem_tuples(inventory.problems[known:])}
-
-
-def _problem_tuples(problems: list[Problem]) -> list[tuple[str, str, str]]:
-    return [(str(p.path), p.event, p.reason) for p in problems]
+        return {"record": None, "error": error}
+    return {"record": masters.record, "error": None}
 
 
 _masters_cache: dict[str, tuple[str, Masters]] = {}
@@ -289,14 +284,12 @@ class Reprocess:
         self._save(force=False)
 
     def _record_masters(self, date: str, outcome: dict[str, Any] | None, error: BaseException | None) -> None:
-        plan = self.plans[date]
         self.masters_futures.pop(date, None)  # done: later nights find its flat on disk
         if error is not None:  # the frames depending on it fail too, and are recorded then
             self.log.error("masters_failed", night=date, error=f"{type(error).__name__}: {error}")
             return
         assert outcome is not None
-        plan.inventory.problems.extend(Problem(Path(p), event, reason) for p, event, reason in outcome["problems"])
-        if outcome["record"] is not None:
+        if outcome["record"] is not None:  # its problems (found while building) are merged at the night's end
             self.ledger.night(date)["masters"] = outcome["record"]
 
     def _record_frame(self, date: str, name: str, calibrate: bool, entry: dict[str, Any] | None,
