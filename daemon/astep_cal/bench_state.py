@@ -113,18 +113,19 @@ def tiny_fits(path: Path, kind: str) -> None:
 def build_root(root: Path, dates: list[str], frames: int) -> None:
     """Night directories of ``frames`` science files and their CAL files, all hard links to two tiny
     FITS files (one inode each: the check stats every name, it never reads pixels), and a summary."""
-    template = root / ".templates"
-    template.mkdir(parents=True)
-    tiny_fits(template / "raw.fits", "LIGHT")
-    tiny_fits(template / "cal.fits", "LIGHT")
+    templates = root / ".templates"  # one pair a night: a file system caps the links to one inode
+    templates.mkdir(parents=True)
     for date in dates:
+        raw, cal_file = templates / f"{date}-raw.fits", templates / f"{date}-cal.fits"
+        tiny_fits(raw, "LIGHT")
+        tiny_fits(cal_file, "LIGHT")
         cams, cal = root / date / f"{date}-CAMS", root / date / f"{date}-CAMS_CAL"
         cams.mkdir(parents=True)
         (root / date / f"{date}-CAMS_SKYFLAT").mkdir()
         cal.mkdir()
         for name in frame_names(date, frames):
-            os.link(template / "raw.fits", cams / name)
-            os.link(template / "cal.fits", cal / cal_name(name))
+            os.link(raw, cams / name)
+            os.link(cal_file, cal / cal_name(name))
         (cal / "summary.json").write_text("{}")
 
 

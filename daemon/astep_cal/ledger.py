@@ -351,10 +351,10 @@ class Ledger:
         wrote = False
         for date in list(self._open):
             wrote |= self._save_night(date)
+        if lazy_index and time.monotonic() - self._index_written < INDEX_EVERY_S:
+            return wrote  # not even serialised: the index grows with the archive
         current = self._index_text()
         if current == self._saved_index:
-            return wrote
-        if lazy_index and time.monotonic() - self._index_written < INDEX_EVERY_S:
             return wrote
         self.path.parent.mkdir(exist_ok=True)
         if self.migrated_from is not None:
