@@ -18,7 +18,7 @@ from astep_cal.evaluate import score_frame
 from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
 from astep_cal.night import cal_dir, masters_dir, take_inventory
-from astep_cal.fitsio import fingerprint
+from astep_cal.storage import fingerprint
 from astep_cal.ledger import Ledger
 from astep_cal.pipeline import (NightRun, build_masters, calibration_fingerprint, clear_failures, needs_calibration,
                                 needs_solve, night_has_work, solve_record)

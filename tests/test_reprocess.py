@@ -21,7 +21,7 @@ from astropy.wcs import WCS
 from distributed import Client, LocalCluster
 
 from astep_cal.config import ConfigError, load_settings
-from astep_cal.fitsio import TEMP_MARKER
+from astep_cal.storage import TEMP_MARKER
 from astep_cal.ledger import Ledger, RootLock
 from astep_cal.logs import configure
 from astep_cal.night import cal_dir, take_inventory

@@ -37,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 
 from .config import Settings
-from .fitsio import fingerprint
+from .storage import fingerprint
 from .ledger import Ledger, RootLock
 from .night import raw_listing
 from .pipeline import calibration_fingerprint

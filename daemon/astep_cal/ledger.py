@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fitsio import atomic_write_bytes, remove_stale_temporaries
+from .storage import atomic_write_bytes, remove_stale_temporaries
 
 SCHEMA_VERSION = 2
 NIGHTS_DIR = "nights"

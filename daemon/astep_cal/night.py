@@ -27,7 +27,7 @@ from typing import Any
 
 from astropy.io import fits
 
-from .fitsio import TEMP_MARKER
+from .storage import TEMP_MARKER
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")

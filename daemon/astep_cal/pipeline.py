@@ -29,8 +29,8 @@ from . import __version__, astrometry, products, quality, summary
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
-from .fitsio import (StorageUnavailable, ensure_root, fingerprint, read_image, remove_stale_temporaries,
-                     root_present)
+from .fitsio import read_image
+from .storage import StorageUnavailable, ensure_root, fingerprint, remove_stale_temporaries, root_present
 from .ledger import Ledger
 from .recovery import raw_fingerprint_card
 from .logs import get_logger

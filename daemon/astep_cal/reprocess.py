@@ -32,7 +32,7 @@ from typing import Any
 
 from . import __version__, products
 from .config import ConfigError, Settings
-from .fitsio import fingerprint, remove_stale_temporaries
+from .storage import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count

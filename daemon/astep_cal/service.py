@@ -30,7 +30,7 @@ from . import astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
 from .control import ACTIVITY_FILE, RETRY_REQUEST, write_activity
-from .fitsio import StorageUnavailable, root_present
+from .storage import StorageUnavailable, root_present
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
 from .night import directories_stamp, discover_nights
