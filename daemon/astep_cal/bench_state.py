@@ -6,7 +6,8 @@ frame) are built through the real :class:`~astep_cal.ledger.Ledger`, then measur
 - **recording one frame**: a new 1000-frame night recorded frame by frame (a calibration save and a
   solve save per frame, as the pipeline does), each ``save`` timed; median and the slowest, at the end
   of the night when its file is largest;
-- **status**: ``astep-cal status --json`` in its own process (start-up included);
+- **status**: ``astep-cal status --json`` in its own process (start-up included); and ``report`` of
+  the last night (its summary built from that night's file);
 - **the daemon's memory from the state**: RSS of a real ``astep-cal run`` started on a root with the
   archive's ledger, less the RSS of one started with an empty ledger; and on the 150-night root below,
   the duration of its full reconcile (start) and of its periodic ones (every 3 s here);
@@ -185,15 +186,16 @@ def time_schema1_recording(state: Path, dates: list[str], frames: int, saves: in
             "schema1_record_ms": round(1000 * statistics.median(times), 1)}
 
 
-def time_status(root: Path, state: Path, repeats: int = 3) -> float:
+def time_command(args: list[str], repeats: int = 3) -> float:
+    """Median wall time of an ``astep-cal`` command in its own process (start-up included)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "astep_cal.cli", "status", str(root), "--json", "--ledger",
-                               str(state / "ledger.json")], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-m", "astep_cal.cli", *args], capture_output=True, text=True,
+                              timeout=600)
         times.append(time.perf_counter() - start)
         if done.returncode not in (0, 1):
-            raise RuntimeError(f"status failed: {done.stderr[-2000:]}")
+            raise RuntimeError(f"astep-cal {args[0]} failed: {done.stderr[-2000:]}")
     return round(statistics.median(times), 3)
 
 
@@ -270,7 +272,9 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
         row: dict[str, Any] = {"build_s": round(time.perf_counter() - start, 1),
                                "state_mb": round(sum(p.stat().st_size for p in state.rglob("*.json")) / 1e6, 1),
                                "index_kb": round((state / "ledger.json").stat().st_size / 1e3, 1)}
-        row["status_s"] = time_status(empty_root, state)
+        ledger_arg = ["--ledger", str(state / "ledger.json")]
+        row["status_s"] = time_command(["status", str(empty_root), "--json", *ledger_arg])
+        row["report_s"] = time_command(["report", night_dates(nights)[-1], str(empty_root), "--json", *ledger_arg])
         rss = run_daemon(empty_root, state, 8.0)["rss_mb"]
         row["daemon_rss_mb"], row["daemon_state_rss_mb"] = rss, round(rss - rss_empty, 1)
         row.update(time_recording(state, frames))
