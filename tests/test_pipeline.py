@@ -298,7 +298,8 @@ def test_night_has_work_rule(tmp_path):
     date = truth.spec.date
     ledger = Ledger.load(root / ".astep-cal" / "ledger.json")
     assert night_has_work(root, date, ledger, settings, retry_blocked=False)  # never looked at
-    NightRun(root, date, settings, ledger, force=False).run()
+    with capture_logs():
+        NightRun(root, date, settings, ledger, force=False).run()
     assert not night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)
     other = replace(settings, calibration=replace(settings.calibration, combine_sigma=settings.calibration.combine_sigma + 1))
     assert night_has_work(root, date, ledger, other, retry_blocked=False, new_settings_count=True)
@@ -315,7 +316,8 @@ def test_night_has_work_rule(tmp_path):
     raw = truth.science_files[1]
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 1))
     assert night_has_work(root, date, ledger, settings, retry_blocked=False)  # a new version of a raw file
-    NightRun(root, date, settings, ledger, force=False).run()
+    with capture_logs():
+        NightRun(root, date, settings, ledger, force=False).run()
     entry = ledger.night(date)["frames"][truth.science_files[0].name]
     entry["calibrate"]["status"] = "blocked"
     ledger.release(date)

@@ -245,7 +245,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     with RootLock(ledger_path):
         ledger = Ledger.load(ledger_path)
         cleared = clear_failures(ledger, nights)
-        ledger.save()
+        ledger.release_all()
     print(f"{cleared} frame(s) will be retried by the next run")
     return EXIT_OK
 

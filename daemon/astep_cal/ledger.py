@@ -341,6 +341,11 @@ class Ledger:
         for table in (self._open, self._saved, self._lines, self._dirty):
             del table[date]
 
+    def release_all(self) -> None:
+        """:meth:`release` every night in memory (after a migration, a rebuild, a retry request)."""
+        for date in list(self._open):
+            self.release(date)
+
     def save(self, lazy_index: bool = False) -> bool:
         """Write the nights in memory that changed, then the index if it changed; return whether
         anything was written. Cost: the frames handed out since the last save, never the archive.

@@ -289,7 +289,7 @@ class Daemon:
             return
         nights = request.read_text().split() or None
         cleared = clear_failures(self.ledger, nights)
-        self.ledger.save()
+        self.ledger.release_all()  # saved; the nights it opened are not kept in memory
         request.unlink(missing_ok=True)
         self.log.info("retry_requested", frames=cleared, nights=nights or "all")
 
