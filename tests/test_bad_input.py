@@ -26,7 +26,8 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.night import cal_dir, inspect_frame
-from astep_cal.pipeline import FrameBlocked, read_whole_frame
+from astep_cal.frame_steps import read_whole_frame
+from astep_cal.stages import FrameBlocked
 from astep_cal.products import cal_name, name_from_header
 from astep_cal.synthetic import make_night
 

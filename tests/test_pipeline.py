@@ -20,8 +20,10 @@ from astep_cal.masters import MaskBit
 from astep_cal.night import cal_dir, masters_dir, take_inventory
 from astep_cal.storage import fingerprint
 from astep_cal.ledger import Ledger
-from astep_cal.pipeline import (NightRun, build_masters, calibration_fingerprint, clear_failures, needs_calibration,
-                                needs_solve, night_has_work, solve_record)
+from astep_cal.frame_steps import solve_record
+from astep_cal.night_masters import build_masters
+from astep_cal.pipeline import NightRun
+from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
 from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 

@@ -102,6 +102,13 @@ def assert_same_outputs(root: Path, reference: Path, wcs_tolerance_px: float | N
                 _assert_close_wcs(ours[0].header, theirs[0].header, wcs_tolerance_px)
     solution = {"residual_arcsec", "n_matched"} if wcs_tolerance_px is not None else set()
     assert _ledger(root, solution) == _ledger(reference, solution)
+    summaries = sorted(p.relative_to(reference) for p in reference.rglob("*_CAL/summary.json"))
+    assert summaries == sorted(p.relative_to(root) for p in root.rglob("*_CAL/summary.json"))  # same engine
+    for relative in summaries:
+        ours, theirs = (_strip(json.loads((r / relative).read_text()), {"generated"} | solution | VOLATILE)
+                        for r in (root, reference))
+        if wcs_tolerance_px is None:
+            assert ours == theirs, relative
     assert not [p for p in root.rglob(f"*{TEMP_MARKER}*")], "temporary files left behind"
 
 

@@ -229,7 +229,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from .pipeline import clear_failures
+    from .rules import clear_failures
     from .control import RETRY_REQUEST, running_daemon_pid
 
     settings = _settings(args)

@@ -36,10 +36,11 @@ from .storage import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import (NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, raw_listing,
-                    take_inventory, valid_date)
-from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, load_masters, log_solve,
-                       needs_calibration, needs_solve, record_inventory, solve_frame)
+from .night import NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
+from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .night_masters import ensure_masters, load_masters, Masters
+from .pipeline import NightResult, close_night, frames_to_do, open_night
+from .rules import needs_calibration, needs_solve
 
 TASK_RETRIES = 2  # an exception escaping a task (e.g. the raw file vanished): try again before giving up
 SAVE_INTERVAL_S = 5.0  # ledger saves at most this often (and at the end): bounded cost on a large ledger
@@ -215,24 +216,9 @@ class Reprocess:
             self.ledger.save()
         return [plan.result for plan in self.plans.values()]
 
-    def _frames_to_do(self, inventory: NightInventory) -> list[tuple[RawFrame, bool]]:
-        todo = []
-        for frame in sorted(inventory.science, key=lambda f: f.name):
-            entry = self.ledger.frame(inventory.date, frame.name)
-            cal_path = inventory.cal_dir / products.cal_name(frame.name)
-            calibrate = needs_recalibration(entry, frame, cal_path, self.settings)
-            if calibrate or needs_solve(entry, self.settings):
-                todo.append((frame, calibrate))
-        return todo
-
     def _submit_night(self, date: str) -> list[Any]:
-        if self.force:
-            self.ledger.forget_night(date)
-        listing = raw_listing(self.root, date)
-        inventory = take_inventory(self.root, date)
-        remove_stale_temporaries(inventory.cal_dir)
-        remove_stale_temporaries(masters_dir(self.root, date))
-        todo = self._frames_to_do(inventory)
+        inventory, listing = open_night(self.root, date, self.ledger, self.force)
+        todo = frames_to_do(inventory, self.ledger, self.settings, recalibrate=needs_recalibration)
         plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo}, listing)
         self.plans[date] = plan
         if not todo:
@@ -333,12 +319,9 @@ class Reprocess:
         inventory = plan.inventory
         for directory in (inventory.cal_dir, masters_dir(self.root, date)):
             remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
-        record_inventory(self.ledger.night(date), inventory, plan.listing, self.root, self.log.bind(night=date))
-        if plan.result.to_do:
-            self.log.info("night_done", night=date,
-                          **{k: v for k, v in vars(plan.result).items() if k != "date"})
-        self._save(force=True)
-        self.ledger.release(date)
+        close_night(self.root, inventory, plan.listing, self.ledger, self.settings, plan.result,
+                    self.log.bind(night=date))
+        self._last_save = time.monotonic()
 
     def _save(self, force: bool) -> None:
         if force or time.monotonic() - self._last_save >= SAVE_INTERVAL_S:

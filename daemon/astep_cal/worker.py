@@ -22,7 +22,8 @@ from typing import Any
 from .config import Settings
 from .control import RETRY_REQUEST
 from .night import directories_stamp, discover_nights
-from .pipeline import NightRun, clear_failures, night_has_work
+from .pipeline import NightRun
+from .rules import clear_failures, night_has_work
 from .recovery import open_ledger
 from .status import night_row, night_rows
 from .storage import StorageUnavailable, root_present
