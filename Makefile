@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 .PHONY: all system-deps venv demo test test-faults bench clean install install-app install-files \
-	install-activate test-systemd print-debian-packages
+	install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
 
@@ -27,11 +27,18 @@ system-deps:
 
 venv: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml | system-deps
+# Exactly the versions of the lock files (the ones the bundle ships), checked against their hashes; then
+# the project itself, editable, without resolving anything more.
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-test.lock | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock -r requirements-test.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Regenerate the lock files from .venv (after changing the dependencies in pyproject.toml and installing
+# them there: .venv/bin/pip install -e '.[test]'), then commit them.
+lock:
+	$(BIN)/python deploy/lock.py
 
 demo: system-deps venv
 	$(BIN)/astep-cal demo

@@ -28,7 +28,7 @@ from typing import Any
 
 from systemd import daemon as sd
 
-from . import astrometry
+from . import __version__, astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
 from .fitsio import StorageUnavailable, atomic_write_bytes, root_present
@@ -159,7 +159,7 @@ class Daemon:
         self.observer = start_observer(self.root, self.events, self.settings.daemon)
         self.root_identity = root_identity(self.root)
         self.worker.start()
-        self.log.info("daemon_started", root=str(self.root), pid=os.getpid())
+        self.log.info("daemon_started", root=str(self.root), pid=os.getpid(), version=__version__)
         notify("READY=1")
         status = ""
         ping_every = watchdog_interval_s()
