@@ -311,9 +311,6 @@ def build(args: argparse.Namespace) -> Path:
 
     wheels = python_wheels(source / "requirements.lock", cache)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        stage = Path(tmp) / name
-        for sub in ("wheels", "debs", "files"):
-            (stage / sub).mkdir(parents=True)
         own = project_wheel(source, version, Path(tmp))
         debs = debian_packages(cache)
         sources = {f"wheels/{w.name}": w for w in wheels + [own]} | {f"debs/{p.name}": p for *_, p in debs}
@@ -321,36 +318,11 @@ def build(args: argparse.Namespace) -> Path:
         items += [Item("deb", n, v, f"debs/{p.name}", sha256(p)) for n, v, p in debs]
         if base:
             items = upgrade_items(items, base)
-        held = {i.path: i for i in items if i.path}  # read from the cache straight into the archive
-        files = {}
-        for dest, src in BUNDLE_FILES.items():
-            shutil.copy2(source / src, stage / dest)
-            files[dest] = sha256(stage / dest)
-        # What pip installs in the new venv: every wheel (held or needed), hash-checked.
-        wheel_items = sorted((i for i in items if i.kind == "wheel"), key=lambda i: i.name)
-        (stage / "wheels.lock").write_text("".join(f"{i.name}=={i.version} --hash=sha256:{i.sha256}\n" for i in wheel_items))
-        files["wheels.lock"] = sha256(stage / "wheels.lock")
-        fields = {"format": FORMAT, "name": name, "kind": kind, "version": version,
-                  "base": base.fields["version"] if base else "-", **facts,
-                  "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        manifest = Manifest(fields, items, files)
-        (stage / "manifest.txt").write_text(manifest.render())
-        listed = ["manifest.txt", *sorted(files), *sorted(held)]
-        sums = {p: held[p].sha256 if p in held else sha256(stage / p) for p in listed}
-        (stage / "SHA256SUMS").write_text("".join(f"{sums[p]}  {p}\n" for p in listed))
-        archive = out_dir / f"{name}.tar"
-        partial = archive.with_suffix(".tar.part")
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            # The manifest and the checksums first: even a truncated copy says what it should hold.
-            for sub in ("", "/wheels", "/debs", "/files"):
-                tar.add(stage.parent / (name + sub), arcname=name + sub, recursive=False, filter=owned_by_root)
-            for path in ["SHA256SUMS", *listed]:
-                src = sources[path] if path in held else stage / path
-                tar.add(src, arcname=f"{name}/{path}", filter=owned_by_root)
-        partial.rename(archive)
-        shutil.copy2(stage / "manifest.txt", out_dir / f"{name}.manifest")
+        fields = {"name": name, "kind": kind, "version": version,
+                  "base": base.fields["version"] if base else "-", **facts}
+        sources |= {dest: source / src for dest, src in BUNDLE_FILES.items()}
+        archive = assemble(out_dir, fields, items, sources, compress=bool(base))
     digest = sha256(archive)
-    (out_dir / f"{name}.tar.sha256").write_text(f"{digest}  {archive.name}\n")
     n_wheels = sum(1 for i in items if i.kind == "wheel" and i.path)
     n_debs = sum(1 for i in items if i.kind == "deb" and i.path)
     size = archive.stat().st_size
@@ -360,6 +332,46 @@ def build(args: argparse.Namespace) -> Path:
     print(f"size   {size} bytes ({human})")
     print(f"sha256 {digest}")
     print(f"manifest {out_dir / (name + '.manifest')}")
+    return archive
+
+
+def assemble(out_dir: Path, fields: dict[str, str], items: list[Item], sources: dict[str, Path],
+             compress: bool = False) -> Path:
+    """Write OUT/NAME.tar[.gz] (+ .sha256, + .manifest): `items` that have a path and the BUNDLE_FILES are
+    read from `sources` (bundle path -> file); wheels.lock, manifest.txt and SHA256SUMS are written here."""
+    name = fields["name"]
+    # An upgrade goes through the satellite: gzip it (a full bundle is wheels and .debs, compressed already).
+    archive = out_dir / (f"{name}.tar.gz" if compress else f"{name}.tar")
+    held = {i.path: i for i in items if i.path}  # read from the cache straight into the archive
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        stage = Path(tmp) / name
+        for sub in ("wheels", "debs", "files"):
+            (stage / sub).mkdir(parents=True)
+        files = {}
+        for dest in BUNDLE_FILES:
+            shutil.copy2(sources[dest], stage / dest)
+            files[dest] = sha256(stage / dest)
+        # What pip installs in the new venv: every wheel (held or needed), hash-checked.
+        wheel_items = sorted((i for i in items if i.kind == "wheel"), key=lambda i: i.name)
+        (stage / "wheels.lock").write_text("".join(f"{i.name}=={i.version} --hash=sha256:{i.sha256}\n"
+                                                   for i in wheel_items))
+        files["wheels.lock"] = sha256(stage / "wheels.lock")
+        fields = {"format": FORMAT, "name": name, "archive": archive.name, **fields,
+                  "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        (stage / "manifest.txt").write_text(Manifest(fields, items, files).render())
+        listed = ["manifest.txt", *sorted(files), *sorted(held)]
+        sums = {p: held[p].sha256 if p in held else sha256(stage / p) for p in listed}
+        (stage / "SHA256SUMS").write_text("".join(f"{sums[p]}  {p}\n" for p in listed))
+        partial = archive.with_name(archive.name + ".part")
+        with tarfile.open(partial, "w:gz" if compress else "w", format=tarfile.PAX_FORMAT) as tar:
+            # The manifest and the checksums first: even a truncated copy says what it should hold.
+            for sub in ("", "/wheels", "/debs", "/files"):
+                tar.add(stage.parent / (name + sub), arcname=name + sub, recursive=False, filter=owned_by_root)
+            for path in ["SHA256SUMS", *listed]:
+                tar.add(sources[path] if path in held else stage / path, arcname=f"{name}/{path}", filter=owned_by_root)
+        partial.rename(archive)
+        shutil.copy2(stage / "manifest.txt", out_dir / f"{name}.manifest")
+    (out_dir / f"{archive.name}.sha256").write_text(f"{sha256(archive)}  {archive.name}\n")
     return archive
 
 

@@ -85,9 +85,10 @@ name=$(field name); kind=$(field kind); version=$(field version)
 
 # Every file must be there with its checksum: a truncated copy lacks files or ends short, an altered one
 # differs. And every file the manifest names must be under the checksums.
-sums_out=$(cd "$HERE" && sha256sum --strict -c SHA256SUMS 2>&1 | grep -v ': OK$') \
-    && die "bundle $name is damaged (a truncated or altered copy): $(echo "$sums_out" | head -5 | tr '\n' ';')
-copy the archive again and check it first: sha256sum -c $name.tar.sha256"
+if ! sums_out=$(cd "$HERE" && sha256sum --strict -c SHA256SUMS 2>&1); then
+    die "bundle $name is damaged (a truncated or altered copy): $(grep -v ': OK$' <<< "$sums_out" | head -5 | tr '\n' ';')
+copy the archive again and check it first: sha256sum -c $(field archive).sha256"
+fi
 listed=$(awk '{ print $2 }' "$HERE/SHA256SUMS")
 while IFS=$'\t' read -r path; do
     grep -qxF "$path" <<< "$listed" || die "bundle $name is damaged: $path is not under SHA256SUMS"
@@ -108,12 +109,13 @@ if [ -x "$INSTALL_PYTHON" ]; then
 fi
 
 # An upgrade needs what its base installed: the wheels (in APP_DIR/wheels, same checksum) and the Debian
-# packages (same version).
+# packages (installed; at any version, as the full bundle leaves one that was installed before it).
 missing=()
-while IFS=$'\t' read -r pkg ver _ _; do
-    status=$(deb_status "$pkg")
-    [ "$status" = "install ok installed	$ver" ] || missing+=("Debian package $pkg $ver")
-done < <(records needs-deb)
+if [ -n "$system" ]; then
+    while IFS=$'\t' read -r pkg ver _ _; do
+        [[ $(deb_status "$pkg") == "install ok installed"* ]] || missing+=("Debian package $pkg $ver")
+    done < <(records needs-deb)
+fi
 if [ -n "$(records needs-wheel)" ]; then
     store_sums=$(cat "$APP_DIR/wheels/SHA256SUMS" 2>/dev/null || true)
     while IFS=$'\t' read -r whl ver _ digest; do
