@@ -132,15 +132,20 @@ fi
 
 # Debian packages of the bundle not installed yet, and whether apt can install them from here alone.
 debs=()
+deb_names=" "
 if [ -n "$system" ]; then
     while IFS=$'\t' read -r pkg _ path _; do
-        [[ $(deb_status "$pkg") == "install ok installed"* ]] || debs+=("$HERE/$path")
+        [[ $(deb_status "$pkg") == "install ok installed"* ]] || { debs+=("$HERE/$path"); deb_names+="$pkg "; }
     done < <(records deb)
 fi
-apt_opts=(-y -q --no-download --no-install-recommends -o Dpkg::Options::=--force-confold -o Dpkg::Use-Pty=0)
+apt_opts=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confold -o Dpkg::Use-Pty=0)
 if [ ${#debs[@]} -gt 0 ]; then
+    # apt resolves first: it must find everything among these files and what is installed.
     sim=$(apt-get -s "${apt_opts[@]}" install "${debs[@]}" 2>&1) \
-        || die "apt cannot install the bundle's Debian packages from the bundle alone: $(echo "$sim" | grep -E '^(E:| )' | head -8)"
+        || die "apt cannot install the bundle's Debian packages here: $(echo "$sim" | grep -E '^(E:| )' | head -8 | tr '\n' ' ')"
+    extra=$(awk '/^Inst / { print $2 }' <<< "$sim" | while read -r pkg; do
+        [[ $deb_names == *" $pkg "* ]] || echo "$pkg"; done | tr '\n' ' ')
+    [ -z "$extra" ] || die "apt would need Debian packages the bundle does not hold: $extra(this machine lacks what a minimal Debian with systemd has?)"
 fi
 
 if [ "$mode" = check ]; then

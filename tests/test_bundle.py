@@ -223,8 +223,9 @@ def test_truncated_bundle_is_refused(tmp_path):
     archive.write_bytes(data[: len(data) * 2 // 3])  # a copy cut short: the last files end short or are missing
     where = tmp_path / "x"
     where.mkdir()
-    cut = subprocess.run(["tar", "-xf", str(archive), "-C", str(where)], capture_output=True, text=True)
-    assert cut.returncode != 0  # tar says so too; install.sh must not rely on it being read
+    # tar may or may not complain (a cut at a member boundary looks like a shorter archive): the
+    # engineer may not notice, install.sh must.
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(where)], capture_output=True, text=True)
     check = subprocess.run(["sha256sum", "-c", archive.name + ".sha256"], cwd=archive.parent, capture_output=True)
     assert check.returncode != 0
     target = Target(tmp_path / "target")
