@@ -46,7 +46,9 @@ die() {
     else echo "install.sh: stopped half-way: the current version is still $(current_version); fix the cause and run it again" >&2; fi
     exit 2
 }
-trap 'rc=$?; [ $rc = 0 ] || [ $rc = 2 ] || die "a command failed (line $LINENO, exit $rc)"' EXIT
+failed_at=""
+trap 'failed_at=${failed_at:-$LINENO: $BASH_COMMAND}' ERR
+trap 'rc=$?; [ $rc = 0 ] || [ $rc = 2 ] || die "a command failed (exit $rc, line ${failed_at:-?})"' EXIT
 
 current_version() { local t; t=$(readlink "$APP_DIR/current" 2>/dev/null) && basename "$t" || echo "none"; }
 field() { awk -F'\t' -v key="$1" '$1 == key && NF == 2 { print $2; exit }' "$MANIFEST"; }
@@ -146,6 +148,14 @@ if [ ${#debs[@]} -gt 0 ]; then
     extra=$(awk '/^Inst / { print $2 }' <<< "$sim" | while read -r pkg; do
         [[ $deb_names == *" $pkg "* ]] || echo "$pkg"; done | tr '\n' ' ')
     [ -z "$extra" ] || die "apt would need Debian packages the bundle does not hold: $extra(this machine lacks what a minimal Debian with systemd has?)"
+fi
+
+# Room for what is written: the unpacked packages and a release venv (625 MB measured) with margin.
+if [ "$(cat "$APP_DIR/releases/$version/.bundle-lock" 2>/dev/null)" != "$(sha256sum < "$HERE/wheels.lock" | cut -d' ' -f1)" ]; then
+    need_mb=$(( 1200 + $(du -smc "${debs[@]}" /dev/null 2>/dev/null | tail -1 | cut -f1) * 3 ))
+    probe=$APP_DIR; while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
+    free_mb=$(df -Pm "$probe" | awk 'NR == 2 { print $4 }')
+    [ "$free_mb" -ge "$need_mb" ] || die "not enough space: $free_mb MB free on $probe, about $need_mb MB needed"
 fi
 
 if [ "$mode" = check ]; then
