@@ -115,4 +115,4 @@ print-debian-packages:
 	@echo $(DEBIAN_PACKAGES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist

@@ -275,3 +275,36 @@ def test_bundle_build_errors_are_messages(tmp_path, capsys):
     assert bundle.main(["--from", str(other), "--cache", str(tmp_path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "bundle: error:" in err and "build the upgrade on a machine like the target" in err
+
+
+# --- the lock files --------------------------------------------------------------------------------
+
+def lock_pins(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, sha256) of a lock file; every entry must carry a sha256 hash."""
+    pins = {}
+    text = path.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        spec, *options = line.split()
+        name, version = spec.split("==")
+        hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:")]
+        assert hashes and all(len(h) == 64 for h in hashes), line
+        pins[name] = (version, hashes[0])
+    return pins
+
+
+def test_this_environment_runs_the_locked_versions_and_the_lock_pins_every_dependency():
+    from importlib import metadata
+
+    spec = importlib.util.spec_from_file_location("astep_lock", REPO / "deploy" / "lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    runtime = lock_pins(REPO / "requirements.lock")
+    test = lock_pins(REPO / "requirements-test.lock")
+    assert not set(runtime) & set(test)
+    for name, (version, _) in {**runtime, **test}.items():
+        assert metadata.version(name) == version, f"{name}: {metadata.version(name)} installed, {version} locked"
+    dists = lock.installed()
+    assert lock.closure(dists, "astep-cal") <= set(runtime)
+    assert lock.closure(dists, "astep-cal", ("test",)) <= set(runtime) | set(test)
