@@ -43,12 +43,13 @@ say() { echo "install.sh: $*"; }
 die() {
     echo "install.sh: error: $*" >&2
     if [ -z "$changing" ]; then echo "install.sh: nothing was changed" >&2
-    else echo "install.sh: stopped half-way: the current version is still $(current_version); fix the cause and run it again" >&2; fi
+    else echo "install.sh: stopped half-way (current version: $(current_version)); fix the cause and run it again" >&2; fi
     exit 2
 }
 failed_at=""
 trap 'failed_at=${failed_at:-$LINENO: $BASH_COMMAND}' ERR
-trap 'rc=$?; [ $rc = 0 ] || [ $rc = 2 ] || die "a command failed (exit $rc, line ${failed_at:-?})"' EXIT
+reported=""
+trap 'rc=$?; [ $rc = 0 ] || [ $rc = 2 ] || [ -n "$reported" ] || die "a command failed (exit $rc, line ${failed_at:-?})"' EXIT
 
 current_version() { local t; t=$(readlink "$APP_DIR/current" 2>/dev/null) && basename "$t" || echo "none"; }
 field() { awk -F'\t' -v key="$1" '$1 == key && NF == 2 { print $2; exit }' "$MANIFEST"; }
@@ -57,10 +58,20 @@ records() { awk -F'\t' -v tag="$1" '$1 == tag && NF == 5 { print $2 "\t" $3 "\t"
 deb_status() { dpkg-query -W -f='${Status}\t${Version}' "$1" 2>/dev/null || true; }
 
 # --- rollback: needs nothing from the bundle --------------------------------------------------------
+# A service in use (running, or enabled: perhaps failing on the version being left) is restarted on the
+# current version; systemctl waits for its READY=1.
 restart_if_running() {
     [ -n "$system" ] && [ -d /run/systemd/system ] || return 0
-    if systemctl is-active --quiet "$SERVICE"; then
-        systemctl restart "$SERVICE" && say "restarted $SERVICE: it runs astep-cal $(current_version)"
+    if systemctl is-active --quiet "$SERVICE" || systemctl is-enabled --quiet "$SERVICE" 2>/dev/null; then
+        systemctl reset-failed "$SERVICE" 2>/dev/null || true
+        if systemctl restart "$SERVICE"; then
+            say "restarted $SERVICE: it runs astep-cal $(current_version)"
+        else
+            echo "install.sh: error: $SERVICE did not start on astep-cal $(current_version) (journalctl -u ${SERVICE%.service});" \
+                "$APP_DIR/install.sh --rollback returns to the previous version" >&2
+            reported=1
+            exit 1
+        fi
     else
         say "next: systemctl enable --now ${SERVICE%.service}"
     fi

@@ -169,7 +169,11 @@ def test_manifest_of_another_format_is_refused():
 def test_install_upgrade_rollback_from_fake_bundles(tmp_path):
     archive, manifest = make_bundle(tmp_path, "1.0.0")
     target = Target(tmp_path / "target")
-    first = target.install(extract(archive, tmp_path / "x1"))
+    before = target.snapshot()
+    check = target.install(extract(archive, tmp_path / "x1"), "--check")
+    assert check.returncode == 0 and "verified for this machine" in check.stdout, check.stdout + check.stderr
+    assert target.snapshot() == before
+    first = target.install(tmp_path / "x1" / archive.name.removesuffix(".tar"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert target.version() == "astep-cal 1.0.0"
     assert "installed " in first.stdout and (target.root / "etc/astep-cal/astep-cal.toml").is_file()
