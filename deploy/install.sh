@@ -143,12 +143,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 install the full bundle astep-cal-$(field base)-$(field debian)-$(field arch) first (or an upgrade built FROM the installed one's manifest)"
 fi
 
-# Debian packages of the bundle not installed yet, and whether apt can install them from here alone.
+# Debian packages of the bundle not installed yet (an upgrade bundle's also when installed at an older
+# version: it carries a package only when it changed since its base), and whether apt can install them
+# from here alone. A full bundle leaves installed packages alone, whatever their version.
 debs=()
 deb_names=" "
 if [ -n "$system" ]; then
-    while IFS=$'\t' read -r pkg _ path _; do
-        [[ $(deb_status "$pkg") == "install ok installed"* ]] || { debs+=("$HERE/$path"); deb_names+="$pkg "; }
+    while IFS=$'\t' read -r pkg ver path _; do
+        status=$(deb_status "$pkg")
+        if [[ $status != "install ok installed"* ]] \
+            || { [ "$kind" = upgrade ] && dpkg --compare-versions "${status#*$'\t'}" lt "$ver"; }; then
+            debs+=("$HERE/$path"); deb_names+="$pkg "
+        fi
     done < <(records deb)
 fi
 apt_opts=(-y -q --no-install-recommends -o Dpkg::Options::=--force-confold -o Dpkg::Use-Pty=0)
