@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench clean install install-app install-files \
+.PHONY: all system-deps venv demo test test-faults bench bench-state clean install install-app install-files \
 	install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -52,6 +52,10 @@ test-faults: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)
+
+# The state at archive scale: ledgers of 150 and 500 nights x 1000 frames (~10 min, ~1.5 GB of scratch).
+bench-state: system-deps venv
+	$(BIN)/python -m astep_cal.bench_state $(BENCH_STATE_ARGS)
 
 # --- deployment (README "Deploying the service") -------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

@@ -8,7 +8,6 @@ to those of an uninterrupted run (pixels bit for bit, WCS to 0.01 px). ``make te
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from astep_cal.night import cal_dir
 from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 
-from conftest import REPO, parse_events, run_cli, small_spec, tree_digest
+from conftest import REPO, parse_events, run_cli, small_spec, tree_digest, read_ledger
 
 DATE = "2026-07-01"
 
@@ -40,11 +39,11 @@ KILL_POINTS = [
     "temp_written:master_flat", "renamed:master_flat",
     "temp_written:bad_pixel_mask", "renamed:bad_pixel_mask",
     "stage:masters_built",
-    "temp_written:ledger",
+    "temp_written:ledger_night", "temp_written:ledger",
     "temp_written:cal", "renamed:cal", "stage:frame_calibrated", "renamed:cal#3",
     "solve_running", "stage:solve_returned",
     "temp_written:cal_replace", "renamed:cal_replace#2",
-    "temp_written:ledger_replace#4", "renamed:ledger_replace#6",
+    "temp_written:ledger_night_replace#4", "renamed:ledger_replace#6",
     "temp_written:summary", "renamed:summary#2",
 ]
 
@@ -77,7 +76,7 @@ def source(tmp_path_factory):
 
 
 def _assert_recovered(root: Path, truth, reference) -> None:
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())  # parses
+    ledger = read_ledger(root)  # parses
     expected = {cal_name(p.name) for p in truth.science_files}
     products = {p.name for p in cal_dir(root, DATE).iterdir() if p.is_file()}
     assert products == expected | {"summary.json", "summary.png"}, "one CAL file per science frame, the summary"
@@ -165,29 +164,38 @@ def processed(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+@pytest.mark.parametrize("damage", ["missing", "index truncated", "index garbage", "night garbage"])
 def test_lost_ledger_is_rebuilt_from_outputs(processed, tmp_path, capsys, damage):
+    """The whole state lost: rebuilt from the outputs' provenance. The index damaged: rebuilt from the
+    night files. A night file damaged: that night rebuilt from its outputs. Nothing is redone."""
     root = tmp_path / "data"
     shutil.copytree(processed, root)
-    ledger_path = root / ".astep-cal" / "ledger.json"
-    original = json.loads(ledger_path.read_text())
+    state = root / ".astep-cal"
+    ledger_path = state / "ledger.json"
+    night_path = state / "nights" / f"{DATE}.json"
+    original = read_ledger(root)
     if damage == "missing":
         ledger_path.unlink()
-    elif damage == "truncated":
-        ledger_path.write_bytes(ledger_path.read_bytes()[:300])
-    else:
+        shutil.rmtree(state / "nights")
+    elif damage == "index truncated":
+        ledger_path.write_bytes(ledger_path.read_bytes()[:100])
+    elif damage == "index garbage":
         ledger_path.write_bytes(b"\x00\xff not json")
+    else:
+        night_path.write_bytes(b"\x00\xff not json")
     cal_mtimes = {p.name: p.stat().st_mtime_ns for p in cal_dir(root, DATE).glob("*_CAL.fits")}
     code, _, events = run_cli(capsys, "once", root, "--config", processed.parent / "no-solve.toml")
     assert code == 0
     names = [e["event"] for e in events]
-    assert "ledger_rebuilt" in names
+    assert ("ledger_rebuilt" in names) == (damage in ("missing", "night garbage"))
     assert ("ledger_corrupt" in names) == (damage != "missing")
-    if damage != "missing":
-        assert len(list(ledger_path.parent.glob("ledger.json.corrupt-*"))) == 1  # kept for inspection
+    if damage.startswith("index"):
+        assert len(list(state.glob("ledger.json.corrupt-*"))) == 1  # kept for inspection
+    if damage == "night garbage":
+        assert len(list(state.glob(f"nights/{DATE}.json.corrupt-*"))) == 1
     assert "frame_calibrated" not in names  # nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in cal_dir(root, DATE).glob("*_CAL.fits")} == cal_mtimes
-    rebuilt = json.loads(ledger_path.read_text())
+    rebuilt = read_ledger(root)
     for name, frame in original["nights"][DATE]["frames"].items():
         again = rebuilt["nights"][DATE]["frames"][name]
         assert again["raw"] == frame["raw"]
@@ -202,6 +210,7 @@ def test_a_changed_raw_frame_is_redone_after_a_rebuild(processed, tmp_path, caps
     root = tmp_path / "data"
     shutil.copytree(processed, root)
     (root / ".astep-cal" / "ledger.json").unlink()
+    shutil.rmtree(root / ".astep-cal" / "nights")
     raw = sorted((root / DATE / f"{DATE}-CAMS").glob("*_SCIENCE.fits"))[0]
     os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 1_000_000_000))
     code, _, events = run_cli(capsys, "once", root, "--config", processed.parent / "no-solve.toml")

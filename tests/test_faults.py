@@ -3,7 +3,6 @@ a backlog of weeks. Each with the real programs: a real tmpfs that really fills 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -15,14 +14,14 @@ from astropy.io import fits
 from astep_cal.night import cal_dir
 from astep_cal.synthetic import NightSpec, make_night
 
-from conftest import no_solve_config, run_cli, small_spec, tree_digest
-from test_service import _config, daemons  # noqa: F401  (the fixture)
+from conftest import no_solve_config, run_cli, small_spec, tree_digest, read_ledger
+from conftest import daemon_config as _config
 
 DATE = "2026-07-01"
 
 
 def _ledger(root: Path) -> dict:
-    return json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    return read_ledger(root)
 
 
 def _cal_files(root: Path, date: str = DATE) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -15,7 +14,7 @@ from astep_cal.night import cal_dir, masters_dir
 from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 
-from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest
+from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger
 
 
 def _scores(root, truth):
@@ -84,7 +83,7 @@ def test_cal_file_format_and_provenance(solved_night):
 
 def test_ledger_records_every_stage(solved_night):
     root, truth, _, _ = solved_night
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    ledger = read_ledger(root)
     night = ledger["nights"][truth.spec.date]
     assert night["masters"]["flat"]["night"] == truth.spec.date
     for raw in truth.science_files:

@@ -29,7 +29,7 @@ from astep_cal.products import cal_name
 from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.synthetic import make_night
 
-from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec
+from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec, read_ledger
 
 NIGHTS = ("2026-07-01", "2026-07-02", "2026-07-03")
 VOLATILE = {"duration_s", "mtime_ns", "updated", "retry_after"}  # times, not results
@@ -75,7 +75,7 @@ def _strip(value, ignore: set[str]):
 
 
 def _ledger(root: Path, ignore: set[str] = frozenset()) -> dict:
-    return _strip(json.loads((root / ".astep-cal" / "ledger.json").read_text()), VOLATILE | ignore)
+    return _strip(read_ledger(root), VOLATILE | ignore)
 
 
 def _solution_key(key: str) -> bool:
@@ -269,7 +269,7 @@ def test_interrupted_run_resumes(archive, by_once):
 def _calibrated(ledger_path: Path) -> set[tuple[str, str]]:
     """(night, frame) of the frames the ledger records as calibrated."""
     try:
-        nights = json.loads(ledger_path.read_text())["nights"]
+        nights = read_ledger(ledger_path.parent.parent)["nights"]
     except (FileNotFoundError, ValueError):
         return set()
     return {(date, name) for date, night in nights.items() for name, frame in night["frames"].items()

@@ -144,7 +144,7 @@ def _has_dashboard(client: Any) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .service import read_activity
+    from .control import read_activity
     from .status import night_rows, render_table
 
     settings = _settings(args)
@@ -183,7 +183,7 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
     settings = _settings(args)
     root = _root_or_config(args, settings)
     ledger_path = settings.ledger_path(root)
-    night = Ledger.load(ledger_path).nights().get(args.night) if ledger_path.exists() else None
+    night = Ledger.load(ledger_path).peek(args.night) if ledger_path.exists() else None
     if not night or not night.get("frames"):
         return None
     return build_summary(args.night, night, settings)
@@ -210,7 +210,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from .service import running_daemon_pid
+    from .control import running_daemon_pid
 
     settings = _settings(args)
     root = Path(args.root or settings.data_root or ".").resolve()
@@ -228,7 +228,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import signal
 
     from .pipeline import clear_failures
-    from .service import RETRY_REQUEST, running_daemon_pid
+    from .control import RETRY_REQUEST, running_daemon_pid
 
     settings = _settings(args)
     root = _root(args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from .recovery import raw_fingerprint_card
 from .logs import get_logger
 from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
 from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_fits_name, is_temporary,
-                    kind_from_name, make_output_dirs, masters_dir, take_inventory, valid_date)
+                    kind_from_name, make_output_dirs, masters_dir, raw_listing, take_inventory, valid_date)
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -250,10 +251,36 @@ def _build_flat(root: Path, inventory: NightInventory, masters: Masters, setting
         _borrow_flat(root, inventory.date, masters, settings, log)
 
 
-def problem_record(problem: Problem, root: Path) -> dict[str, str]:
-    """A problem as the ledger keeps it: the path relative to the data root when it is inside."""
+def problem_record(problem: Problem, root: Path) -> dict[str, Any]:
+    """A problem as the ledger keeps it: the path relative to the data root when it is inside, and
+    for a file the version it was found in (a new version of the file is inspected and reported anew)."""
     path = problem.path.relative_to(root) if problem.path.is_relative_to(root) else problem.path
-    return {"path": str(path), "event": problem.event, "reason": problem.reason}
+    record: dict[str, Any] = {"path": str(path), "event": problem.event, "reason": problem.reason}
+    try:
+        if problem.path.is_file():
+            record["raw"] = fingerprint(problem.path)
+    except OSError:
+        pass
+    return record
+
+
+def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: str, root: Path, log: Any) -> None:
+    """Problems, notes and counts of the inventory into the night's record (``once``, the daemon and
+    ``reprocess`` alike). A problem is logged only when new: a bad file is reported once per version,
+    however often the night is looked at; notes only when the raw files changed."""
+    known = night.get("problems", [])
+    problems = [problem_record(p, root) for p in inventory.problems]
+    for problem, record in zip(inventory.problems, problems):
+        if record not in known:
+            log.warning(problem.event, path=str(problem.path), error=problem.reason)
+    if night.get("listing") != listing:
+        for note in inventory.notes:
+            log.info(note.event, path=str(note.path), reason=note.reason)
+    problems += [p for p in night.get("masters", {}).get("problems", []) if p not in problems]
+    night["problems"] = problems
+    night["listing"] = listing
+    night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
+                          "biases": len(inventory.biases), "flats": len(inventory.flats)}
 
 
 def build_masters(root: Path, inventory: NightInventory, settings: Settings, log: Any) -> Masters:
@@ -378,12 +405,15 @@ def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
 
 
 def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
-    """Forget failed stages (and solve tries) so the next run retries them; returns how many frames."""
+    """Forget failed stages (and solve tries) so the next run retries them; returns how many frames.
+
+    Only nights whose totals show failures are opened."""
     cleared = 0
-    for date, night in ledger.nights().items():
-        if nights is not None and date not in nights:
+    for date in ledger.dates():
+        totals = ledger.totals(date)
+        if (nights is not None and date not in nights) or not (totals["cal_failed"] or totals["solve_failed"]):
             continue
-        for entry in night.get("frames", {}).values():
+        for entry in ledger.night(date).get("frames", {}).values():
             touched = False
             if entry.get("calibrate", {}).get("status") == "failed":
                 entry.pop("calibrate")
@@ -486,7 +516,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
         "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):
-        "ASTCRAW": (frame.name, "raw frame calibrated"),
+        "ASTCRAW": (products.header_name(frame.name), "raw frame calibrated"),
         "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
         "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
         **quality_cards,
@@ -627,6 +657,7 @@ class NightRun:
     def _run(self) -> NightResult:
         if self.force:
             self.ledger.forget_night(self.date)
+        listing = raw_listing(self.root, self.date)  # before the inventory: a file added meanwhile shows
         inventory = take_inventory(self.root, self.date)
         self.inventory = inventory
         checkpoint("stage:inventory_taken")
@@ -638,12 +669,13 @@ class NightRun:
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(inventory.science))
             self._process(frames)
-        self._record_inventory(night, inventory)
+        record_inventory(night, inventory, listing, self.root, self.log)
         self.ledger.save()
         if frames:
             self.log.info("night_done", **{k: v for k, v in vars(self.result).items() if k != "date"})
         if not self.should_stop() and (frames or not summary.summary_path(inventory.cal_dir).is_file()):
             self._write_summary(night)
+        self.ledger.release(self.date)
         return self.result
 
     def _write_summary(self, night: dict[str, Any]) -> None:
@@ -661,17 +693,6 @@ class NightRun:
             self.log.info("summary_written", path=str(written.json_path.relative_to(self.root)),
                           json_kb=written.json_kb, png_kb=written.png_kb,
                           duration_s=round(time.perf_counter() - start, 2))
-
-    def _record_inventory(self, night: dict[str, Any], inventory: NightInventory) -> None:
-        for problem in inventory.problems:
-            self.log.warning(problem.event, path=str(problem.path), error=problem.reason)
-        for note in inventory.notes:
-            self.log.info(note.event, path=str(note.path), reason=note.reason)
-        problems = [problem_record(p, self.root) for p in inventory.problems]
-        problems += [p for p in night.get("masters", {}).get("problems", []) if p not in problems]
-        night["problems"] = problems
-        night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
-                              "biases": len(inventory.biases), "flats": len(inventory.flats)}
 
     def _frames_to_do(self, inventory: NightInventory) -> list[RawFrame]:
         todo = []
@@ -776,17 +797,53 @@ def log_solve(log: Any, record: dict[str, Any]) -> None:
         log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])
 
 
-def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool) -> bool:
-    """Cheap check (directory listing and stat, no FITS reads) for science frames not done yet.
+def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool,
+                   new_settings_count: bool = False) -> bool:
+    """Cheap check (directory listings and stat, no FITS read) for work left in a night.
 
-    Used by the daemon on every reconcile, so a backlog of hundreds of finished nights costs little.
-    Blocked frames count as work only when ``retry_blocked`` (a full rescan): a calibration they lack
-    may have appeared since.
+    Work is: a night never looked at; raw files not seen as they are now (new, changed or removed
+    since the inventory was recorded; for a night recorded before listings were kept, a science file
+    without its frame entry), a solve due, a CAL file or the summary gone, and — when asked — blocked frames (``retry_blocked``:
+    a calibration they lack may have appeared) and frames made with other calibration settings
+    (``new_settings_count``: what ``once`` redoes; the daemon does not redo the archive on a reload).
+    An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
     cams = root / date / f"{date}-CAMS"
     if not cams.is_dir():
-        return False
-    frames = ledger.nights().get(date, {}).get("frames", {})
+        return date not in ledger.dates()  # looked at once, to record (and report) the missing directory
+    night = ledger.peek(date)
+    frames = night.get("frames", {})
+    listing = night.get("listing")
+    if listing is None:  # never looked at, or recorded before listings were kept
+        if date not in ledger.dates() or _unrecorded_science(cams, frames):
+            return True
+    elif listing != raw_listing(root, date):
+        return True
+    outputs = _names_in(cal_dir(root, date))
+    if frames and summary.SUMMARY_JSON not in outputs:
+        return True
+    config = calibration_fingerprint(settings)
+    for name, entry in frames.items():
+        calibrated = entry.get("calibrate", {})
+        status = calibrated.get("status")
+        if status == "blocked" and retry_blocked:
+            return True
+        if new_settings_count and status in ("ok", "failed") and calibrated.get("config") != config:
+            return True
+        if status == "ok" and (needs_solve(entry, settings) or products.cal_name(name) not in outputs):
+            return True
+    return False
+
+
+def _names_in(directory: Path) -> set[str]:
+    try:
+        return set(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def _unrecorded_science(cams: Path, frames: dict[str, Any]) -> bool:
+    """A science file whose frame entry is missing or names another version of the file."""
     for path in cams.iterdir():
         name = path.name
         if is_temporary(name) or kind_from_name(name) != "SCIENCE" or not is_fits_name(name):
@@ -794,23 +851,23 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
         entry = frames.get(name)
         if entry is None or entry.get("raw") != fingerprint(path):
             return True
-        status = entry.get("calibrate", {}).get("status")
-        if status == "blocked" and retry_blocked:
-            return True
-        if status == "ok" and (needs_solve(entry, settings) or not (cal_dir(root, date) / products.cal_name(name)).is_file()):
-            return True
     return False
 
 
 def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
                  force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
-    """Process every night under ``root`` (or only ``nights``), oldest first."""
+    """Process every night under ``root`` (or only ``nights``), oldest first.
+
+    A night with nothing to do (:func:`night_has_work`) is not opened: a run over a finished archive
+    costs a listing and a stat per file, and writes nothing.
+    """
     log = get_logger()
     found, problems = discover_nights(root)
     for problem in problems:
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
-    ledger.data["root_problems"] = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
+    ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
     selected = [d for d in found if nights is None or d in nights]
-    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected]
+    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected
+               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)]
     ledger.save()
     return results

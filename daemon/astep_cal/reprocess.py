@@ -36,9 +36,10 @@ from .fitsio import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import NightInventory, Problem, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
+from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, masters_dir, raw_listing,
+                    take_inventory, valid_date)
 from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, load_masters, log_solve,
-                       needs_calibration, needs_solve, solve_frame)
+                       needs_calibration, needs_solve, record_inventory, solve_frame)
 
 TASK_RETRIES = 2  # an exception escaping a task (e.g. the raw file vanished): try again before giving up
 SAVE_INTERVAL_S = 5.0  # ledger saves at most this often (and at the end): bounded cost on a large ledger
@@ -173,6 +174,7 @@ class NightPlan:
     inventory: NightInventory
     result: NightResult
     waiting: set[str] = field(default_factory=set)  # frame names not collected yet
+    listing: str = ""  # the raw directories' digest when the inventory was taken
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -231,11 +233,12 @@ class Reprocess:
     def _submit_night(self, date: str) -> list[Any]:
         if self.force:
             self.ledger.forget_night(date)
+        listing = raw_listing(self.root, date)
         inventory = take_inventory(self.root, date)
         remove_stale_temporaries(inventory.cal_dir)
         remove_stale_temporaries(masters_dir(self.root, date))
         todo = self._frames_to_do(inventory)
-        plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo})
+        plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo}, listing)
         self.plans[date] = plan
         if not todo:
             self._night_finished(date)
@@ -337,17 +340,12 @@ class Reprocess:
         inventory = plan.inventory
         for directory in (inventory.cal_dir, masters_dir(self.root, date)):
             remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
-        for problem in inventory.problems:
-            self.log.warning(problem.event, night=date, path=str(problem.path), error=problem.reason)
-        night = self.ledger.night(date)
-        night["problems"] = [{"path": str(p.path.relative_to(self.root)) if p.path.is_relative_to(self.root)
-                              else str(p.path), "event": p.event, "reason": p.reason} for p in inventory.problems]
-        night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
-                              "biases": len(inventory.biases), "flats": len(inventory.flats)}
+        record_inventory(self.ledger.night(date), inventory, plan.listing, self.root, self.log.bind(night=date))
         if plan.result.to_do:
             self.log.info("night_done", night=date,
                           **{k: v for k, v in vars(plan.result).items() if k != "date"})
         self._save(force=True)
+        self.ledger.release(date)
 
     def _save(self, force: bool) -> None:
         if force or time.monotonic() - self._last_save >= SAVE_INTERVAL_S:
@@ -419,6 +417,6 @@ def reprocess_root(client: Any, root: Path, settings: Settings, ledger: Ledger, 
     found, problems = discover_nights(root)
     for problem in problems:
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
-    ledger.data["root_problems"] = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
+    ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
     dates = select_nights(found, first, last)
     return Reprocess(client, root, settings, ledger, force=force, progress=progress, on_result=on_result).run(dates)

@@ -16,8 +16,6 @@ Outside systemd (no ``NOTIFY_SOCKET``) every notification is a silent no-op.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import signal
 import threading
@@ -31,17 +29,16 @@ from systemd import daemon as sd
 from . import __version__, astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
-from .fitsio import StorageUnavailable, atomic_write_bytes, root_present
+from .control import ACTIVITY_FILE, RETRY_REQUEST, write_activity
+from .fitsio import StorageUnavailable, root_present
 from .ledger import Ledger, RootLock
 from .logs import configure, get_logger
-from .night import discover_nights
+from .night import directories_stamp, discover_nights
 from .pipeline import NightRun, clear_failures, night_has_work
 from .recovery import open_ledger
-from .status import night_rows
+from .status import night_row, night_rows
 from .watcher import NightEvents, night_readiness, start_observer
 
-RETRY_REQUEST = "retry-request"  # next to the ledger: `astep-cal retry` asks the daemon to clear failures
-ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 MAIN_TICK_S = 1.0
 
@@ -73,35 +70,6 @@ def watchdog_interval_s() -> float | None:
     if pid and pid.isdigit() and int(pid) != os.getpid():
         return None
     return int(usec) / 2e6
-
-
-def write_activity(path: Path, text: str) -> None:
-    payload = {"pid": os.getpid(), "activity": text, "updated": time.time()}
-    atomic_write_bytes(path, json.dumps(payload).encode(), make_parents=False)
-
-
-def read_activity(ledger_path: Path) -> dict[str, Any] | None:
-    """The running daemon's activity, or None when no live daemon wrote one."""
-    try:
-        payload = json.loads((ledger_path.parent / ACTIVITY_FILE).read_text())
-        os.kill(int(payload["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return payload
-
-
-def running_daemon_pid(ledger_path: Path) -> int | None:
-    """PID of the process holding the data root's lock, when one does."""
-    lock = ledger_path.parent / "lock"
-    try:
-        with open(lock) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return None  # nobody holds it
-    except BlockingIOError:
-        text = lock.read_text().strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
 
 
 @dataclass
@@ -140,6 +108,8 @@ class Daemon:
         self.progress = Progress()
         self.events = NightEvents(root)
         self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
+        self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
+        self._last_reconcile = -1e18
         self.ledger = open_ledger(settings.ledger_path(root), root, self.log)
         self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
@@ -278,21 +248,39 @@ class Daemon:
         self._storage_night = None
 
     def _collect_candidates(self) -> bool:
-        """Merge file events and (when due) a full rescan into ``pending``; True on a full rescan."""
+        """Merge file events and (when due) a reconcile into ``pending``; True on a reconcile.
+
+        A full rescan (start, SIGHUP, the data root back) checks every night; a periodic reconcile
+        skips the nights still as they were when last found finished (:func:`directories_stamp`), so
+        its cost follows the nights that changed, not the size of the archive.
+        """
         now = time.monotonic()
         for night in self.events.take():
             self.pending[night] = now
         full = self.rescan_all.is_set()
-        if full or now - getattr(self, "_last_reconcile", -1e18) >= self.settings.daemon.reconcile_interval_s:
-            self.rescan_all.clear()
-            self._last_reconcile = now
-            self._apply_retry_request()
-            nights, _ = discover_nights(self.root)
-            for night in nights:
-                if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
-                    self.pending.setdefault(night, now)
-            self.log.info("rescan", pending=len(self.pending))
+        if not full and now - self._last_reconcile < self.settings.daemon.reconcile_interval_s:
+            return False
+        self.rescan_all.clear()
+        self._last_reconcile = now
+        self._apply_retry_request()
+        nights, _ = discover_nights(self.root)
+        for night in nights:
+            if self._has_work(night, trust_stamp=not full):
+                self.pending.setdefault(night, now)
+        self.log.info("rescan", pending=len(self.pending), full=full, nights=len(nights),
+                      duration_s=round(time.monotonic() - now, 3))
+        return True
+
+    def _has_work(self, night: str, trust_stamp: bool) -> bool:
+        stamp = directories_stamp(self.root, night)
+        totals = self.ledger.totals(night)
+        retry_due = totals["next_retry"] is not None and totals["next_retry"] <= time.time()
+        if trust_stamp and self.finished.get(night) == stamp and not retry_due and not totals["blocked"]:
+            return False
+        if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+            self.finished.pop(night, None)
             return True
+        self.finished[night] = stamp
         return False
 
     def _apply_retry_request(self) -> None:
@@ -351,9 +339,7 @@ class Daemon:
 
 
 def night_rows_for(ledger: Ledger, settings: Settings, night: str) -> dict[str, Any]:
-    from .status import night_row
-
-    return night_row(night, ledger.nights().get(night, {}), settings)
+    return night_row(night, ledger.totals(night), settings)
 
 
 def run_daemon(config_path: Path | None, root_override: str | None) -> int:
