@@ -4,7 +4,8 @@
 #
 #   ./install.sh               install (a full bundle) or upgrade (an upgrade bundle); run again: no change
 #   ./install.sh --check       only verify the bundle against this machine (checksums, release, base)
-#   ./install.sh --rollback    return to the previous version and restart the service
+#   ./install.sh --rollback    return to the previous version and restart the service (refused when the
+#                              ledger has a schema that version does not read; --force: anyway)
 #   ./install.sh --no-system   the Python part and the files only: no Debian packages, no user, no systemd
 #                              (a staging tree; with APP_DIR= PREFIX= CONF_DIR= UNIT_DIR= SYSUSERS_DIR=)
 #
@@ -28,13 +29,15 @@ MANIFEST=$HERE/manifest.txt
 
 mode=install
 system=1
+force=""
 changing=""
 for arg in "$@"; do
     case $arg in
         --rollback) mode=rollback ;;
         --check) mode=check ;;
+        --force) force=1 ;;
         --no-system) system="" ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -82,6 +85,15 @@ if [ "$mode" = rollback ]; then
     prev=$(readlink "$APP_DIR/previous" 2>/dev/null) || die "no previous version in $APP_DIR to roll back to"
     cur=$(readlink "$APP_DIR/current" 2>/dev/null) || die "no current version in $APP_DIR"
     [ -x "$APP_DIR/$prev/bin/astep-cal" ] || die "the previous version $APP_DIR/$prev is incomplete"
+    # The ledger must be one the previous version reads: a version knows the ledger schemas up to its
+    # SCHEMA_VERSION (it sets a newer one aside as corrupt and rebuilds it from the CAL files).
+    ledger=$(sed -n 's/^ledger *= *"\(.*\)".*/\1/p' "$CONF_DIR/astep-cal.toml" 2>/dev/null | head -1)
+    ledger=${ledger:-$STATE_DIR/ledger.json}
+    reads=$(sed -n 's/^SCHEMA_VERSION = \([0-9]*\).*/\1/p' "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/ledger.py 2>/dev/null | head -1)
+    schema=$(grep -o '"schema": *[0-9]*' "$ledger" 2>/dev/null | head -1 | grep -o '[0-9]*$' || true)
+    if [ -n "$reads" ] && [ -n "$schema" ] && [ "$schema" -gt "$reads" ] && [ -z "$force" ]; then
+        die "the ledger $ledger has schema $schema (written by astep-cal $(basename "$cur")); astep-cal $(basename "$prev") reads schemas up to $reads and would set it aside and rebuild it from the CAL files. Roll back anyway: --rollback --force"
+    fi
     changing=1
     ln -sfn "$prev" "$APP_DIR/current.new" && mv -T "$APP_DIR/current.new" "$APP_DIR/current"
     ln -sfn "$cur" "$APP_DIR/previous.new" && mv -T "$APP_DIR/previous.new" "$APP_DIR/previous"

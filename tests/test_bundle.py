@@ -41,8 +41,9 @@ def record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
-    """A pure-Python wheel; `astep-cal` gets a console script printing `astep-cal VERSION`."""
+def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] = (), schema: int = 2) -> Path:
+    """A pure-Python wheel; `astep-cal` gets a console script printing `astep-cal VERSION` and an
+    astep_cal/ledger.py reading ledger schemas up to `schema`."""
     dist = name.replace("-", "_")
     module = f"{dist}_fake"
     info = f"{dist}-{version}.dist-info"
@@ -54,6 +55,7 @@ def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] =
     }
     if name == "astep-cal":
         files[f"{info}/entry_points.txt"] = f"[console_scripts]\nastep-cal = {module}:main\n"
+        files["astep_cal/ledger.py"] = f"SCHEMA_VERSION = {schema}\n"
     record = "".join(f"{path},{record_hash(text.encode())},{len(text.encode())}\n" for path, text in files.items())
     path = where / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as wheel:
@@ -64,11 +66,11 @@ def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] =
 
 
 def make_bundle(tmp: Path, version: str, *, arch: str = HOST_ARCH, debian: str = "bookworm",
-                base: bundle.Manifest | None = None) -> tuple[Path, Path]:
+                base: bundle.Manifest | None = None, schema: int = 2) -> tuple[Path, Path]:
     """(archive, manifest) of a fake full bundle, or of an upgrade on top of `base`."""
     src = tmp / f"src-{version}"
     src.mkdir()
-    wheels = [fake_wheel(src, "fakedep", "1.0"), fake_wheel(src, "astep-cal", version, ("fakedep==1.0",))]
+    wheels = [fake_wheel(src, "fakedep", "1.0"), fake_wheel(src, "astep-cal", version, ("fakedep==1.0",), schema)]
     items = [bundle.Item("wheel", *bundle.wheel_name_version(w.name), f"wheels/{w.name}", bundle.sha256(w))
              for w in wheels]
     if base is not None:
@@ -104,6 +106,7 @@ class Target:
         self.env = {"PATH": os.environ["PATH"], "APP_DIR": str(self.app), "PREFIX": str(root / "usr/local"),
                     "CONF_DIR": str(root / "etc/astep-cal"), "UNIT_DIR": str(root / "etc/systemd/system"),
                     "SYSUSERS_DIR": str(root / "usr/lib/sysusers.d"), "DATA_ROOT": "/srv/astep",
+                    "STATE_DIR": str(root / "var/lib/astep-cal"),
                     "OS_RELEASE": str(os_release)}
 
     def install(self, bundle_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -203,6 +206,23 @@ def test_install_upgrade_rollback_from_fake_bundles(tmp_path):
     assert target.version() == "astep-cal 1.0.0"
     forth = target.install(tmp_path / "x2" / up_archive.name.removesuffix(".tar.gz"), "--rollback")
     assert forth.returncode == 0 and target.version() == "astep-cal 1.0.1"
+
+
+def test_rollback_to_a_version_that_cannot_read_the_ledger_is_refused(tmp_path):
+    archive, manifest = make_bundle(tmp_path, "1.0.0", schema=1)
+    target = Target(tmp_path / "target")
+    assert target.install(extract(archive, tmp_path / "x1")).returncode == 0
+    up_archive, _ = make_bundle(tmp_path, "2.0.0", base=bundle.Manifest.parse(manifest.read_text()), schema=2)
+    up_dir = extract(up_archive, tmp_path / "x2")
+    assert target.install(up_dir).returncode == 0
+    ledger = target.root / "var/lib/astep-cal/ledger.json"  # where the installed config puts it
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"schema": 2, "nights": {}}')
+    before = target.snapshot()
+    refused(target.install(up_dir, "--rollback"), "has schema 2", "astep-cal 1.0.0 reads schemas up to 1", "--force")
+    assert target.snapshot() == before and target.version() == "astep-cal 2.0.0"
+    forced = target.install(up_dir, "--rollback", "--force")
+    assert forced.returncode == 0 and target.version() == "astep-cal 1.0.0", forced.stderr
 
 
 def test_bundle_for_another_architecture_is_refused(tmp_path):
