@@ -77,10 +77,11 @@ install: system-deps install-app install-files install-activate
 install-app:
 	@[ -x $(INSTALL_PYTHON) ] || { echo "make install: no $(INSTALL_PYTHON) (set INSTALL_PYTHON=...)" >&2; exit 2; }
 	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(APP_DIR)
-	$(DESTDIR)$(APP_DIR)/bin/pip install -q --upgrade pip
+	@# The locked versions (those make test ran with and the bundle ships), then the project alone.
+	$(DESTDIR)$(APP_DIR)/bin/pip install -q --use-pep517 --require-hashes -r requirements.lock
 	@# Built from a copy: pip's in-tree build would write into the (possibly read-only) source tree.
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && cp -r pyproject.toml README.md daemon "$$src"/ && \
-	  $(DESTDIR)$(APP_DIR)/bin/pip install -q --upgrade "$$src"
+	  $(DESTDIR)$(APP_DIR)/bin/pip install -q --no-deps --upgrade "$$src"
 	@if [ -n "$(DESTDIR)" ]; then for f in $(DESTDIR)$(APP_DIR)/bin/*; do \
 	  [ -L "$$f" ] || sed -i "1s|^#!$(DESTDIR)|#!|" "$$f"; done; fi
 
