@@ -26,7 +26,7 @@ from typing import Any
 
 from systemd import daemon as sd
 
-from . import astrometry
+from . import __version__, astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
 from .control import ACTIVITY_FILE, write_activity
@@ -93,7 +93,7 @@ class Daemon:
         self._install_signals()
         self.observer = start_observer(self.root, self.events, self.settings.daemon)
         self.worker.thread.start()
-        self.log.info("daemon_started", root=str(self.root), pid=os.getpid())
+        self.log.info("daemon_started", root=str(self.root), pid=os.getpid(), version=__version__)
         notify("READY=1")
         status = ""
         ping_every = watchdog_interval_s()
