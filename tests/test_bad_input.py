@@ -26,7 +26,8 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.night import cal_dir, inspect_frame
-from astep_cal.pipeline import FrameBlocked, read_whole_frame
+from astep_cal.frame_steps import read_whole_frame
+from astep_cal.stages import FrameBlocked
 from astep_cal.products import cal_name, name_from_header
 from astep_cal.synthetic import make_night
 
@@ -415,7 +416,7 @@ def test_daemon_handles_every_bad_input_once_and_goes_on(tmp_path, daemons):
     for dark in later.dark_files:
         shutil.copy(dark, junk_only / dark.name.replace("2026-07-10", "2026-07-11"))
     (junk_only / "2026-07-11_20.00.00_SCIENCE.fits").write_text("not a FITS file\n" * 10)
-    config = daemon_config(settle=1.0, extra="no_flat_wait_s = 2.0")
+    config = daemon_config(settle=1.0, extra="no_flat_wait_s = 8.0")  # after 2026-07-01 made its flat
     daemon = daemons(root, config.replace("no_flat_wait_s = 3600\n", ""), prefix=NO_DAC)
     daemon.wait_for(lambda: len(list(cal_dir(root, "2026-07-10").glob("*_CAL.fits"))) == 3, 300,
                     "the good night after the bad one")

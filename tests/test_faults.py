@@ -32,10 +32,13 @@ def _cal_files(root: Path, date: str = DATE) -> list[Path]:
 
 # --- solve-field broken ------------------------------------------------------------------------------
 
+BACKOFF_S = 4.0  # long enough that a second run comes back within it, even on a loaded machine
+
+
 def _solver_config(tmp_path: Path, solve_field: str = "solve-field", extra: str = "",
                    timeout_s: float = 20.0) -> Path:
     path = tmp_path / f"solver-{abs(hash((solve_field, extra, timeout_s)))}.toml"
-    path.write_text(f'[astrometry]\nsolve_field = "{solve_field}"\nretry_backoff_s = 2.0\nmax_tries = 3\n'
+    path.write_text(f'[astrometry]\nsolve_field = "{solve_field}"\nretry_backoff_s = {BACKOFF_S}\nmax_tries = 3\n'
                     f'timeout_s = {timeout_s}\n{extra}\n[logging]\nformat = "json"\n')
     return path
 
@@ -83,7 +86,7 @@ def test_broken_solver_keeps_cal_files_retries_with_backoff_then_needs_an_operat
                 again = run_cli(capsys, "once", root, "--config", config)[2]
                 assert "frame_failed" not in {e["event"] for e in again}
         if attempt < 2:
-            time.sleep(2.0 * 2 ** attempt + 0.2)  # past the backoff of this try
+            time.sleep(BACKOFF_S * 2 ** attempt + 0.2)  # past the backoff of this try
     assert tries_seen == [[1, 1], [2, 2], [3, 3], [3, 3]]  # capped at max_tries
     for path in _cal_files(root):  # calibrated data kept, failure marked in the header
         header = fits.getheader(path)

@@ -157,3 +157,34 @@ def test_lock_sweeps_temporaries_of_night_files(tmp_path):
     with RootLock(path):
         pass
     assert not stale.exists()
+
+
+def test_frames_handed_out_are_saved_and_release_catches_any_other_change(tmp_path):
+    path = tmp_path / "ledger.json"
+    ledger = Ledger.load(path)
+    for i in range(5):
+        ledger.frame("2026-07-01", f"f{i}.fits")["calibrate"] = {"status": "ok"}
+    ledger.save(lazy_index=True)
+    entry = ledger.frame("2026-07-01", "f3.fits")
+    ledger.save(lazy_index=True)
+    entry["astrometry"] = {"status": "solved"}  # changed after its save, without asking again
+    ledger.frame("2026-07-01", "f1.fits")["astrometry"] = {"status": "failed", "tries": 1}
+    assert ledger.save(lazy_index=True) is True
+    on_disk = json.loads((tmp_path / "nights" / "2026-07-01.json").read_text())
+    assert on_disk["frames"]["f1.fits"]["astrometry"]["status"] == "failed"
+    ledger.release("2026-07-01")  # serialises the night whole: the late change is not lost
+    on_disk = json.loads((tmp_path / "nights" / "2026-07-01.json").read_text())
+    assert on_disk["frames"]["f3.fits"]["astrometry"]["status"] == "solved"
+    assert on_disk == Ledger.load(path).peek("2026-07-01")
+    assert json.loads(path.read_text())["nights"]["2026-07-01"]["totals"]["solved"] == 1
+
+
+def test_lazy_index_is_current_for_a_reader_all_the_same(tmp_path):
+    path = tmp_path / "ledger.json"
+    writer = Ledger.load(path)
+    writer.frame("2026-07-01", "a.fits")["calibrate"] = {"status": "ok"}
+    writer.save()
+    writer.frame("2026-07-01", "b.fits")["calibrate"] = {"status": "failed"}
+    writer.save(lazy_index=True)  # night file written, index not yet
+    assert json.loads(path.read_text())["nights"]["2026-07-01"]["totals"]["cal_failed"] == 0
+    assert Ledger.load(path).totals("2026-07-01")["cal_failed"] == 1  # what status sees

@@ -194,7 +194,7 @@ def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
     from astep_cal.calibrate import CalibratedFrame
     from astep_cal.config import load_settings
     from astep_cal.logs import configure, get_logger
-    from astep_cal.pipeline import frame_quality
+    from astep_cal.frame_steps import frame_quality
 
     configure("json", "info")
     odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ

@@ -6,9 +6,11 @@ frame) are built through the real :class:`~astep_cal.ledger.Ledger`, then measur
 - **recording one frame**: a new 1000-frame night recorded frame by frame (a calibration save and a
   solve save per frame, as the pipeline does), each ``save`` timed; median and the slowest, at the end
   of the night when its file is largest;
-- **status**: ``astep-cal status --json`` in its own process (start-up included);
+- **status**: ``astep-cal status --json`` in its own process (start-up included); and ``report`` of
+  the last night (its summary built from that night's file);
 - **the daemon's memory from the state**: RSS of a real ``astep-cal run`` started on a root with the
-  archive's ledger, less the RSS of one started with an empty ledger;
+  archive's ledger, less the RSS of one started with an empty ledger; and on the 150-night root below,
+  the duration of its full reconcile (start) and of its periodic ones (every 3 s here);
 - **once with nothing to do** (150 nights): a root of 150 nights × 1000 science frames and their CAL
   files (hard links to tiny FITS files: the check reads directories and stats files, never pixels),
   ``astep-cal once`` timed, and every file's mtime compared before and after (nothing written).
@@ -37,10 +39,10 @@ from astropy.io import fits
 
 from .config import Settings
 from .harness import rss_mb
-from .fitsio import fingerprint
+from .storage import fingerprint
 from .ledger import Ledger, RootLock
 from .night import raw_listing
-from .pipeline import calibration_fingerprint
+from .rules import calibration_fingerprint
 from .products import cal_name
 
 TARGETS = {"record_ms": 50.0, "status_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
@@ -113,23 +115,25 @@ def tiny_fits(path: Path, kind: str) -> None:
 def build_root(root: Path, dates: list[str], frames: int) -> None:
     """Night directories of ``frames`` science files and their CAL files, all hard links to two tiny
     FITS files (one inode each: the check stats every name, it never reads pixels), and a summary."""
-    template = root / ".templates"
-    template.mkdir(parents=True)
-    tiny_fits(template / "raw.fits", "LIGHT")
-    tiny_fits(template / "cal.fits", "LIGHT")
+    templates = root / ".templates"  # one pair a night: a file system caps the links to one inode
+    templates.mkdir(parents=True)
     for date in dates:
+        raw, cal_file = templates / f"{date}-raw.fits", templates / f"{date}-cal.fits"
+        tiny_fits(raw, "LIGHT")
+        tiny_fits(cal_file, "LIGHT")
         cams, cal = root / date / f"{date}-CAMS", root / date / f"{date}-CAMS_CAL"
         cams.mkdir(parents=True)
         (root / date / f"{date}-CAMS_SKYFLAT").mkdir()
         cal.mkdir()
         for name in frame_names(date, frames):
-            os.link(template / "raw.fits", cams / name)
-            os.link(template / "cal.fits", cal / cal_name(name))
+            os.link(raw, cams / name)
+            os.link(cal_file, cal / cal_name(name))
         (cal / "summary.json").write_text("{}")
 
 
 def time_recording(state: Path, frames: int) -> dict[str, float]:
-    """A new night recorded frame by frame, two saves a frame; milliseconds per save."""
+    """A new night recorded frame by frame, two saves a frame (as ``NightRun`` does); milliseconds per
+    save, and the whole night's release (its last full save and the index) at the end."""
     ledger = Ledger.load(state / "ledger.json")
     config = calibration_fingerprint(Settings())
     date = "2027-12-31"
@@ -139,14 +143,17 @@ def time_recording(state: Path, frames: int) -> dict[str, float]:
         solve = entry.pop("astrometry")
         ledger.frame(date, name).update(entry)
         start = time.perf_counter()
-        ledger.save()
+        ledger.save(lazy_index=True)  # as the pipeline records a calibrated frame
         times.append(time.perf_counter() - start)
         ledger.frame(date, name)["astrometry"] = solve
         start = time.perf_counter()
-        ledger.save()
+        ledger.save(lazy_index=True)  # and its solve
         times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    ledger.release(date)
+    release_ms = round(1000 * (time.perf_counter() - start), 2)
     last = times[-200:]
-    return {"record_median_ms": round(1000 * statistics.median(times), 2),
+    return {"release_ms": release_ms, "record_median_ms": round(1000 * statistics.median(times), 2),
             "record_end_of_night_median_ms": round(1000 * statistics.median(last), 2),
             "record_max_ms": round(1000 * max(times), 2)}
 
@@ -180,36 +187,50 @@ def time_schema1_recording(state: Path, dates: list[str], frames: int, saves: in
             "schema1_record_ms": round(1000 * statistics.median(times), 1)}
 
 
-def time_status(root: Path, state: Path, repeats: int = 3) -> float:
+def time_command(args: list[str], repeats: int = 3) -> float:
+    """Median wall time of an ``astep-cal`` command in its own process (start-up included)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "astep_cal.cli", "status", str(root), "--json", "--ledger",
-                               str(state / "ledger.json")], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-m", "astep_cal.cli", *args], capture_output=True, text=True,
+                              timeout=600)
         times.append(time.perf_counter() - start)
         if done.returncode not in (0, 1):
-            raise RuntimeError(f"status failed: {done.stderr[-2000:]}")
+            raise RuntimeError(f"astep-cal {args[0]} failed: {done.stderr[-2000:]}")
     return round(statistics.median(times), 3)
 
 
-def daemon_rss_mb(root: Path, state: Path, settle_s: float = 8.0) -> float:
-    """RSS of a real ``astep-cal run`` on ``root`` with the ledger in ``state``, once it has started
-    and done its first rescan."""
+def run_daemon(root: Path, state: Path, seconds: float, reconcile_s: float = 600.0) -> dict[str, Any]:
+    """A real ``astep-cal run`` on ``root`` with the ledger in ``state`` for ``seconds`` after its first
+    rescan: its RSS then, and the durations of its full and periodic reconciles (from its JSON log)."""
     config = state.parent / f"{state.name}-daemon.toml"
-    config.write_text(f'ledger = "{state / "ledger.json"}"\n[astrometry]\nenabled = false\n[logging]\nformat = "json"\n')
+    config.write_text(f'ledger = "{state / "ledger.json"}"\n[astrometry]\nenabled = false\n'
+                      f'[daemon]\nreconcile_interval_s = {reconcile_s}\n[logging]\nformat = "json"\n')
     log = config.with_suffix(".log")
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config), "--root",
                                     str(root)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while '"rescan"' not in log.read_text() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
-        time.sleep(settle_s)
-        return rss_mb(process.pid)
+        time.sleep(seconds)
+        rss = rss_mb(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.wait(60)
+    rescans = [e for e in map(_json_or_none, log.read_text().splitlines()) if e and e.get("event") == "rescan"]
+    full = [e["duration_s"] for e in rescans if e.get("full")]
+    periodic = [e["duration_s"] for e in rescans if not e.get("full")]
+    return {"rss_mb": round(rss, 1), "full_rescan_s": full[0] if full else None,
+            "periodic_rescan_s": statistics.median(periodic) if periodic else None}
+
+
+def _json_or_none(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def file_times(*directories: Path) -> dict[str, int]:
@@ -236,7 +257,7 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
     empty_root.mkdir()
     empty_state = work / "empty-state"
     empty_state.mkdir()
-    rss_empty = daemon_rss_mb(empty_root, empty_state)
+    rss_empty = run_daemon(empty_root, empty_state, 8.0)["rss_mb"]
     for nights in sizes:
         state = work / f"state-{nights}"
         state.mkdir()
@@ -245,9 +266,11 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
         row: dict[str, Any] = {"build_s": round(time.perf_counter() - start, 1),
                                "state_mb": round(sum(p.stat().st_size for p in state.rglob("*.json")) / 1e6, 1),
                                "index_kb": round((state / "ledger.json").stat().st_size / 1e3, 1)}
-        row["status_s"] = time_status(empty_root, state)
-        rss = daemon_rss_mb(empty_root, state)
-        row["daemon_rss_mb"], row["daemon_state_rss_mb"] = round(rss, 1), round(rss - rss_empty, 1)
+        ledger_arg = ["--ledger", str(state / "ledger.json")]
+        row["status_s"] = time_command(["status", str(empty_root), "--json", *ledger_arg])
+        row["report_s"] = time_command(["report", night_dates(nights)[-1], str(empty_root), "--json", *ledger_arg])
+        rss = run_daemon(empty_root, state, 8.0)["rss_mb"]
+        row["daemon_rss_mb"], row["daemon_state_rss_mb"] = rss, round(rss - rss_empty, 1)
         row.update(time_recording(state, frames))
         if baseline and nights == min(sizes):
             row.update(time_schema1_recording(state, night_dates(nights), frames, saves=2))
@@ -263,6 +286,8 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
         seconds, changed = time_once_idle(root, state)
         results["once_idle"] = {"nights": once_nights, "seconds": seconds, "files_changed": changed}
         print(f"once, {once_nights} nights with nothing to do: {seconds} s, {changed} files changed", flush=True)
+        results["daemon_on_archive"] = {"nights": once_nights, **run_daemon(root, state, 12.0, reconcile_s=3.0)}
+        print(f"daemon on that root: {results['daemon_on_archive']}", flush=True)
     results["daemon_rss_empty_mb"] = round(rss_empty, 1)
     return results
 

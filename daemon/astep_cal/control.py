@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .fitsio import atomic_write_bytes
+from .storage import atomic_write_bytes
 
 RETRY_REQUEST = "retry-request"  # next to the ledger: `astep-cal retry` asks the daemon to clear failures
 ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`

@@ -38,16 +38,18 @@ import fcntl
 import json
 import os
 import statistics
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fitsio import atomic_write_bytes, remove_stale_temporaries
+from .storage import atomic_write_bytes, remove_stale_temporaries
 
 SCHEMA_VERSION = 2
 NIGHTS_DIR = "nights"
 SCHEMA1_KEPT_SUFFIX = ".schema1"
+INDEX_EVERY_S = 30.0  # the index is rewritten at most this often while a night is being recorded
 
 
 class LedgerLocked(RuntimeError):
@@ -136,13 +138,22 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def night_text(night: dict[str, Any]) -> str:
-    """A night as its file holds it: compact JSON, one frame per line, keys sorted (stable bytes)."""
+def frame_line(name: str, entry: dict[str, Any]) -> str:
+    return f"{json.dumps(name)}: {json.dumps(entry, sort_keys=True)}"
+
+
+def assemble_night(night: dict[str, Any], lines: dict[str, str]) -> str:
+    """A night file's text from its frame lines: compact JSON, one frame per line, keys sorted."""
     head = json.dumps({k: v for k, v in night.items() if k != "frames"}, sort_keys=True)[:-1]
-    frames = night.get("frames", {})
-    lines = ",\n".join(f"{json.dumps(name)}: {json.dumps(frames[name], sort_keys=True)}" for name in sorted(frames))
     separator = ", " if head != "{" else ""
-    return f'{head}{separator}"frames": {{\n{lines}\n}}}}\n'
+    body = ",\n".join(lines[name] for name in sorted(lines))
+    return f'{head}{separator}"frames": {{\n{body}\n}}}}\n'
+
+
+def night_text(night: dict[str, Any]) -> str:
+    """A night as its file holds it (stable bytes: the same night always gives the same text)."""
+    frames = night.get("frames", {})
+    return assemble_night(night, {name: frame_line(name, entry) for name, entry in frames.items()})
 
 
 def _stamp(path: Path) -> list[int] | None:
@@ -182,7 +193,10 @@ class Ledger:
         self.migrated_from: Path | None = None  # a schema-1 ledger converted in memory, written at save
         self._open: dict[str, dict[str, Any]] = {}  # nights in memory
         self._saved: dict[str, str | None] = {}  # their text on disk, to write only what changed
+        self._lines: dict[str, dict[str, str]] = {}  # their frames' serialised lines, as last saved
+        self._dirty: dict[str, set[str] | None] = {}  # frames handed out since (None: the whole night)
         self._saved_index = self._index_text() if index is not None else None
+        self._index_written = time.monotonic()
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -215,6 +229,8 @@ class Ledger:
         for date, night in data["nights"].items():
             ledger._open[date] = night
             ledger._saved[date] = None  # not on disk in the new form yet
+            ledger._lines[date] = {}
+            ledger._dirty[date] = None
             ledger.index["nights"][date] = {"totals": night_totals(night), "file": None}
         return ledger
 
@@ -285,41 +301,63 @@ class Ledger:
     # --- changing ---------------------------------------------------------------------------------
 
     def night(self, date: str) -> dict[str, Any]:
-        """The night to change (read from its file the first time, then kept until :meth:`release`)."""
+        """The night to change (read from its file the first time, then kept until :meth:`release`).
+
+        Anything in it may change, so its next save serialises it whole."""
+        night = self._opened(date)
+        self._dirty[date] = None
+        return night
+
+    def frame(self, date: str, name: str) -> dict[str, Any]:
+        """One frame's entry to change: its next save serialises only the frames handed out since the
+        last save (and the night's small head), so recording a frame costs the same in a night of
+        1000 frames as in one of 10."""
+        frames = self._opened(date)["frames"]
+        dirty = self._dirty[date]
+        if dirty is not None:
+            dirty.add(name)
+        return frames.setdefault(name, {})
+
+    def _opened(self, date: str) -> dict[str, Any]:
         if date not in self._open:
             night = self._read_night(date) if date in self.index["nights"] else empty_night()
             self._open[date] = night
-            self._saved[date] = night_text(night) if date in self.index["nights"] else None
+            self._lines[date] = {name: frame_line(name, entry) for name, entry in night["frames"].items()}
+            self._saved[date] = assemble_night(night, self._lines[date]) if date in self.index["nights"] else None
+            self._dirty[date] = set()
         return self._open[date]
-
-    def frame(self, date: str, name: str) -> dict[str, Any]:
-        return self.night(date)["frames"].setdefault(name, {})
 
     def forget_night(self, date: str) -> None:
         self.night(date)
         self._open[date] = empty_night()
 
     def release(self, date: str) -> None:
-        """Drop a night from memory once it is saved (a night with unsaved changes is kept)."""
-        night = self._open.get(date)
-        if night is not None and night_text(night) == self._saved.get(date):
-            del self._open[date]
-            del self._saved[date]
+        """Write what is unsaved of a night (serialised whole: nothing can be missed), then drop it
+        from memory, with the index brought up to date."""
+        if date not in self._open:
+            return
+        self._dirty[date] = None
+        self.save()
+        for table in (self._open, self._saved, self._lines, self._dirty):
+            del table[date]
 
-    def save(self) -> bool:
+    def release_all(self) -> None:
+        """:meth:`release` every night in memory (after a migration, a rebuild, a retry request)."""
+        for date in list(self._open):
+            self.release(date)
+
+    def save(self, lazy_index: bool = False) -> bool:
         """Write the nights in memory that changed, then the index if it changed; return whether
-        anything was written. Cost: the nights in memory, never the archive."""
+        anything was written. Cost: the frames handed out since the last save, never the archive.
+
+        ``lazy_index`` (the per-frame saves of a night being processed): the index is written at most
+        every ``INDEX_EVERY_S``; it cannot be wrong meanwhile, since a row whose night file is newer is
+        recomputed from that file on load (``status`` stays current)."""
         wrote = False
-        for date, night in self._open.items():
-            text = night_text(night)
-            if text == self._saved.get(date):
-                continue
-            self.path.parent.mkdir(exist_ok=True)  # its own directory, never the data root above it
-            self.nights_dir.mkdir(exist_ok=True)
-            atomic_write_bytes(self._night_path(date), text.encode(), make_parents=False)
-            self._saved[date] = text
-            self.index["nights"][date] = {"totals": night_totals(night), "file": _stamp(self._night_path(date))}
-            wrote = True
+        for date in list(self._open):
+            wrote |= self._save_night(date)
+        if lazy_index and time.monotonic() - self._index_written < INDEX_EVERY_S:
+            return wrote  # not even serialised: the index grows with the archive
         current = self._index_text()
         if current == self._saved_index:
             return wrote
@@ -331,6 +369,30 @@ class Ledger:
         self.index["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         atomic_write_bytes(self.path, json.dumps(self.index, sort_keys=True, indent=1).encode(), make_parents=False)
         self._saved_index = current
+        self._index_written = time.monotonic()
+        return True
+
+    def _save_night(self, date: str) -> bool:
+        dirty = self._dirty[date]
+        if dirty == set():
+            return False
+        night, lines = self._open[date], self._lines[date]
+        frames = night["frames"]
+        if dirty is None:
+            lines.clear()
+            dirty = set(frames)
+        for name in dirty:
+            if name in frames:
+                lines[name] = frame_line(name, frames[name])
+        self._dirty[date] = set()
+        text = assemble_night(night, lines)
+        if text == self._saved.get(date):
+            return False
+        self.path.parent.mkdir(exist_ok=True)  # its own directory, never the data root above it
+        self.nights_dir.mkdir(exist_ok=True)
+        atomic_write_bytes(self._night_path(date), text.encode(), make_parents=False)
+        self._saved[date] = text
+        self.index["nights"][date] = {"totals": night_totals(night), "file": _stamp(self._night_path(date))}
         return True
 
     def _keep_schema1(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from astropy.io import fits
 
-from .fitsio import TEMP_MARKER
+from .storage import TEMP_MARKER, fingerprint
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -436,3 +436,16 @@ def take_inventory(root: Path, date: str) -> NightInventory:
     if inventory.cams_dir.is_dir() and not inventory.science:
         inventory.notes.append(Problem(inventory.cams_dir, "night_empty", "no usable science frame"))
     return inventory
+
+
+def problem_record(problem: Problem, root: Path) -> dict[str, Any]:
+    """A problem as the ledger keeps it: the path relative to the data root when it is inside, and
+    for a file the version it was found in (a new version of the file is inspected and reported anew)."""
+    path = problem.path.relative_to(root) if problem.path.is_relative_to(root) else problem.path
+    record: dict[str, Any] = {"path": str(path), "event": problem.event, "reason": problem.reason}
+    try:
+        if problem.path.is_file():
+            record["raw"] = fingerprint(problem.path)
+    except OSError:
+        pass
+    return record

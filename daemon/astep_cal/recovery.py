@@ -157,14 +157,12 @@ def open_ledger(path: Path, root: Path, log: Any) -> Ledger:
     lost = [date for date, _ in ledger.corrupt_nights]
     if ledger.migrated_from is not None:
         ledger.save()  # schema 1 -> 2, once; the old file is kept beside
-        for date in ledger.dates():
-            ledger.release(date)
+        ledger.release_all()
         log.info("ledger_migrated", nights=len(ledger.dates()))
     if not ledger.dates() or lost:
         frames = rebuild_from_outputs(root, ledger, lost or None)
         if frames:
             log.warning("ledger_rebuilt", frames=frames, nights=len(lost) if lost else len(ledger.dates()))
             ledger.save()
-        for date in ledger.dates():
-            ledger.release(date)
+        ledger.release_all()
     return ledger

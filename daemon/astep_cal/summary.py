@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .config import Settings
-from .fitsio import atomic_write_bytes
+from .storage import atomic_write_bytes
 from .night import cal_dir
 from .status import night_row_of
 
