@@ -543,6 +543,7 @@ def run(n_nights: int, seed: int, out: Path, keep: bool) -> int:
         print("astep-cal soak needs solve-field (make system-deps)", file=sys.stderr)
         return 2
     plans = plan_nights(n_nights)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still unmount and stop the daemon
     work = Path(tempfile.mkdtemp(prefix="astep-soak-", dir="/var/tmp"))
     started = time.monotonic()
     source = work / "source"

