@@ -61,7 +61,7 @@ def test_a_warm_up_passes_but_a_steady_creep_after_it_fails():
     warm_up = [200.0, 215.0, 224.0]
     flat = lifetime_trends(_lifetime(warm_up + [224.0 + 0.1 * (i % 3) for i in range(20)]))[0]
     assert flat["ok"] and abs(flat["warm_slope_mb_per_night"]) < 0.05
-    # the astroscrappy leak: +0.84 MB a night, within first + 30 MB over a short lifetime, yet a leak
+    # a creep of 0.84 MB a night (the astroscrappy leak at 512²): within first + 30 MB, yet a leak
     creep = lifetime_trends(_lifetime(warm_up + [224.0 + 0.84 * i for i in range(1, 6)]))[0]
     assert creep["rss_last_mb"] - creep["rss_first_mb"] <= RSS_GROWTH_MB
     assert creep["warm_slope_mb_per_night"] is None and creep["ok"]  # too few nights to measure a slope
