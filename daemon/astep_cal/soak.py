@@ -293,7 +293,6 @@ class Soak:
 
     work: Path
     plans: list[NightPlan]
-    seed: int
     storage: Storage = field(init=False)
     daemons: list[DaemonProcess] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -552,7 +551,7 @@ def run(n_nights: int, seed: int, out: Path, keep: bool) -> int:
     generated_s = time.monotonic() - started
     print(f"soak: {n_nights} nights generated in {generated_s:.0f} s under {work}", flush=True)
     crash_log = work / "solve-field-runs.log"
-    soak = Soak(work=work, plans=plans, seed=seed)
+    soak = Soak(work=work, plans=plans)
     soak.state.mkdir()
     soak.config = daemon_config(soak.state / "ledger.json",
                                 crash_wrapper(work / "solve-field-crashing", solve_field, crash_log, CRASH_PERCENT, seed))
