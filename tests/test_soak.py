@@ -43,14 +43,17 @@ def test_resources_are_compared_within_one_process_lifetime():
     assert [t["pid"] for t in trends] == [11, 10]  # the longest lifetime first
     assert trends[0] == {"pid": 11, "nights": 3, "first_night": "d3", "last_night": "d5", "rss_first_mb": 150.0,
                          "rss_last_mb": 150.0 + RSS_GROWTH_MB, "rss_max_mb": 180.0, "fds_first": 14,
-                         "fds_last": 14 + FD_GROWTH, "warm_slope_mb_per_night": None, "ok": True}
+                         "fds_last": 14 + FD_GROWTH, "warm_slope_mb_per_night": None, "rss_ok": True, "fds_ok": True,
+                         "slope_ok": True, "ok": True}
     assert trends[1]["ok"] is False  # grew 300 MB within its own lifetime
 
 
-@pytest.mark.parametrize("rss, fds", [(150.0 + RSS_GROWTH_MB + 1, 14), (150.0, 14 + FD_GROWTH + 1)])
-def test_a_leak_fails(rss, fds):
-    trends = lifetime_trends([_sample(1, "d1", 150.0, 14), _sample(1, "d2", rss, fds)])
-    assert trends[0]["ok"] is False
+@pytest.mark.parametrize("rss, fds, failing", [(150.0 + RSS_GROWTH_MB + 1, 14, "rss_ok"),
+                                               (150.0, 14 + FD_GROWTH + 1, "fds_ok")])
+def test_a_leak_fails(rss, fds, failing):
+    trend = lifetime_trends([_sample(1, "d1", 150.0, 14), _sample(1, "d2", rss, fds)])[0]
+    assert trend["ok"] is False and trend[failing] is False
+    assert all(trend[k] for k in ("rss_ok", "fds_ok", "slope_ok") if k != failing)
 
 
 def _lifetime(rss_per_night):
@@ -58,15 +61,16 @@ def _lifetime(rss_per_night):
 
 
 def test_a_warm_up_passes_but_a_steady_creep_after_it_fails():
-    warm_up = [200.0, 215.0, 224.0]
+    warm_up = [205.0, 215.0, 224.0]
     flat = lifetime_trends(_lifetime(warm_up + [224.0 + 0.1 * (i % 3) for i in range(20)]))[0]
     assert flat["ok"] and abs(flat["warm_slope_mb_per_night"]) < 0.05
-    # a creep of 0.84 MB a night (the astroscrappy leak at 512²): within first + 30 MB, yet a leak
-    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 0.84 * i for i in range(1, 6)]))[0]
+    # a creep of 1.2 MB a night (the daemon before its two fixes, 512² frames): within first + 30 MB, yet a leak
+    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 1.2 * i for i in range(1, 6)]))[0]
     assert creep["rss_last_mb"] - creep["rss_first_mb"] <= RSS_GROWTH_MB
     assert creep["warm_slope_mb_per_night"] is None and creep["ok"]  # too few nights to measure a slope
-    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 0.84 * i for i in range(1, 9)]))[0]
+    creep = lifetime_trends(_lifetime(warm_up + [224.0 + 1.2 * i for i in range(1, 9)]))[0]
     assert creep["warm_slope_mb_per_night"] > SLOPE_MB_PER_NIGHT and not creep["ok"]
+    assert creep["rss_ok"] and creep["fds_ok"] and not creep["slope_ok"]
 
 
 def test_the_table_marks_each_check():

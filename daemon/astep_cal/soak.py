@@ -62,7 +62,7 @@ RSS_GROWTH_MB = 30.0  # allowed growth over one process lifetime, last night aga
 FD_GROWTH = 5
 WARM_UP_NIGHTS = 3  # a fresh process settles over its first nights (imports, caches, allocator pools)
 SLOPE_MIN_NIGHTS = 8  # nights after the warm-up needed to measure a slope (the full run has ~20)
-SLOPE_MB_PER_NIGHT = 0.6  # RSS growth per night allowed once warm: ~4 sigma of the noise of a 20-night fit
+SLOPE_MB_PER_NIGHT = 1.0  # RSS growth per night allowed once warm (see lifetime_trends)
 NIGHT_TIMEOUT_S = 300.0
 JUNK_NAME = "23.58.00_SCIENCE.fits"  # after the night's last science frame: the date prefix is added
 TRUNCATED_NAME = "23.59.00_SCIENCE.fits"
@@ -113,8 +113,9 @@ def lifetime_trends(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     warm? A fresh process gains ~10-25 MB over its first nights (lazy imports, matplotlib's first
     figure, allocator pools) and then stays flat; a leak shows as a steady slope after that, which a
     long lifetime measures more sharply than first-vs-last. Measured here (30-night runs, 22-night
-    lifetime): 1.27 MB a night with the astroscrappy leak, 1.19 without it but with the worker's freed
-    heap kept by glibc, 0.29 with both fixed; the fit's noise is ~0.15 MB a night, hence the 0.6 bound.
+    lifetime, 512² frames): 1.27 MB a night with the astroscrappy leak, 1.19 without it but with the
+    worker's freed heap kept by glibc, 0.29 and 0.63 in two runs with both fixed (samples scatter by
+    ±6 MB from night to night: the fit's own noise is ~0.2 MB a night), hence the 1.0 bound.
     """
     lifetimes: dict[int, list[dict[str, Any]]] = {}
     for sample in samples:
@@ -125,12 +126,14 @@ def lifetime_trends(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         warm = runs[WARM_UP_NIGHTS - 1:]
         slope = (float(np.polyfit(range(len(warm)), [r["rss_mb"] for r in warm], 1)[0])
                  if len(warm) >= SLOPE_MIN_NIGHTS else None)
-        grew = last["rss_mb"] - first["rss_mb"] > RSS_GROWTH_MB or last["fds"] - first["fds"] > FD_GROWTH
+        checks = {"rss_ok": last["rss_mb"] - first["rss_mb"] <= RSS_GROWTH_MB,
+                  "fds_ok": last["fds"] - first["fds"] <= FD_GROWTH,
+                  "slope_ok": slope is None or slope <= SLOPE_MB_PER_NIGHT}
         trends.append({"pid": pid, "nights": len(runs), "first_night": first["night"], "last_night": last["night"],
                        "rss_first_mb": first["rss_mb"], "rss_last_mb": last["rss_mb"],
                        "rss_max_mb": max(r["rss_mb"] for r in runs), "fds_first": first["fds"], "fds_last": last["fds"],
                        "warm_slope_mb_per_night": None if slope is None else round(slope, 3),
-                       "ok": not grew and (slope is None or slope <= SLOPE_MB_PER_NIGHT)})
+                       **checks, "ok": all(checks.values())})
     return sorted(trends, key=lambda t: -t["nights"])
 
 
@@ -522,13 +525,13 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
         Check("worker errors", soak.count("worker_error"), 0, soak.count("worker_error") == 0),
         Check("RSS first -> last night (MB, longest lifetime)",
               f"{longest.get('rss_first_mb')} -> {longest.get('rss_last_mb')} ({longest.get('nights')} nights)",
-              f"<= first + {RSS_GROWTH_MB:.0f}", bool(trends) and all(t["ok"] for t in trends)),
+              f"<= first + {RSS_GROWTH_MB:.0f}", bool(trends) and all(t["rss_ok"] for t in trends)),
         Check("RSS growth once warm (MB/night, least squares)",
               "n/a: too few nights" if longest.get("warm_slope_mb_per_night") is None
               else longest["warm_slope_mb_per_night"],
-              f"<= {SLOPE_MB_PER_NIGHT} (over >= {SLOPE_MIN_NIGHTS} nights)", bool(trends) and all(t["ok"] for t in trends)),
+              f"<= {SLOPE_MB_PER_NIGHT} (over >= {SLOPE_MIN_NIGHTS} nights)", bool(trends) and all(t["slope_ok"] for t in trends)),
         Check("open fds first -> last night", f"{longest.get('fds_first')} -> {longest.get('fds_last')}",
-              f"<= first + {FD_GROWTH}", bool(trends) and all(t["ok"] for t in trends)),
+              f"<= first + {FD_GROWTH}", bool(trends) and all(t["fds_ok"] for t in trends)),
         Check("clean stop (SIGTERM): exit code, seconds", f"{stop.get('exit')}, {stop.get('seconds')}", "0, < 20",
               stop.get("exit") == 0 and stop.get("seconds", 99) < 20),
     ]
