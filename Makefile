@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
-	libsystemd-dev pkg-config gcc python3-dev python3-venv
+	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

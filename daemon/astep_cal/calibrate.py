@@ -6,9 +6,16 @@ Order (the user's guide's steps, with the old pipeline's unit bug fixed):
 2. dark subtraction (the dark already holds the bias, or was scaled around it: see ``masters``);
 3. division by the flat (dead pixels are divided by 1 and masked instead);
 4. ADU -> electrons with the gain;
-5. bad pixels are replaced by the sky level so they cannot pass for stars or cosmic rays;
+5. bad pixels are filled from their neighbours along the row (interpolated across a bad column), still
+   flagged ``BAD``: the frame stays smooth where they were, so they pass neither for stars nor for
+   cosmic rays, and a star beside a dead column keeps a usable profile;
 6. cosmic rays are found and replaced by astroscrappy (L.A.Cosmic) on the data *in electrons*, so its
-   gain is 1 and its saturation level is the electron equivalent of the raw saturation level.
+   gain is 1 and its saturation level is the electron equivalent of the raw saturation level. The
+   bad pixels are *not* given as ``inmask``: astroscrappy's ``update_mask`` grows the input mask by one
+   pixel (``dilate3``) and never looks at masked pixels, so every hit in the 8 neighbours of a bad
+   pixel went undetected (a dead column hid three columns). Filled bad pixels need no mask;
+7. the uncertainty of every pixel (``ERR``, electrons, 1 sigma): photon noise of the signal and the dark
+   current, read noise, and the noise of the master dark and master flat (:class:`MasterNoise`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,30 @@ class CalibratedFrame:
     n_cosmic: int  # pixels replaced as cosmic-ray hits
     n_saturated: int
     sky_e: float  # median of the calibrated frame
+    error: np.ndarray | None = None  # float32, electrons, 1 sigma per pixel (REPLACED_ERR where replaced)
+
+
+REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (README)
+
+
+@dataclass(frozen=True)
+class MasterNoise:
+    """What the masters add to the variance of a calibrated pixel (see :func:`error_map`).
+
+    ``dark_k``: variance of the master dark relative to that of one raw dark (1/N for a mean of N
+    frames; more for a median: :func:`astep_cal.masters.combine_variance_factor`). ``dark_scale``: the
+    exposure-time scale applied to the dark. ``dark_current_adu``: the dark current held in the dark
+    that is subtracted (ADU, per pixel), whose electrons are Poisson noise in the science frame too.
+    ``flat_var1`` (ADU^-1) and ``flat_var2`` (ADU^-2): the master flat's variance is
+    ``flat_var1 * f / gain + flat_var2 * read_noise**2 / gain**2`` at a pixel of response ``f`` (the
+    ``FLTVAR1``/``FLTVAR2`` cards of the master flat). Zeros: a master without noise (unknown).
+    """
+
+    dark_k: float = 0.0
+    dark_scale: float = 1.0
+    dark_current_adu: np.ndarray | None = None
+    flat_var1: float = 0.0
+    flat_var2: float = 0.0
 
 
 def sky_level(data: np.ndarray, usable: np.ndarray) -> float:
@@ -50,58 +81,140 @@ COSMIC_BAND_MARGIN = 32  # rows of context above and below a band: well beyond L
 EDGE_PAD = 8  # mirrored pixels around the frame: L.A.Cosmic misses hits on the outermost rows otherwise
 
 
-def _detect_padded(data: np.ndarray, inmask: np.ndarray, **parameters) -> tuple[np.ndarray, np.ndarray]:
+def _detect_padded(data: np.ndarray, **parameters) -> tuple[np.ndarray, np.ndarray]:
     """astroscrappy with the frame mirrored outwards by EDGE_PAD pixels, so edge hits look like hits."""
     padded = np.pad(data, EDGE_PAD, mode="reflect")
-    padded_mask = np.pad(inmask, EDGE_PAD, mode="reflect")
-    cosmic, cleaned = astroscrappy.detect_cosmics(padded, inmask=padded_mask, **parameters)
+    cosmic, cleaned = astroscrappy.detect_cosmics(padded, **parameters)
     inner = (slice(EDGE_PAD, -EDGE_PAD), slice(EDGE_PAD, -EDGE_PAD))
     return cosmic[inner], cleaned[inner]
 
 
-def detect_cosmics_in_bands(data: np.ndarray, inmask: np.ndarray, max_pixels: int | None,
-                            **parameters) -> tuple[np.ndarray, np.ndarray]:
+def detect_cosmics_in_bands(data: np.ndarray, max_pixels: int | None, **parameters) -> tuple[np.ndarray, np.ndarray]:
     """astroscrappy on the whole frame, or on overlapping row bands when memory is short.
 
     Each band is processed with ``COSMIC_BAND_MARGIN`` extra rows on both sides and only its centre
     is kept, so the result matches a whole-frame run while peak memory follows the band, not the
-    frame: this is how ``--mem-limit`` also bounds the cosmic-ray step.
+    frame: this is how ``--mem-limit`` also bounds the cosmic-ray step. No ``inmask`` is passed (see
+    the module's docstring): the bad pixels must have been filled first (:func:`fill_bad_pixels`).
     """
     rows = data.shape[0]
     if max_pixels is None or data.size <= max_pixels:
-        return _detect_padded(data, inmask, **parameters)
+        return _detect_padded(data, **parameters)
     height = max(4 * COSMIC_BAND_MARGIN, max_pixels // data.shape[1] - 2 * COSMIC_BAND_MARGIN)
     mask = np.zeros(data.shape, dtype=bool)
     cleaned = np.empty_like(data)
     for start in range(0, rows, height):
         stop = min(start + height, rows)
         lo, hi = max(0, start - COSMIC_BAND_MARGIN), min(rows, stop + COSMIC_BAND_MARGIN)
-        band_mask, band_clean = _detect_padded(data[lo:hi], inmask[lo:hi], **parameters)
+        band_mask, band_clean = _detect_padded(data[lo:hi], **parameters)
         mask[start:stop] = band_mask[start - lo: stop - lo]
         cleaned[start:stop] = band_clean[start - lo: stop - lo]
     return mask, cleaned
 
 
-REPAIR_WINDOW = 7  # side of the window whose clean pixels estimate the background under a hit
+FILL_MAX_GAP = 16  # widest run of bad pixels interpolated across; wider runs take the other axis or the sky
 
 
-def _window_medians(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Median of the non-excluded pixels of ``image`` in a square window around each (y, x).
+def _nearest_good(bad: np.ndarray, ys: np.ndarray, xs: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """Offset (1..FILL_MAX_GAP) to the nearest good pixel from each (y, x) along ``axis`` in direction
+    ``step``; 0 where there is none within reach (a frame edge or a wide bad region)."""
+    size = bad.shape[axis]
+    offset = np.zeros(len(ys), dtype=np.int64)
+    pending = np.ones(len(ys), dtype=bool)
+    for distance in range(1, FILL_MAX_GAP + 1):
+        if not pending.any():
+            break
+        position = (ys if axis == 0 else xs) + step * distance
+        inside = pending & (position >= 0) & (position < size)
+        candidates = np.flatnonzero(inside)
+        py = position[candidates] if axis == 0 else ys[candidates]
+        px = xs[candidates] if axis == 0 else position[candidates]
+        good = ~bad[py, px]
+        offset[candidates[good]] = distance
+        pending[candidates[good]] = False
+        pending &= (position >= 0) & (position < size)
+    return offset
+
+
+def fill_bad_pixels(data: np.ndarray, bad: np.ndarray, fallback: float) -> None:
+    """Fill ``bad`` pixels of ``data`` in place from their good neighbours.
+
+    Linear interpolation along the row between the nearest good pixels left and right (across a bad
+    column, whose neighbours are its best predictors: a star's profile continues, the sky stays flat);
+    then along the column for what the rows could not reach (a bad row); ``fallback`` (the sky) last.
+    Only the bad pixels are touched, so the cost follows their number, not the frame's size.
+
+    """
+    ys, xs = np.nonzero(bad)
+    todo = np.ones(len(ys), dtype=bool)
+    for axis in (1, 0):
+        index = np.flatnonzero(todo)
+        if not len(index):
+            break
+        y, x = ys[index], xs[index]
+        before = _nearest_good(bad, y, x, axis, -1)
+        after = _nearest_good(bad, y, x, axis, +1)
+        either = (before > 0) | (after > 0)
+        both = (before > 0) & (after > 0)
+        if axis == 1:
+            low = data[y, np.where(before > 0, x - before, x)]
+            high = data[y, np.where(after > 0, x + after, x)]
+        else:
+            low = data[np.where(before > 0, y - before, y), x]
+            high = data[np.where(after > 0, y + after, y), x]
+        weight = np.where(both, before / np.maximum(before + after, 1), 0.0)
+        value = np.where(both, low + (high - low) * weight, np.where(before > 0, low, high))
+        data[y[either], x[either]] = value[either]
+        todo[index[either]] = False
+    rest = np.flatnonzero(todo)
+    data[ys[rest], xs[rest]] = fallback
+
+
+def _window_values(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int,
+                   border_only: bool = False) -> np.ndarray:
+    """The pixels of ``image`` in the (2 half + 1)² window around each (y, x), NaN where ``excluded``
+    or outside the frame; with ``border_only`` just the window's outer ring. One row per pixel.
 
     Gathered only at the given pixels (a few thousand), not filtered over the whole frame: a full
     median filter of a 4096² frame would cost more than the cosmic-ray detection itself.
     """
-    if not len(ys):
-        return np.empty(0, dtype=image.dtype)
-    half = REPAIR_WINDOW // 2
     offsets = np.arange(-half, half + 1)
-    wy = np.clip(ys[:, None, None] + offsets[None, :, None], 0, image.shape[0] - 1)
-    wx = np.clip(xs[:, None, None] + offsets[None, None, :], 0, image.shape[1] - 1)
-    values = np.where(excluded[wy, wx], np.nan, image[wy, wx]).reshape(len(ys), -1)
-    with warnings.catch_warnings():  # a window with no clean pixel: fall back to the pixel itself
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    keep = (np.maximum(abs(dy), abs(dx)) == half) if border_only else np.ones(dy.shape, bool)
+    dy, dx = dy[keep], dx[keep]
+    wy, wx = ys[:, None] + dy[None, :], xs[:, None] + dx[None, :]
+    inside = (wy >= 0) & (wy < image.shape[0]) & (wx >= 0) & (wx < image.shape[1])
+    wy, wx = np.clip(wy, 0, image.shape[0] - 1), np.clip(wx, 0, image.shape[1] - 1)
+    return np.where(inside & ~excluded[wy, wx], image[wy, wx], np.nan).astype(np.float64)
+
+
+def _nan_median(values: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """Row medians ignoring NaN; ``default`` for a row with no value at all."""
+    if not len(values):
+        return np.empty(0, dtype=np.float64)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         medians = np.nanmedian(values, axis=1)
-    return np.where(np.isfinite(medians), medians, image[ys, xs])
+    return np.where(np.isfinite(medians), medians, default)
+
+
+REPAIR_HALF = 3  # the 7x7 window whose clean pixels estimate the sky under a hit
+SOURCE_HALF = 2  # the ring at 2 px whose median tells a star (bright all round) from a track (bright along a line)
+
+
+def on_source(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
+              sky_sigma: float) -> np.ndarray:
+    """Whether each (y, x) lies on a star (or other extended source) rather than on the sky.
+
+    The median of the non-excluded pixels on the ring 2 px around the pixel: a star's light surrounds its
+    core pixels on every side, so that ring stands above the sky; a cosmic-ray track is a line, which
+    crosses the 16-pixel ring at most 2-4 times and leaves its median at the sky. (A 7x7 window median,
+    used before, is the sky even at a star's core when the PSF is 2.5 px wide: the growth then ate star
+    cores as if they were track edges.) The threshold is 1.5 sky sigmas, ~5 sigmas of the ring median.
+    """
+    ring = _nan_median(_window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True),
+                       np.full(len(ys), sky_e))
+    return ring > sky_e + 1.5 * sky_sigma
 
 
 def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,80 +233,228 @@ def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.nda
     return ry[keep], rx[keep]
 
 
-def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, sky_e: float, read_noise_e: float,
+def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float, read_noise_e: float,
                      n_sigma: float = 3.0, rounds: int = 2) -> np.ndarray:
     """The faint edges of cosmic-ray tracks that L.A.Cosmic leaves (wide and diagonal tracks).
 
     A neighbour of a flagged pixel joins the mask when it stands ``n_sigma`` above the local clean
-    background; repeated ``rounds`` times, so a three-pixel-wide track is covered. Never on a star:
-    where the local background itself is well above the sky, nothing grows (otherwise a star core
-    flagged by mistake would be eaten). Returns only the added pixels. Measured on synthetic nights:
-    this lifts the removed fraction of injected cosmic-ray pixels from ~94 % to above 98 %.
+    background *and* is at least as bright as each of its clean neighbours (a track's edge is a lone
+    bump once the track is flagged; a star's pixel always has a brighter neighbour towards the core),
+    and is not on a star (:func:`on_source`): a hit on a star's wing must not spread into its core.
+    Repeated ``rounds`` times, so a three-pixel-wide track is covered. ``excluded`` pixels (bad,
+    saturated) never join. Returns only the added pixels.
     """
     flagged = cosmic.copy()
-    sky_sigma = np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2)
+    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
     for _ in range(rounds):
-        ys, xs = _ring(flagged, bad)
+        ys, xs = _ring(flagged, excluded)
         if not len(ys):
             break
-        excluded = flagged | bad
-        excluded[ys, xs] = True
-        background = _window_medians(data, excluded, ys, xs)
+        around = flagged | excluded
+        neighbours = _window_values(data, around, ys, xs, 1)
+        neighbours[:, 4] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            brightest = np.nanmax(neighbours, axis=1)
+        lone = ~(data[ys, xs] < brightest)  # NaN (no clean neighbour) counts as lone
+        around[ys, xs] = True
+        background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
         sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
-        on_sky = background < sky_e + n_sigma * sky_sigma
-        hits = on_sky & (data[ys, xs] - background > n_sigma * sigma)
+        hits = lone & (data[ys, xs] - background > n_sigma * sigma)
+        hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma)
         if not hits.any():
             break
         flagged[ys[hits], xs[hits]] = True
     return flagged & ~cosmic
 
 
-def replace_on_sky(data: np.ndarray, cleaned: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, sky_e: float,
-                   read_noise_e: float, n_sigma: float = 3.0) -> np.ndarray:
-    """Replace flagged pixels on the sky by the median of the clean pixels around them.
+def flag_beside_bad(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, excluded: np.ndarray, sky_e: float,
+                    read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
+    """Hits on the sky right beside a bad pixel that L.A.Cosmic may still miss: a new cosmic mask.
+
+    A bad pixel is filled by interpolating its neighbours before the search, so a hit beside it is
+    copied, halved, into it: a track along a dead column becomes two pixels wide and smooth, and
+    L.A.Cosmic can let it through. Each unflagged 8-neighbour of a bad pixel that is on the sky
+    (:func:`on_source`) and ``n_sigma`` above the median of the clean 7x7 window is a hit.
+    """
+    ys, xs = _ring(bad, cosmic | excluded)
+    if not len(ys):
+        return cosmic
+    around = cosmic | excluded | bad
+    background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
+    sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
+    hits = data[ys, xs] - background > n_sigma * sigma
+    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
+    hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma)
+    flagged = cosmic.copy()
+    flagged[ys[hits], xs[hits]] = True
+    return flagged
+
+
+VET_ROUNDS = 3  # passes of vet_on_stars
+PROFILE_TOLERANCE = 0.1  # fraction of a star pixel's signal a Gaussian profile may miss on a real PSF
+
+
+def vet_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
+                 read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
+    """Drop flagged pixels that a star's own profile explains: undersampled star cores and wings.
+
+    With a 2.5 px FWHM a star's peak is as sharp as a cosmic ray to L.A.Cosmic, which flags it; the
+    replacement then cut the peak off. A flagged pixel whose value is within ``n_sigma`` (plus
+    ``PROFILE_TOLERANCE`` of its signal) of what the profile fitted to its unflagged neighbours
+    predicts (:func:`profile_values`; pixels without enough star around them are kept) is not a hit.
+    Returns the cosmic mask without those pixels.
+    """
+    kept = cosmic.copy()
+    for _ in range(VET_ROUNDS):  # a pixel cleared gives its neighbours' fits one more clean pixel
+        ys, xs = np.nonzero(kept)
+        if not len(ys):
+            break
+        predicted = profile_values(data, kept | excluded, ys, xs, sky_e, read_noise_e,
+                                   np.full(len(ys), np.nan, np.float32))
+        sigma = np.sqrt(np.clip(predicted, 0, None) + read_noise_e ** 2)
+        with np.errstate(invalid="ignore"):
+            explained = (np.abs(data[ys, xs] - predicted)
+                         < n_sigma * sigma + PROFILE_TOLERANCE * np.clip(predicted - sky_e, 0, None))
+        if not explained.any():
+            break
+        kept[ys[explained], xs[explained]] = False
+    return kept
+
+
+PROFILE_HALF = 2  # the 5x5 window a star's local profile is fitted on
+_PROFILE_OFFSETS = np.stack(np.meshgrid(np.arange(-PROFILE_HALF, PROFILE_HALF + 1),
+                                        np.arange(-PROFILE_HALF, PROFILE_HALF + 1), indexing="ij")).reshape(2, -1)
+_PROFILE_DESIGN = np.stack([np.ones(_PROFILE_OFFSETS.shape[1]), _PROFILE_OFFSETS[1], _PROFILE_OFFSETS[0],
+                            _PROFILE_OFFSETS[1] ** 2, _PROFILE_OFFSETS[0] ** 2,
+                            _PROFILE_OFFSETS[0] * _PROFILE_OFFSETS[1]], axis=1).astype(np.float64)
+
+
+def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
+                   read_noise_e: float, fallback: np.ndarray) -> np.ndarray:
+    """The value a star's profile predicts at each (y, x), from the clean pixels around it.
+
+    A star's core is close to a Gaussian, whose logarithm is a quadratic in (x, y): a weighted
+    least-squares quadratic fitted to log(data - sky) over the 5x5 window (pixels not ``excluded`` and
+    significantly above the sky, weighted by their signal-to-noise squared) gives the missing pixel on
+    the profile, where a mean or median of the neighbours would cut the peak off. The estimate is
+    bounded by twice the window's brightest clean pixel; with fewer than 8 usable pixels, ``fallback``.
+    """
+    if not len(ys):
+        return np.empty(0, dtype=np.float32)
+    values = _window_values(data, excluded, ys, xs, PROFILE_HALF) - sky_e
+    values[:, values.shape[1] // 2] = np.nan  # the pixel itself is what is being predicted
+    variance = np.clip(values + sky_e, 0, None) + read_noise_e ** 2
+    usable = np.isfinite(values) & (values > 2.0 * np.sqrt(np.where(np.isfinite(variance), variance, 1.0)))
+    signal = np.where(usable, values, 1.0)
+    weight = np.where(usable, signal ** 2 / np.where(usable, variance, 1.0), 0.0)
+    target = np.log(np.clip(signal, 1e-3, None))
+    normal = np.einsum("kp,pi,pj->kij", weight, _PROFILE_DESIGN, _PROFILE_DESIGN)
+    normal += 1e-9 * np.eye(6)[None, :, :]
+    rhs = np.einsum("kp,pi,kp->ki", weight, _PROFILE_DESIGN, target)
+    enough = usable.sum(axis=1) >= 8
+    result = np.asarray(fallback, dtype=np.float64).copy()
+    if enough.any():
+        with np.errstate(all="ignore"):
+            coefficients = np.linalg.solve(normal[enough], rhs[enough][:, :, None])[:, :, 0]
+            predicted = np.exp(np.clip(coefficients[:, 0], -50, 50))
+        ceiling = 2.0 * np.nanmax(np.where(usable[enough], values[enough], np.nan), axis=1)
+        good = np.isfinite(predicted)
+        estimate = sky_e + np.minimum(predicted, ceiling)
+        result[np.flatnonzero(enough)[good]] = estimate[good]
+    return result.astype(np.float32)
+
+
+def replace_flagged(data: np.ndarray, cleaned: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
+                    read_noise_e: float) -> np.ndarray:
+    """Replace the flagged pixels by the local star profile (:func:`profile_values`) where there is a
+    star around them, else by the median of the clean pixels of the 7x7 window (the sky). Only the
+    flagged pixels change.
 
     astroscrappy's ``meanmask`` averages unflagged neighbours, which on a wide track are themselves
-    hit; the median of the unflagged pixels in a 7x7 window is robust to that. On a star (local
-    background well above the sky) astroscrappy's own estimate is kept, as it follows the profile.
+    hit, and on a star is a mean over the core and the wings (far below the peak): the median of the
+    clean window on the sky and the profile on a star are better estimates of what was there.
     """
     out = np.asarray(cleaned, dtype=np.float32).copy()
     ys, xs = np.nonzero(cosmic)
-    background = _window_medians(data, cosmic | bad, ys, xs)
-    on_sky = background < sky_e + n_sigma * np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2)
-    out[ys[on_sky], xs[on_sky]] = background[on_sky]
+    if not len(ys):
+        return out
+    around = cosmic | excluded
+    background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), out[ys, xs])
+    out[ys, xs] = profile_values(data, around, ys, xs, sky_e, read_noise_e, background)
     return out
+
+
+def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: float,
+              noise: MasterNoise | None) -> np.ndarray:
+    """1-sigma uncertainty (electrons) of each calibrated pixel, float32.
+
+    In the raw frame (electrons): Poisson noise of what was detected, ``data * flat`` plus the dark
+    current; the read noise; the master dark's noise, ``k (read_noise^2 (s^2 + (1 - s)^2) + s * dark)``
+    for a dark built from frames with variance factor ``k`` and scaled by ``s`` (the ``(1 - s)`` part:
+    the bias it was scaled around, taken as noisy as the dark). Divided by the flat, then the master
+    flat's relative variance times ``data^2``. The photon term uses the calibrated (cosmic-cleaned) value
+    as the expected signal, as BANZAI does.
+    """
+    noise = noise or MasterNoise()
+    detected = np.clip(data * flat, 0, None)
+    dark_e = (np.clip(noise.dark_current_adu, 0, None) * np.float32(gain) if noise.dark_current_adu is not None
+              else np.float32(0))
+    scale = noise.dark_scale
+    variance = detected + dark_e
+    variance += np.float32(read_noise_e ** 2 * (1.0 + noise.dark_k * (scale ** 2 + (1.0 - scale) ** 2)))
+    if noise.dark_k:
+        variance += np.float32(noise.dark_k * scale) * dark_e
+    variance /= flat * flat
+    if noise.flat_var1 or noise.flat_var2:
+        relative = (np.float32(noise.flat_var1 / gain) / flat
+                    + np.float32(noise.flat_var2 * read_noise_e ** 2 / gain ** 2) / (flat * flat))
+        variance += data * data * relative
+    return np.sqrt(variance, dtype=np.float32)
 
 
 def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, *,
                     gain: float, read_noise_e: float, saturation_adu: float,
-                    cosmics: CosmicSettings, max_cosmic_pixels: int | None = None) -> CalibratedFrame:
-    """Dark, flat, gain, bad pixels and cosmic rays for one frame; no file or state is touched."""
+                    cosmics: CosmicSettings, max_cosmic_pixels: int | None = None,
+                    noise: MasterNoise | None = None) -> CalibratedFrame:
+    """Dark, flat, gain, bad pixels, cosmic rays and the error map for one frame; no file or state is
+    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact)."""
     if raw.shape != dark.shape or raw.shape != flat.shape or raw.shape != pixel_mask.shape:
         raise CalibrationError(f"frame is {raw.shape[1]}x{raw.shape[0]} but the masters are "
                                f"{flat.shape[1]}x{flat.shape[0]}")
     saturated = raw >= saturation_adu
     bad = (pixel_mask & MaskBit.BAD).astype(bool) | ~np.isfinite(raw)  # NaN from a broken readout
+    usable_flat = np.where(bad, np.float32(1), flat).astype(np.float32)
     data = np.subtract(raw, dark, dtype=np.float32)
-    data /= np.where(bad, np.float32(1), flat)
+    data /= usable_flat
     data *= np.float32(gain)
     sky = sky_level(data, ~bad & ~saturated)
-    data[bad] = sky
+    fill_bad_pixels(data, bad, sky)
     saturation_e = float((saturation_adu - np.median(dark[:: max(1, dark.shape[0] // 256)])) * gain)
     cosmic_mask, cleaned = detect_cosmics_in_bands(
-        data, bad, max_cosmic_pixels, sigclip=cosmics.sigclip, sigfrac=cosmics.sigfrac, objlim=cosmics.objlim,
+        data, max_cosmic_pixels, sigclip=cosmics.sigclip, sigfrac=cosmics.sigfrac, objlim=cosmics.objlim,
         gain=1.0, readnoise=read_noise_e, satlevel=saturation_e, niter=cosmics.niter,
         sepmed=cosmics.sepmed, cleantype=cosmics.cleantype, fsmode=cosmics.fsmode,
     )
-    cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, bad, sky, read_noise_e)
-    cleaned = replace_on_sky(data, cleaned, cosmic_mask, bad, sky, read_noise_e)
+    excluded = bad | saturated
+    cosmic_mask &= ~excluded
+    cosmic_mask = flag_beside_bad(data, cosmic_mask, bad, excluded, sky, read_noise_e)
+    cosmic_mask = vet_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
+    cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, excluded, sky, read_noise_e)
+    cleaned = replace_flagged(data, cleaned, cosmic_mask, excluded, sky, read_noise_e)
+    del data
+    fill_bad_pixels(cleaned, bad, sky)  # again, from neighbours now free of cosmic rays
     mask = pixel_mask.astype(np.uint8, copy=True)
     mask[bad] |= MaskBit.BAD.value
     mask[saturated] |= MaskBit.SATURATED.value
     mask[cosmic_mask] |= MaskBit.COSMIC.value
+    error = error_map(cleaned, usable_flat, gain, read_noise_e, noise)
+    error[bad | saturated | cosmic_mask] = REPLACED_ERR
     return CalibratedFrame(
         data=np.asarray(cleaned, dtype=np.float32),
         mask=mask,
         n_cosmic=int(np.count_nonzero(cosmic_mask)),
         n_saturated=int(np.count_nonzero(saturated)),
         sky_e=sky,
+        error=error,
     )
