@@ -40,6 +40,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from .config import AstrometrySettings
 from .faults import checkpoint
 from .fitsio import atomic_write_hdul
+from .night import image_hdu
 
 # Keys of a celestial WCS (with SIP) that a new solution replaces.
 _WCS_KEY = re.compile(
@@ -238,18 +239,26 @@ def has_wcs(header: fits.Header) -> bool:
     return any(key in header for key in ("CTYPE1", "CRVAL1", "CD1_1"))
 
 
+def _tile_compressed(image: Path) -> bool:
+    """Whether the image is in a tile-compressed extension (a compressed CAL file)."""
+    with fits.open(image, memmap=False, lazy_load_hdus=True) as hdul:
+        return image_hdu(hdul) != 0
+
+
 def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
-    """The image with its old solution removed, in the work directory.
+    """The image with its old solution removed, as a plain FITS file in the work directory.
 
     ``solve-field`` uses a WCS it finds in the input, so a re-solve (after a crash between the merge
     and the ledger, or a forced rerun) would give a slightly different answer than the first solve of
-    the same pixels. Starting from the bare image keeps the result identical. Rare: first solves skip it.
+    the same pixels. Starting from the bare image keeps the result identical. Rare: first solves skip it,
+    except for a tile-compressed CAL file, which solve-field (``--extension 0``) is always given this way.
     """
     with fits.open(image, memmap=False) as hdul:
-        header = hdul[0].header.copy()
+        index = image_hdu(hdul)
+        header = fits.PrimaryHDU(hdul[index].data, hdul[index].header).header
         _without_wcs(header)
         target = work_dir / "input.fits"
-        fits.PrimaryHDU(hdul[0].data, header).writeto(target)
+        fits.PrimaryHDU(hdul[index].data, header).writeto(target)
     return target
 
 
@@ -264,7 +273,7 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
                            hinted=pointing is not None)
     with tempfile.TemporaryDirectory(prefix="astep-solve-", dir=tmp_root) as work_text:
         work_dir = Path(work_text)
-        if has_wcs(header):
+        if has_wcs(header) or _tile_compressed(image):
             image = _copy_without_wcs(image, work_dir)
         width = header.get("NAXIS1")
         command = build_command(image, work_dir, settings, pointing,
@@ -326,7 +335,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
     """
     with fits.open(cal_path, memmap=False) as hdul:
         hdul.verify("silentfix")
-        header = hdul[0].header
+        header = hdul[image_hdu(hdul)].header
         _without_wcs(header)
         header.remove("ASTCWERR", ignore_missing=True)
         for card in wcs_header.cards:
@@ -340,7 +349,7 @@ def mark_unsolved(cal_path: Path, reason: str) -> None:
     """Record a failed solve in the CAL file: ``ASTCWCS = 'failed'`` and the reason in ``ASTCWERR``."""
     printable = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in reason)
     with fits.open(cal_path, memmap=False) as hdul:
-        header = hdul[0].header
+        header = hdul[image_hdu(hdul)].header
         _without_wcs(header)
         header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
         header["ASTCWERR"] = (printable[:60], "why the plate solve failed")

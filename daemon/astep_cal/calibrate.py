@@ -27,7 +27,7 @@ import astroscrappy
 import numpy as np
 
 from .config import CosmicSettings
-from .masters import MaskBit
+from .masters import MaskBit, MasterNoise
 
 
 class CalibrationError(ValueError):
@@ -47,24 +47,6 @@ class CalibratedFrame:
 REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (README)
 
 
-@dataclass(frozen=True)
-class MasterNoise:
-    """What the masters add to the variance of a calibrated pixel (see :func:`error_map`).
-
-    ``dark_k``: variance of the master dark relative to that of one raw dark (1/N for a mean of N
-    frames; more for a median: :func:`astep_cal.masters.combine_variance_factor`). ``dark_scale``: the
-    exposure-time scale applied to the dark. ``dark_current_adu``: the dark current held in the dark
-    that is subtracted (ADU, per pixel), whose electrons are Poisson noise in the science frame too.
-    ``flat_var1`` (ADU^-1) and ``flat_var2`` (ADU^-2): the master flat's variance is
-    ``flat_var1 * f / gain + flat_var2 * read_noise**2 / gain**2`` at a pixel of response ``f`` (the
-    ``FLTVAR1``/``FLTVAR2`` cards of the master flat). Zeros: a master without noise (unknown).
-    """
-
-    dark_k: float = 0.0
-    dark_scale: float = 1.0
-    dark_current_adu: np.ndarray | None = None
-    flat_var1: float = 0.0
-    flat_var2: float = 0.0
 
 
 def sky_level(data: np.ndarray, usable: np.ndarray) -> float:
@@ -233,15 +215,19 @@ def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.nda
     return ry[keep], rx[keep]
 
 
+GROW_NEIGHBOUR_RATIO = 0.7
+
+
 def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float, read_noise_e: float,
                      n_sigma: float = 3.0, rounds: int = 2) -> np.ndarray:
     """The faint edges of cosmic-ray tracks that L.A.Cosmic leaves (wide and diagonal tracks).
 
     A neighbour of a flagged pixel joins the mask when it stands ``n_sigma`` above the local clean
-    background *and* is at least as bright as each of its clean neighbours (a track's edge is a lone
-    bump once the track is flagged; a star's pixel always has a brighter neighbour towards the core),
-    and is not on a star (:func:`on_source`): a hit on a star's wing must not spread into its core.
-    Repeated ``rounds`` times, so a three-pixel-wide track is covered. ``excluded`` pixels (bad,
+    background, its excess is at least ``GROW_NEIGHBOUR_RATIO`` of its brightest clean neighbour's (a
+    track is about as bright all across; a star's pixel has a neighbour towards the core at least 1.5
+    times brighter, for a PSF of FWHM 2.5 px or more), and it is not on a star (:func:`on_source`): a hit on a star's wing must not spread into its core.
+    nor explained by a star's profile (:func:`explained_by_profile`: a faint star's core, whose ring
+    is barely above the sky). Repeated ``rounds`` times, so a three-pixel-wide track is covered. ``excluded`` pixels (bad,
     saturated) never join. Returns only the added pixels.
     """
     flagged = cosmic.copy()
@@ -256,12 +242,15 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             brightest = np.nanmax(neighbours, axis=1)
-        lone = ~(data[ys, xs] < brightest)  # NaN (no clean neighbour) counts as lone
         around[ys, xs] = True
         background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
         sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
-        hits = lone & (data[ys, xs] - background > n_sigma * sigma)
+        excess = data[ys, xs] - background
+        with np.errstate(invalid="ignore"):  # NaN (no clean neighbour) counts as standing out
+            lone = ~(excess < GROW_NEIGHBOUR_RATIO * (brightest - background))
+        hits = lone & (excess > n_sigma * sigma)
         hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma)
+        hits[hits] = ~explained_by_profile(data, flagged | excluded, ys[hits], xs[hits], sky_e, read_noise_e)
         if not hits.any():
             break
         flagged[ys[hits], xs[hits]] = True
@@ -310,16 +299,23 @@ def vet_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky
         ys, xs = np.nonzero(kept)
         if not len(ys):
             break
-        predicted = profile_values(data, kept | excluded, ys, xs, sky_e, read_noise_e,
-                                   np.full(len(ys), np.nan, np.float32))
-        sigma = np.sqrt(np.clip(predicted, 0, None) + read_noise_e ** 2)
-        with np.errstate(invalid="ignore"):
-            explained = (np.abs(data[ys, xs] - predicted)
-                         < n_sigma * sigma + PROFILE_TOLERANCE * np.clip(predicted - sky_e, 0, None))
+        explained = explained_by_profile(data, kept | excluded, ys, xs, sky_e, read_noise_e, n_sigma)
         if not explained.any():
             break
         kept[ys[explained], xs[explained]] = False
     return kept
+
+
+def explained_by_profile(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
+                         read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
+    """Whether each pixel's value is what a star's profile fitted to the clean pixels around it
+    predicts, within ``n_sigma`` plus ``PROFILE_TOLERANCE`` of the signal (False where no star-like
+    profile can be fitted: the sky, a track)."""
+    predicted = profile_values(data, excluded, ys, xs, sky_e, read_noise_e, np.full(len(ys), np.nan, np.float32))
+    sigma = np.sqrt(np.clip(predicted, 0, None) + read_noise_e ** 2)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(data[ys, xs] - predicted)
+                < n_sigma * sigma + PROFILE_TOLERANCE * np.clip(predicted - sky_e, 0, None))
 
 
 PROFILE_HALF = 2  # the 5x5 window a star's local profile is fitted on
@@ -330,6 +326,21 @@ _PROFILE_DESIGN = np.stack([np.ones(_PROFILE_OFFSETS.shape[1]), _PROFILE_OFFSETS
                             _PROFILE_OFFSETS[0] * _PROFILE_OFFSETS[1]], axis=1).astype(np.float64)
 
 
+def _star_like(coefficients: np.ndarray) -> np.ndarray:
+    """Whether fitted log-quadratics (rows of a, bx, by, cxx, cyy, cxy) describe a star: a peak
+    curved downwards in every direction (a track's ridge is flat along the track), at most 4 times
+    more curved one way than the other, as wide as a PSF (Gaussian sigma 0.5-4 px), centred within
+    3.5 px of the pixel."""
+    cxx, cyy, cxy = coefficients[:, 3], coefficients[:, 4], coefficients[:, 5]
+    hessian = np.stack([np.stack([2 * cxx, cxy], -1), np.stack([cxy, 2 * cyy], -1)], -2)
+    with np.errstate(all="ignore"):
+        low, high = np.linalg.eigvalsh(hessian).T  # low <= high; a peak needs both < 0
+        curved = (high < 0) & (low >= 4 * high) & (-low <= 4.0) & (-high >= 1 / 16)
+        centre = np.linalg.solve(np.where(curved[:, None, None], hessian, np.eye(2)),
+                                 -coefficients[:, 1:3, None])[:, :, 0]
+    return curved & (np.hypot(centre[:, 0], centre[:, 1]) <= 3.5)
+
+
 def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
                    read_noise_e: float, fallback: np.ndarray) -> np.ndarray:
     """The value a star's profile predicts at each (y, x), from the clean pixels around it.
@@ -338,7 +349,9 @@ def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: n
     least-squares quadratic fitted to log(data - sky) over the 5x5 window (pixels not ``excluded`` and
     significantly above the sky, weighted by their signal-to-noise squared) gives the missing pixel on
     the profile, where a mean or median of the neighbours would cut the peak off. The estimate is
-    bounded by twice the window's brightest clean pixel; with fewer than 8 usable pixels, ``fallback``.
+    bounded by twice the window's brightest clean pixel. Only a star-like fit is used (:func:`_star_like`:
+    a round peak, not the ridge of a wide cosmic-ray track nor a one-pixel spike); otherwise, and
+    with fewer than 8 usable pixels, ``fallback``.
     """
     if not len(ys):
         return np.empty(0, dtype=np.float32)
@@ -359,7 +372,7 @@ def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: n
             coefficients = np.linalg.solve(normal[enough], rhs[enough][:, :, None])[:, :, 0]
             predicted = np.exp(np.clip(coefficients[:, 0], -50, 50))
         ceiling = 2.0 * np.nanmax(np.where(usable[enough], values[enough], np.nan), axis=1)
-        good = np.isfinite(predicted)
+        good = np.isfinite(predicted) & _star_like(coefficients)
         estimate = sky_e + np.minimum(predicted, ceiling)
         result[np.flatnonzero(enough)[good]] = estimate[good]
     return result.astype(np.float32)

@@ -16,6 +16,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from .astrometry import wcs_error_px
 from .masters import MaskBit
+from .products import cal_image_hdu, read_cal_header
 
 
 @dataclass
@@ -88,7 +89,7 @@ def solved_wcs_of(header: fits.Header) -> WCS | None:
 def wcs_error_of(cal_path: Path, truth) -> float | None:
     """Median WCS error (px) of a solved CAL file against the truth of its raw frame (header only:
     cheap enough for 4096² benchmarks); None when unsolved."""
-    header = fits.getheader(cal_path)
+    header = read_cal_header(cal_path)
     solved = solved_wcs_of(header)
     if solved is None:
         return None
@@ -98,8 +99,9 @@ def wcs_error_of(cal_path: Path, truth) -> float | None:
 def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
     """Every metric for one calibrated frame of a synthetic night."""
     with fits.open(cal_path) as hdul:
-        data = hdul[0].data.astype(np.float64)
-        header = hdul[0].header
+        index = cal_image_hdu(hdul)
+        data = hdul[index].data.astype(np.float64)
+        header = hdul[index].header
         mask = hdul["MASK"].data
     sky = truth.sky_e(raw_name)
     solved_wcs = solved_wcs_of(header)

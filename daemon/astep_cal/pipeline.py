@@ -33,7 +33,8 @@ from .fitsio import (StorageUnavailable, ensure_root, fingerprint, read_image, r
 from .ledger import Ledger
 from .recovery import raw_fingerprint_card
 from .logs import get_logger
-from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
+from .masters import (DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable,
+                      flat_noise_cards, master_noise)
 from .night import (NightInventory, Problem, RawFrame, cal_dir, discover_nights, is_fits_name, is_temporary,
                     kind_from_name, make_output_dirs, masters_dir, take_inventory, valid_date)
 
@@ -215,7 +216,9 @@ def _own_flat(inventory: NightInventory, masters: Masters, settings: Settings, o
             inventory.problems.append(Problem(frame.path, "flat_rejected", f"median {level:.0f} ADU after the dark, "
                                               f"usable {level_range[0]:g}-{level_range[1]:g}"))
     flats = [f for f, level in zip(flats, levels) if flat_level_usable(level, level_range)]
-    products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
+    products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date,
+                          flat_noise_cards([v for v in levels if flat_level_usable(v, level_range)],
+                                           calibration.combine_sigma),
                           [f.name for f in flats])
     masters.flat = flat
     masters.record["flat"] = {
@@ -473,10 +476,15 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     raw, header = read_whole_frame(frame)
     gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
     read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    flat_record = masters.record["flat"]
+    root = cal_path.parents[2]
+    noise = master_noise(masters.library, dark,
+                         products.master_header(masters_dir(root, cal_path.parents[1].name)
+                                                / products.dark_file_name(dark.source_exptime)),
+                         products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
-                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw))
-    flat_record = masters.record["flat"]
+                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
     quality_cards, quality_record = frame_quality(result, settings, log)
     provenance = {
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
@@ -493,7 +501,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     }
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
-    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
@@ -520,7 +528,7 @@ def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
 
 def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
     """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
-    header = fits.getheader(cal_path)
+    header = products.read_cal_header(cal_path)
     result = astrometry.solve(cal_path, header, settings.astrometry)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
