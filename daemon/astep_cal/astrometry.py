@@ -240,9 +240,13 @@ def has_wcs(header: fits.Header) -> bool:
 
 
 def _tile_compressed(image: Path) -> bool:
-    """Whether the image is in a tile-compressed extension (a compressed CAL file)."""
-    with fits.open(image, memmap=False, lazy_load_hdus=True) as hdul:
-        return image_hdu(hdul) != 0
+    """Whether the image is in a tile-compressed extension (a compressed CAL file). An unreadable file
+    is left to solve-field, whose failure is then reported like any other."""
+    try:
+        with fits.open(image, memmap=False, lazy_load_hdus=True) as hdul:
+            return image_hdu(hdul) != 0
+    except (OSError, ValueError):
+        return False
 
 
 def _copy_without_wcs(image: Path, work_dir: Path) -> Path:

@@ -319,11 +319,18 @@ def explained_by_profile(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray,
 
 
 PROFILE_HALF = 2  # the 5x5 window a star's local profile is fitted on
-_PROFILE_OFFSETS = np.stack(np.meshgrid(np.arange(-PROFILE_HALF, PROFILE_HALF + 1),
-                                        np.arange(-PROFILE_HALF, PROFILE_HALF + 1), indexing="ij")).reshape(2, -1)
-_PROFILE_DESIGN = np.stack([np.ones(_PROFILE_OFFSETS.shape[1]), _PROFILE_OFFSETS[1], _PROFILE_OFFSETS[0],
-                            _PROFILE_OFFSETS[1] ** 2, _PROFILE_OFFSETS[0] ** 2,
-                            _PROFILE_OFFSETS[0] * _PROFILE_OFFSETS[1]], axis=1).astype(np.float64)
+STAMP_HALF = 3  # the 7x7 stamp a whole star is fitted on when looking for hits on it
+
+
+def _log_quadratic_design(half: int) -> np.ndarray:
+    """Columns 1, x, y, x², y², xy over a (2 half + 1)² window (row-major, like :func:`_window_values`)."""
+    dy, dx = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1), indexing="ij")
+    dy, dx = dy.ravel().astype(np.float64), dx.ravel().astype(np.float64)
+    return np.stack([np.ones_like(dx), dx, dy, dx * dx, dy * dy, dx * dy], axis=1)
+
+
+_PROFILE_DESIGN = _log_quadratic_design(PROFILE_HALF)
+_STAMP_DESIGN = _log_quadratic_design(STAMP_HALF)
 
 
 def _star_like(coefficients: np.ndarray) -> np.ndarray:
@@ -341,41 +348,95 @@ def _star_like(coefficients: np.ndarray) -> np.ndarray:
     return curved & (np.hypot(centre[:, 0], centre[:, 1]) <= 3.5)
 
 
+def fit_star_profiles(values: np.ndarray, sky_e: float, read_noise_e: float,
+                      design: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian profiles fitted to windows of sky-subtracted ``values`` (one row per window, NaN for
+    pixels left out): a weighted least-squares quadratic in log(value) over the pixels significantly
+    above the sky (2 sigma), weighted by their signal-to-noise squared (the error of a logarithm).
+
+    Returns the coefficients (a, bx, by, cxx, cyy, cxy) per window, whether the fit is usable (8 or
+    more pixels and :func:`_star_like`), and the brightest pixel used (to bound extrapolations).
+    """
+    variance = np.clip(values + sky_e, 0, None) + read_noise_e ** 2
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(values) & (values > 2.0 * np.sqrt(np.where(np.isfinite(variance), variance, 1.0)))
+    signal = np.where(usable, values, 1.0)
+    weight = np.where(usable, signal ** 2 / np.where(usable, variance, 1.0), 0.0)
+    target = np.log(np.clip(signal, 1e-3, None))
+    normal = np.einsum("kp,pi,pj->kij", weight, design, design) + 1e-9 * np.eye(design.shape[1])[None]
+    rhs = np.einsum("kp,pi,kp->ki", weight, design, target)
+    good = usable.sum(axis=1) >= 8
+    coefficients = np.zeros((len(values), design.shape[1]))
+    if good.any():
+        with np.errstate(all="ignore"):
+            coefficients[good] = np.linalg.solve(normal[good], rhs[good][:, :, None])[:, :, 0]
+        good &= np.all(np.isfinite(coefficients), axis=1) & _star_like(coefficients)
+    brightest = np.max(np.where(usable, values, -np.inf), axis=1)
+    return coefficients, good, brightest
+
+
 def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
                    read_noise_e: float, fallback: np.ndarray) -> np.ndarray:
     """The value a star's profile predicts at each (y, x), from the clean pixels around it.
 
-    A star's core is close to a Gaussian, whose logarithm is a quadratic in (x, y): a weighted
-    least-squares quadratic fitted to log(data - sky) over the 5x5 window (pixels not ``excluded`` and
-    significantly above the sky, weighted by their signal-to-noise squared) gives the missing pixel on
-    the profile, where a mean or median of the neighbours would cut the peak off. The estimate is
-    bounded by twice the window's brightest clean pixel. Only a star-like fit is used (:func:`_star_like`:
-    a round peak, not the ridge of a wide cosmic-ray track nor a one-pixel spike); otherwise, and
-    with fewer than 8 usable pixels, ``fallback``.
+    A star's core is close to a Gaussian, whose logarithm is a quadratic in (x, y): the profile
+    fitted to the 5x5 window (:func:`fit_star_profiles`, pixels not ``excluded``) gives the missing
+    pixel on the profile, where a mean or median of the neighbours would cut the peak off. The
+    estimate is bounded by twice the window's brightest clean pixel. Only a star-like fit is used (a
+    round peak, not the ridge of a wide cosmic-ray track nor a one-pixel spike); otherwise
+    ``fallback``.
     """
     if not len(ys):
         return np.empty(0, dtype=np.float32)
     values = _window_values(data, excluded, ys, xs, PROFILE_HALF) - sky_e
     values[:, values.shape[1] // 2] = np.nan  # the pixel itself is what is being predicted
-    variance = np.clip(values + sky_e, 0, None) + read_noise_e ** 2
-    usable = np.isfinite(values) & (values > 2.0 * np.sqrt(np.where(np.isfinite(variance), variance, 1.0)))
-    signal = np.where(usable, values, 1.0)
-    weight = np.where(usable, signal ** 2 / np.where(usable, variance, 1.0), 0.0)
-    target = np.log(np.clip(signal, 1e-3, None))
-    normal = np.einsum("kp,pi,pj->kij", weight, _PROFILE_DESIGN, _PROFILE_DESIGN)
-    normal += 1e-9 * np.eye(6)[None, :, :]
-    rhs = np.einsum("kp,pi,kp->ki", weight, _PROFILE_DESIGN, target)
-    enough = usable.sum(axis=1) >= 8
+    coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, _PROFILE_DESIGN)
     result = np.asarray(fallback, dtype=np.float64).copy()
-    if enough.any():
-        with np.errstate(all="ignore"):
-            coefficients = np.linalg.solve(normal[enough], rhs[enough][:, :, None])[:, :, 0]
-            predicted = np.exp(np.clip(coefficients[:, 0], -50, 50))
-        ceiling = 2.0 * np.nanmax(np.where(usable[enough], values[enough], np.nan), axis=1)
-        good = np.isfinite(predicted) & _star_like(coefficients)
-        estimate = sky_e + np.minimum(predicted, ceiling)
-        result[np.flatnonzero(enough)[good]] = estimate[good]
+    with np.errstate(all="ignore"):
+        estimate = sky_e + np.minimum(np.exp(np.clip(coefficients[:, 0], -50, 50)), 2.0 * brightest)
+    result[good] = estimate[good]
     return result.astype(np.float32)
+
+
+def find_hits_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
+                       read_noise_e: float, n_sigma: float = 5.0, peak_sigma: float = 10.0) -> np.ndarray:
+    """Hits on stars that L.A.Cosmic lets through: a new cosmic mask.
+
+    L.A.Cosmic's ``objlim`` protects star cores by refusing anything on a bright, smooth source, so a
+    hit on a bright star's wing stays: the star's flux is then silently wrong. Each star (a local
+    maximum ``peak_sigma`` sky sigmas above the sky, not saturated) gets a Gaussian profile fitted
+    over its 7x7 stamp (:func:`fit_star_profiles`); a clean pixel more than ``n_sigma`` plus
+    ``PROFILE_TOLERANCE`` of the model above it is a hit. Twice: the first hits are left out of the
+    second fit. Costs the stars' number, not the frame's size (the peaks are found among the pixels
+    above the threshold only).
+    """
+    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
+    bright = data > sky_e + peak_sigma * sky_sigma
+    bright &= ~excluded & ~cosmic
+    ys, xs = np.nonzero(bright)
+    if not len(ys):
+        return cosmic
+    neighbours = _window_values(data, np.zeros_like(cosmic), ys, xs, 1)
+    neighbours[:, 4] = -np.inf
+    peak = data[ys, xs] >= np.nanmax(np.where(np.isnan(neighbours), -np.inf, neighbours), axis=1)
+    ys, xs = ys[peak], xs[peak]
+    near_saturation = _window_values(excluded.astype(np.float32), np.zeros_like(cosmic), ys, xs, STAMP_HALF)
+    flagged = cosmic.copy()
+    offsets = _STAMP_DESIGN[:, 1:3].astype(np.int64)
+    stamp_y, stamp_x = ys[:, None] + offsets[None, :, 1], xs[:, None] + offsets[None, :, 0]
+    inside = (stamp_y >= 0) & (stamp_y < data.shape[0]) & (stamp_x >= 0) & (stamp_x < data.shape[1])
+    for _ in range(2):
+        values = _window_values(data, flagged | excluded, ys, xs, STAMP_HALF) - sky_e
+        coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, _STAMP_DESIGN)
+        with np.errstate(all="ignore"):
+            model = np.minimum(np.exp(np.clip(coefficients @ _STAMP_DESIGN.T, -50, 50)), 2.0 * brightest[:, None])
+            sigma = np.sqrt(np.clip(model + sky_e, 0, None) + read_noise_e ** 2)
+            hits = (values - model > n_sigma * sigma + PROFILE_TOLERANCE * model) & inside
+        hits &= (good & ~np.any(near_saturation > 0, axis=1))[:, None]
+        if not hits.any():
+            break
+        flagged[stamp_y[hits], stamp_x[hits]] = True
+    return flagged
 
 
 def replace_flagged(data: np.ndarray, cleaned: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
@@ -454,6 +515,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
     cosmic_mask = flag_beside_bad(data, cosmic_mask, bad, excluded, sky, read_noise_e)
     cosmic_mask = vet_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
     cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, excluded, sky, read_noise_e)
+    cosmic_mask = find_hits_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
     cleaned = replace_flagged(data, cleaned, cosmic_mask, excluded, sky, read_noise_e)
     del data
     fill_bad_pixels(cleaned, bad, sky)  # again, from neighbours now free of cosmic rays

@@ -707,11 +707,11 @@ def defect_scene(shape: tuple[int, int] = (512, 512), *, seed: int = 3, sky_e: f
     ny, nx = shape
     sigma = fwhm_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     true_flat = (rng.normal(1.0, 0.01, shape) * np.linspace(0.9, 1.05, nx)[None, :]).astype(np.float32)
-    true_flat /= np.float32(np.median(true_flat))
     bad = np.zeros(shape, bool)
     for column in dead_columns:
         true_flat[:, column] = 0.02
         bad[:, column] = True
+    true_flat /= np.float32(np.median(true_flat))  # the masters' convention: median 1, dead pixels included
     hot_rate = np.zeros(shape, np.float32)
     hot = (rng.random(shape) < hot_fraction) & ~bad
     hot_rate[hot] = rng.uniform(20.0, 400.0, int(hot.sum()))
