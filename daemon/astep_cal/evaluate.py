@@ -143,7 +143,7 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
     delta / sigma, and ``flagged`` (a MASK bit in the aperture).
     """
     from astropy.table import Table
-    from photutils.aperture import ApertureMask, CircularAperture, aperture_photometry
+    from photutils.aperture import CircularAperture, aperture_photometry
 
     positions = np.column_stack([x, y])
     apertures = CircularAperture(positions, r=radius)
@@ -153,13 +153,18 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
     expected = aperture_photometry(truth.astype(np.float64), apertures)["aperture_sum"].data
     sigma, flagged = np.empty(len(positions)), np.zeros(len(positions), bool)
     for index, aperture_mask in enumerate(apertures.to_mask(method="exact")):
-        weights = aperture_mask.to_image(data.shape)
+        weights = aperture_mask.data
+        local_variance = aperture_mask.cutout(variance, fill_value=0.0)
+        local_masked = aperture_mask.cutout(masked, fill_value=False)
+        if local_variance is None:  # entirely outside the frame
+            sigma[index] = np.nan
+            continue
         inside = weights > 0
-        bad = masked & inside
+        bad = local_masked & inside
         flagged[index] = bool(bad.any())
-        clean = inside & ~masked
-        typical = float(np.median(variance[clean])) if clean.any() else 0.0
-        sigma[index] = float(np.sqrt(np.sum(weights * weights * np.where(bad, typical, variance))))
+        clean = inside & ~local_masked
+        typical = float(np.median(local_variance[clean])) if clean.any() else 0.0
+        sigma[index] = float(np.sqrt(np.sum(weights * weights * np.where(bad, typical, local_variance))))
     true = expected - sky_e * apertures.area
     delta = measured - expected
     return Table({"x": x, "y": y, "true": true, "delta": delta, "sigma": sigma, "z": delta / sigma,
