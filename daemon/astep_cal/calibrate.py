@@ -193,10 +193,12 @@ def on_source(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.nda
     crosses the 16-pixel ring at most 2-4 times and leaves its median at the sky. (A 7x7 window median,
     used before, is the sky even at a star's core when the PSF is 2.5 px wide: the growth then ate star
     cores as if they were track edges.) The threshold is 1.5 sky sigmas, ~5 sigmas of the ring median.
+    Half of the ring at least must be usable: inside a wide track most of it is flagged, and the
+    track's own unflagged pixels would make the rest look like a star.
     """
-    ring = _nan_median(_window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True),
-                       np.full(len(ys), sky_e))
-    return ring > sky_e + 1.5 * sky_sigma
+    values = _window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True)
+    ring = _nan_median(values, np.full(len(ys), sky_e))
+    return (ring > sky_e + 1.5 * sky_sigma) & (np.isfinite(values).sum(axis=1) >= 8)
 
 
 def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
