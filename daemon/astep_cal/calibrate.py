@@ -221,7 +221,7 @@ GROW_NEIGHBOUR_RATIO = 0.7
 
 
 def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float, read_noise_e: float,
-                     n_sigma: float = 3.0, rounds: int = 2) -> np.ndarray:
+                     n_sigma: float = 3.0, rounds: int = 2, filled: np.ndarray | None = None) -> np.ndarray:
     """The faint edges of cosmic-ray tracks that L.A.Cosmic leaves (wide and diagonal tracks).
 
     A neighbour of a flagged pixel joins the mask when it stands ``n_sigma`` above the local clean
@@ -230,7 +230,8 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray,
     times brighter, for a PSF of FWHM 2.5 px or more), and it is not on a star (:func:`on_source`): a hit on a star's wing must not spread into its core.
     nor explained by a star's profile (:func:`explained_by_profile`: a faint star's core, whose ring
     is barely above the sky). Repeated ``rounds`` times, so a three-pixel-wide track is covered. ``excluded`` pixels (bad,
-    saturated) never join. Returns only the added pixels.
+    saturated) never join. ``filled``: the bad pixels, whose interpolated values may still tell a star
+    (a star centred beside a dead column). Returns only the added pixels.
     """
     flagged = cosmic.copy()
     sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
@@ -251,7 +252,8 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray,
         with np.errstate(invalid="ignore"):  # NaN (no clean neighbour) counts as standing out
             lone = ~(excess < GROW_NEIGHBOUR_RATIO * (brightest - background))
         hits = lone & (excess > n_sigma * sigma)
-        hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma)
+        ring_excluded = around if filled is None else around & ~filled
+        hits[hits] = ~on_source(data, ring_excluded, ys[hits], xs[hits], sky_e, sky_sigma)
         hits[hits] = ~explained_by_profile(data, flagged | excluded, ys[hits], xs[hits], sky_e, read_noise_e)
         if not hits.any():
             break
@@ -382,21 +384,25 @@ def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: n
     """The value a star's profile predicts at each (y, x), from the clean pixels around it.
 
     A star's core is close to a Gaussian, whose logarithm is a quadratic in (x, y): the profile
-    fitted to the 5x5 window (:func:`fit_star_profiles`, pixels not ``excluded``) gives the missing
+    fitted to the 5x5 window (:func:`fit_star_profiles`, pixels not ``excluded``; the 7x7 one when
+    too much of the 5x5 is excluded, e.g. a whole core flagged beside a dead column) gives the missing
     pixel on the profile, where a mean or median of the neighbours would cut the peak off. The
     estimate is bounded by twice the window's brightest clean pixel. Only a star-like fit is used (a
     round peak, not the ridge of a wide cosmic-ray track nor a one-pixel spike); otherwise
     ``fallback``.
     """
-    if not len(ys):
-        return np.empty(0, dtype=np.float32)
-    values = _window_values(data, excluded, ys, xs, PROFILE_HALF) - sky_e
-    values[:, values.shape[1] // 2] = np.nan  # the pixel itself is what is being predicted
-    coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, _PROFILE_DESIGN)
     result = np.asarray(fallback, dtype=np.float64).copy()
-    with np.errstate(all="ignore"):
-        estimate = sky_e + np.minimum(np.exp(np.clip(coefficients[:, 0], -50, 50)), 2.0 * brightest)
-    result[good] = estimate[good]
+    todo = np.arange(len(ys))
+    for half, design in ((PROFILE_HALF, _PROFILE_DESIGN), (STAMP_HALF, _STAMP_DESIGN)):
+        if not len(todo):
+            break
+        values = _window_values(data, excluded, ys[todo], xs[todo], half) - sky_e
+        values[:, values.shape[1] // 2] = np.nan  # the pixel itself is what is being predicted
+        coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, design)
+        with np.errstate(all="ignore"):
+            estimate = sky_e + np.minimum(np.exp(np.clip(coefficients[:, 0], -50, 50)), 2.0 * brightest)
+        result[todo[good]] = estimate[good]
+        todo = todo[~good]
     return result.astype(np.float32)
 
 
@@ -516,7 +522,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
     cosmic_mask &= ~excluded
     cosmic_mask = flag_beside_bad(data, cosmic_mask, bad, excluded, sky, read_noise_e)
     cosmic_mask = vet_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
-    cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, excluded, sky, read_noise_e)
+    cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, excluded, sky, read_noise_e, filled=bad)
     cosmic_mask = find_hits_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
     cleaned = replace_flagged(data, cleaned, cosmic_mask, excluded, sky, read_noise_e)
     del data
