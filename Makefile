@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench clean install install-app install-files \
+.PHONY: all system-deps venv demo test test-faults bench bench-compression clean install install-app install-files \
 	install-activate test-systemd print-debian-packages
 
 all: test
@@ -45,6 +45,10 @@ test-faults: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)
+
+# Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
+bench-compression: system-deps venv
+	$(BIN)/python -m astep_cal.bench_compression $(BENCH_COMPRESSION_ARGS)
 
 # --- deployment (README "Deploying the service") -------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from astep_cal.calibrate import calibrate_frame, fill_bad_pixels
-from astep_cal.config import CosmicSettings
+from astep_cal.calibrate import fill_bad_pixels
+from astep_cal.evaluate import calibrate_scene
 from astep_cal.masters import MaskBit
 from astep_cal.synthetic import COSMIC_PLACES, defect_scene
 
@@ -19,9 +19,7 @@ def scenes():
     out = []
     for seed in (3, 5):
         scene = defect_scene((512, 512), seed=seed)
-        result = calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
-                                 read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings())
-        out.append((scene, result))
+        out.append((scene, calibrate_scene(scene)))
     return out
 
 

@@ -4,22 +4,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.calibrate import REPLACED_ERR, calibrate_frame
-from astep_cal.config import CosmicSettings
-from astep_cal.masters import DarkLibrary, MaskBit, combine_variance_factor, flat_noise_cards, master_noise
+from astep_cal.calibrate import REPLACED_ERR
+from astep_cal.evaluate import calibrate_scene
+from astep_cal.masters import MaskBit, combine_variance_factor
 from astep_cal.synthetic import defect_scene, make_night
 
 from conftest import no_solve_config, run_cli, small_spec
-
-
-def _calibrate(scene, with_master_noise=True):
-    library = DarkLibrary.build({scene.exptime: scene.dark}, None)
-    choice = library.dark_for(scene.exptime)
-    flat_cards = {key: value for key, (value, _) in flat_noise_cards(scene.flat_levels_adu, 3.0).items()}
-    noise = master_noise(library, choice, {"NCOMBINE": scene.n_darks}, flat_cards, 3.0) if with_master_noise else None
-    return calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
-                           read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings(),
-                           noise=noise)
 
 
 def _clean_sky_z(scene, result):
@@ -32,7 +22,7 @@ def _clean_sky_z(scene, result):
 @pytest.mark.parametrize("exptime", [30.0, 90.0])
 def test_err_is_the_spread_of_the_residuals_on_clean_sky(sky_e, exptime):
     scene = defect_scene((384, 384), seed=11, sky_e=sky_e, exptime=exptime, n_darks=3, n_flats=3)
-    z = _clean_sky_z(scene, _calibrate(scene))
+    z = _clean_sky_z(scene, calibrate_scene(scene))
     assert z.size > 100_000
     assert np.std(z) == pytest.approx(1.0, abs=0.05)
     assert abs(np.mean(z)) < 0.1
@@ -42,8 +32,8 @@ def test_master_noise_matters_with_few_inputs_and_shrinks_with_more():
     """With 2 darks and 2 flats the masters' noise is a visible part of the error; leaving it out
     makes ERR too small. With more inputs the masters' terms shrink (1/N, or the median's factor)."""
     few = defect_scene((384, 384), seed=12, sky_e=300.0, exptime=90.0, n_darks=2, n_flats=2)
-    assert np.std(_clean_sky_z(few, _calibrate(few))) == pytest.approx(1.0, abs=0.05)
-    assert np.std(_clean_sky_z(few, _calibrate(few, with_master_noise=False))) > 1.06
+    assert np.std(_clean_sky_z(few, calibrate_scene(few))) == pytest.approx(1.0, abs=0.05)
+    assert np.std(_clean_sky_z(few, calibrate_scene(few, with_master_noise=False))) > 1.06
     factors = [combine_variance_factor(n, 3.0) for n in (1, 2, 3, 5, 10, 20)]
     assert factors == sorted(factors, reverse=True)
     assert factors[0] == pytest.approx(1.0, abs=0.02) and factors[-1] < 0.07
@@ -52,7 +42,7 @@ def test_master_noise_matters_with_few_inputs_and_shrinks_with_more():
 
 def test_replaced_pixels_get_the_documented_large_error():
     scene = defect_scene((256, 256), seed=13, dead_columns=(61, 200))
-    result = _calibrate(scene)
+    result = calibrate_scene(scene)
     replaced = (result.mask & (MaskBit.BAD | MaskBit.COSMIC | MaskBit.SATURATED)) > 0
     assert replaced.any()
     assert np.all(result.error[replaced] == REPLACED_ERR)

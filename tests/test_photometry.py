@@ -6,22 +6,13 @@ import numpy as np
 import pytest
 from astropy.table import vstack
 
-from astep_cal.calibrate import calibrate_frame
-from astep_cal.config import CosmicSettings
-from astep_cal.evaluate import aperture_fidelity
-from astep_cal.masters import DarkLibrary, flat_noise_cards, master_noise
+from astep_cal.evaluate import aperture_fidelity, calibrate_scene
 from astep_cal.synthetic import defect_scene
 
 
 def calibrated_scene(seed: int, shape=(512, 512)):
     scene = defect_scene(shape, seed=seed)
-    library = DarkLibrary.build({scene.exptime: scene.dark}, None)
-    flat_cards = {key: value for key, (value, _) in flat_noise_cards(scene.flat_levels_adu, 3.0).items()}
-    noise = master_noise(library, library.dark_for(scene.exptime), {"NCOMBINE": scene.n_darks}, flat_cards, 3.0)
-    result = calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
-                             read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings(),
-                             noise=noise)
-    return scene, result
+    return scene, calibrate_scene(scene)
 
 
 @pytest.fixture(scope="module")

@@ -26,22 +26,14 @@ import numpy as np
 from astropy.io import fits
 
 from . import products
-from .calibrate import calibrate_frame
-from .config import CosmicSettings, OutputSettings
-from .evaluate import aperture_fidelity
-from .masters import DarkLibrary, flat_noise_cards, master_noise
+from .config import OutputSettings
+from .evaluate import aperture_fidelity, calibrate_scene
 from .synthetic import defect_scene
 
 
 def _calibrated(size: int, seed: int):
     scene = defect_scene((size, size), seed=seed, dead_columns=(61, size // 3, size // 2, size // 2 + 1))
-    library = DarkLibrary.build({scene.exptime: scene.dark}, None)
-    cards = {key: value for key, (value, _) in flat_noise_cards(scene.flat_levels_adu, 3.0).items()}
-    noise = master_noise(library, library.dark_for(scene.exptime), {"NCOMBINE": scene.n_darks}, cards, 3.0)
-    result = calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
-                             read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings(),
-                             noise=noise)
-    return scene, result
+    return scene, calibrate_scene(scene)
 
 
 def _tool_ok(command: list[str]) -> bool | None:

@@ -169,3 +169,21 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
     delta = measured - expected
     return Table({"x": x, "y": y, "true": true, "delta": delta, "sigma": sigma, "z": delta / sigma,
                   "flagged": flagged})
+
+
+def calibrate_scene(scene, with_master_noise: bool = True):
+    """A :class:`astep_cal.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
+    from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
+    headers. ``with_master_noise=False``: the error map as if the masters were exact."""
+    from .calibrate import calibrate_frame
+    from .config import CalibrationSettings, CosmicSettings
+    from .masters import DarkLibrary, flat_noise_cards, master_noise
+
+    sigma = CalibrationSettings().combine_sigma
+    library = DarkLibrary.build({scene.exptime: scene.dark}, None)
+    flat_cards = {key: value for key, (value, _) in flat_noise_cards(scene.flat_levels_adu, sigma).items()}
+    noise = (master_noise(library, library.dark_for(scene.exptime), {"NCOMBINE": scene.n_darks}, flat_cards, sigma)
+             if with_master_noise else None)
+    return calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
+                           read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings(),
+                           noise=noise)
