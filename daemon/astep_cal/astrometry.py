@@ -41,6 +41,7 @@ from .config import AstrometrySettings
 from .faults import checkpoint
 from .fitsio import atomic_write_hdul
 from .night import image_hdu
+from .products import cal_header_for_update
 
 # Keys of a celestial WCS (with SIP) that a new solution replaces.
 _WCS_KEY = re.compile(
@@ -337,9 +338,8 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
 
     The file is read whole and rewritten atomically: a crash leaves the old file or the new one.
     """
-    with fits.open(cal_path, memmap=False) as hdul:
+    with cal_header_for_update(cal_path) as (hdul, header):
         hdul.verify("silentfix")
-        header = hdul[image_hdu(hdul)].header
         _without_wcs(header)
         header.remove("ASTCWERR", ignore_missing=True)
         for card in wcs_header.cards:
@@ -352,8 +352,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
 def mark_unsolved(cal_path: Path, reason: str) -> None:
     """Record a failed solve in the CAL file: ``ASTCWCS = 'failed'`` and the reason in ``ASTCWERR``."""
     printable = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in reason)
-    with fits.open(cal_path, memmap=False) as hdul:
-        header = hdul[image_hdu(hdul)].header
+    with cal_header_for_update(cal_path) as (hdul, header):
         _without_wcs(header)
         header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
         header["ASTCWERR"] = (printable[:60], "why the plate solve failed")

@@ -414,8 +414,9 @@ def find_hits_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarra
     hit on a bright star's wing stays: the star's flux is then silently wrong. Each star (a local
     maximum ``peak_sigma`` sky sigmas above the sky, not saturated) gets a Gaussian profile fitted
     over its 7x7 stamp (:func:`fit_star_profiles`); a clean pixel more than ``n_sigma`` plus
-    ``PROFILE_TOLERANCE`` of the model above it is a hit. Twice: the first hits are left out of the
-    second fit. Costs the stars' number, not the frame's size (the peaks are found among the pixels
+    ``PROFILE_TOLERANCE`` of the model above it is a hit. The fit is made robust to the hits it looks
+    for: the first leaves out the stamp's local maxima (a hit, or the star's peak, which a Gaussian
+    does not need), the next two what stood 3 sigma out of the previous one. Costs the stars' number, not the frame's size (the peaks are found among the pixels
     above the threshold only).
     """
     sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
@@ -433,17 +434,23 @@ def find_hits_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarra
     offsets = _STAMP_DESIGN[:, 1:3].astype(np.int64)
     stamp_y, stamp_x = ys[:, None] + offsets[None, :, 1], xs[:, None] + offsets[None, :, 0]
     inside = (stamp_y >= 0) & (stamp_y < data.shape[0]) & (stamp_x >= 0) & (stamp_x < data.shape[1])
-    for _ in range(2):
-        values = _window_values(data, flagged | excluded, ys, xs, STAMP_HALF) - sky_e
-        coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, _STAMP_DESIGN)
+    values = _window_values(data, flagged | excluded, ys, xs, STAMP_HALF) - sky_e
+    grid = values.reshape(len(ys), 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
+    padded = np.pad(np.nan_to_num(grid, nan=-np.inf), ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    around = np.maximum.reduce([padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]])
+    left_out = (grid > around).reshape(len(ys), -1)  # local maxima: a hit, or the peak the fit can do without
+    hits = np.zeros(values.shape, dtype=bool)
+    for _ in range(3):  # robust: what stood out of one fit is left out of the next
+        coefficients, good, brightest = fit_star_profiles(np.where(left_out, np.nan, values), sky_e, read_noise_e,
+                                                          _STAMP_DESIGN)
         with np.errstate(all="ignore"):
             model = np.minimum(np.exp(np.clip(coefficients @ _STAMP_DESIGN.T, -50, 50)), 2.0 * brightest[:, None])
             sigma = np.sqrt(np.clip(model + sky_e, 0, None) + read_noise_e ** 2)
-            hits = (values - model > n_sigma * sigma + PROFILE_TOLERANCE * model) & inside
-        hits &= (good & ~np.any(near_saturation > 0, axis=1))[:, None]
-        if not hits.any():
-            break
-        flagged[stamp_y[hits], stamp_x[hits]] = True
+            excess = values - model
+            hits = (excess > n_sigma * sigma + PROFILE_TOLERANCE * model) & inside & good[:, None]
+            left_out = excess > 3.0 * sigma + 0.5 * PROFILE_TOLERANCE * model
+    hits &= ~np.any(near_saturation > 0, axis=1)[:, None]
+    flagged[stamp_y[hits], stamp_x[hits]] = True
     return flagged
 
 

@@ -6,7 +6,9 @@ that the file formats are described in one place. Every write is atomic (``fitsi
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,27 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
 def cal_image_hdu(hdul: fits.HDUList) -> int:
     """Index of a CAL file's science image and header: 0 (plain) or 1 (tile-compressed)."""
     return image_hdu(hdul)
+
+
+@contextlib.contextmanager
+def cal_header_for_update(path: Path) -> Iterator[tuple[fits.HDUList, fits.Header]]:
+    """Open a CAL file to change its science header only: yields the HDU list and that header, to
+    edit in place and write back (``fitsio.atomic_write_hdul``).
+
+    A tile-compressed file is opened with ``disable_image_compression``: its SCI HDU is then the binary
+    table holding the compressed tiles, and the image keywords are in that table's header. Editing
+    them there leaves the compressed bytes as they are; through astropy's compressed-image HDU the
+    image would be decompressed and quantised a second time (measured: up to one quantisation step of
+    change in every pixel at each WCS merge). The compressed image's own checksums (``ZHECKSUM``,
+    ``ZDATASUM``) are dropped, as they would no longer match; the file's ``CHECKSUM`` is rewritten.
+    """
+    with fits.open(path, memmap=False, disable_image_compression=True) as hdul:
+        compressed = len(hdul) > 1 and hdul[1].header.get("ZIMAGE", False) is True
+        header = hdul[1].header if compressed else hdul[0].header
+        if compressed:
+            for key in ("ZHECKSUM", "ZDATASUM"):
+                header.remove(key, ignore_missing=True)
+        yield hdul, header
 
 
 def read_cal_header(path: Path) -> fits.Header:
