@@ -125,7 +125,7 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
 
     ``--fits-image`` and ``--no-remove-lines`` each save a Python start-up (~0.4 s) per frame: the
     input is always our FITS CAL file, and the lines of false sources that ``removelines`` hunts
-    (bad columns) are masked and replaced by the sky before the solve."""
+    (bad columns) are masked and filled from their neighbours before the solve."""
     command = [
         settings.solve_field, str(image),
         "--dir", str(work_dir), "--out", "solution",

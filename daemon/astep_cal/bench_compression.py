@@ -26,12 +26,13 @@ import numpy as np
 from astropy.io import fits
 
 from . import products
+from .calibrate import CalibratedFrame
 from .config import OutputSettings
 from .evaluate import aperture_fidelity, calibrate_scene
-from .synthetic import defect_scene
+from .synthetic import DefectScene, defect_scene
 
 
-def _calibrated(size: int, seed: int):
+def _calibrated(size: int, seed: int) -> tuple[DefectScene, CalibratedFrame]:
     scene = defect_scene((size, size), seed=seed, dead_columns=(61, size // 3, size // 2, size // 2 + 1))
     return scene, calibrate_scene(scene)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -17,6 +18,12 @@ from astropy.wcs import WCS, FITSFixedWarning
 from .astrometry import wcs_error_px
 from .masters import MaskBit
 from .products import cal_image_hdu, read_cal_header
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+    from .calibrate import CalibratedFrame
+    from .synthetic import DefectScene
 
 
 @dataclass
@@ -132,7 +139,7 @@ def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
 
 
 def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, truth: np.ndarray, x: np.ndarray,
-                      y: np.ndarray, sky_e: float, radius: float = 5.0):
+                      y: np.ndarray, sky_e: float, radius: float = 5.0) -> "Table":
     """Aperture photometry of stars in a calibrated frame against the noise-free truth (photutils).
 
     The same circular apertures (at the true positions) are summed on the frame and on the truth, so
@@ -171,7 +178,7 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
                   "flagged": flagged})
 
 
-def calibrate_scene(scene, with_master_noise: bool = True):
+def calibrate_scene(scene: "DefectScene", with_master_noise: bool = True) -> "CalibratedFrame":
     """A :class:`astep_cal.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
     from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
     headers. ``with_master_noise=False``: the error map as if the masters were exact."""

@@ -411,7 +411,8 @@ def header_number(header: fits.Header, key: str, default: float) -> tuple[float,
 
 def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
     """Pixels astroscrappy may take at once: what the memory limit leaves after masters and frame copies."""
-    resident = masters.resident_bytes() + 4 * raw.nbytes  # raw, dark choice, data, cleaned output
+    # raw, dark choice, its dark current (error map), data, the flat used, cleaned output
+    resident = masters.resident_bytes() + 6 * raw.nbytes
     return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
 
 
