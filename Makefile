@@ -10,8 +10,8 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-compression clean install install-app install-files \
-	install-activate test-systemd print-debian-packages
+.PHONY: all system-deps venv demo test test-faults bench bench-state bench-compression clean install install-app \
+	install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
 
@@ -27,11 +27,18 @@ system-deps:
 
 venv: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml | system-deps
+# Exactly the versions of the lock files (the ones the bundle ships), checked against their hashes; then
+# the project itself, editable, without resolving anything more.
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-test.lock | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock -r requirements-test.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Regenerate the lock files from .venv (after changing the dependencies in pyproject.toml and installing
+# them there: .venv/bin/pip install -e '.[test]'), then commit them.
+lock:
+	$(BIN)/python deploy/lock.py
 
 demo: system-deps venv
 	$(BIN)/astep-cal demo
@@ -45,6 +52,10 @@ test-faults: system-deps venv
 
 bench: system-deps venv
 	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)
+
+# The state at archive scale: ledgers of 150 and 500 nights x 1000 frames (~10 min, ~1.5 GB of scratch).
+bench-state: system-deps venv
+	$(BIN)/python -m astep_cal.bench_state $(BENCH_STATE_ARGS)
 
 # Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
 bench-compression: system-deps venv
@@ -70,37 +81,41 @@ install: system-deps install-app install-files install-activate
 install-app:
 	@[ -x $(INSTALL_PYTHON) ] || { echo "make install: no $(INSTALL_PYTHON) (set INSTALL_PYTHON=...)" >&2; exit 2; }
 	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(APP_DIR)
-	$(DESTDIR)$(APP_DIR)/bin/pip install -q --upgrade pip
+	@# The locked versions (those make test ran with and the bundle ships), then the project alone.
+	$(DESTDIR)$(APP_DIR)/bin/pip install -q --use-pep517 --require-hashes -r requirements.lock
 	@# Built from a copy: pip's in-tree build would write into the (possibly read-only) source tree.
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && cp -r pyproject.toml README.md daemon "$$src"/ && \
-	  $(DESTDIR)$(APP_DIR)/bin/pip install -q --upgrade "$$src"
+	  $(DESTDIR)$(APP_DIR)/bin/pip install -q --no-deps --upgrade "$$src"
 	@if [ -n "$(DESTDIR)" ]; then for f in $(DESTDIR)$(APP_DIR)/bin/*; do \
 	  [ -L "$$f" ] || sed -i "1s|^#!$(DESTDIR)|#!|" "$$f"; done; fi
 
+LAYOUT := DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' COMMAND='$(APP_DIR)/bin/astep-cal' DATA_ROOT='$(DATA_ROOT)' \
+	CONF_DIR='$(CONF_DIR)' UNIT_DIR='$(UNIT_DIR)' SYSUSERS_DIR='$(SYSUSERS_DIR)' STATE_DIR='$(STATE_DIR)' bash deploy/layout.sh
+
 install-files:
-	install -d $(DESTDIR)$(PREFIX)/bin
-	ln -sfn $(APP_DIR)/bin/astep-cal $(DESTDIR)$(PREFIX)/bin/astep-cal
-	install -d $(DESTDIR)$(UNIT_DIR) $(DESTDIR)$(SYSUSERS_DIR) $(DESTDIR)$(CONF_DIR)
-	sed -e 's|/usr/local/bin/astep-cal|$(PREFIX)/bin/astep-cal|' -e 's|^ReadWritePaths=-/srv/astep$$|ReadWritePaths=-$(DATA_ROOT)|' \
-	  -e 's|/etc/astep-cal/|$(CONF_DIR)/|g' service/astep-cal.service > $(DESTDIR)$(UNIT_DIR)/astep-cal.service
-	install -m 644 service/astep-cal.sysusers.conf $(DESTDIR)$(SYSUSERS_DIR)/astep-cal.conf
-	@# The default config with the data root and the ledger in the service's StateDirectory; an existing
-	@# config is the site's: never overwritten.
-	@conf=$(DESTDIR)$(CONF_DIR)/astep-cal.toml; if [ -e $$conf ]; then echo "keeping existing $$conf"; else \
-	  sed -e 's|^data_root = ""|data_root = "$(DATA_ROOT)"|' -e 's|^ledger = ""|ledger = "$(STATE_DIR)/ledger.json"|' \
-	    etc/astep-cal.toml > $$conf.new && \
-	  grep -q '^data_root = "$(DATA_ROOT)"' $$conf.new && grep -q '^ledger = "$(STATE_DIR)/ledger.json"' $$conf.new && \
-	  chmod 644 $$conf.new && mv $$conf.new $$conf && echo "installed $$conf"; fi
+	@$(LAYOUT) files service/astep-cal.service service/astep-cal.sysusers.conf etc/astep-cal.toml
 
 install-activate:
-	@if [ -n "$(DESTDIR)" ]; then echo "DESTDIR set: no user created, systemd not reloaded"; exit 0; fi; \
-	if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERS_DIR)/astep-cal.conf; \
-	else echo "make install: no systemd-sysusers; create the system user astep-cal yourself" >&2; fi; \
-	if [ ! -e $(DATA_ROOT) ] && id astep-cal >/dev/null 2>&1; then \
-	  install -d -o astep-cal -g astep-cal -m 2775 $(DATA_ROOT) && echo "created data root $(DATA_ROOT)"; fi; \
-	if [ -d /run/systemd/system ]; then systemctl daemon-reload && \
-	  echo "next: systemctl enable --now astep-cal   (already running: systemctl restart astep-cal)"; \
-	else echo "systemd is not running here: unit installed, not loaded"; fi
+	@$(LAYOUT) activate
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  echo "next: systemctl enable --now astep-cal   (already running: systemctl restart astep-cal)"; fi
+
+# --- the offline bundle (README "Deploying the service") -------------------------------------------
+# On a connected machine of the target's Debian release and architecture. Downloads are cached in
+# BUNDLE_CACHE (a rerun fetches nothing); the archive, its .sha256 and its .manifest go to BUNDLE_OUT.
+# VERSION= builds the project's wheel with another version (default: __version__ of the tree).
+BUNDLE_CACHE ?= $(shell [ -w /var/cache ] && echo /var/cache/astep-cal-bundle || echo .bundle-cache)
+BUNDLE_OUT ?= dist
+VERSION ?=
+BUNDLE := $(BIN)/python deploy/bundle.py --cache '$(BUNDLE_CACHE)' --out '$(BUNDLE_OUT)' $(if $(VERSION),--version '$(VERSION)')
+
+bundle: system-deps venv
+	@$(BUNDLE)
+
+# FROM=<the .manifest of the bundle installed there>: only what changed (normally the project's wheel).
+upgrade-bundle: system-deps venv
+	@[ -n "$(FROM)" ] || { echo "make upgrade-bundle: set FROM=<manifest of the installed bundle> (dist/*.manifest)" >&2; exit 2; }
+	@$(BUNDLE) --from '$(FROM)'
 
 test-systemd:
 	bash tests/systemd/run.sh
@@ -109,4 +124,4 @@ print-debian-packages:
 	@echo $(DEBIAN_PACKAGES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
+import time
 import subprocess
 import sys
 from dataclasses import replace
@@ -29,6 +33,14 @@ def parse_events(text: str) -> list[dict]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
+
+
+def read_ledger(root: Path, state: Path | None = None) -> dict:
+    """The ledger as one document (the index, with every night file under ``nights``), to look into."""
+    state = state or root / ".astep-cal"
+    index = json.loads((state / "ledger.json").read_text())
+    index["nights"] = {p.stem: json.loads(p.read_text()) for p in sorted((state / "nights").glob("*.json"))}
+    return index
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, list[dict]]:
@@ -73,3 +85,93 @@ def solved_night(tmp_path_factory):
     raw_before = tree_digest(root / NightSpec().date / f"{NightSpec().date}-CAMS")
     completed = run_cli_subprocess("once", root)
     return root, truth, raw_before, completed
+
+
+class DaemonProcess:
+    """``astep-cal run`` in a subprocess with its own NOTIFY_SOCKET; collects datagrams and log events."""
+
+    def __init__(self, tmp: Path, root: Path, config: str, watchdog_usec: int | None = None,
+                 prefix: tuple[str, ...] = ()):
+        self.socket_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.socket_path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        config_path = tmp / f"config-{time.monotonic_ns()}.toml"
+        config_path.write_text(config)
+        self.log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
+        env["NOTIFY_SOCKET"] = str(self.socket_path)
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config_path), "--root", str(root)],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def pump(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (socket.timeout, BlockingIOError):
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            result = predicate()
+            if result:
+                return result
+            if self.process.poll() is not None:
+                break
+        raise AssertionError(f"timed out waiting for {what}; exit={self.process.poll()}\n{self.log_tail()}")
+
+    def wait_message(self, prefix: str, timeout: float = 30, after: int = 0) -> str:
+        return self.wait_for(lambda: next((m for _, m in self.messages[after:] if m.startswith(prefix)), None),
+                             timeout, prefix)
+
+    def events(self) -> list[dict]:
+        return parse_events(self.log_path.read_text())
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.events() if e["event"] == name)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+    def stop(self, timeout: float = 10) -> float:
+        start = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        self.pump()
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log_file.close()
+        self.sock.close()
+
+
+def daemon_config(settle: float = 1.0, solve: bool = False, extra: str = "", astrometry: str = "") -> str:
+    return (f'[daemon]\nsettle_seconds = {settle}\nno_flat_wait_s = 3600\n{extra}\n'
+            f'[astrometry]\nenabled = {"true" if solve else "false"}\n{astrometry}\n'
+            f'[logging]\nformat = "json"\n')
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Start ``astep-cal run`` subprocesses (``daemons(root, config)``); all are killed at the end."""
+    started = []
+
+    def start(root, config, **kwargs):
+        daemon = DaemonProcess(tmp_path, root, config, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()

@@ -9,7 +9,6 @@ permissions dropped (``setpriv``), so that an unreadable file is really unreadab
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,12 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.night import cal_dir, inspect_frame
-from astep_cal.pipeline import FrameBlocked, read_whole_frame
-from astep_cal.products import cal_name
+from astep_cal.frame_steps import read_whole_frame
+from astep_cal.stages import FrameBlocked
+from astep_cal.products import cal_name, name_from_header
 from astep_cal.synthetic import make_night
 
-from conftest import REPO, no_solve_config, parse_events, run_cli, small_spec, tree_digest
+from conftest import REPO, daemon_config, no_solve_config, parse_events, read_ledger, run_cli, small_spec, tree_digest
 
 DATE = "2026-07-01"
 
@@ -219,6 +220,10 @@ BAD_INPUTS = [
         t.dark_files[0], _cams(r) / "2026-07-01_18.30.00_DARK.fits", _header("CCD-TEMP", -30.0)),
         "dark_temperature_mismatch"),
     BadInput("unreadable file (permissions)", _unreadable, "file_unreadable"),
+    BadInput("camera's .fit suffix (any case)", lambda r, t: Path(shutil.copy(
+        _science(t, 1), _cams(r) / "2026-07-01_22.20.00_SCIENCE.FIT")), "frame_calibrated", calibrated=True),
+    BadInput("non-ASCII file name", lambda r, t: Path(shutil.copy(
+        _science(t, 2), _cams(r) / "2026-07-01_22.21.00_SCIENCE_Étoile-η.fits")), "frame_calibrated", calibrated=True),
     BadInput("symlink pointing outside the data root", _symlink_out, "symlink_outside_root"),
     BadInput("night directory symlinked from outside the root", _symlinked_night, "symlink_outside_root"),
     BadInput("directory named like an impossible date", lambda r, t: _new_dir(r / "2026-02-30"), "night_dir_invalid"),
@@ -234,22 +239,28 @@ BAD_INPUTS = [
 ]
 
 
+NO_DAC = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")  # root reads a chmod-0 file otherwise
+
+
+def make_bad_root(root: Path):
+    """A data root holding every kind of bad input; returns the night's truth and (kind, path) pairs."""
+    truth = make_night(root, small_spec())
+    expected = [(bad, bad.make(root, truth)) for bad in BAD_INPUTS]
+    return truth, expected
+
+
 @pytest.fixture(scope="module")
 def bad_root(tmp_path_factory):
     """A data root with every bad input, processed once by the real command without DAC override."""
     base = tmp_path_factory.mktemp("bad")
     root = base / "data"
-    truth = make_night(root, small_spec())
     foreign_other = cal_dir(root, DATE) / "old_pipeline_notes.txt"
-    expected = []
-    for bad in BAD_INPUTS:
-        expected.append((bad, bad.make(root, truth)))
+    truth, expected = make_bad_root(root)
     foreign_other.write_text("kept")
     foreign_bytes = expected[[b.kind for b in BAD_INPUTS].index("foreign file at an output's name in _CAL")][1].read_bytes()
     raw_before = tree_digest(_cams(root))
     config = no_solve_config(base)
-    command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "astep_cal.cli",
-               "once", str(root), "--config", str(config)]
+    command = [*NO_DAC, sys.executable, "-m", "astep_cal.cli", "once", str(root), "--config", str(config)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     return root, truth, expected, completed, raw_before, foreign_bytes
 
@@ -288,6 +299,14 @@ def test_compressed_frames_calibrate_like_their_originals(bad_root):
         np.testing.assert_array_equal(a, b)
 
 
+def test_non_ascii_name_is_kept_exactly_in_the_provenance(bad_root):
+    root, *_ = bad_root
+    raw_name = "2026-07-01_22.21.00_SCIENCE_Étoile-η.fits"
+    header = fits.getheader(cal_dir(root, DATE) / cal_name(raw_name))
+    assert header["ASTCRAW"] == "2026-07-01_22.21.00_SCIENCE_%C3%89toile-%CE%B7.fits"
+    assert name_from_header(header["ASTCRAW"]) == raw_name  # what ledger recovery reads back
+
+
 def test_nan_pixels_are_masked_not_propagated(bad_root):
     root, *_ = bad_root
     with fits.open(cal_dir(root, DATE) / "2026-07-01_22.06.00_SCIENCE_CAL.fits") as hdul:
@@ -309,7 +328,7 @@ def test_nothing_is_lost(bad_root):
 
 def test_status_shows_the_problems(bad_root, capsys):
     root, *_ = bad_root
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    ledger = read_ledger(root)
     problems = {p["event"] for p in ledger["nights"][DATE]["problems"]}
     assert {"file_empty", "file_truncated", "file_unreadable", "exptime_invalid", "flat_rejected",
             "dark_temperature_mismatch", "symlink_outside_root", "file_misplaced"} <= problems
@@ -377,3 +396,49 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     assert run_cli(capsys, "once", tmp_path / "data", "--config", bad)[0] == 2
     assert run_cli(capsys, "once", tmp_path / "data", "--night", "2026-13-01")[0] == 2
+
+
+# --- through the daemon: bad files are handled once, never work left (the stall of issue 12) ------
+
+PROBLEM_EVENTS = {"file_empty", "file_truncated", "file_unreadable", "frame_not_image", "exptime_invalid",
+                  "file_type_unknown", "symlink_outside_root", "file_misplaced", "flat_rejected",
+                  "dark_temperature_mismatch"}
+
+
+def test_daemon_handles_every_bad_input_once_and_goes_on(tmp_path, daemons):
+    """Every kind of bad input in one night, a good night after it, and a night whose only science
+    file is junk: each night is processed once, each problem logged once, the good night done."""
+    root = tmp_path / "data"
+    _, expected = make_bad_root(root)
+    later = make_night(root, small_spec(date="2026-07-10", start_time="2026-07-10T20:00:00", seed=7))
+    junk_only = root / "2026-07-11" / "2026-07-11-CAMS"
+    junk_only.mkdir(parents=True)
+    for dark in later.dark_files:
+        shutil.copy(dark, junk_only / dark.name.replace("2026-07-10", "2026-07-11"))
+    (junk_only / "2026-07-11_20.00.00_SCIENCE.fits").write_text("not a FITS file\n" * 10)
+    config = daemon_config(settle=1.0, extra="no_flat_wait_s = 8.0")  # after 2026-07-01 made its flat
+    daemon = daemons(root, config.replace("no_flat_wait_s = 3600\n", ""), prefix=NO_DAC)
+    daemon.wait_for(lambda: len(list(cal_dir(root, "2026-07-10").glob("*_CAL.fits"))) == 3, 300,
+                    "the good night after the bad one")
+    daemon.wait_for(lambda: any(e["event"] == "file_unreadable" and "2026-07-11" in e.get("path", "")
+                                for e in daemon.events()), 60, "the junk-only night")
+    time.sleep(8)  # several settle periods and idle ticks: nothing may be looked at again
+    events = daemon.events()
+    ready = Counter(e["night"] for e in events if e["event"] == "night_ready")
+    assert ready and max(ready.values()) == 1, ready
+    logged = Counter((e["event"], e.get("path")) for e in events if e["event"] in PROBLEM_EVENTS)
+    assert logged and max(logged.values()) == 1, [k for k, n in logged.items() if n > 1]
+    for bad, path in expected:
+        if bad.event in PROBLEM_EVENTS and DATE in str(path):
+            assert (bad.event, str(path)) in logged, bad.kind
+    assert "Traceback" not in daemon.log_tail()
+    daemon.stop()
+    code, out, _ = _status(root)
+    row = next(line for line in out.splitlines() if line.startswith("2026-07-11"))
+    assert row.split()[1] == "0" and row.split()[-1] == "1" and "done" in row  # ends as such: 0 frames, 1 problem
+
+
+def _status(root: Path) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "astep_cal.cli", "status", str(root)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    return done.returncode, done.stdout, done.stderr

@@ -57,7 +57,7 @@ def test_compressed_cal_files_are_read_solved_and_scored(compressed_night, capsy
 
 def test_lost_ledger_is_rebuilt_from_compressed_cal_files(compressed_night, capsys):
     root, _, config = compressed_night
-    (root / ".astep-cal" / "ledger.json").unlink()
+    shutil.rmtree(root / ".astep-cal")  # the whole state lost
     code, _, events = _run(capsys, root, config)
     assert code == 0
     assert any(e["event"] == "ledger_rebuilt" for e in events)

@@ -3,7 +3,6 @@ a backlog of weeks. Each with the real programs: a real tmpfs that really fills 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -15,14 +14,14 @@ from astropy.io import fits
 from astep_cal.night import cal_dir
 from astep_cal.synthetic import NightSpec, make_night
 
-from conftest import no_solve_config, run_cli, small_spec, tree_digest
-from test_service import _config, daemons  # noqa: F401  (the fixture)
+from conftest import no_solve_config, run_cli, small_spec, tree_digest, read_ledger
+from conftest import daemon_config as _config
 
 DATE = "2026-07-01"
 
 
 def _ledger(root: Path) -> dict:
-    return json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    return read_ledger(root)
 
 
 def _cal_files(root: Path, date: str = DATE) -> list[Path]:
@@ -32,10 +31,13 @@ def _cal_files(root: Path, date: str = DATE) -> list[Path]:
 
 # --- solve-field broken ------------------------------------------------------------------------------
 
+BACKOFF_S = 4.0  # long enough that a second run comes back within it, even on a loaded machine
+
+
 def _solver_config(tmp_path: Path, solve_field: str = "solve-field", extra: str = "",
                    timeout_s: float = 20.0) -> Path:
     path = tmp_path / f"solver-{abs(hash((solve_field, extra, timeout_s)))}.toml"
-    path.write_text(f'[astrometry]\nsolve_field = "{solve_field}"\nretry_backoff_s = 2.0\nmax_tries = 3\n'
+    path.write_text(f'[astrometry]\nsolve_field = "{solve_field}"\nretry_backoff_s = {BACKOFF_S}\nmax_tries = 3\n'
                     f'timeout_s = {timeout_s}\n{extra}\n[logging]\nformat = "json"\n')
     return path
 
@@ -83,7 +85,7 @@ def test_broken_solver_keeps_cal_files_retries_with_backoff_then_needs_an_operat
                 again = run_cli(capsys, "once", root, "--config", config)[2]
                 assert "frame_failed" not in {e["event"] for e in again}
         if attempt < 2:
-            time.sleep(2.0 * 2 ** attempt + 0.2)  # past the backoff of this try
+            time.sleep(BACKOFF_S * 2 ** attempt + 0.2)  # past the backoff of this try
     assert tries_seen == [[1, 1], [2, 2], [3, 3], [3, 3]]  # capped at max_tries
     for path in _cal_files(root):  # calibrated data kept, failure marked in the header
         header = fits.getheader(path)

@@ -3,7 +3,8 @@
 import numpy as np
 from astropy.io import fits
 
-from astep_cal.fitsio import TEMP_MARKER, atomic_write_hdul, iter_row_bands, remove_stale_temporaries
+from astep_cal.fitsio import atomic_write_hdul, iter_row_bands
+from astep_cal.storage import TEMP_MARKER, remove_stale_temporaries
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):

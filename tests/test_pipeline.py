@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-import json
+import copy
+import os
 import shutil
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 from astropy.io import fits
 
+from astep_cal.config import Settings
 from astep_cal.evaluate import score_frame
+from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
-from astep_cal.night import cal_dir, masters_dir
+from astep_cal.night import cal_dir, masters_dir, take_inventory
+from astep_cal.storage import fingerprint
+from astep_cal.ledger import Ledger
+from astep_cal.frame_steps import solve_record
+from astep_cal.night_masters import build_masters
+from astep_cal.pipeline import NightRun
+from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
 from astep_cal.products import cal_name
 from astep_cal.synthetic import make_night
 
-from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest
+from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger
 
 
 def _scores(root, truth):
@@ -84,7 +96,7 @@ def test_cal_file_format_and_provenance(solved_night):
 
 def test_ledger_records_every_stage(solved_night):
     root, truth, _, _ = solved_night
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    ledger = read_ledger(root)
     night = ledger["nights"][truth.spec.date]
     assert night["masters"]["flat"]["night"] == truth.spec.date
     for raw in truth.science_files:
@@ -199,3 +211,117 @@ def test_no_flat_anywhere_blocks_frames_clearly(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "status", tmp_path)
     assert code == 1 and "blocked" in out
     assert not list(cal_dir(tmp_path, truth.spec.date).glob("*_CAL.fits"))
+
+
+def test_building_the_masters_leaves_the_inventory_as_taken(tmp_path):
+    """The masters narrow the frames down on a copy: a dark of another size is left out of them and
+    reported with them, while the night's inventory (what the ledger records) is unchanged."""
+    truth = make_night(tmp_path, small_spec(n_science=1))
+    odd = truth.dark_files[0].with_name(truth.dark_files[0].name.replace("_DARK", "_1_DARK"))
+    with fits.open(truth.dark_files[0]) as hdul:
+        fits.PrimaryHDU(np.ascontiguousarray(hdul[0].data[:100, :120]), hdul[0].header).writeto(odd)
+    inventory = take_inventory(tmp_path, truth.spec.date)
+    taken = copy.deepcopy(inventory)
+    with capture_logs() as logged:
+        masters = build_masters(tmp_path, inventory, Settings(), get_logger())
+    assert inventory == taken
+    assert [e["path"] for e in logged if e["event"] == "frame_shape_mismatch"] == [str(odd)]  # logged when found
+    assert [p["event"] for p in masters.record["problems"]] == ["frame_shape_mismatch"]
+    assert len(masters.record["darks"]["60"]["inputs"]) == len(truth.dark_files)
+
+
+# --- the decision rules, fast (no solve-field, no calibration) -------------------------------------
+
+def _rule_settings(**astrometry) -> Settings:
+    settings = Settings()
+    return replace(settings, astrometry=replace(settings.astrometry, **astrometry))
+
+
+def test_needs_calibration_rule(tmp_path):
+    truth = make_night(tmp_path, small_spec(n_science=1, n_darks=1, n_flats=0, n_flat_darks=0))
+    frame = take_inventory(tmp_path, truth.spec.date).science[0]
+    cal_path = tmp_path / "out_CAL.fits"
+    settings = Settings()
+    done = {"raw": fingerprint(frame.path), "calibrate": {"status": "ok", "config": calibration_fingerprint(settings)}}
+    assert needs_calibration({}, frame, cal_path, settings)  # never done
+    assert needs_calibration(done, frame, cal_path, settings)  # its CAL file is gone
+    cal_path.write_bytes(b"")
+    assert not needs_calibration(done, frame, cal_path, settings)
+    other = replace(settings, calibration=replace(settings.calibration, combine_sigma=settings.calibration.combine_sigma + 1))
+    assert needs_calibration(done, frame, cal_path, other)  # other calibration settings
+    assert needs_calibration({**done, "raw": {"size": 1, "mtime_ns": 1}}, frame, cal_path, settings)  # a new file
+    failed = {**done, "calibrate": {"status": "failed", "config": calibration_fingerprint(settings)}}
+    assert not needs_calibration(failed, frame, cal_path, settings)  # the same bytes fail the same way
+    assert needs_calibration({**failed, "raw": {"size": 1, "mtime_ns": 1}}, frame, cal_path, settings)
+    assert needs_calibration({**done, "calibrate": {"status": "blocked"}}, frame, cal_path, settings)
+
+
+def test_needs_solve_rule_backs_off_and_caps():
+    settings = _rule_settings(max_tries=3)
+    ok = {"calibrate": {"status": "ok"}}
+    assert needs_solve(ok, settings)
+    assert not needs_solve({"calibrate": {"status": "failed"}}, settings)
+    assert not needs_solve({**ok, "astrometry": {"status": "solved"}}, settings)
+    assert not needs_solve({**ok, "astrometry": {"status": "failed", "tries": 1, "retry_after": time.time() + 60}},
+                           settings)
+    assert needs_solve({**ok, "astrometry": {"status": "failed", "tries": 2, "retry_after": time.time() - 1}}, settings)
+    assert not needs_solve({**ok, "astrometry": {"status": "failed", "tries": 3}}, settings)
+    assert not needs_solve(ok, _rule_settings(enabled=False))
+    record = solve_record(RuntimeError("boom"), 1, settings)
+    assert record["status"] == "failed" and record["retry_after"] >= time.time() + 0.9 * settings.astrometry.retry_backoff_s
+    later = solve_record(RuntimeError("boom"), 2, settings)
+    assert later["retry_after"] - record["retry_after"] >= 0.9 * settings.astrometry.retry_backoff_s  # doubled
+    assert "retry_after" not in solve_record(RuntimeError("boom"), 3, settings)  # the last try
+
+
+def test_clear_failures_opens_only_nights_with_failures(tmp_path):
+    ledger = Ledger.load(tmp_path / "ledger.json")
+    ledger.frame("2026-07-01", "a.fits").update(calibrate={"status": "failed"})
+    ledger.frame("2026-07-01", "b.fits").update(calibrate={"status": "ok"}, astrometry={"status": "failed", "tries": 3})
+    ledger.frame("2026-07-02", "c.fits").update(calibrate={"status": "ok"}, astrometry={"status": "solved"})
+    ledger.frame("2026-07-03", "d.fits").update(calibrate={"status": "failed"})
+    ledger.save()
+    for date in ledger.dates():
+        ledger.release(date)
+    assert clear_failures(ledger, ["2026-07-01", "2026-07-02"]) == 2
+    assert set(ledger._open) == {"2026-07-01"}  # the other nights' files were not even read
+    ledger.save()
+    assert ledger.totals("2026-07-01")["cal_failed"] == 0 and ledger.totals("2026-07-03")["cal_failed"] == 1
+    assert ledger.peek("2026-07-01")["frames"]["b.fits"] == {"calibrate": {"status": "ok"}}
+
+
+def test_night_has_work_rule(tmp_path):
+    """New, changed or removed raw files, a CAL file or the summary gone, blocked frames on a full
+    rescan, other settings for ``once``: work. A finished night and its unusable files: none."""
+    root = tmp_path / "data"
+    truth = make_night(root, small_spec(n_science=2))
+    (truth.night_dir / f"{truth.spec.date}-CAMS" / "2026-07-01_23.00.00_SCIENCE.fits").write_text("junk")
+    settings = _rule_settings(enabled=False)
+    date = truth.spec.date
+    ledger = Ledger.load(root / ".astep-cal" / "ledger.json")
+    assert night_has_work(root, date, ledger, settings, retry_blocked=False)  # never looked at
+    with capture_logs():
+        NightRun(root, date, settings, ledger, force=False).run()
+    assert not night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)
+    other = replace(settings, calibration=replace(settings.calibration, combine_sigma=settings.calibration.combine_sigma + 1))
+    assert night_has_work(root, date, ledger, other, retry_blocked=False, new_settings_count=True)
+    assert not night_has_work(root, date, ledger, other, retry_blocked=False)  # the daemon: no archive redo
+    summary_file = cal_dir(root, date) / "summary.json"
+    summary_file.rename(summary_file.with_suffix(".aside"))
+    assert night_has_work(root, date, ledger, settings, retry_blocked=False)
+    summary_file.with_suffix(".aside").rename(summary_file)
+    cal = cal_dir(root, date) / cal_name(truth.science_files[0].name)
+    cal.rename(cal.with_suffix(".aside"))
+    assert night_has_work(root, date, ledger, settings, retry_blocked=False)
+    cal.with_suffix(".aside").rename(cal)
+    assert not night_has_work(root, date, ledger, settings, retry_blocked=False)
+    raw = truth.science_files[1]
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 1))
+    assert night_has_work(root, date, ledger, settings, retry_blocked=False)  # a new version of a raw file
+    with capture_logs():
+        NightRun(root, date, settings, ledger, force=False).run()
+    entry = ledger.night(date)["frames"][truth.science_files[0].name]
+    entry["calibrate"]["status"] = "blocked"
+    ledger.release(date)
+    assert night_has_work(root, date, ledger, settings, retry_blocked=True)
+    assert not night_has_work(root, date, ledger, settings, retry_blocked=False)

@@ -19,7 +19,7 @@ from astep_cal.products import cal_name
 from astep_cal.quality import measure_frame
 from astep_cal.synthetic import make_night, render_stars
 
-from conftest import small_spec
+from conftest import small_spec, read_ledger
 
 SKY_E, READ_NOISE_E = 1000.0, 9.0
 SIGMA_PER_FWHM = 1 / (2 * np.sqrt(2 * np.log(2)))
@@ -145,7 +145,7 @@ def _truth_stars(truth, name, noise):
 def test_calibrated_frames_carry_metrics_matching_the_truth(small_night):
     root, truth = small_night
     spec = truth.spec
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())["nights"][spec.date]["frames"]
+    ledger = read_ledger(root)["nights"][spec.date]["frames"]
     for raw in truth.science_files:
         with fits.open(cal_dir(root, spec.date) / cal_name(raw.name)) as hdul:
             header, mask = hdul[0].header, hdul["MASK"].data
@@ -177,7 +177,7 @@ def test_solved_frames_give_fwhm_with_the_solved_scale_and_a_small_residual(solv
     root, truth, _, completed = solved_night
     assert completed.returncode == 0, completed.stderr[-2000:]
     spec = truth.spec
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())["nights"][spec.date]["frames"]
+    ledger = read_ledger(root)["nights"][spec.date]["frames"]
     for raw in truth.science_files:
         header = fits.getheader(cal_dir(root, spec.date) / cal_name(raw.name))
         solve = ledger[raw.name]["astrometry"]
@@ -194,7 +194,7 @@ def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
     from astep_cal.calibrate import CalibratedFrame
     from astep_cal.config import load_settings
     from astep_cal.logs import configure, get_logger
-    from astep_cal.pipeline import frame_quality
+    from astep_cal.frame_steps import frame_quality
 
     configure("json", "info")
     odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ

@@ -21,7 +21,7 @@ from astropy.wcs import WCS
 from distributed import Client, LocalCluster
 
 from astep_cal.config import ConfigError, load_settings
-from astep_cal.fitsio import TEMP_MARKER
+from astep_cal.storage import TEMP_MARKER
 from astep_cal.ledger import Ledger, RootLock
 from astep_cal.logs import configure
 from astep_cal.night import cal_dir, take_inventory
@@ -29,7 +29,7 @@ from astep_cal.products import cal_name
 from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.synthetic import make_night
 
-from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec
+from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec, read_ledger
 
 NIGHTS = ("2026-07-01", "2026-07-02", "2026-07-03")
 VOLATILE = {"duration_s", "mtime_ns", "updated", "retry_after"}  # times, not results
@@ -75,7 +75,7 @@ def _strip(value, ignore: set[str]):
 
 
 def _ledger(root: Path, ignore: set[str] = frozenset()) -> dict:
-    return _strip(json.loads((root / ".astep-cal" / "ledger.json").read_text()), VOLATILE | ignore)
+    return _strip(read_ledger(root), VOLATILE | ignore)
 
 
 def _solution_key(key: str) -> bool:
@@ -102,6 +102,13 @@ def assert_same_outputs(root: Path, reference: Path, wcs_tolerance_px: float | N
                 _assert_close_wcs(ours[0].header, theirs[0].header, wcs_tolerance_px)
     solution = {"residual_arcsec", "n_matched"} if wcs_tolerance_px is not None else set()
     assert _ledger(root, solution) == _ledger(reference, solution)
+    summaries = sorted(p.relative_to(reference) for p in reference.rglob("*_CAL/summary.json"))
+    assert summaries == sorted(p.relative_to(root) for p in root.rglob("*_CAL/summary.json"))  # same engine
+    for relative in summaries:
+        ours, theirs = (_strip(json.loads((r / relative).read_text()), {"generated"} | solution | VOLATILE)
+                        for r in (root, reference))
+        if wcs_tolerance_px is None:
+            assert ours == theirs, relative
     assert not [p for p in root.rglob(f"*{TEMP_MARKER}*")], "temporary files left behind"
 
 
@@ -269,7 +276,7 @@ def test_interrupted_run_resumes(archive, by_once):
 def _calibrated(ledger_path: Path) -> set[tuple[str, str]]:
     """(night, frame) of the frames the ledger records as calibrated."""
     try:
-        nights = json.loads(ledger_path.read_text())["nights"]
+        nights = read_ledger(ledger_path.parent.parent)["nights"]
     except (FileNotFoundError, ValueError):
         return set()
     return {(date, name) for date, night in nights.items() for name, frame in night["frames"].items()
@@ -329,3 +336,24 @@ def _zombie(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1].startswith("Z")
     except (OSError, IndexError):
         return True
+
+
+def test_nothing_to_do_writes_nothing_whichever_front_end_ran_last(tmp_path, capsys):
+    """A night with a dark of another size: ``once`` records the ``frame_shape_mismatch`` problem when it
+    builds the masters; a ``reprocess`` and a ``once`` with nothing to do after it must agree with it and
+    rewrite nothing (each used to redo the night's bookkeeping its own way, flipping it back and forth)."""
+    root = tmp_path / "root"
+    truth = make_night(root, small_spec(n_science=2))
+    odd = truth.dark_files[0].with_name(truth.dark_files[0].name.replace("_DARK", "_1_DARK"))
+    with fits.open(truth.dark_files[0]) as hdul:
+        fits.PrimaryHDU(np.ascontiguousarray(hdul[0].data[:200, :300]), hdul[0].header).writeto(odd)
+    config = no_solve_config(tmp_path)
+    assert run_cli(capsys, "once", root, "--config", config)[0] == 1  # a problem: needs attention
+    recorded = read_ledger(root)["nights"][truth.spec.date]
+    assert [p["event"] for p in recorded["problems"]] == ["frame_shape_mismatch"]
+    before = mtimes(root)
+    assert run_cli(capsys, "reprocess", root, "--workers", 1, "--config", config)[0] == 1
+    assert mtimes(root) == before, {k for k, v in mtimes(root).items() if before.get(k) != v}
+    code, _, events = run_cli(capsys, "once", root, "--config", config)
+    assert code == 1 and mtimes(root) == before
+    assert not [e for e in events if e["event"] == "frame_shape_mismatch"]  # reported once, when found

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ast
-import json
 
 from astep_cal.night import cal_dir
 from astep_cal.synthetic import make_night
 
-from conftest import REPO, no_solve_config, run_cli, small_spec
+from conftest import REPO, no_solve_config, run_cli, small_spec, read_ledger
 
 PACKAGE = REPO / "daemon" / "astep_cal"
 _SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"), ("subprocess", "getstatusoutput")}
@@ -47,5 +46,5 @@ def test_a_cal_directory_linking_out_of_the_root_is_not_written_through(tmp_path
     assert list(outside.iterdir()) == []
     failed = [e for e in events if e["event"] in ("frame_failed", "masters_failed")]
     assert failed and "links out of the data root" in failed[0]["error"]
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    ledger = read_ledger(root)
     assert ledger["nights"][truth.spec.date]["frames"]  # recorded, visible in status

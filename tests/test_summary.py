@@ -19,7 +19,7 @@ from astep_cal.night import cal_dir
 from astep_cal.summary import (FRAME_COLUMNS, METRICS, SCHEMA_VERSION, build_summary, frame_rows, render_png)
 from astep_cal.synthetic import make_night
 
-from conftest import mtimes, run_cli, small_spec
+from conftest import mtimes, run_cli, small_spec, read_ledger
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SENDABLE_BYTES = 300 * 1024
@@ -126,7 +126,7 @@ def test_png_is_a_small_png_and_sendable_with_the_json(night):
 def test_a_long_night_stays_sendable(night):
     """1000 frames (the recorded frames of the test night, repeated over 12 hours): still < 300 KB."""
     root, truth, _ = night
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
+    ledger = read_ledger(root)
     recorded = ledger["nights"][truth.spec.date]
     long_night = copy.deepcopy(recorded)
     entries = list(recorded["frames"].values())

@@ -128,8 +128,8 @@ def make_bench_night(root: Path, n_science: int) -> Path:
 
 def astep_stage_split(root: Path) -> dict[str, float]:
     """Per-frame stage medians from the ledger astep-cal wrote."""
-    ledger = json.loads((root / ".astep-cal" / "ledger.json").read_text())
-    frames = [f for night in ledger["nights"].values() for f in night["frames"].values()]
+    nights = [json.loads(p.read_text()) for p in sorted((root / ".astep-cal" / "nights").glob("*.json"))]
+    frames = [f for night in nights for f in night["frames"].values()]
     calibrate = [f["calibrate"]["duration_s"] for f in frames if "duration_s" in f.get("calibrate", {})]
     solve = [f["astrometry"]["duration_s"] for f in frames if "duration_s" in f.get("astrometry", {})]
     return {"calibrate_per_frame_s": statistics.median(calibrate) if calibrate else None,

@@ -20,11 +20,9 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, with_overrides
-from .fitsio import StorageUnavailable, root_present
+from .storage import StorageUnavailable, root_present
 from .ledger import Ledger, LedgerLocked, RootLock
 from .logs import configure, get_logger
-from .night import valid_date
-from .recovery import open_ledger
 
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_ROOT, EXIT_STORAGE = 0, 1, 2, 3, 4, 5
 
@@ -61,7 +59,9 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from .night import valid_date
     from .pipeline import process_root
+    from .recovery import open_ledger
 
     settings = _settings(args)
     configure(settings.logging.format, settings.logging.level)
@@ -100,6 +100,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     """The archive on a Dask cluster: same engine and ledger as ``once``, many machines."""
     import signal
 
+    from .recovery import open_ledger
     from .reprocess import ClusterError, check_workers, open_client, parse_night_range, reprocess_root
     from .status import night_rows
 
@@ -144,7 +145,7 @@ def _has_dashboard(client: Any) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .service import read_activity
+    from .control import read_activity
     from .status import night_rows, render_table
 
     settings = _settings(args)
@@ -167,6 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
     """The night's summary, built from the ledger; or a summary.json file given instead of a date."""
+    from .night import valid_date
     from .summary import build_summary, is_summary
 
     given = Path(args.night)
@@ -183,7 +185,7 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
     settings = _settings(args)
     root = _root_or_config(args, settings)
     ledger_path = settings.ledger_path(root)
-    night = Ledger.load(ledger_path).nights().get(args.night) if ledger_path.exists() else None
+    night = Ledger.load(ledger_path).peek(args.night) if ledger_path.exists() else None
     if not night or not night.get("frames"):
         return None
     return build_summary(args.night, night, settings)
@@ -210,7 +212,7 @@ def cmd_rescan(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from .service import running_daemon_pid
+    from .control import running_daemon_pid
 
     settings = _settings(args)
     root = Path(args.root or settings.data_root or ".").resolve()
@@ -227,8 +229,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from .pipeline import clear_failures
-    from .service import RETRY_REQUEST, running_daemon_pid
+    from .rules import clear_failures
+    from .control import RETRY_REQUEST, running_daemon_pid
 
     settings = _settings(args)
     root = _root(args)
@@ -243,7 +245,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     with RootLock(ledger_path):
         ledger = Ledger.load(ledger_path)
         cleared = clear_failures(ledger, nights)
-        ledger.save()
+        ledger.release_all()
     print(f"{cleared} frame(s) will be retried by the next run")
     return EXIT_OK
 

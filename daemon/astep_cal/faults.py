@@ -51,7 +51,9 @@ def file_role(path: Path) -> str:
     is rewritten after every frame).
     """
     name = path.name
-    if name.endswith("_CAL.fits"):
+    if path.parent.name == "nights" and name.endswith(".json"):
+        role = "ledger_night"  # the ledger's per-night file
+    elif name.endswith("_CAL.fits"):
         role = "cal"
     elif name.startswith("master_dark_"):
         role = "master_dark"

@@ -16,7 +16,9 @@ stop a night.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -25,15 +27,16 @@ from typing import Any
 
 from astropy.io import fits
 
-from .fitsio import TEMP_MARKER
+from .storage import TEMP_MARKER, fingerprint
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TYPE_WORD = re.compile(r"_(SCIENCE|DARK|BIAS|SKYFLAT)(?![A-Z])", re.IGNORECASE)
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".swp", ".partial", "~")
-# Plain FITS, and the two compressions FITS archives use: gzip of the whole file, and fpack (tiled
-# image compression in a binary-table extension). The type word and the CAL name ignore the suffix.
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fits.fz")
+# Plain FITS (under the three names cameras write: .fits, .fit, .fts, in any case), and the two
+# compressions FITS archives use: gzip of the whole file, and fpack (tiled image compression in a
+# binary-table extension). The type word and the CAL name ignore the suffix.
+FITS_SUFFIXES = tuple(f"{stem}{packed}" for stem in (".fits", ".fit", ".fts") for packed in ("", ".gz", ".fz"))
 _HEADER_TYPES = {
     "LIGHT": "SCIENCE",
     "LIGHT FRAME": "SCIENCE",
@@ -161,6 +164,50 @@ def fits_stem(name: str) -> str:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def raw_listing(root: Path, date: str) -> str:
+    """A digest of the night's raw directories (every name, size and mtime; no file is opened).
+
+    Recorded with the inventory: while it is unchanged, the night's files are the ones already
+    classified, so a finished night costs a directory listing and a stat per file to check, and a bad
+    file is inspected (and logged) once per version, not at every check.
+    """
+    digest = hashlib.sha1()
+    for sub in (f"{date}-CAMS", f"{date}-CAMS_SKYFLAT"):
+        try:
+            entries = sorted(os.scandir(root / date / sub), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            digest.update(f"{sub}: none\n".encode())
+            continue
+        for entry in entries:
+            if is_temporary(entry.name):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue
+            digest.update(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:20]
+
+
+def directories_stamp(root: Path, date: str) -> tuple:
+    """(inode, mtime) of the night's directories: any file added, removed or renamed in them changes it.
+
+    Four stats: the daemon's periodic reconcile skips a night whose stamp is the one it had when the
+    night was last found finished, so a quiet archive of hundreds of nights costs almost nothing (a
+    file rewritten in place is seen by the file events instead).
+    """
+    stamp = []
+    for directory in (root / date, root / date / f"{date}-CAMS", root / date / f"{date}-CAMS_SKYFLAT",
+                      cal_dir(root, date)):
+        try:
+            stat = directory.stat()
+        except OSError:
+            stamp.append(None)
+            continue
+        stamp.append((stat.st_ino, stat.st_mtime_ns))
+    return tuple(stamp)
 
 
 def is_temporary(name: str) -> bool:
@@ -322,7 +369,7 @@ def _fits_files(directory: Path, inventory: NightInventory) -> list[Path]:
                                               "symbolic link out of the data root: refused"))
             continue
         if not is_fits_name(entry.name):
-            inventory.notes.append(Problem(entry, "file_ignored", "not a FITS file name (.fits, .fits.gz, .fits.fz)"))
+            inventory.notes.append(Problem(entry, "file_ignored", "not a FITS file name (.fits/.fit/.fts, .gz, .fz)"))
             continue
         paths.append(entry)
     return paths
@@ -389,3 +436,16 @@ def take_inventory(root: Path, date: str) -> NightInventory:
     if inventory.cams_dir.is_dir() and not inventory.science:
         inventory.notes.append(Problem(inventory.cams_dir, "night_empty", "no usable science frame"))
     return inventory
+
+
+def problem_record(problem: Problem, root: Path) -> dict[str, Any]:
+    """A problem as the ledger keeps it: the path relative to the data root when it is inside, and
+    for a file the version it was found in (a new version of the file is inspected and reported anew)."""
+    path = problem.path.relative_to(root) if problem.path.is_relative_to(root) else problem.path
+    record: dict[str, Any] = {"path": str(path), "event": problem.event, "reason": problem.reason}
+    try:
+        if problem.path.is_file():
+            record["raw"] = fingerprint(problem.path)
+    except OSError:
+        pass
+    return record

@@ -10,6 +10,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 from astropy.io import fits
@@ -41,6 +42,20 @@ def cal_name(raw_name: str) -> str:
     return f"{fits_stem(raw_name)}_CAL.fits"
 
 
+_HEADER_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+def header_name(name: str) -> str:
+    """A file name as a FITS header value, which must be printable ASCII: any other character (and
+    ``%``) is percent-encoded as UTF-8 (RFC 3986), so the exact name comes back with
+    :func:`name_from_header` (ledger recovery maps CAL files back to their raw frames by it)."""
+    return quote(name, safe=_HEADER_SAFE, errors="surrogateescape")
+
+
+def name_from_header(value: str) -> str:
+    return unquote(value, errors="surrogateescape")
+
+
 def write_master(path: Path, data: np.ndarray, kind: str, night: str, cards: dict[str, object],
                  inputs: list[str]) -> None:
     """A master frame with what made it: type, night, number and names of inputs, software version."""
@@ -52,7 +67,7 @@ def write_master(path: Path, data: np.ndarray, kind: str, night: str, cards: dic
     for key, value in cards.items():
         header[key] = value
     for name in inputs:
-        header.add_history(f"input {name}")
+        header.add_history(f"input {header_name(name)}")
     atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(data, header)]), make_parents=False)
 
 

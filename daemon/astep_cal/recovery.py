@@ -73,11 +73,12 @@ def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dic
     astrometry = _astrometry_record(header)
     if astrometry is not None:
         entry["astrometry"] = astrometry
-    return header["ASTCRAW"], entry
+    return products.name_from_header(header["ASTCRAW"]), entry
 
 
 def _inputs(header: fits.Header) -> list[str]:
-    return [str(h)[len("input "):] for h in header.get("HISTORY", []) if str(h).startswith("input ")]
+    return [products.name_from_header(str(h)[len("input "):]) for h in header.get("HISTORY", [])
+            if str(h).startswith("input ")]
 
 
 def masters_record(root: Path, date: str, flat_night: str | None) -> dict[str, Any] | None:
@@ -109,11 +110,14 @@ def masters_record(root: Path, date: str, flat_night: str | None) -> dict[str, A
     return record
 
 
-def rebuild_from_outputs(root: Path, ledger: Ledger) -> int:
-    """Fill ``ledger`` from the CAL files and masters under ``root``; returns the frames recovered."""
+def rebuild_from_outputs(root: Path, ledger: Ledger, only: list[str] | None = None) -> int:
+    """Fill ``ledger`` from the CAL files and masters under ``root`` (or of the ``only`` nights whose
+    ledger file was lost); returns the frames recovered."""
     recovered = 0
     nights, _ = discover_nights(root)
     for date in nights:
+        if only is not None and date not in only:
+            continue
         directory = cal_dir(root, date)
         if not directory.is_dir():
             continue
@@ -148,9 +152,17 @@ def open_ledger(path: Path, root: Path, log: Any) -> Ledger:
     ledger = Ledger.load(path)
     if ledger.recovered_from:
         log.warning("ledger_corrupt", kept_as=str(ledger.recovered_from))
-    if not ledger.nights():
-        frames = rebuild_from_outputs(root, ledger)
+    for date, aside in ledger.corrupt_nights:
+        log.warning("ledger_corrupt", night=date, kept_as=str(aside))
+    lost = [date for date, _ in ledger.corrupt_nights]
+    if ledger.migrated_from is not None:
+        ledger.save()  # schema 1 -> 2, once; the old file is kept beside
+        ledger.release_all()
+        log.info("ledger_migrated", nights=len(ledger.dates()))
+    if not ledger.dates() or lost:
+        frames = rebuild_from_outputs(root, ledger, lost or None)
         if frames:
-            log.warning("ledger_rebuilt", frames=frames, nights=len(ledger.nights()))
+            log.warning("ledger_rebuilt", frames=frames, nights=len(lost) if lost else len(ledger.dates()))
             ledger.save()
+        ledger.release_all()
     return ledger

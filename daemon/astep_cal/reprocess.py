@@ -32,13 +32,15 @@ from typing import Any
 
 from . import __version__, products
 from .config import ConfigError, Settings
-from .fitsio import fingerprint, remove_stale_temporaries
+from .storage import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import NightInventory, Problem, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
-from .pipeline import (Masters, NightResult, calibrate_entry, ensure_masters, load_masters, log_solve,
-                       needs_calibration, needs_solve, solve_frame)
+from .night import NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
+from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .night_masters import ensure_masters, load_masters, Masters
+from .pipeline import NightResult, close_night, frames_to_do, open_night
+from .rules import needs_calibration, needs_solve
 
 TASK_RETRIES = 2  # an exception escaping a task (e.g. the raw file vanished): try again before giving up
 SAVE_INTERVAL_S = 5.0  # ledger saves at most this often (and at the end): bounded cost on a large ledger
@@ -94,23 +96,18 @@ def masters_task(root: str, date: str, settings: Settings, record: dict[str, Any
     """Build (or read back) one night's masters on a worker and write them under ``_CAL/masters/``.
 
     ``earlier`` are the results of earlier nights' masters tasks this night may borrow a flat from;
-    Dask passes them only to make this task wait for them. Returns the ledger record, the problems
-    found while building (frames of another size, unusable flats) and, instead of raising, the error
+    Dask passes them only to make this task wait for them. Returns the ledger record (with the problems
+    found while building: frames of another size, unusable flats) and, instead of raising, the error
     that makes the night's frames blocked or failed — exactly what ``once`` records for them.
     """
     _configure_worker_logs(settings.logging.format, settings.logging.level)
     log = get_logger(night=date)
     inventory = take_inventory(Path(root), date)
-    known = len(inventory.problems)
     try:
         masters = ensure_masters(Path(root), inventory, settings, copy.deepcopy(record), log)
     except Exception as error:
-        return {"record": None, "error": error, "problems": _problem_tuples(inventory.problems[known:])}
-    return {"record": masters.record, "error": None, "problems": _problem_tuples(inventory.problems[known:])}
-
-
-def _problem_tuples(problems: list[Problem]) -> list[tuple[str, str, str]]:
-    return [(str(p.path), p.event, p.reason) for p in problems]
+        return {"record": None, "error": error}
+    return {"record": masters.record, "error": None}
 
 
 _masters_cache: dict[str, tuple[str, Masters]] = {}
@@ -173,6 +170,7 @@ class NightPlan:
     inventory: NightInventory
     result: NightResult
     waiting: set[str] = field(default_factory=set)  # frame names not collected yet
+    listing: str = ""  # the raw directories' digest when the inventory was taken
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -218,24 +216,10 @@ class Reprocess:
             self.ledger.save()
         return [plan.result for plan in self.plans.values()]
 
-    def _frames_to_do(self, inventory: NightInventory) -> list[tuple[RawFrame, bool]]:
-        todo = []
-        for frame in sorted(inventory.science, key=lambda f: f.name):
-            entry = self.ledger.frame(inventory.date, frame.name)
-            cal_path = inventory.cal_dir / products.cal_name(frame.name)
-            calibrate = needs_recalibration(entry, frame, cal_path, self.settings)
-            if calibrate or needs_solve(entry, self.settings):
-                todo.append((frame, calibrate))
-        return todo
-
     def _submit_night(self, date: str) -> list[Any]:
-        if self.force:
-            self.ledger.forget_night(date)
-        inventory = take_inventory(self.root, date)
-        remove_stale_temporaries(inventory.cal_dir)
-        remove_stale_temporaries(masters_dir(self.root, date))
-        todo = self._frames_to_do(inventory)
-        plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo})
+        inventory, listing = open_night(self.root, date, self.ledger, self.force)
+        todo = frames_to_do(inventory, self.ledger, self.settings, recalibrate=needs_recalibration)
+        plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo}, listing)
         self.plans[date] = plan
         if not todo:
             self._night_finished(date)
@@ -286,14 +270,12 @@ class Reprocess:
         self._save(force=False)
 
     def _record_masters(self, date: str, outcome: dict[str, Any] | None, error: BaseException | None) -> None:
-        plan = self.plans[date]
         self.masters_futures.pop(date, None)  # done: later nights find its flat on disk
         if error is not None:  # the frames depending on it fail too, and are recorded then
             self.log.error("masters_failed", night=date, error=f"{type(error).__name__}: {error}")
             return
         assert outcome is not None
-        plan.inventory.problems.extend(Problem(Path(p), event, reason) for p, event, reason in outcome["problems"])
-        if outcome["record"] is not None:
+        if outcome["record"] is not None:  # its problems (found while building) are merged at the night's end
             self.ledger.night(date)["masters"] = outcome["record"]
 
     def _record_frame(self, date: str, name: str, calibrate: bool, entry: dict[str, Any] | None,
@@ -337,17 +319,9 @@ class Reprocess:
         inventory = plan.inventory
         for directory in (inventory.cal_dir, masters_dir(self.root, date)):
             remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
-        for problem in inventory.problems:
-            self.log.warning(problem.event, night=date, path=str(problem.path), error=problem.reason)
-        night = self.ledger.night(date)
-        night["problems"] = [{"path": str(p.path.relative_to(self.root)) if p.path.is_relative_to(self.root)
-                              else str(p.path), "event": p.event, "reason": p.reason} for p in inventory.problems]
-        night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
-                              "biases": len(inventory.biases), "flats": len(inventory.flats)}
-        if plan.result.to_do:
-            self.log.info("night_done", night=date,
-                          **{k: v for k, v in vars(plan.result).items() if k != "date"})
-        self._save(force=True)
+        close_night(self.root, inventory, plan.listing, self.ledger, self.settings, plan.result,
+                    self.log.bind(night=date))
+        self._last_save = time.monotonic()
 
     def _save(self, force: bool) -> None:
         if force or time.monotonic() - self._last_save >= SAVE_INTERVAL_S:
@@ -419,6 +393,6 @@ def reprocess_root(client: Any, root: Path, settings: Settings, ledger: Ledger, 
     found, problems = discover_nights(root)
     for problem in problems:
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
-    ledger.data["root_problems"] = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
+    ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
     dates = select_nights(found, first, last)
     return Reprocess(client, root, settings, ledger, force=force, progress=progress, on_result=on_result).run(dates)

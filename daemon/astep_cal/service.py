@@ -3,8 +3,9 @@
 Threads:
 - the **main thread** owns signals, systemd notifications (READY, STATUS, WATCHDOG, RELOADING,
   STOPPING) and health: it never does pipeline work, so it always answers;
-- the **worker thread** processes one night at a time, oldest first, through the same engine as
-  ``astep-cal once`` (``pipeline.NightRun``); it is the only thread that writes the ledger;
+- the **worker thread** (``worker.NightWorker``) processes one night at a time, oldest first, through
+  the same engine as ``astep-cal once`` (``pipeline.NightRun``); it is the only thread that writes the
+  ledger;
 - the **watchdog observer** thread only records which nights were touched (``watcher.NightEvents``).
 
 Health: the worker stamps a heartbeat whenever it makes progress (a frame done, an idle loop). The
@@ -16,33 +17,25 @@ Outside systemd (no ``NOTIFY_SOCKET``) every notification is a silent no-op.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from systemd import daemon as sd
 
-from . import astrometry
+from . import __version__, astrometry
 from .config import Settings, load_settings
 from .faults import checkpoint
-from .fitsio import StorageUnavailable, atomic_write_bytes, root_present
-from .ledger import Ledger, RootLock
+from .control import ACTIVITY_FILE, write_activity
+from .storage import StorageUnavailable, root_present
+from .ledger import RootLock
 from .logs import configure, get_logger
-from .night import discover_nights
-from .pipeline import NightRun, clear_failures, night_has_work
-from .recovery import open_ledger
-from .status import night_rows
-from .watcher import NightEvents, night_readiness, start_observer
+from .watcher import NightEvents, start_observer
+from .worker import NightWorker
 
-RETRY_REQUEST = "retry-request"  # next to the ledger: `astep-cal retry` asks the daemon to clear failures
-ACTIVITY_FILE = "daemon.json"  # next to the ledger: what the running daemon is doing, for `status`
-IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 MAIN_TICK_S = 1.0
 
 
@@ -75,79 +68,21 @@ def watchdog_interval_s() -> float | None:
     return int(usec) / 2e6
 
 
-def write_activity(path: Path, text: str) -> None:
-    payload = {"pid": os.getpid(), "activity": text, "updated": time.time()}
-    atomic_write_bytes(path, json.dumps(payload).encode(), make_parents=False)
-
-
-def read_activity(ledger_path: Path) -> dict[str, Any] | None:
-    """The running daemon's activity, or None when no live daemon wrote one."""
-    try:
-        payload = json.loads((ledger_path.parent / ACTIVITY_FILE).read_text())
-        os.kill(int(payload["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return payload
-
-
-def running_daemon_pid(ledger_path: Path) -> int | None:
-    """PID of the process holding the data root's lock, when one does."""
-    lock = ledger_path.parent / "lock"
-    try:
-        with open(lock) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return None  # nobody holds it
-    except BlockingIOError:
-        text = lock.read_text().strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
-
-
-@dataclass
-class Progress:
-    """What the worker is doing, for STATUS= and ``astep-cal status`` (written by the worker only)."""
-
-    night: str | None = None
-    done: int = 0
-    total: int = 0
-    calibrated: int = 0
-    solved: int = 0
-    failed: int = 0
-    nights_done: int = 0
-    last_night: str | None = None
-    waiting: str | None = None  # why the worker waits for the storage (disk full, root gone)
-    heartbeat: float = field(default_factory=time.monotonic)
-
-    def text(self) -> str:
-        if self.waiting:
-            return f"waiting for storage — {self.waiting}"
-        if self.night:
-            return (f"{self.night}: calibrated {self.calibrated}/{self.total}, solved {self.solved}, "
-                    f"{self.failed} failed")
-        last = f", last {self.last_night}" if self.last_night else ""
-        return f"idle — {self.nights_done} nights done{last}"
-
-
 class Daemon:
+    """The main thread: signals, systemd notifications, health, the data root's presence, and the
+    observer. It never does pipeline work, so it always answers; the work is the ``NightWorker``'s."""
+
     def __init__(self, settings: Settings, root: Path, config_path: Path | None):
         self.settings, self.root, self.config_path = settings, root, config_path
         self.log = get_logger()
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
-        self.rescan_all = threading.Event()
-        self.rescan_all.set()  # catch up on every night at start
-        self.progress = Progress()
         self.events = NightEvents(root)
-        self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
-        self.ledger = open_ledger(settings.ledger_path(root), root, self.log)
-        self.worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        self.worker = NightWorker(settings, root, self.events, self.stop, self.log)
         self.activity_path = settings.ledger_path(root).parent / ACTIVITY_FILE
+        self.observer: Any = None  # started by run(), restarted when the data root comes back
+        self.root_identity = root_identity(root)
         self._stalled = False
-        self._storage_night: str | None = None  # the night a write failed on, while waiting for space
-        self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
-
-    # --- main thread ------------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
@@ -157,9 +92,8 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         self.observer = start_observer(self.root, self.events, self.settings.daemon)
-        self.root_identity = root_identity(self.root)
-        self.worker.start()
-        self.log.info("daemon_started", root=str(self.root), pid=os.getpid())
+        self.worker.thread.start()
+        self.log.info("daemon_started", root=str(self.root), pid=os.getpid(), version=__version__)
         notify("READY=1")
         status = ""
         ping_every = watchdog_interval_s()
@@ -168,7 +102,7 @@ class Daemon:
             if self.reload_requested.is_set():
                 self._reload()
             self._watch_root()
-            text = self.progress.text()
+            text = self.worker.progress.text()
             if text != status:
                 notify(f"STATUS={text}")
                 status = text if self._write_activity(text) else ""
@@ -176,7 +110,7 @@ class Daemon:
             if ping_every and healthy and time.monotonic() - last_ping >= ping_every:
                 notify("WATCHDOG=1")
                 last_ping = time.monotonic()
-        self._shutdown(self.observer)
+        self._shutdown()
         return 0
 
     def _write_activity(self, text: str) -> bool:
@@ -203,14 +137,14 @@ class Daemon:
         self.log.info("data_root_returned", root=str(self.root))
         self.observer.stop()
         self.observer = start_observer(self.root, self.events, self.settings.daemon)
-        self.rescan_all.set()
-        self.events.wakeup.set()
+        self.worker.request_rescan()
 
     def _healthy(self) -> bool:
-        stale = time.monotonic() - self.progress.heartbeat
-        healthy = self.worker.is_alive() and stale <= self.settings.daemon.stall_timeout_s
+        stale = time.monotonic() - self.worker.progress.heartbeat
+        alive = self.worker.thread.is_alive()
+        healthy = alive and stale <= self.settings.daemon.stall_timeout_s
         if not healthy and not self._stalled:  # log the transition, not every tick
-            self.log.error("worker_stalled", seconds_since_progress=round(stale, 1), alive=self.worker.is_alive())
+            self.log.error("worker_stalled", seconds_since_progress=round(stale, 1), alive=alive)
         elif healthy and self._stalled:
             self.log.info("worker_recovered")
         self._stalled = not healthy
@@ -223,137 +157,24 @@ class Daemon:
         try:
             if self.config_path:
                 self.settings = load_settings(self.config_path)
+                self.worker.settings = self.settings
             self.log.info("config_reloaded", path=str(self.config_path))
         except Exception as error:  # a bad edit keeps the old settings running
             self.log.error("config_reload_failed", error=str(error))
-        self.rescan_all.set()
-        self.events.wakeup.set()
+        self.worker.request_rescan()
         notify("READY=1")
 
-    def _shutdown(self, observer: Any) -> None:
+    def _shutdown(self) -> None:
         notify("STOPPING=1")
         self.log.info("daemon_stopping")
         self.events.wakeup.set()
         astrometry.terminate_running_solves()
-        self.worker.join(self.settings.daemon.stop_grace_s)
-        observer.stop()
-        if self.worker.is_alive():
+        self.worker.thread.join(self.settings.daemon.stop_grace_s)
+        self.observer.stop()
+        if self.worker.thread.is_alive():
             self.log.warning("worker_abandoned", grace_s=self.settings.daemon.stop_grace_s)
         self.activity_path.unlink(missing_ok=True)
         self.log.info("daemon_stopped")
-
-    # --- worker thread ----------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while not self.stop.is_set():
-            self.progress.heartbeat = time.monotonic()
-            try:
-                night = self._next_night()
-                if night is None:
-                    if self._storage_night is None:
-                        self._storage_back()  # the data root is back and nothing failed on a write
-                    self.events.wakeup.wait(IDLE_TICK_S)
-                    self.events.wakeup.clear()
-                    continue
-                self._process(night)
-                self._storage_back()
-            except StorageUnavailable as error:
-                self._storage_wait(error)
-            except Exception as error:  # never let the worker die silently
-                self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
-                self.stop.wait(10)
-
-    def _storage_wait(self, error: StorageUnavailable) -> None:
-        """Disk full or data root gone: say so once, keep the heartbeat (waiting is not hanging), retry."""
-        if self.progress.waiting is None:
-            self.log.error("storage_unavailable", error=str(error))
-        self.progress.waiting = str(error)
-        self.progress.heartbeat = time.monotonic()
-        self.stop.wait(self.settings.daemon.storage_retry_s)
-
-    def _storage_back(self) -> None:
-        if self.progress.waiting is not None:
-            self.log.info("storage_available")
-            self.progress.waiting = None
-        self._storage_night = None
-
-    def _collect_candidates(self) -> bool:
-        """Merge file events and (when due) a full rescan into ``pending``; True on a full rescan."""
-        now = time.monotonic()
-        for night in self.events.take():
-            self.pending[night] = now
-        full = self.rescan_all.is_set()
-        if full or now - getattr(self, "_last_reconcile", -1e18) >= self.settings.daemon.reconcile_interval_s:
-            self.rescan_all.clear()
-            self._last_reconcile = now
-            self._apply_retry_request()
-            nights, _ = discover_nights(self.root)
-            for night in nights:
-                if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
-                    self.pending.setdefault(night, now)
-            self.log.info("rescan", pending=len(self.pending))
-            return True
-        return False
-
-    def _apply_retry_request(self) -> None:
-        request = self.settings.ledger_path(self.root).parent / RETRY_REQUEST
-        if not request.exists():
-            return
-        nights = request.read_text().split() or None
-        cleared = clear_failures(self.ledger, nights)
-        self.ledger.save()
-        request.unlink(missing_ok=True)
-        self.log.info("retry_requested", frames=cleared, nights=nights or "all")
-
-    def _next_night(self) -> str | None:
-        if not root_present(self.root):
-            raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
-        self._collect_candidates()
-        now = time.monotonic()
-        for night in sorted(self.pending):
-            if self.pending[night] > now:
-                continue
-            readiness = night_readiness(self.root, night, self.settings.daemon)
-            if not readiness.ready:
-                self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
-                continue
-            del self.pending[night]
-            if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
-                self.log.info("night_ready", night=night, reason=readiness.reason)
-                return night
-        return None
-
-    def _process(self, night: str) -> None:
-        progress = self.progress
-        progress.night, progress.done, progress.total = night, 0, 0
-        progress.calibrated = progress.solved = progress.failed = 0
-
-        def on_frame(_night: str, done: int, total: int) -> None:
-            row = night_rows_for(self.ledger, self.settings, night)
-            progress.done, progress.total = done, row["frames"]
-            progress.calibrated, progress.solved, progress.failed = row["calibrated"], row["solved"], row["failed"]
-            progress.heartbeat = time.monotonic()
-
-        run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
-                       should_stop=self.stop.is_set)
-        try:
-            run.run()
-        except StorageUnavailable:
-            self._storage_night = night  # its retry tells when the storage is back
-            self.pending[night] = time.monotonic() + self.settings.daemon.storage_retry_s
-            progress.night = None
-            raise
-        if not self.stop.is_set():
-            progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
-            progress.last_night = night
-        progress.night = None
-        progress.heartbeat = time.monotonic()
-
-
-def night_rows_for(ledger: Ledger, settings: Settings, night: str) -> dict[str, Any]:
-    from .status import night_row
-
-    return night_row(night, ledger.nights().get(night, {}), settings)
 
 
 def run_daemon(config_path: Path | None, root_override: str | None) -> int:

@@ -5,29 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
-from .ledger import Ledger
-from .summary import median_of, night_frames, retry_pending
+from .ledger import Ledger, night_totals
 
 _COLUMNS = ("night", "frames", "calibrated", "solved", "failed", "retries", "blocked", "fwhm", "darks", "flat",
             "state")
 
 
-def night_row(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Counts and state of one night from its ledger record."""
-    frames = night.get("frames", {})
-    calibrated = sum(1 for f in frames.values() if f.get("calibrate", {}).get("status") == "ok")
-    solved = sum(1 for f in frames.values() if f.get("astrometry", {}).get("status") == "solved")
-    cal_failed = sum(1 for f in frames.values() if f.get("calibrate", {}).get("status") == "failed")
-    solve_failed = sum(1 for f in frames.values() if f.get("astrometry", {}).get("status") == "failed")
-    blocked = sum(1 for f in frames.values() if f.get("calibrate", {}).get("status") == "blocked")
-    masters = night.get("masters", {})
-    flat = masters.get("flat")
-    flat_text = "none" if not flat else ("own" if not flat.get("borrowed") else f"from {flat['night']}")
-    darks = ",".join(f"{t}s" for t in sorted(masters.get("darks", {}), key=float)) or "none"
-    science = night.get("inventory", {}).get("science", len(frames))
+def night_row(date: str, totals: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Counts and state of one night from its totals (``ledger.night_totals``, kept in the index)."""
+    science, calibrated, solved = totals["science"], totals["calibrated"], totals["solved"]
+    blocked = totals["blocked"]
+    failed = totals["cal_failed"] + totals["solve_failed"]
     solving = settings.astrometry.enabled
-    failed = cal_failed + solve_failed
-    problems = len(night.get("problems", []))
+    problems = totals["problems"]
     if blocked:
         state = "blocked"
     elif failed:
@@ -36,15 +26,24 @@ def night_row(date: str, night: dict[str, Any], settings: Settings) -> dict[str,
         state = "done"
     else:
         state = "incomplete"
-    retries = sum(1 for f in frames.values() if retry_pending(f, settings.astrometry.max_tries))
-    fwhm = median_of(night_frames(night), "fwhm_arcsec")
+    max_tries = settings.astrometry.max_tries
+    retries = sum(n for tries, n in totals["failed_solve_tries"].items() if int(tries) < max_tries)
+    flat = totals["flat"]
+    flat_text = "none" if flat is None else ("own" if flat == "own" else f"from {flat}")
     return {"night": date, "frames": science, "calibrated": calibrated, "solved": solved, "failed": failed,
-            "retries_pending": retries, "blocked": blocked, "fwhm_arcsec": fwhm, "darks": darks,
+            "retries_pending": retries, "blocked": blocked, "fwhm_arcsec": totals["fwhm_arcsec"],
+            "darks": ",".join(f"{t}s" for t in totals["darks"]) or "none",
             "flat": flat_text, "state": state, "problems": problems, "attention": state != "done" or problems > 0}
 
 
-def night_rows(ledger: Ledger, settings: Settings) -> list[dict[str, Any]]:
-    return [night_row(date, night, settings) for date, night in sorted(ledger.nights().items())]
+def night_row_of(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The status row of a night record (computing its totals)."""
+    return night_row(date, night_totals(night), settings)
+
+
+def night_rows(ledger: Ledger, settings: Settings, dates: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows from the index: no night file is opened, whatever the size of the archive."""
+    return [night_row(date, ledger.totals(date), settings) for date in (ledger.dates() if dates is None else dates)]
 
 
 def _cell(row: dict[str, Any], column: str) -> str:

@@ -28,8 +28,9 @@ import numpy as np
 
 from . import __version__
 from .config import Settings
-from .fitsio import atomic_write_bytes
+from .storage import atomic_write_bytes
 from .night import cal_dir
+from .status import night_row_of
 
 SCHEMA_VERSION = 1
 SUMMARY_JSON = "summary.json"
@@ -164,9 +165,7 @@ def frame_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The summary document of one night, from its ledger record (pure: no file is read)."""
-    from .status import night_row  # status imports this module for the per-frame metrics
-
-    row = night_row(date, night, settings)
+    row = night_row_of(date, night, settings)
     frames = night_frames(night, settings.astrometry.enabled)
     return {
         "schema": SCHEMA_VERSION,

@@ -13,12 +13,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .config import DaemonSettings
 from .night import Problem, inspect_frame, is_fits_name, is_temporary, valid_date
+
+
+# inotify reports reads too (watchdog >= 4): a night being read by its own inventory would otherwise
+# be "touched" again by every look at it, and looked at again, for ever.
+READ_ONLY_EVENTS = (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE)
 
 
 class NightEvents(FileSystemEventHandler):
@@ -38,6 +44,8 @@ class NightEvents(FileSystemEventHandler):
         return first if valid_date(first) else None
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in READ_ONLY_EVENTS:
+            return  # the pipeline reading a night's files must not make the night look touched
         for path in (event.src_path, getattr(event, "dest_path", "")):
             night = self.night_of(path) if path else None
             if night:

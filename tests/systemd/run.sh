@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# `make test-systemd`: the service under a real systemd (the host's systemd is not PID 1).
+# `make test-systemd`: the service installed from the offline bundle under a real systemd, in a container
+# without any network (the host's systemd is not PID 1).
 #
-# A Debian bookworm root (mmdebstrap, cached in $CACHE/rootfs) is booted with systemd-nspawn on a
-# throw-away overlay, `make install` runs inside it exactly as an engineer would run it, and then:
-# the unit starts and reports its STATUS=, a synthetic night dropped into the data root is calibrated
-# and plate-solved under the unit's hardening, `systemctl reload` triggers a rescan, the journal holds
-# the structured fields, and `systemctl stop` ends cleanly. The container is torn down on any exit.
+# `make bundle` and `make upgrade-bundle` run here on the host (downloads cached in BUNDLE_CACHE, the
+# archives in $CACHE/dist). A minimal Debian bookworm with systemd (mmdebstrap, cached in
+# $CACHE/rootfs-offline: no Python, no astrometry.net) is booted with systemd-nspawn --private-network on
+# a throw-away overlay, the bundle is handed in read-only (as on a USB disk), and inside, with no
+# network interface but `lo`: install.sh installs everything from the bundle alone (twice: idempotent,
+# config kept); the unit starts and reports its STATUS=; a synthetic night dropped into the data root is
+# calibrated and plate-solved by the real solve-field under the unit's hardening; `systemctl reload`
+# triggers a rescan; the journal holds the structured fields; an upgrade bundle of another version is
+# applied (the service restarts on it, keeps the ledger, processes a second night); `install.sh
+# --rollback` returns to the first version (which reads the ledger the new one wrote); `systemctl stop`
+# ends cleanly; the watchdog is fed; a SIGKILLed daemon is restarted. Torn down on any exit.
 #
-# Needs root, a Debian mirror (from the host's apt sources) and PyPI (pip inside the container; its
-# cache, kept in $CACHE/pip, spares rebuilding systemd-python). Wall time on a loaded 2-core machine:
-# ~5 min the first time (the root file system), ~2.5 min after.
+# Needs root, and on the host a Debian mirror and PyPI (make bundle, the root file system). Wall time on
+# a loaded 2-core machine: ~6 min the first time (root file system, downloads), ~4 min after.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${ASTEP_TEST_CACHE:-/var/cache/astep-cal-test}
-BASE=$CACHE/rootfs
+BASE=$CACHE/rootfs-offline
+NIGHT2=2026-07-02
 NIGHT=2026-07-01
 N_SCIENCE=3
 started=$(date +%s)
@@ -31,16 +38,27 @@ if ! command -v systemd-nspawn >/dev/null || ! command -v mmdebstrap >/dev/null;
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container mmdebstrap
 fi
 
+# --- the bundles, built here as on any connected machine -------------------------------------------
+mkdir -p "$CACHE"
+DIST=$(mktemp -d "$CACHE/dist.XXXXXX")  # this run's archives (runs may overlap)
+trap 'rm -rf "$DIST"' EXIT
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/daemon/astep_cal/__init__.py")
+upgrade_version="$version+upgradetest"
+say "make bundle (astep-cal $version) and make upgrade-bundle ($upgrade_version)"
+make -s -C "$REPO" bundle BUNDLE_OUT="$DIST" > "$CACHE/bundle.log" 2>&1 || { tail -20 "$CACHE/bundle.log"; die "make bundle failed"; }
+full=$(cd "$DIST" && ls astep-cal-"$version"-*.tar) || die "no bundle in $DIST"
+make -s -C "$REPO" upgrade-bundle BUNDLE_OUT="$DIST" FROM="$DIST/${full%.tar}.manifest" VERSION="$upgrade_version" \
+    > "$CACHE/upgrade-bundle.log" 2>&1 || { tail -20 "$CACHE/upgrade-bundle.log"; die "make upgrade-bundle failed"; }
+upgrade=$(cd "$DIST" && ls astep-cal-upgrade-"$upgrade_version"-*.tar.gz) || die "no upgrade bundle in $DIST"
+say "bundle $full: $(du -m "$DIST/$full" | cut -f1) MB; upgrade $upgrade: $(du -k "$DIST/$upgrade" | cut -f1) kB"
+
 # --- the cached root file system -------------------------------------------------------------------
-# Debian bookworm with systemd and the project's own Debian packages, so that `make install` in each
-# run (from this pristine root) finds them installed and does not apt-get ~400 MB every time.
-# mmdebstrap rather than debootstrap: apt resolves the packages (debootstrap's resolver does not follow
-# virtual ones) and downloads in parallel; the .debs the host already has (`make test` installed the
-# same packages) are hard-linked in instead of downloaded. Together ~2.5x faster than debootstrap.
-packages="systemd,systemd-sysv,dbus,procps,python3,make,$(make -s -C "$REPO" print-debian-packages | tr ' ' ',')"
+# A minimal Debian bookworm that runs systemd (what bundle.py assumes the target has: DEBIAN_BASE): no
+# Python, no astrometry.net, no make — the bundle brings them. The .debs the host already has are
+# hard-linked in instead of downloaded.
+packages="systemd,systemd-sysv,dbus,procps"
 # Runs may overlap (developers share a machine): the root is (re)built under an exclusive lock, and
 # every run then holds a shared one, so no rebuild pulls the root from under a running container.
-mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 flock -x 9
 if [ "$(cat "$BASE/.astep-cal-packages" 2>/dev/null)" != "$packages" ]; then
@@ -59,7 +77,8 @@ fi
 flock -s 9
 
 # --- boot a throw-away copy ------------------------------------------------------------------------
-# The run's changes (the venv of `make install`, ~600 MB) go to a tmpfs: dropped in an instant at the end.
+# The run's changes (what install.sh installs, ~2.5 GB with two releases) go to a tmpfs: dropped in an
+# instant at the end.
 RUN=$(mktemp -d /var/tmp/astep-cal-systemd.XXXXXX)
 NSPAWN=""
 PID1=""
@@ -81,24 +100,22 @@ teardown() {
     umount "$RUN" 2>/dev/null || true
     if mountpoint -q "$RUN/root" || mountpoint -q "$RUN"; then say "warning: $RUN still mounted, left in place"
     else rm -rf "$RUN"; fi
+    rm -rf "$DIST"
     say "$([ "$code" = 0 ] && echo PASSED || echo FAILED) in $(( $(date +%s) - started )) s"
     exit "$code"
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
-mount -t tmpfs -o size=4G,mode=0755 astep-cal-test "$RUN"
-mkdir -p "$RUN/upper" "$RUN/work" "$RUN/root" "$CACHE/pip"
+mount -t tmpfs -o size=6G,mode=0755 astep-cal-test "$RUN"
+mkdir -p "$RUN/upper" "$RUN/work" "$RUN/root"
 mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN/upper,workdir=$RUN/work" "$RUN/root"
 
-binds=(--bind-ro="$REPO:/src/astep-cal" --bind="$CACHE/pip:/root/.cache/pip")
-# pip inside trusts what the host trusts (some sites reach PyPI through a TLS proxy with its own CA).
-if [ -f /etc/ssl/certs/ca-certificates.crt ]; then binds+=(--bind-ro=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/host-ca.crt); fi
-
-say "booting the container"
-# The host's network namespace: `make install` needs PyPI. The unit has PrivateNetwork=yes anyway.
-setsid systemd-nspawn --quiet --register=no --keep-unit -D "$RUN/root" -M "astep-cal-test-$$" \
-    "${binds[@]}" --boot --console=read-only systemd.firstboot=off > "$RUN/console.log" 2>&1 &
+say "booting the container (no network)"
+# --private-network: a network namespace of its own with nothing but `lo`. Only the bundles come in,
+# read-only, as from a USB disk.
+setsid systemd-nspawn --quiet --register=no --keep-unit --private-network -D "$RUN/root" -M "astep-cal-test-$$" \
+    --bind-ro="$DIST:/media/bundles" --boot --console=read-only systemd.firstboot=off > "$RUN/console.log" 2>&1 &
 NSPAWN=$!
 for _ in $(seq 60); do  # the container's PID 1 ends up a child of nspawn (a subreaper)
     PID1=$(cat /proc/"$NSPAWN"/task/*/children 2>/dev/null | awk '{print $1}')
@@ -111,12 +128,13 @@ done
 # A command inside the container, with a clean environment (not the host's PATH, pip settings …).
 C() {
     timeout 600 nsenter -t "$PID1" -a env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 ${PIP_CERT_IN:+PIP_CERT=$PIP_CERT_IN} "$@"
+        HOME=/root LANG=C.UTF-8 "$@"
 }
-PIP_CERT_IN=""
-[ -f /etc/ssl/certs/ca-certificates.crt ] && PIP_CERT_IN=/etc/ssl/host-ca.crt
 state=$(C systemctl is-system-running --wait || true)
-say "container up: $state"
+links=$(C ls /sys/class/net | tr '\n' ' ')
+say "container up: $state; network interfaces: $links"
+[ "$links" = "lo " ] || die "the container has a network ($links): the install must be tested without one"
+C sh -c 'command -v python3 || command -v solve-field' && die "the root already has Python or solve-field: not a minimal system"
 
 # wait_for SECONDS DESCRIPTION 'SHELL CONDITION': poll until the condition (evaluated here) holds.
 wait_for() {
@@ -127,14 +145,29 @@ wait_for() {
 status_text() { C systemctl show -P StatusText astep-cal; }
 events() { C journalctl -u astep-cal -o json --no-pager "EVENT=$1" | grep -c . || true; }
 
-# --- install as an engineer would ------------------------------------------------------------------
-say "make install (inside)"
-C make -s -C /src/astep-cal install > "$RUN/install.log" 2>&1 || { tail -30 "$RUN/install.log"; die "make install failed"; }
-say "make install done"
-C id astep-cal > /dev/null || die "make install did not create the user astep-cal"
-C systemctl cat astep-cal > /dev/null || die "systemd does not know astep-cal.service after make install"
-C make -s -C /src/astep-cal install > "$RUN/install2.log" 2>&1 || { tail -30 "$RUN/install2.log"; die "second make install failed"; }
-grep -q "keeping existing /etc/astep-cal/astep-cal.toml" "$RUN/install2.log" || die "second make install did not keep the config"
+# --- install from the bundle, as an engineer would ---------------------------------------------------
+# Copied from the disk, checked against the checksum printed by make bundle, extracted, installed.
+install_from() {  # install_from ARCHIVE [install.sh arguments]: time and log of install.sh
+    local archive=$1 dir; shift
+    dir=$(basename "$archive" | sed 's/\.tar\(\.gz\)\{0,1\}$//')
+    C sh -c "cd /root && cp /media/bundles/$archive /media/bundles/$archive.sha256 . && sha256sum -c $archive.sha256 \
+        && tar -xf $archive && rm $archive" > /dev/null || die "could not copy, check or extract $archive"
+    local t0; t0=$(date +%s)
+    C "/root/$dir/install.sh" "$@" > "$RUN/install.log" 2>&1 || { tail -30 "$RUN/install.log"; die "install.sh of $archive failed"; }
+    install_seconds=$(( $(date +%s) - t0 ))
+    C rm -rf "/root/$dir"  # the installed system must not need the bundle any more
+}
+say "install.sh from $full (inside, no network)"
+install_from "$full"
+say "installed in $install_seconds s: $(tail -1 "$RUN/install.log")"
+C id astep-cal > /dev/null || die "install.sh did not create the user astep-cal"
+C systemctl cat astep-cal > /dev/null || die "systemd does not know astep-cal.service after install.sh"
+[ "$(C astep-cal --version)" = "astep-cal $version" ] || die "astep-cal --version: $(C astep-cal --version)"
+C test -x /usr/bin/solve-field || die "solve-field is not installed"
+install_from "$full"
+grep -q "keeping existing /etc/astep-cal/astep-cal.toml" "$RUN/install.log" || die "second install.sh did not keep the config"
+grep -q "already installed" "$RUN/install.log" || die "second install.sh rebuilt the release"
+say "second install.sh: nothing rebuilt, config kept ($install_seconds s)"
 
 # --- start -----------------------------------------------------------------------------------------
 C systemctl enable --now astep-cal || die "systemctl enable --now astep-cal failed"
@@ -153,16 +186,19 @@ awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.0) }' || die "exposure $e
 # --- a night arrives -------------------------------------------------------------------------------
 # Written the way a transfer does it: elsewhere, then moved in, then the completion marker. Group
 # astep-cal + group-writable: the service writes the night's _CAL directory next to the raw ones.
-say "a synthetic $NIGHT night arrives"
-C sh -c "umask 002 && mkdir -p /srv/incoming && /opt/astep-cal/bin/python -c '
+arrive() {  # arrive DATE N_SCIENCE: a synthetic night moved into the data root, with its marker
+    say "a synthetic $1 night arrives ($2 science frames)"
+    C sh -c "umask 002 && mkdir -p /srv/incoming && /opt/astep-cal/current/bin/python -c '
 from pathlib import Path
 from astep_cal.synthetic import NightSpec, make_night
 # tests/conftest.py SMALL: 512² frames of a 1° field, solvable with the Tycho-2 07/08 indexes
-spec = NightSpec(date=\"$NIGHT\", shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_science=$N_SCIENCE,
+spec = NightSpec(date=\"$1\", shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_science=$2,
                  n_cosmic_rays=40, n_hot_pixels=80, dead_column=150)
 make_night(Path(\"/srv/incoming\"), spec)
-' && chgrp -R astep-cal /srv/incoming/$NIGHT && mv /srv/incoming/$NIGHT /srv/astep/ && touch /srv/astep/$NIGHT/NIGHT_COMPLETE" \
-    || die "could not make the synthetic night"
+' && chgrp -R astep-cal /srv/incoming/$1 && mv /srv/incoming/$1 /srv/astep/ && touch /srv/astep/$1/NIGHT_COMPLETE" \
+        || die "could not make the synthetic night $1"
+}
+arrive "$NIGHT" "$N_SCIENCE"
 wait_for 300 "night $NIGHT processed (event night_done)" '[ "$(events night_done)" -ge 1 ]'
 wait_for 10 "STATUS= after the night" '[ "$(status_text)" = "idle — 1 nights done, last $NIGHT" ]'
 say "processed: $(status_text)"
@@ -194,14 +230,48 @@ wait_for 30 "a rescan after reload" '[ "$(events rescan)" -gt "$before" ]'
 [ "$(events config_reloaded)" -ge 1 ] || die "no config_reloaded event"
 say "reload: rescan events $before -> $(events rescan), same pid $pid"
 
+# --- an upgrade bundle of another version, then a rollback ------------------------------------------
+# install.sh restarts the running service on the version it installs. The ledger stays where it is:
+# the new version must count the night the old one did, do nothing again, and process a new night; the
+# old one, back after --rollback, must read the ledger the new one wrote and redo nothing either.
+daemon_version() {  # VERSION field of the last daemon_started event
+    C journalctl -u astep-cal -o json --no-pager EVENT=daemon_started | tail -1 \
+        | /usr/bin/python3 -c 'import json, sys; print(json.loads(sys.stdin.read()).get("VERSION", ""))'
+}
+calibrated=$(events frame_calibrated)
+say "install.sh from $upgrade ($(du -k "$DIST/$upgrade" | cut -f1) kB, inside, no network)"
+install_from "$upgrade"
+upgrade_seconds=$install_seconds
+grep -q "restarted astep-cal.service: it runs astep-cal $upgrade_version" "$RUN/install.log" \
+    || { cat "$RUN/install.log"; die "install.sh did not restart the service on $upgrade_version"; }
+wait_for 60 "the upgraded daemon idle with the ledger's night" '[ "$(status_text)" = "idle — 1 nights done" ]'
+[ "$(daemon_version)" = "$upgrade_version" ] || die "the service runs $(daemon_version), not $upgrade_version"
+[ "$(C astep-cal --version)" = "astep-cal $upgrade_version" ] || die "astep-cal --version: $(C astep-cal --version)"
+[ "$(events frame_calibrated)" = "$calibrated" ] || die "the upgraded daemon recalibrated frames"
+say "upgraded in $upgrade_seconds s: the service runs $(daemon_version), same ledger: $(status_text)"
+arrive "$NIGHT2" 1
+wait_for 300 "night $NIGHT2 processed by $upgrade_version" '[ "$(status_text)" = "idle — 2 nights done, last $NIGHT2" ]'
+[ "$(events frame_failed)" = 0 ] || die "frames failed: $(C journalctl -u astep-cal --no-pager EVENT=frame_failed)"
+calibrated=$(events frame_calibrated)
+
+C /opt/astep-cal/install.sh --rollback > "$RUN/rollback.log" 2>&1 || { cat "$RUN/rollback.log"; die "install.sh --rollback failed"; }
+grep -q "rolled back: astep-cal $upgrade_version -> $version" "$RUN/rollback.log" || { cat "$RUN/rollback.log"; die "no rollback"; }
+wait_for 60 "the rolled-back daemon idle with both nights" '[ "$(status_text)" = "idle — 2 nights done" ]'
+[ "$(daemon_version)" = "$version" ] || die "after --rollback the service runs $(daemon_version), not $version"
+[ "$(events frame_calibrated)" = "$calibrated" ] || die "the rolled-back daemon recalibrated frames"
+say "rolled back: the service runs $(daemon_version) on the ledger $upgrade_version wrote: $(status_text)"
+C astep-cal status --config /etc/astep-cal/astep-cal.toml /srv/astep | grep -q "$NIGHT2" || die "status lacks $NIGHT2"
+pid=$(C systemctl show -P MainPID astep-cal)
+
 # --- stop ------------------------------------------------------------------------------------------
+stopped_before=$(events daemon_stopped)
 t0=$(date +%s)
 C systemctl stop astep-cal || die "systemctl stop failed"
 result=$(C systemctl show -P Result astep-cal)
 code=$(C systemctl show -P ExecMainStatus astep-cal)
 say "stopped in $(( $(date +%s) - t0 )) s: Result=$result ExecMainStatus=$code"
 [ "$result" = success ] && [ "$code" = 0 ] || die "unclean stop"
-[ "$(events daemon_stopped)" = 1 ] || die "no daemon_stopped event"
+[ "$(events daemon_stopped)" = $((stopped_before + 1)) ] || die "no daemon_stopped event"
 
 # --- watchdog and restart, for real: a short WatchdogSec must be fed by the idle daemon's pings, and a
 # killed daemon must be restarted (Restart=on-failure) and find its ledger in the StateDirectory.
@@ -213,9 +283,9 @@ pid=$(C systemctl show -P MainPID astep-cal)
 sleep 12  # three watchdog periods: without WATCHDOG=1 every 2 s systemd would have killed it
 [ "$(C systemctl show -P MainPID astep-cal)" = "$pid" ] && [ "$(C systemctl show -P NRestarts astep-cal)" = 0 ] \
     || die "the service did not survive WatchdogSec=4s (watchdog pings missing)"
-[ "$(status_text)" = "idle — 1 nights done" ] || die "after a restart the ledger's night is not counted: $(status_text)"
+[ "$(status_text)" = "idle — 2 nights done" ] || die "after a restart the ledger's night is not counted: $(status_text)"
 C kill -KILL "$pid"
-wait_for 30 "a restart after SIGKILL" '[ "$(C systemctl show -P NRestarts astep-cal)" = 1 ] && [ "$(status_text)" = "idle — 1 nights done" ]'
+wait_for 30 "a restart after SIGKILL" '[ "$(C systemctl show -P NRestarts astep-cal)" = 1 ] && [ "$(status_text)" = "idle — 2 nights done" ]'
 say "watchdog fed for 12 s at WatchdogSec=4s; SIGKILL -> restarted (pid $pid -> $(C systemctl show -P MainPID astep-cal))"
 C journalctl -u astep-cal --no-pager > "$CACHE/last-journal.txt" || true
 C systemctl stop astep-cal

@@ -1,0 +1,238 @@
+"""One science frame's steps: calibrate (with its quality metrics) and plate-solve.
+
+Shared by every front-end: ``once`` and the daemon run them in-process (``pipeline.NightRun``),
+``reprocess`` in Dask tasks. Each returns or fills the frame's ledger record; ``calibrate_entry`` runs
+inside the stage runner (``stages.stage``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__, astrometry, products, quality
+from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
+from .config import Settings
+from .faults import checkpoint
+from .fitsio import read_image
+from .masters import master_noise
+from .night import RawFrame, make_output_dirs, masters_dir
+from .night_masters import Masters, memory_budget
+from .recovery import raw_fingerprint_card
+from .rules import calibration_fingerprint
+from .stages import FrameBlocked, stage
+from .storage import StorageUnavailable, fingerprint
+
+
+def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
+    """A positive numeric header value, or the configured default (and which one was used)."""
+    try:
+        value = float(header[key])
+        if value > 0 and np.isfinite(value):
+            return value, "header"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return default, "default"
+
+
+def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
+    """Pixels astroscrappy may take at once: what the memory limit leaves after masters and frame copies."""
+    # raw, dark choice, its dark current (error map), data, the flat used, cleaned output
+    resident = masters.resident_bytes() + 6 * raw.nbytes
+    return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
+
+
+def read_whole_frame(frame: RawFrame) -> tuple[np.ndarray, fits.Header]:
+    """The raw pixels, refusing a file that changed while it was read and a frame with no signal.
+
+    A file still being written when read gives a frame that is half old, half new: it is left
+    (blocked) for the next run, which sees a new fingerprint and calibrates the finished file.
+    """
+    before = fingerprint(frame.path)
+    raw, header = read_image(frame.path, frame.hdu)
+    if fingerprint(frame.path) != before:
+        raise FrameBlocked("the raw file changed while it was read (still being written?)")
+    finite = np.isfinite(raw)
+    if not finite.any() or not np.any(raw[finite]):
+        raise CalibrationError("the frame holds no signal (every pixel is 0 or NaN)")
+    return raw, header
+
+
+def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
+    """A file at our output's name that astep-cal did not write (no ASTCVER) is moved aside, not lost:
+    e.g. a product of the old pipeline. Its new name is recorded in the frame's ledger entry."""
+    if not cal_path.is_file():
+        return
+    try:
+        ours = "ASTCVER" in fits.getheader(cal_path)
+    except Exception:  # unreadable: certainly not ours
+        ours = False
+    if not ours:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = cal_path.with_name(f"{cal_path.name}.foreign-{stamp}")
+        cal_path.rename(aside)
+        record["foreign_kept_as"] = aside.name
+        log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
+
+
+def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, tuple], dict[str, Any]]:
+    """Header cards and ledger record of the frame's quality metrics.
+
+    Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
+    content) is still a good calibrated frame, so a failure here is logged and recorded, not raised.
+    """
+    start = time.perf_counter()
+    scale = settings.quality.pixel_scale_arcsec
+    try:
+        measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
+                                         settings.quality.fwhm_stars)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log.warning("quality_failed", error=f"{type(error).__name__}: {error}")
+        return {}, {"error": f"{type(error).__name__}: {error}"}
+    record = {**measured.record(scale), "duration_s": round(time.perf_counter() - start, 3)}
+    return measured.header_cards(scale, "nominal"), record
+
+
+def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
+                   record: dict[str, Any], log: Any) -> None:
+    if masters.flat is None or masters.mask is None:
+        raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
+    dark = masters.library.dark_for(frame.exptime)
+    if dark is None:
+        raise FrameBlocked("no master dark")
+    raw, header = read_whole_frame(frame)
+    gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
+    read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    flat_record = masters.record["flat"]
+    root = cal_path.parents[2]
+    noise = master_noise(masters.library, dark,
+                         products.master_header(masters_dir(root, cal_path.parents[1].name)
+                                                / products.dark_file_name(dark.source_exptime)),
+                         products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
+    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
+                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
+                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
+    quality_cards, quality_record = frame_quality(result, settings, log)
+    provenance = {
+        "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
+        "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
+        "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
+        "ASTCFLAT": (flat_record["file"], ""),  # path relative to the data root (README)
+        "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
+        "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
+        # What the ledger needs to be rebuilt from this file alone (recovery.py):
+        "ASTCRAW": (products.header_name(frame.name), "raw frame calibrated"),
+        "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
+        "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
+        **quality_cards,
+    }
+    make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
+    keep_foreign_file(cal_path, record, log)
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
+    record.update(
+        output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
+        dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
+        flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
+        gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
+        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
+    """The pixel scale (arcsec/px) of a solution, which makes FWHM in arcsec exact; None if unknown."""
+    if not result.solved or result.wcs_header is None:
+        return None
+    try:
+        return quality.pixel_scale_arcsec(result.wcs_header)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
+    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
+    header = products.read_cal_header(cal_path)
+    result = astrometry.solve(cal_path, header, settings.astrometry)
+    checkpoint("stage:solve_returned")
+    if result.solved and result.wcs_header is not None:
+        extra = {"ASTCWCS": ("solved", "astrometry status: pending, solved, failed"),
+                 "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
+        if result.residual_arcsec is not None:
+            extra["ASTCWRES"] = (round(result.residual_arcsec, 3), "[arcsec] rms of those matches")
+        scale = solved_pixel_scale(result)
+        if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
+            extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
+        astrometry.merge_wcs(cal_path, result.wcs_header, extra)
+    else:
+        astrometry.mark_unsolved(cal_path, result.error or "no solution")
+    return result
+
+
+def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: Settings, cal_path: Path,
+                    entry: dict[str, Any], log: Any, root: Path | None = None) -> str:
+    """Calibrate one frame and record it in its ledger ``entry``; returns the stage status.
+
+    The one per-frame calibration step of ``once``, the daemon and ``reprocess`` (a Dask task calls it on
+    a copy of the entry and sends the entry back). ``masters`` is called only when the frame really is
+    calibrated, so a night with nothing to calibrate never builds or reads its masters.
+    """
+    entry["raw"] = fingerprint(frame.path)
+    entry.pop("astrometry", None)  # a new CAL file needs a new solution
+    with stage(entry, "calibrate", log, root) as record:
+        _calibrate_one(frame, masters(), settings, cal_path, record, log)
+    checkpoint("stage:frame_calibrated")
+    return entry["calibrate"]["status"]
+
+
+def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
+    """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
+
+    ``tries`` counts this attempt. Never raises, but for :class:`StorageUnavailable` (the merge could
+    not be written: the frame stays pending and no try is counted). Shared by ``once`` (in its solve
+    thread) and ``reprocess`` (in the frame's task).
+    """
+    try:
+        result: astrometry.SolveResult | Exception = solve_and_merge(cal_path, settings)
+    except StorageUnavailable:
+        raise
+    except Exception as error:  # e.g. the CAL file vanished under us
+        result = error
+    return solve_record(result, tries, settings)
+
+
+def solve_record(result: astrometry.SolveResult | Exception, tries: int, settings: Settings) -> dict[str, Any]:
+    """The ledger's astrometry record; a failure gets its retry time (exponential back-off) while tries remain."""
+    backoff = settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
+    retry = {"retry_after": round(time.time() + backoff, 1)} if tries < settings.astrometry.max_tries else {}
+    if isinstance(result, Exception):
+        return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
+    record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
+                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+    if result.solved:
+        record["n_matched"] = result.n_matched
+        if result.residual_arcsec is not None:
+            record["residual_arcsec"] = round(result.residual_arcsec, 3)
+        scale = solved_pixel_scale(result)
+        if scale is not None:
+            record["pixel_scale_arcsec"] = round(scale, 4)
+    else:
+        record.update(error=result.error, **retry)
+    return record
+
+
+def log_solve(log: Any, record: dict[str, Any]) -> None:
+    """The log line of one finished solve (the ledger record has everything it says)."""
+    if record["status"] == "solved":
+        log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
+    else:
+        log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])
