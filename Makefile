@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
-	libsystemd-dev pkg-config gcc python3-dev python3-venv
+	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-state soak soak-short clean install install-app install-files \
-	install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
+.PHONY: all system-deps venv demo test test-faults bench bench-state bench-compression soak soak-short clean install \
+	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
 
@@ -58,13 +58,17 @@ bench-state: system-deps venv
 	$(BIN)/python -m astep_cal.bench_state $(BENCH_STATE_ARGS)
 
 # A winter compressed into minutes through the real daemon, with faults (README "Reliability"; root: tmpfs
-# mounts). Full: 30 nights, ~10 min; soak-short: 8 nights, ~3 min (.ci/run).
+# mounts). Full: 30 nights, ~6 min; soak-short: 8 nights, ~2 min (.ci/run).
 SOAK_ARGS ?=
 soak: system-deps venv
 	$(BIN)/python -m astep_cal.soak $(SOAK_ARGS)
 
 soak-short: system-deps venv
 	$(BIN)/python -m astep_cal.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
+
+# Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
+bench-compression: system-deps venv
+	$(BIN)/python -m astep_cal.bench_compression $(BENCH_COMPRESSION_ARGS)
 
 # --- deployment (README "Deploying the service") -------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

@@ -44,7 +44,7 @@ KILL_POINTS = [
     "temp_written:cal", "renamed:cal", "stage:frame_calibrated", "renamed:cal#3",
     "solve_running", "stage:solve_returned",
     "temp_written:cal_replace", "renamed:cal_replace#2",
-    "temp_written:ledger_night_replace#4", "renamed:ledger_replace#6",
+    "temp_written:ledger_night_replace#4", "renamed:ledger_night_replace#6", "renamed:ledger_replace",
     "temp_written:summary", "renamed:summary#2",
 ]
 

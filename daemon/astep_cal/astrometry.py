@@ -40,6 +40,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from .config import AstrometrySettings
 from .faults import checkpoint
 from .fitsio import atomic_write_hdul
+from .night import image_hdu
+from .products import cal_header_for_update
 
 # Keys of a celestial WCS (with SIP) that a new solution replaces.
 _WCS_KEY = re.compile(
@@ -123,7 +125,7 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
 
     ``--fits-image`` and ``--no-remove-lines`` each save a Python start-up (~0.4 s) per frame: the
     input is always our FITS CAL file, and the lines of false sources that ``removelines`` hunts
-    (bad columns) are masked and replaced by the sky before the solve."""
+    (bad columns) are masked and filled from their neighbours before the solve."""
     command = [
         settings.solve_field, str(image),
         "--dir", str(work_dir), "--out", "solution",
@@ -238,18 +240,30 @@ def has_wcs(header: fits.Header) -> bool:
     return any(key in header for key in ("CTYPE1", "CRVAL1", "CD1_1"))
 
 
+def _tile_compressed(image: Path) -> bool:
+    """Whether the image is in a tile-compressed extension (a compressed CAL file). An unreadable file
+    is left to solve-field, whose failure is then reported like any other."""
+    try:
+        with fits.open(image, memmap=False, lazy_load_hdus=True) as hdul:
+            return image_hdu(hdul) != 0
+    except (OSError, ValueError):
+        return False
+
+
 def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
-    """The image with its old solution removed, in the work directory.
+    """The image with its old solution removed, as a plain FITS file in the work directory.
 
     ``solve-field`` uses a WCS it finds in the input, so a re-solve (after a crash between the merge
     and the ledger, or a forced rerun) would give a slightly different answer than the first solve of
-    the same pixels. Starting from the bare image keeps the result identical. Rare: first solves skip it.
+    the same pixels. Starting from the bare image keeps the result identical. Rare: first solves skip it,
+    except for a tile-compressed CAL file, which solve-field (``--extension 0``) is always given this way.
     """
     with fits.open(image, memmap=False) as hdul:
-        header = hdul[0].header.copy()
+        index = image_hdu(hdul)
+        header = fits.PrimaryHDU(hdul[index].data, hdul[index].header).header
         _without_wcs(header)
         target = work_dir / "input.fits"
-        fits.PrimaryHDU(hdul[0].data, header).writeto(target)
+        fits.PrimaryHDU(hdul[index].data, header).writeto(target)
     return target
 
 
@@ -264,7 +278,7 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
                            hinted=pointing is not None)
     with tempfile.TemporaryDirectory(prefix="astep-solve-", dir=tmp_root) as work_text:
         work_dir = Path(work_text)
-        if has_wcs(header):
+        if has_wcs(header) or _tile_compressed(image):
             image = _copy_without_wcs(image, work_dir)
         width = header.get("NAXIS1")
         command = build_command(image, work_dir, settings, pointing,
@@ -324,9 +338,8 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
 
     The file is read whole and rewritten atomically: a crash leaves the old file or the new one.
     """
-    with fits.open(cal_path, memmap=False) as hdul:
+    with cal_header_for_update(cal_path) as (hdul, header):
         hdul.verify("silentfix")
-        header = hdul[0].header
         _without_wcs(header)
         header.remove("ASTCWERR", ignore_missing=True)
         for card in wcs_header.cards:
@@ -339,8 +352,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
 def mark_unsolved(cal_path: Path, reason: str) -> None:
     """Record a failed solve in the CAL file: ``ASTCWCS = 'failed'`` and the reason in ``ASTCWERR``."""
     printable = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in reason)
-    with fits.open(cal_path, memmap=False) as hdul:
-        header = hdul[0].header
+    with cal_header_for_update(cal_path) as (hdul, header):
         _without_wcs(header)
         header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
         header["ASTCWERR"] = (printable[:60], "why the plate solve failed")

@@ -76,6 +76,14 @@ class AstrometrySettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    """How CAL files are written (changing these does not redo calibrated frames)."""
+
+    compress: bool = False  # tile-compressed CAL files (RICE + subtractive dithering; see the README)
+    quantize_level: float = 16.0  # quantisation step = tile noise / quantize_level (fpack's -q)
+
+
+@dataclass(frozen=True)
 class QualitySettings:
     """Per-frame quality metrics (``quality.py``); changing them does not redo calibrated frames."""
 
@@ -116,6 +124,7 @@ class Settings:
     cosmics: CosmicSettings = field(default_factory=CosmicSettings)
     astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -133,6 +142,7 @@ _SECTIONS = {
     "cosmics": CosmicSettings,
     "astrometry": AstrometrySettings,
     "quality": QualitySettings,
+    "output": OutputSettings,
     "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
@@ -211,6 +221,8 @@ def validate(settings: Settings) -> None:
     q = settings.quality
     if q.pixel_scale_arcsec <= 0 or q.detect_sigma <= 0 or q.fwhm_stars < 1:
         raise ConfigError("quality pixel_scale_arcsec, detect_sigma and fwhm_stars must be positive")
+    if settings.output.quantize_level <= 0:
+        raise ConfigError("output.quantize_level must be positive")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:

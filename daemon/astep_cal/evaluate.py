@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -16,6 +17,13 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from .astrometry import wcs_error_px
 from .masters import MaskBit
+from .products import cal_image_hdu, read_cal_header
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+    from .calibrate import CalibratedFrame
+    from .synthetic import DefectScene
 
 
 @dataclass
@@ -88,7 +96,7 @@ def solved_wcs_of(header: fits.Header) -> WCS | None:
 def wcs_error_of(cal_path: Path, truth) -> float | None:
     """Median WCS error (px) of a solved CAL file against the truth of its raw frame (header only:
     cheap enough for 4096² benchmarks); None when unsolved."""
-    header = fits.getheader(cal_path)
+    header = read_cal_header(cal_path)
     solved = solved_wcs_of(header)
     if solved is None:
         return None
@@ -98,8 +106,9 @@ def wcs_error_of(cal_path: Path, truth) -> float | None:
 def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
     """Every metric for one calibrated frame of a synthetic night."""
     with fits.open(cal_path) as hdul:
-        data = hdul[0].data.astype(np.float64)
-        header = hdul[0].header
+        index = cal_image_hdu(hdul)
+        data = hdul[index].data.astype(np.float64)
+        header = hdul[index].header
         mask = hdul["MASK"].data
     sky = truth.sky_e(raw_name)
     solved_wcs = solved_wcs_of(header)
@@ -127,3 +136,61 @@ def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:
         hot_masked=float(np.mean((mask[hot] & MaskBit.BAD) > 0)) if hot.any() else 1.0,
         dead_column_masked=dead,
     )
+
+
+def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, truth: np.ndarray, x: np.ndarray,
+                      y: np.ndarray, sky_e: float, radius: float = 5.0) -> "Table":
+    """Aperture photometry of stars in a calibrated frame against the noise-free truth (photutils).
+
+    The same circular apertures (at the true positions) are summed on the frame and on the truth, so
+    the difference is the calibration's error alone (no background estimate in between). Returns a
+    table with, per star: ``true`` (star electrons in the aperture: truth sum less the sky), ``delta``
+    (frame sum less truth sum), ``sigma`` (from ERR; a replaced pixel counts with the median ERR of the
+    aperture's other pixels, so a flagged star is judged on the noise it would have had), ``z`` =
+    delta / sigma, and ``flagged`` (a MASK bit in the aperture).
+    """
+    from astropy.table import Table
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    positions = np.column_stack([x, y])
+    apertures = CircularAperture(positions, r=radius)
+    variance = error.astype(np.float64) ** 2
+    masked = mask > 0
+    measured = aperture_photometry(data.astype(np.float64), apertures)["aperture_sum"].data
+    expected = aperture_photometry(truth.astype(np.float64), apertures)["aperture_sum"].data
+    sigma, flagged = np.empty(len(positions)), np.zeros(len(positions), bool)
+    for index, aperture_mask in enumerate(apertures.to_mask(method="exact")):
+        weights = aperture_mask.data
+        local_variance = aperture_mask.cutout(variance, fill_value=0.0)
+        local_masked = aperture_mask.cutout(masked, fill_value=False)
+        if local_variance is None:  # entirely outside the frame
+            sigma[index] = np.nan
+            continue
+        inside = weights > 0
+        bad = local_masked & inside
+        flagged[index] = bool(bad.any())
+        clean = inside & ~local_masked
+        typical = float(np.median(local_variance[clean])) if clean.any() else 0.0
+        sigma[index] = float(np.sqrt(np.sum(weights * weights * np.where(bad, typical, local_variance))))
+    true = expected - sky_e * apertures.area
+    delta = measured - expected
+    return Table({"x": x, "y": y, "true": true, "delta": delta, "sigma": sigma, "z": delta / sigma,
+                  "flagged": flagged})
+
+
+def calibrate_scene(scene: "DefectScene", with_master_noise: bool = True) -> "CalibratedFrame":
+    """A :class:`astep_cal.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
+    from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
+    headers. ``with_master_noise=False``: the error map as if the masters were exact."""
+    from .calibrate import calibrate_frame
+    from .config import CalibrationSettings, CosmicSettings
+    from .masters import DarkLibrary, flat_noise_cards, master_noise
+
+    sigma = CalibrationSettings().combine_sigma
+    library = DarkLibrary.build({scene.exptime: scene.dark}, None)
+    flat_cards = {key: value for key, (value, _) in flat_noise_cards(scene.flat_levels_adu, sigma).items()}
+    noise = (master_noise(library, library.dark_for(scene.exptime), {"NCOMBINE": scene.n_darks}, flat_cards, sigma)
+             if with_master_noise else None)
+    return calibrate_frame(scene.raw, scene.dark, scene.flat, scene.bad.astype(np.uint8), gain=scene.gain,
+                           read_noise_e=scene.read_noise_e, saturation_adu=65535, cosmics=CosmicSettings(),
+                           noise=noise)

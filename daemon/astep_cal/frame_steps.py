@@ -21,7 +21,8 @@ from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
 from .fitsio import read_image
-from .night import RawFrame, make_output_dirs
+from .masters import master_noise
+from .night import RawFrame, make_output_dirs, masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
@@ -42,7 +43,8 @@ def header_number(header: fits.Header, key: str, default: float) -> tuple[float,
 
 def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
     """Pixels astroscrappy may take at once: what the memory limit leaves after masters and frame copies."""
-    resident = masters.resident_bytes() + 4 * raw.nbytes  # raw, dark choice, data, cleaned output
+    # raw, dark choice, its dark current (error map), data, the flat used, cleaned output
+    resident = masters.resident_bytes() + 6 * raw.nbytes
     return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
 
 
@@ -107,10 +109,15 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     raw, header = read_whole_frame(frame)
     gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
     read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    flat_record = masters.record["flat"]
+    root = cal_path.parents[2]
+    noise = master_noise(masters.library, dark,
+                         products.master_header(masters_dir(root, cal_path.parents[1].name)
+                                                / products.dark_file_name(dark.source_exptime)),
+                         products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
-                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw))
-    flat_record = masters.record["flat"]
+                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
     quality_cards, quality_record = frame_quality(result, settings, log)
     provenance = {
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
@@ -127,7 +134,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     }
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
-    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance))
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
@@ -154,7 +161,7 @@ def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
 
 def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
     """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
-    header = fits.getheader(cal_path)
+    header = products.read_cal_header(cal_path)
     result = astrometry.solve(cal_path, header, settings.astrometry)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:

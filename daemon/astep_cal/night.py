@@ -260,7 +260,7 @@ def read_ccd_temp(header: fits.Header) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _image_hdu(hdul: fits.HDUList) -> int:
+def image_hdu(hdul: fits.HDUList) -> int:
     """Index of the image: the primary HDU, or the first tile-compressed one (fpack puts it in HDU 1)."""
     if hdul[0].header.get("NAXIS", 0) == 0 and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
         return 1
@@ -322,7 +322,7 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
             if size < 0:
                 return Problem(path, "file_truncated", "the gzip stream ends early")
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            index = _image_hdu(hdul)
+            index = image_hdu(hdul)
             hdu = hdul[index]
             header = hdu.header
             if header.get("NAXIS") != 2:

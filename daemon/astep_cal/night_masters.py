@@ -20,7 +20,8 @@ from astropy.io import fits
 
 from . import __version__, products
 from .config import Settings
-from .masters import DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable
+from .masters import (DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable,
+                      flat_noise_cards)
 from .night import NightInventory, Problem, RawFrame, make_output_dirs, masters_dir, problem_record, valid_date
 from .stages import FrameBlocked
 from .storage import StorageUnavailable
@@ -155,7 +156,9 @@ def _own_flat(inventory: NightInventory, masters: Masters, settings: Settings, o
             inventory.problems.append(Problem(frame.path, "flat_rejected", f"median {level:.0f} ADU after the dark, "
                                               f"usable {level_range[0]:g}-{level_range[1]:g}"))
     flats = [f for f, level in zip(flats, levels) if flat_level_usable(level, level_range)]
-    products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date, {},
+    products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date,
+                          flat_noise_cards([v for v in levels if flat_level_usable(v, level_range)],
+                                           calibration.combine_sigma),
                           [f.name for f in flats])
     masters.flat = flat
     masters.record["flat"] = {

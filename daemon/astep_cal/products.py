@@ -6,6 +6,9 @@ that the file formats are described in one place. Every write is atomic (``fitsi
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -13,10 +16,11 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
-from .calibrate import CalibratedFrame
+from .calibrate import REPLACED_ERR, CalibratedFrame
+from .config import OutputSettings
 from .fitsio import atomic_write_hdul
 from .masters import MaskBit
-from .night import fits_stem
+from .night import fits_stem, image_hdu
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -72,6 +76,20 @@ def read_master(path: Path) -> tuple[np.ndarray, fits.Header]:
         return np.array(hdul[0].data), hdul[0].header.copy()
 
 
+@functools.lru_cache(maxsize=64)
+def _master_header(path: str, mtime_ns: int) -> fits.Header:
+    return fits.getheader(path)
+
+
+def master_header(path: Path) -> fits.Header | None:
+    """A master's header (its ``NCOMBINE``, noise cards), cached per file version: every frame of a
+    night asks for the same two; None when the file is not there."""
+    try:
+        return _master_header(str(path), Path(path).stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
 def _mask_hdu(mask: np.ndarray) -> fits.ImageHDU:
     hdu = fits.ImageHDU(mask, name="MASK")
     for bit in MaskBit:
@@ -80,8 +98,24 @@ def _mask_hdu(mask: np.ndarray) -> fits.ImageHDU:
     return hdu
 
 
-def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance: dict[str, tuple]) -> fits.HDUList:
-    """The CAL file: float32 electrons with the raw header kept, provenance cards, and a MASK HDU."""
+def _err_hdu(error: np.ndarray) -> fits.ImageHDU:
+    hdu = fits.ImageHDU(error, name="ERR")
+    hdu.header["BUNIT"] = ("electron", "1-sigma uncertainty of each pixel")
+    hdu.header["ERRREPL"] = (float(REPLACED_ERR), "ERR of BAD, COSMIC and SATURATED pixels")
+    return hdu
+
+
+def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance: dict[str, tuple],
+                    output: OutputSettings | None = None) -> fits.HDUList:
+    """The CAL file: float32 electrons with the raw header kept, provenance cards, an ``ERR`` HDU
+    (float32, electrons, 1 sigma) and a ``MASK`` HDU (uint8).
+
+    With ``output.compress`` the three images are tile-compressed (FITS tile compression, as fpack
+    and BANZAI's ``.fits.fz``): an empty primary HDU, then ``SCI`` and ``ERR`` in RICE with subtractive
+    dithering at ``output.quantize_level`` (the quantisation step is the tile's noise divided by it),
+    and ``MASK`` RICE-compressed losslessly. The dither seed comes from the data (``DITHER_SEED_CHECKSUM``),
+    so the same frame always gives the same bytes. Readers find the image with :func:`cal_image_hdu`.
+    """
     header = raw_header.copy()
     for key in _SCALING_KEYS:
         header.remove(key, ignore_missing=True, remove_all=True)
@@ -93,7 +127,52 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     for key, (value, comment) in provenance.items():
         header[key] = (value, comment)
     header["ASTCWCS"] = ("pending", "astrometry status: pending, solved, failed")
-    return fits.HDUList([fits.PrimaryHDU(frame.data, header), _mask_hdu(frame.mask)])
+    error = frame.error if frame.error is not None else np.full(frame.data.shape, REPLACED_ERR, np.float32)
+    mask_hdu, err_hdu = _mask_hdu(frame.mask), _err_hdu(error)
+    if output is None or not output.compress:
+        return fits.HDUList([fits.PrimaryHDU(frame.data, header), err_hdu, mask_hdu])
+    for key in ("SIMPLE", "EXTEND", "EXTNAME"):
+        header.remove(key, ignore_missing=True)
+    lossy = dict(compression_type="RICE_1", quantize_level=output.quantize_level,
+                 quantize_method=1, dither_seed=-1)  # SUBTRACTIVE_DITHER_1, DITHER_SEED_CHECKSUM
+    return fits.HDUList([
+        fits.PrimaryHDU(),
+        fits.CompImageHDU(frame.data, header, name="SCI", **lossy),
+        fits.CompImageHDU(error, err_hdu.header, name="ERR", **lossy),
+        fits.CompImageHDU(frame.mask, mask_hdu.header, name="MASK", compression_type="RICE_1"),
+    ])
+
+
+def cal_image_hdu(hdul: fits.HDUList) -> int:
+    """Index of a CAL file's science image and header: 0 (plain) or 1 (tile-compressed)."""
+    return image_hdu(hdul)
+
+
+@contextlib.contextmanager
+def cal_header_for_update(path: Path) -> Iterator[tuple[fits.HDUList, fits.Header]]:
+    """Open a CAL file to change its science header only: yields the HDU list and that header, to
+    edit in place and write back (``fitsio.atomic_write_hdul``).
+
+    A tile-compressed file is opened with ``disable_image_compression``: its SCI HDU is then the binary
+    table holding the compressed tiles, and the image keywords are in that table's header. Editing
+    them there leaves the compressed bytes as they are; through astropy's compressed-image HDU the
+    image would be decompressed and quantised a second time (measured: up to one quantisation step of
+    change in every pixel at each WCS merge). The compressed image's own checksums (``ZHECKSUM``,
+    ``ZDATASUM``) are dropped, as they would no longer match; the file's ``CHECKSUM`` is rewritten.
+    """
+    with fits.open(path, memmap=False, disable_image_compression=True) as hdul:
+        compressed = len(hdul) > 1 and hdul[1].header.get("ZIMAGE", False) is True
+        header = hdul[1].header if compressed else hdul[0].header
+        if compressed:
+            for key in ("ZHECKSUM", "ZDATASUM"):
+                header.remove(key, ignore_missing=True)
+        yield hdul, header
+
+
+def read_cal_header(path: Path) -> fits.Header:
+    """The science header of a CAL file, plain or tile-compressed (what recovery and the solver read)."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return hdul[cal_image_hdu(hdul)].header.copy()
 
 
 def write_calibrated(path: Path, hdul: fits.HDUList) -> None:

@@ -124,7 +124,7 @@ def rebuild_from_outputs(root: Path, ledger: Ledger, only: list[str] | None = No
         flat_night = None
         for path in sorted(directory.glob("*_CAL.fits")):
             try:
-                header = fits.getheader(path)
+                header = products.read_cal_header(path)
             except Exception:  # a damaged output is simply redone
                 continue
             found = frame_entry(header, date, path.name)
