@@ -24,8 +24,8 @@ file systems:
 At the end every check is printed as one table and written with the measurements to
 ``bench-results/soak.json``; the exit code is 1 when any check fails. Needs root (mounts).
 
-    python -m astep_cal.soak --nights 30      # make soak (~10 min)
-    python -m astep_cal.soak --nights 8       # make soak-short (~3 min; .ci/run)
+    python -m astep_cal.soak --nights 30      # make soak (~5 min here)
+    python -m astep_cal.soak --nights 8       # make soak-short (~1.5 min; .ci/run)
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def lifetime_trends(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     figure, allocator pools) and then stays flat; a leak shows as a steady slope after that, which a
     long lifetime measures more sharply than first-vs-last. Measured here (30-night runs, 22-night
     lifetime, 512² frames): 1.27 MB a night with the astroscrappy leak, 1.19 without it but with the
-    worker's freed heap kept by glibc, 0.29 and 0.63 in two runs with both fixed (samples scatter by
+XX
     ±6 MB from night to night: the fit's own noise is ~0.2 MB a night), hence the 1.0 bound.
     """
     lifetimes: dict[int, list[dict[str, Any]]] = {}
