@@ -51,24 +51,24 @@ test-faults: system-deps venv
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
 bench: system-deps venv
-	$(BIN)/python -m astep_cal.bench $(BENCH_ARGS)
+	$(BIN)/python -m astep_cal.devtools.bench $(BENCH_ARGS)
 
 # The state at archive scale: ledgers of 150 and 500 nights x 1000 frames (~10 min, ~1.5 GB of scratch).
 bench-state: system-deps venv
-	$(BIN)/python -m astep_cal.bench_state $(BENCH_STATE_ARGS)
+	$(BIN)/python -m astep_cal.devtools.bench_state $(BENCH_STATE_ARGS)
 
 # A winter compressed into minutes through the real daemon, with faults (README "Reliability"; root: tmpfs
 # mounts). Full: 30 nights, ~6 min; soak-short: 8 nights, ~2 min (.ci/run).
 SOAK_ARGS ?=
 soak: system-deps venv
-	$(BIN)/python -m astep_cal.soak $(SOAK_ARGS)
+	$(BIN)/python -m astep_cal.devtools.soak $(SOAK_ARGS)
 
 soak-short: system-deps venv
-	$(BIN)/python -m astep_cal.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
+	$(BIN)/python -m astep_cal.devtools.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
 
 # Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
 bench-compression: system-deps venv
-	$(BIN)/python -m astep_cal.bench_compression $(BENCH_COMPRESSION_ARGS)
+	$(BIN)/python -m astep_cal.devtools.bench_compression $(BENCH_COMPRESSION_ARGS)
 
 # --- deployment (README "Deploying the service") -------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from astep_cal import cli
-from astep_cal.harness import DaemonProcess, parse_events, read_ledger, tree_digest  # noqa: F401 (used by the tests)
-from astep_cal.synthetic import SMALL_FIELD, NightSpec, make_night
+from astep_cal.devtools.harness import DaemonProcess, parse_events, read_ledger, tree_digest  # noqa: F401 (used by the tests)
+from astep_cal.devtools.synthetic import SMALL_FIELD, NightSpec, make_night
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SOLVE = "[astrometry]\nenabled = false\n"

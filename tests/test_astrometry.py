@@ -14,7 +14,7 @@ from astropy.wcs import WCS
 
 from astep_cal import astrometry
 from astep_cal.config import AstrometrySettings
-from astep_cal.synthetic import NightSpec, make_night
+from astep_cal.devtools.synthetic import NightSpec, make_night
 
 SETTINGS = AstrometrySettings()
 

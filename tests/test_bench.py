@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from astep_cal.bench import astep_cadence, projection_h
+from astep_cal.devtools.bench import astep_cadence, projection_h
 
 
 def test_cadence_and_masters_come_from_the_json_log(tmp_path):
@@ -30,7 +30,7 @@ def test_projection_is_the_fixed_part_plus_the_frames_at_the_cadence():
 def test_state_bench_on_a_tiny_archive(tmp_path):
     """make bench-state's pieces at a tiny size: a finished archive that ``once`` leaves untouched,
     frame recording, and the target checks."""
-    from astep_cal import bench_state
+    from astep_cal.devtools import bench_state
 
     dates = bench_state.night_dates(3)
     root, state = tmp_path / "root", tmp_path / "state"

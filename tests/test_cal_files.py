@@ -9,8 +9,8 @@ import pytest
 from astropy.io import fits
 
 from astep_cal import products
-from astep_cal.evaluate import score_frame
-from astep_cal.synthetic import make_night
+from astep_cal.devtools.evaluate import score_frame
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import run_cli, small_spec
 

@@ -9,9 +9,9 @@ import pytest
 from scipy.ndimage import binary_dilation
 
 from astep_cal.calibrate import fill_bad_pixels
-from astep_cal.evaluate import calibrate_scene
+from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.masters import MaskBit
-from astep_cal.synthetic import COSMIC_PLACES, defect_scene
+from astep_cal.devtools.synthetic import COSMIC_PLACES, defect_scene
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from astropy.io import fits
 
 from astep_cal.config import Settings
-from astep_cal.evaluate import score_frame
+from astep_cal.devtools.evaluate import score_frame
 from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
 from astep_cal.night import cal_dir, masters_dir, take_inventory
@@ -25,7 +25,7 @@ from astep_cal.night_masters import build_masters
 from astep_cal.pipeline import NightRun
 from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
 from astep_cal.products import cal_name
-from astep_cal.synthetic import make_night
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger
 

@@ -17,7 +17,7 @@ from astep_cal.masters import MaskBit
 from astep_cal.night import cal_dir
 from astep_cal.products import cal_name
 from astep_cal.quality import measure_frame
-from astep_cal.synthetic import make_night, render_stars
+from astep_cal.devtools.synthetic import make_night, render_stars
 
 from conftest import small_spec, read_ledger
 

@@ -27,7 +27,7 @@ from astep_cal.logs import configure
 from astep_cal.night import cal_dir, take_inventory
 from astep_cal.products import cal_name
 from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
-from astep_cal.synthetic import make_night
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec, read_ledger
 

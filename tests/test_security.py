@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from astep_cal.night import cal_dir
-from astep_cal.synthetic import make_night
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import REPO, no_solve_config, run_cli, small_spec, read_ledger
 

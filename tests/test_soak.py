@@ -2,7 +2,7 @@
 
 import pytest
 
-from astep_cal.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, SLOPE_MB_PER_NIGHT, Check, lender, lifetime_trends,
+from astep_cal.devtools.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, SLOPE_MB_PER_NIGHT, Check, lender, lifetime_trends,
                             plan_nights, render)
 
 FAULTS = {"junk_file", "sigkill", "truncated_file", "disk_full", "unmount", "blind_solve", "sighup"}

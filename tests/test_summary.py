@@ -17,7 +17,7 @@ from PIL import Image
 from astep_cal.config import Settings
 from astep_cal.night import cal_dir
 from astep_cal.summary import (FRAME_COLUMNS, METRICS, SCHEMA_VERSION, build_summary, frame_rows, render_png)
-from astep_cal.synthetic import make_night
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import mtimes, run_cli, small_spec, read_ledger
 

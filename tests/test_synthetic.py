@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.synthetic import (NightSpec, field_radius_deg, load_truth, make_flat, make_night,
+from astep_cal.devtools.synthetic import (NightSpec, field_radius_deg, load_truth, make_flat, make_night,
                                  tycho2_stars)
 
 SMALL = NightSpec(shape=(512, 512), pixel_scale_arcsec=7.2, n_cosmic_rays=60, n_hot_pixels=80,

@@ -251,7 +251,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .devtools.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None)
 

@@ -190,7 +190,7 @@ arrive() {  # arrive DATE N_SCIENCE: a synthetic night moved into the data root,
     say "a synthetic $1 night arrives ($2 science frames)"
     C sh -c "umask 002 && mkdir -p /srv/incoming && /opt/astep-cal/current/bin/python -c '
 from pathlib import Path
-from astep_cal.synthetic import NightSpec, make_night
+from astep_cal.devtools.synthetic import NightSpec, make_night
 # tests/conftest.py SMALL: 512² frames of a 1° field, solvable with the Tycho-2 07/08 indexes
 spec = NightSpec(date=\"$1\", shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_science=$2,
                  n_cosmic_rays=40, n_hot_pixels=80, dead_column=150)

@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from .config import Settings
+from ..config import Settings
 from .harness import rss_mb
-from .storage import fingerprint
-from .ledger import Ledger, RootLock
-from .night import raw_listing
-from .rules import calibration_fingerprint
-from .products import cal_name
+from ..storage import fingerprint
+from ..ledger import Ledger, RootLock
+from ..night import raw_listing
+from ..rules import calibration_fingerprint
+from ..products import cal_name
 
 TARGETS = {"record_ms": 50.0, "status_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
 

@@ -1,7 +1,7 @@
 """Science metrics against known truth: how good is a calibrated frame of a synthetic night?
 
 Used by the tests (acceptance thresholds) and by ``astep-cal demo`` (which prints them). The truth
-comes from :mod:`astep_cal.synthetic`; the metrics are plain array statistics.
+comes from :mod:`astep_cal.devtools.synthetic`; the metrics are plain array statistics.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .astrometry import wcs_error_px
-from .masters import MaskBit
-from .products import cal_image_hdu, read_cal_header
+from ..astrometry import wcs_error_px
+from ..masters import MaskBit
+from ..products import cal_image_hdu, read_cal_header
 
 if TYPE_CHECKING:
     from astropy.table import Table
 
-    from .calibrate import CalibratedFrame
+    from ..calibrate import CalibratedFrame
     from .synthetic import DefectScene
 
 
@@ -179,12 +179,12 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
 
 
 def calibrate_scene(scene: "DefectScene", with_master_noise: bool = True) -> "CalibratedFrame":
-    """A :class:`astep_cal.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
+    """A :class:`astep_cal.devtools.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
     from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
     headers. ``with_master_noise=False``: the error map as if the masters were exact."""
-    from .calibrate import calibrate_frame
-    from .config import CalibrationSettings, CosmicSettings
-    from .masters import DarkLibrary, flat_noise_cards, master_noise
+    from ..calibrate import calibrate_frame
+    from ..config import CalibrationSettings, CosmicSettings
+    from ..masters import DarkLibrary, flat_noise_cards, master_noise
 
     sigma = CalibrationSettings().combine_sigma
     library = DarkLibrary.build({scene.exptime: scene.dark}, None)

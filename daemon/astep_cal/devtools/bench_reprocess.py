@@ -1,6 +1,6 @@
 """Speed-up of ``astep-cal reprocess`` from 1 to 2 (or more) Dask workers on this machine.
 
-``python -m astep_cal.bench_reprocess [--nights 4] [--frames 6] [--size 1024] [--workers 1 2]``
+``python -m astep_cal.devtools.bench_reprocess [--nights 4] [--frames 6] [--size 1024] [--workers 1 2]``
 generates an archive of synthetic nights once (real Tycho-2 stars, so solve-field really solves),
 then for each worker count runs the real command, ``astep-cal reprocess COPY --workers N``, on a fresh
 copy and measures its wall time (cluster start and stop included: what an operator waits for).

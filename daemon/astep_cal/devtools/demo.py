@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .config import Settings
+from ..config import Settings
 from .evaluate import score_frame
-from .ledger import Ledger, RootLock
-from .logs import configure
-from .night import cal_dir
-from .pipeline import process_root
-from .products import cal_name
+from ..ledger import Ledger, RootLock
+from ..logs import configure
+from ..night import cal_dir
+from ..pipeline import process_root
+from ..products import cal_name
 from .synthetic import NightSpec, make_night
 
 

@@ -1,11 +1,11 @@
 """``make bench-compression``: plain float32 CAL files against tile-compressed ones, side by side.
 
-One calibrated frame of a :func:`astep_cal.synthetic.defect_scene` (a grid of isolated stars with
+One calibrated frame of a :func:`astep_cal.devtools.synthetic.defect_scene` (a grid of isolated stars with
 dead columns, hot pixels, cosmic rays, saturated stars; masters from simulated raw frames) is written
 with :func:`astep_cal.products.calibrated_hdul` plain and at each quantisation level, then read back.
 Per form: bytes per frame, write and read time (median of ``--repeats``), the noise the quantisation
 adds (rms of compressed - plain on unmasked pixels) relative to the sky noise, and the photometric
-change on the same stars (:func:`astep_cal.evaluate.aperture_fidelity` on both: median of the flux
+change on the same stars (:func:`astep_cal.devtools.evaluate.aperture_fidelity` on both: median of the flux
 difference over the bright stars, and the spread of the normalised residuals). The output must also
 pass ``fitsverify`` and ``funpack`` when they are installed. Prints a table, writes JSON.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import products
-from .calibrate import CalibratedFrame
-from .config import OutputSettings
+from .. import products
+from ..calibrate import CalibratedFrame
+from ..config import OutputSettings
 from .evaluate import aperture_fidelity, calibrate_scene
 from .synthetic import DefectScene, defect_scene
 

@@ -3,7 +3,7 @@
 Both need the same thing: the service started as systemd would start it (its own process, a
 ``NOTIFY_SOCKET`` whose datagrams are collected, JSON log lines on stdout), its events parsed, and
 its resource use read from ``/proc``. Kept in the package (not in ``tests/``) so that the soak driver
-(:mod:`astep_cal.soak`), a development tool run outside pytest, uses the very same harness.
+(:mod:`astep_cal.devtools.soak`), a development tool run outside pytest, uses the very same harness.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The daemon must run a whole winter untouched. Unit and fault tests each check one thing on a fresh
 process; this run checks what only time shows: that after weeks of nights, with faults along the way,
 nothing was lost, nothing needs an operator, and the process has not grown. It drives the real
-``astep-cal run`` (a subprocess with its own ``NOTIFY_SOCKET``, :class:`~astep_cal.harness.DaemonProcess`),
+``astep-cal run`` (a subprocess with its own ``NOTIFY_SOCKET``, :class:`~astep_cal.devtools.harness.DaemonProcess`),
 the real ``solve-field`` with the installed Tycho-2 index files, the real inotify observer and real
 file systems:
 
@@ -12,7 +12,7 @@ file systems:
   ledger lives outside the data root (``ledger = ...``), as under systemd;
 - **nights arrive file by file** on an accelerated clock (a hidden temporary, then a rename, as rsync
   does; a short sleep between files), the daemon set to settle in seconds instead of minutes;
-- **the winter**: small 512² frames of a 1° field (:data:`~astep_cal.synthetic.SMALL_FIELD`), 3 science,
+- **the winter**: small 512² frames of a 1° field (:data:`~astep_cal.devtools.synthetic.SMALL_FIELD`), 3 science,
   2 darks, 2 sky flats and 2 flat darks a night; a run of consecutive nights *without* sky flats (they
   borrow the nearest earlier flat), a night without pointing keywords (blind solve);
 - **faults** (:func:`plan_nights` puts each on its own night): a junk ``*_SCIENCE.fits`` and a truncated
@@ -24,8 +24,8 @@ file systems:
 At the end every check is printed as one table and written with the measurements to
 ``bench-results/soak.json``; the exit code is 1 when any check fails. Needs root (mounts).
 
-    python -m astep_cal.soak --nights 30      # make soak (~5 min here)
-    python -m astep_cal.soak --nights 8       # make soak-short (~1.5 min; .ci/run)
+    python -m astep_cal.devtools.soak --nights 30      # make soak (~5 min here)
+    python -m astep_cal.devtools.soak --nights 8       # make soak-short (~1.5 min; .ci/run)
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import numpy as np
 from astropy.io import fits
 
 from .harness import DaemonProcess, open_fds, parse_events, read_ledger, rss_mb, tree_digest
-from .night import cal_dir
-from .products import cal_name
+from ..night import cal_dir
+from ..products import cal_name
 from .synthetic import SMALL_FIELD, NightSpec, make_night
 
 MIN_NIGHTS = 8  # every fault on a night of its own, with sky flats before and after the run without
@@ -600,7 +600,7 @@ def run(n_nights: int, seed: int, out: Path, keep: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m astep_cal.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m astep_cal.devtools.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nights", type=int, default=30, help=f"nights of the winter (at least {MIN_NIGHTS})")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench-results/soak.json"))
