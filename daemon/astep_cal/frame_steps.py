@@ -26,7 +26,7 @@ from .night import RawFrame, make_output_dirs, masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
-from .stages import FrameBlocked, stage
+from .stages import QUALITY_STEP, FrameBlocked, run_stage, stage
 from .storage import StorageUnavailable, fingerprint
 
 
@@ -85,18 +85,19 @@ def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, 
     """Header cards and ledger record of the frame's quality metrics.
 
     Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
-    content) is still a good calibrated frame, so a failure here is logged and recorded, not raised.
+    content) is still a good calibrated frame, so a failure here is logged (``quality_failed``) and
+    recorded by the stage runner, not raised.
     """
-    start = time.perf_counter()
     scale = settings.quality.pixel_scale_arcsec
-    try:
+    cards: dict[str, tuple] = {}
+    with run_stage("quality", log, QUALITY_STEP) as record:
         measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
                                          settings.quality.fwhm_stars)
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        log.warning("quality_failed", error=f"{type(error).__name__}: {error}")
-        return {}, {"error": f"{type(error).__name__}: {error}"}
-    record = {**measured.record(scale), "duration_s": round(time.perf_counter() - start, 3)}
-    return measured.header_cards(scale, "nominal"), record
+        record.update(measured.record(scale))
+        cards = measured.header_cards(scale, "nominal")
+    if record["status"] == "ok":
+        del record["status"]  # the ledger's quality record holds the metrics (and duration_s) only
+    return cards, record
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,

@@ -11,7 +11,6 @@ being calibrated, so both cores are busy. Only the calling thread touches the le
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs,
                     raw_listing, take_inventory)
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
+from .stages import SUMMARY_STEP, StepSkipped, run_stage
 from .storage import StorageUnavailable, ensure_root, fingerprint, remove_stale_temporaries, root_present
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
@@ -99,19 +99,16 @@ def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Led
 
 
 def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """summary.json + summary.png for the night; a failure is logged, never raised (the night is done)."""
+    """summary.json + summary.png for the night, through the stage runner: a failure is logged
+    (``summary_failed``), never raised (the night is done); storage trouble goes up like any step's."""
     if not night.get("frames"):
         return
-    start = time.perf_counter()
-    try:
+    with run_stage("summary", log, SUMMARY_STEP, root=root) as step:
         make_output_dirs(root, date)  # refuses a _CAL directory that links out of the root
         written = summary.write_summary(root, date, night, settings)
-    except Exception as error:  # noqa: BLE001 - the summary must never break the night
-        log.error("summary_failed", error=f"{type(error).__name__}: {error}")
-        return
-    if written is not None:
-        log.info("summary_written", path=str(written.json_path.relative_to(root)), json_kb=written.json_kb,
-                 png_kb=written.png_kb, duration_s=round(time.perf_counter() - start, 2))
+        if written is None:
+            raise StepSkipped("nothing to summarise")
+        step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
@@ -172,7 +169,7 @@ class NightRun:
                                           self.log)
         except StorageUnavailable:
             raise  # not the night's fault: nothing cached, built again when the storage is back
-        except Exception as error:
+        except Exception as error:  # logged and recorded by the stage runner; each frame records it
             self._masters_error = error
             raise
         checkpoint("stage:masters_built")
