@@ -267,11 +267,12 @@ def test_needs_solve_rule_backs_off_and_caps():
     assert needs_solve({**ok, "astrometry": {"status": "failed", "tries": 2, "retry_after": time.time() - 1}}, settings)
     assert not needs_solve({**ok, "astrometry": {"status": "failed", "tries": 3}}, settings)
     assert not needs_solve(ok, _rule_settings(enabled=False))
-    record = solve_record(RuntimeError("boom"), 1, settings)
-    assert record["status"] == "failed" and record["retry_after"] >= time.time() + 0.9 * settings.astrometry.retry_backoff_s
-    later = solve_record(RuntimeError("boom"), 2, settings)
+    record = solve_record("RuntimeError: boom", 1, settings)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
+    assert record["retry_after"] >= time.time() + 0.9 * settings.astrometry.retry_backoff_s
+    later = solve_record("RuntimeError: boom", 2, settings)
     assert later["retry_after"] - record["retry_after"] >= 0.9 * settings.astrometry.retry_backoff_s  # doubled
-    assert "retry_after" not in solve_record(RuntimeError("boom"), 3, settings)  # the last try
+    assert "retry_after" not in solve_record("RuntimeError: boom", 3, settings)  # the last try
 
 
 def test_clear_failures_opens_only_nights_with_failures(tmp_path):

@@ -26,8 +26,8 @@ from .night import RawFrame, make_output_dirs, masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
-from .stages import QUALITY_STEP, FrameBlocked, run_stage, stage
-from .storage import StorageUnavailable, fingerprint
+from .stages import QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
+from .storage import fingerprint
 
 
 def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
@@ -198,25 +198,25 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
 def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
     """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
 
-    ``tries`` counts this attempt. Never raises, but for :class:`StorageUnavailable` (the merge could
-    not be written: the frame stays pending and no try is counted). Shared by ``once`` (in its solve
-    thread) and ``reprocess`` (in the frame's task).
+    ``tries`` counts this attempt. Runs through the stage runner (an error, e.g. the CAL file vanished,
+    is a failed solve); only :class:`StorageUnavailable` is raised (the merge could not be written: the
+    frame stays pending and no try is counted). Shared by ``once`` (in its solve thread) and
+    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`).
     """
-    try:
-        result: astrometry.SolveResult | Exception = solve_and_merge(cal_path, settings)
-    except StorageUnavailable:
-        raise
-    except Exception as error:  # e.g. the CAL file vanished under us
-        result = error
-    return solve_record(result, tries, settings)
+    with run_stage("astrometry", None, SOLVE_STEP) as step:
+        step["result"] = solve_and_merge(cal_path, settings)
+    if step["status"] == "failed":
+        return solve_record(step["error"], tries, settings)
+    return solve_record(step["result"], tries, settings)
 
 
-def solve_record(result: astrometry.SolveResult | Exception, tries: int, settings: Settings) -> dict[str, Any]:
-    """The ledger's astrometry record; a failure gets its retry time (exponential back-off) while tries remain."""
+def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Settings) -> dict[str, Any]:
+    """The ledger's astrometry record (``result`` is the solve's, or the error that stopped it); a failure
+    gets its retry time (exponential back-off) while tries remain."""
     backoff = settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
     retry = {"retry_after": round(time.time() + backoff, 1)} if tries < settings.astrometry.max_tries else {}
-    if isinstance(result, Exception):
-        return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
+    if isinstance(result, str):
+        return {"status": "failed", "tries": tries, "error": result, **retry}
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
                               "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
     if result.solved:

@@ -43,7 +43,7 @@ class StageEvents:
 
     done: str | None  # logged on success with the step's fields, its result record and duration_s;
     #                   None when the caller logs the success itself (it knows more, e.g. a solve's tries)
-    failed: str       # logged on failure, with the error
+    failed: str | None  # logged on failure, with the error; None when the caller logs it (see done)
     isolate: bool     # True: a failure is recorded and the caller goes on; False: recorded, then raised
     failed_level: str = "error"
 
@@ -53,6 +53,9 @@ QUALITY_STEP = StageEvents(done=None, failed="quality_failed", isolate=True, fai
 MASTER_STEP = StageEvents(done="master_built", failed="masters_failed", isolate=False)  # one master
 MASTERS_STEP = StageEvents(done=None, failed="masters_failed", isolate=False)  # all of a night's masters
 SUMMARY_STEP = StageEvents(done="summary_written", failed="summary_failed", isolate=True)
+# A solve runs in a helper thread; the thread that owns the ledger logs its outcome (frame_solved, or
+# frame_failed with the tries) once it is recorded, and not at all when a shutdown ended it.
+SOLVE_STEP = StageEvents(done=None, failed=None, isolate=True)
 
 
 def error_text(error: BaseException) -> str:
@@ -97,7 +100,8 @@ def run_stage(name: str, log: Any, events: StageEvents, *, root: Path | None = N
                 ensure_root(root, error)
             raise
         record.update(status="failed", error=error_text(error), duration_s=round(time.perf_counter() - start, 3))
-        getattr(log, events.failed_level)(events.failed, **fields, error=record["error"])
+        if events.failed is not None:
+            getattr(log, events.failed_level)(events.failed, **fields, error=record["error"])
         if not events.isolate:
             raise StageFailed(record["error"]) from error
     else:
