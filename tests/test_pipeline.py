@@ -17,14 +17,14 @@ from astep_cal.config import Settings
 from astep_cal.devtools.evaluate import score_frame
 from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
-from astep_cal.night import cal_dir, masters_dir, take_inventory
+from astep_cal.night import take_inventory
+from astep_cal.names import cal_dir, cal_name, masters_dir
 from astep_cal.storage import fingerprint
 from astep_cal.ledger import Ledger
 from astep_cal.frame_steps import solve_record
 from astep_cal.night_masters import build_masters
 from astep_cal.pipeline import NightRun
 from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
-from astep_cal.products import cal_name
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, astrometry, products, quality
+from . import keywords as kw
+from . import __version__, astrometry, names, products, quality
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
 from .fitsio import read_image
 from .masters import master_noise
-from .night import RawFrame, make_output_dirs, masters_dir
+from .night import RawFrame, make_output_dirs
+from .names import masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
@@ -70,7 +72,7 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
     if not cal_path.is_file():
         return
     try:
-        ours = "ASTCVER" in fits.getheader(cal_path)
+        ours = kw.VERSION.name in fits.getheader(cal_path)
     except Exception:  # unreadable: certainly not ours
         ours = False
     if not ours:
@@ -114,25 +116,25 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     root = cal_path.parents[2]
     noise = master_noise(masters.library, dark,
                          products.master_header(masters_dir(root, cal_path.parents[1].name)
-                                                / products.dark_file_name(dark.source_exptime)),
+                                                / names.dark_file_name(dark.source_exptime)),
                          products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
     quality_cards, quality_record = frame_quality(result, settings, log)
-    provenance = {
-        "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
-        "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
-        "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
-        "ASTCFLAT": (flat_record["file"], ""),  # path relative to the data root (README)
-        "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
-        "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
+    provenance = dict([
+        kw.DARK.card(names.dark_file_name(dark.source_exptime)),
+        kw.DARK_SCALE.card(round(dark.scale, 6)),
+        kw.BIAS_ORIGIN.card(dark.bias_origin),
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (README)
+        kw.FLAT_NIGHT.card(flat_record["night"]),
+        kw.GAIN.card(gain, f"{kw.GAIN.comment} ({gain_source})"),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):
-        "ASTCRAW": (products.header_name(frame.name), "raw frame calibrated"),
-        "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
-        "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
-        **quality_cards,
-    }
+        kw.RAW.card(names.header_name(frame.name)),
+        kw.RAW_FINGERPRINT.card(raw_fingerprint_card(fingerprint(frame.path))),
+        kw.CONFIG.card(calibration_fingerprint(settings)),
+    ])
+    provenance.update(quality_cards)
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
@@ -166,10 +168,9 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
     result = astrometry.solve(cal_path, header, settings.astrometry)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
-        extra = {"ASTCWCS": ("solved", "astrometry status: pending, solved, failed"),
-                 "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
+        extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
         if result.residual_arcsec is not None:
-            extra["ASTCWRES"] = (round(result.residual_arcsec, 3), "[arcsec] rms of those matches")
+            extra.update([kw.WCS_RESIDUAL.card(round(result.residual_arcsec, 3))])
         scale = solved_pixel_scale(result)
         if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
             extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))

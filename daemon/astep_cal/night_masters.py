@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, products
+from . import keywords as kw
+from . import __version__, names, products
 from .config import Settings
 from .masters import (DarkLibrary, MaskBit, bad_pixel_mask, combine_files, flat_from_files, flat_level_usable,
                       flat_noise_cards)
-from .night import NightInventory, Problem, RawFrame, make_output_dirs, masters_dir, problem_record, valid_date
+from .night import NightInventory, Problem, RawFrame, make_output_dirs, problem_record, valid_date
+from .names import masters_dir
 from .stages import MASTER_STEP, MASTERS_STEP, FrameBlocked, StepSkipped, run_stage
 
 
@@ -74,8 +76,8 @@ def find_borrowed_flat(root: Path, date: str, max_age_days: int) -> tuple[str, P
             continue
         if age > max_age_days:
             break
-        path = masters_dir(root, other) / products.MASTER_FLAT
-        if path.is_file() and fits.getval(path, "ASTCNITE") == other:
+        path = masters_dir(root, other) / names.MASTER_FLAT
+        if path.is_file() and fits.getval(path, kw.MASTER_NIGHT.name) == other:
             return other, path
     return None
 
@@ -118,13 +120,13 @@ def _build_bias(biases: list[RawFrame], shape: tuple[int, int], settings: Settin
     """The master bias and its ledger record (None, None without biases: the dark model does without)."""
     if not biases:
         return None, None
-    names = [f.path.name for f in biases]
+    inputs = [f.path.name for f in biases]
     with _master_step("bias", log, out.parents[2]) as step:
         bias = combine_files([f.path for f in biases], shape, settings.calibration.combine_sigma,
                              memory_budget(settings, 0), hdus=[f.hdu for f in biases])
-        products.write_master(out / products.MASTER_BIAS, bias, "MASTER_BIAS", date, {}, names)
-        step["n_inputs"] = len(names)
-    return bias, {"file": products.MASTER_BIAS, "inputs": names}
+        products.write_master(out / names.MASTER_BIAS, bias, "MASTER_BIAS", date, {}, inputs)
+        step["n_inputs"] = len(inputs)
+    return bias, {"file": names.MASTER_BIAS, "inputs": inputs}
 
 
 def _build_darks(darks: list[RawFrame], shape: tuple[int, int], settings: Settings, bias: np.ndarray | None,
@@ -137,15 +139,15 @@ def _build_darks(darks: list[RawFrame], shape: tuple[int, int], settings: Settin
         by_exptime.setdefault(round(frame.exptime, 2), []).append(frame)
     resident = 0 if bias is None else bias.nbytes
     for exptime, frames in sorted(by_exptime.items()):
-        names = [f.path.name for f in frames]
+        inputs = [f.path.name for f in frames]
         with _master_step("dark", log, out.parents[2], exptime=exptime) as step:
             built[exptime] = combine_files([f.path for f in frames], shape, settings.calibration.combine_sigma,
                                            memory_budget(settings, resident), hdus=[f.hdu for f in frames])
-            name = products.dark_file_name(exptime)
-            products.write_master(out / name, built[exptime], "MASTER_DARK", date, {"EXPTIME": exptime}, names)
-            step["n_inputs"] = len(names)
+            name = names.dark_file_name(exptime)
+            products.write_master(out / name, built[exptime], "MASTER_DARK", date, {"EXPTIME": exptime}, inputs)
+            step["n_inputs"] = len(inputs)
         resident += built[exptime].nbytes
-        records[_exptime_key(exptime)] = {"file": name, "inputs": names}
+        records[_exptime_key(exptime)] = {"file": name, "inputs": inputs}
     return built, records
 
 
@@ -180,7 +182,7 @@ def _own_flat(inventory: NightInventory, shape: tuple[int, int], library: DarkLi
             raise StepSkipped(str(error)) from error
         usable = [flat_level_usable(level, level_range) for level in levels]
         used = [f.name for f, ok in zip(flats, usable) if ok]
-        products.write_master(out / products.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date,
+        products.write_master(out / names.MASTER_FLAT, flat, "MASTER_FLAT", inventory.date,
                               flat_noise_cards([v for v, ok in zip(levels, usable) if ok], calibration.combine_sigma),
                               used)
         step["n_inputs"] = len(used)
@@ -189,7 +191,7 @@ def _own_flat(inventory: NightInventory, shape: tuple[int, int], library: DarkLi
     rejected = tuple(Problem(f.path, "flat_rejected", f"median {level:.0f} ADU after the dark, "
                              f"usable {level_range[0]:g}-{level_range[1]:g}")
                      for f, level, ok in zip(flats, levels, usable) if not ok)
-    record = {"night": inventory.date, "file": str((out / products.MASTER_FLAT).relative_to(inventory.night_dir.parent)),
+    record = {"night": inventory.date, "file": str((out / names.MASTER_FLAT).relative_to(inventory.night_dir.parent)),
               "inputs": used, "levels_adu": [round(v, 1) for v in levels]}
     return FlatOutcome(flat, record, rejected)
 
@@ -228,9 +230,9 @@ def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, settin
         rate = library.dark_rate()
         mask = bad_pixel_mask(None if rate is None else rate[0], flat, settings.calibration.default_gain,
                               settings.calibration)
-        products.write_master(out / products.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
+        products.write_master(out / names.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
         step["n_bad"] = int(np.count_nonzero(mask & MaskBit.BAD))
-    return mask, {"file": products.PIXEL_MASK, "n_bad": step["n_bad"],
+    return mask, {"file": names.PIXEL_MASK, "n_bad": step["n_bad"],
                   "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT))}
 
 

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import astrometry, products, summary
+from . import astrometry, names, summary
 from .config import Settings
 from .faults import checkpoint
 from .frame_steps import calibrate_entry, log_solve, solve_frame
 from .ledger import Ledger
 from .logs import get_logger
-from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, masters_dir, problem_record,
-                    raw_listing, take_inventory)
+from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, problem_record, raw_listing,
+                    take_inventory)
+from .names import masters_dir
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
 from .stages import SUMMARY_STEP, StepSkipped, run_stage
@@ -77,7 +78,7 @@ def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
     todo = []
     for frame in sorted(inventory.science, key=lambda f: f.name):
         entry = ledger.frame(inventory.date, frame.name)
-        calibrate = recalibrate(entry, frame, inventory.cal_dir / products.cal_name(frame.name), settings)
+        calibrate = recalibrate(entry, frame, inventory.cal_dir / names.cal_name(frame.name), settings)
         if calibrate or needs_solve(entry, settings):
             todo.append((frame, calibrate))
     return todo
@@ -190,7 +191,7 @@ class NightRun:
                 self._calibrate(frame)
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings):
-                    cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
+                    cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
                     tries = entry.get("astrometry", {}).get("tries", 0) + 1
                     pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
                 pending = self._collect(pending, wait=False)
@@ -200,7 +201,7 @@ class NightRun:
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)
-        cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
+        cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
         if not needs_calibration(entry, frame, cal_path, self.settings):
             return
         log = self.log.bind(frame=frame.name)
@@ -233,7 +234,7 @@ class NightRun:
             return  # ended by a shutdown, not a failure: stays pending, no try counted
         entry = self.ledger.frame(self.date, name)
         entry["astrometry"] = record
-        cal_path = self.inventory.cal_dir / products.cal_name(name)
+        cal_path = self.inventory.cal_dir / names.cal_name(name)
         if cal_path.is_file():
             entry["output"] = fingerprint(cal_path)
         if record["status"] == "solved":

@@ -30,13 +30,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import __version__, products
+from . import __version__, names
 from .config import ConfigError, Settings
 from .storage import fingerprint, remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
+from .night import NightInventory, RawFrame, discover_nights, take_inventory, valid_date
+from .names import cal_dir, masters_dir
 from .frame_steps import calibrate_entry, log_solve, solve_frame
 from .night_masters import ensure_masters, load_masters, Masters
 from .pipeline import NightResult, close_night, frames_to_do, open_night
@@ -139,7 +140,7 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
     log = get_logger(night=date, frame=frame.name)
     entry = copy.deepcopy(entry)
     root_path = Path(root)
-    cal_path = cal_dir(root_path, date) / products.cal_name(frame.name)
+    cal_path = cal_dir(root_path, date) / names.cal_name(frame.name)
     if calibrate:
         status = calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path,
                                  entry, log)

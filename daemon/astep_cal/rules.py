@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import products, summary
+from . import names
 from .config import Settings
 from .ledger import Ledger
-from .night import RawFrame, cal_dir, is_fits_name, is_temporary, kind_from_name, raw_listing
+from .night import RawFrame, is_fits_name, is_temporary, kind_from_name, raw_listing
+from .names import cal_dir, cams_dir
 from .storage import fingerprint
 
 
@@ -76,7 +77,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     archive on a reload).
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
-    cams = root / date / f"{date}-CAMS"
+    cams = cams_dir(root, date)
     if not cams.is_dir():
         return date not in ledger.dates()  # looked at once, to record (and report) the missing directory
     night = ledger.peek(date)
@@ -88,7 +89,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     elif listing != raw_listing(root, date):
         return True
     outputs = _names_in(cal_dir(root, date))
-    if frames and summary.SUMMARY_JSON not in outputs:
+    if frames and names.SUMMARY_JSON not in outputs:
         return True
     config = calibration_fingerprint(settings)
     for name, entry in frames.items():
@@ -98,7 +99,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
             return True
         if new_settings_count and status in ("ok", "failed") and calibrated.get("config") != config:
             return True
-        if status == "ok" and (needs_solve(entry, settings) or products.cal_name(name) not in outputs):
+        if status == "ok" and (needs_solve(entry, settings) or names.cal_name(name) not in outputs):
             return True
     return False
 

@@ -29,12 +29,12 @@ import numpy as np
 from . import __version__
 from .config import Settings
 from .storage import atomic_write_bytes
-from .night import cal_dir
+from .names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
 from .status import night_row_of
 
 SCHEMA_VERSION = 1
-SUMMARY_JSON = "summary.json"
-SUMMARY_PNG = "summary.png"
+
+
 FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 PNG_COLOURS = 128  # palette size of the PNG (the figure has few colours; this halves the file)
 FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",

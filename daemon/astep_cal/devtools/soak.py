@@ -47,9 +47,9 @@ from typing import Any, Callable
 import numpy as np
 from astropy.io import fits
 
+from .. import keywords as kw
 from .harness import DaemonProcess, open_fds, parse_events, read_ledger, rss_mb, tree_digest
-from ..night import cal_dir
-from ..products import cal_name
+from ..names import cal_dir, cal_name
 from .synthetic import SMALL_FIELD, NightSpec, make_night
 
 MIN_NIGHTS = 8  # every fault on a night of its own, with sky flats before and after the run without
@@ -445,7 +445,7 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
         orphans += sorted(on_disk - set(ok_outputs))
         missing += sorted(set(ok_outputs) - on_disk)
         for name in sorted(on_disk & set(ok_outputs)):
-            header_solved = fits.getheader(directory / name).get("ASTCWCS") == "solved"
+            header_solved = fits.getheader(directory / name).get(kw.WCS_STATUS.name) == "solved"
             ledger_solved = ok_outputs[name].get("astrometry", {}).get("status") == "solved"
             cal_files += 1
             solved_headers += header_solved
