@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import astrometry, names, summary
+from . import astrometry, entries, names, summary
 from .config import Settings
 from .faults import checkpoint
 from .frame_steps import calibrate_entry, log_solve, solve_frame
@@ -46,7 +46,7 @@ def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: 
     if night.get("listing") != listing:
         for note in inventory.notes:
             log.info(note.event, path=str(note.path), reason=note.reason)
-    problems += [p for p in night.get("masters", {}).get("problems", []) if p not in problems]
+    problems += [p for p in entries.masters_record(night).get("problems", []) if p not in problems]
     night["problems"] = problems
     night["listing"] = listing
     night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
@@ -166,7 +166,7 @@ class NightRun:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
         night = self.ledger.night(self.date)
         try:
-            self.masters = ensure_masters(self.root, self.inventory, self.settings, night.get("masters", {}),
+            self.masters = ensure_masters(self.root, self.inventory, self.settings, entries.masters_record(night),
                                           self.log)
         except StorageUnavailable:
             raise  # not the night's fault: nothing cached, built again when the storage is back
@@ -192,7 +192,7 @@ class NightRun:
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings):
                     cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
-                    tries = entry.get("astrometry", {}).get("tries", 0) + 1
+                    tries = entries.solve_tries(entry) + 1
                     pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
                 pending = self._collect(pending, wait=False)
                 if self.progress:

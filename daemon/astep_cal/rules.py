@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import names
+from . import entries, names
 from .config import Settings
 from .ledger import Ledger
 from .night import RawFrame, is_fits_name, is_temporary, kind_from_name, raw_listing
@@ -25,7 +25,7 @@ def calibration_fingerprint(settings: Settings) -> str:
 
 
 def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, settings: Settings) -> bool:
-    done = entry.get("calibrate", {})
+    done = entries.calibration(entry)
     same_input = entry.get("raw") == fingerprint(frame.path)
     if done.get("status") == "failed" and same_input and done.get("config") == calibration_fingerprint(settings):
         return False  # a frame that failed on these very bytes fails again: wait for a new file or --force
@@ -34,9 +34,9 @@ def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, se
 
 
 def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
-    if not settings.astrometry.enabled or entry.get("calibrate", {}).get("status") != "ok":
+    if not settings.astrometry.enabled or entries.calibration_status(entry) != "ok":
         return False
-    solved = entry.get("astrometry", {})
+    solved = entries.solve(entry)
     if solved.get("status") == "solved":
         return False
     if solved.get("retry_after", 0) > time.time():
@@ -55,10 +55,10 @@ def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
             continue
         for entry in ledger.night(date).get("frames", {}).values():
             touched = False
-            if entry.get("calibrate", {}).get("status") == "failed":
+            if entries.calibration_status(entry) == "failed":
                 entry.pop("calibrate")
                 touched = True
-            if entry.get("astrometry", {}).get("status") == "failed":
+            if entries.solve_status(entry) == "failed":
                 entry.pop("astrometry")
                 touched = True
             cleared += touched
@@ -93,7 +93,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
         return True
     config = calibration_fingerprint(settings)
     for name, entry in frames.items():
-        calibrated = entry.get("calibrate", {})
+        calibrated = entries.calibration(entry)
         status = calibrated.get("status")
         if status == "blocked" and retry_blocked:
             return True

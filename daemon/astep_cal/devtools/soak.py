@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 from astropy.io import fits
 
-from .. import keywords as kw
+from .. import entries, keywords as kw
 from .harness import DaemonProcess, open_fds, parse_events, read_ledger, rss_mb, tree_digest
 from ..names import cal_dir, cal_name
 from .synthetic import SMALL_FIELD, NightSpec, make_night
@@ -354,11 +354,11 @@ class Soak:
 
     def sigkill(self, date: str, total: int) -> None:
         """Kill -9 once the night is under way, then start again as ``Restart=on-failure`` would."""
-        self.wait(lambda: any(f.get("calibrate", {}).get("status") == "ok" for f in self.frames(date).values()),
+        self.wait(lambda: any(entries.calibration_status(f) == "ok" for f in self.frames(date).values()),
                   f"a first frame of {date} calibrated")
         self.daemon.process.send_signal(signal.SIGKILL)
         self.daemon.process.wait(30)
-        done = sum(f.get("calibrate", {}).get("status") == "ok" for f in self.frames(date).values())
+        done = sum(entries.calibration_status(f) == "ok" for f in self.frames(date).values())
         self.injected["sigkill"] = {"night": date, "frames_calibrated_before_kill": f"{done}/{total}",
                                     "exit": self.daemon.process.returncode}
         time.sleep(1.0)  # RestartSec, shortened
@@ -417,15 +417,15 @@ class Soak:
         """Every valid frame calibrated and tried by solve-field, every bad file recorded."""
         night = self.ledger()["nights"].get(date, {})
         frames = night.get("frames", {})
-        tried = all(frames.get(name, {}).get("calibrate", {}).get("status") == "ok"
-                    and frames[name].get("astrometry", {}).get("status") in ("solved", "failed")
+        tried = all(entries.calibration_status(frames.get(name, {})) == "ok"
+                    and entries.solve_status(frames[name]) in ("solved", "failed")
                     for name in expected["science"])
         recorded = {Path(p["path"]).name for p in night.get("problems", [])}
         return tried and set(expected["bad"]) <= recorded
 
     def all_solved(self, expected: dict[str, dict[str, list[str]]]) -> bool:
         nights = self.ledger()["nights"]
-        return all(nights.get(date, {}).get("frames", {}).get(name, {}).get("astrometry", {}).get("status") == "solved"
+        return all(entries.solve_status(nights.get(date, {}).get("frames", {}).get(name, {})) == "solved"
                    for date, lists in expected.items() for name in lists["science"])
 
 
@@ -439,14 +439,14 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
     cal_files, solved_headers, mismatched, orphans, missing = 0, 0, [], [], []
     for date, lists in expected.items():
         frames = ledger.get(date, {}).get("frames", {})
-        ok_outputs = {cal_name(n): e for n, e in frames.items() if e.get("calibrate", {}).get("status") == "ok"}
+        ok_outputs = {cal_name(n): e for n, e in frames.items() if entries.calibration_status(e) == "ok"}
         directory = cal_dir(root, date)
         on_disk = {p.name for p in directory.glob("*_CAL.fits")} if directory.is_dir() else set()
         orphans += sorted(on_disk - set(ok_outputs))
         missing += sorted(set(ok_outputs) - on_disk)
         for name in sorted(on_disk & set(ok_outputs)):
             header_solved = fits.getheader(directory / name).get(kw.WCS_STATUS.name) == "solved"
-            ledger_solved = ok_outputs[name].get("astrometry", {}).get("status") == "solved"
+            ledger_solved = entries.solve_status(ok_outputs[name]) == "solved"
             cal_files += 1
             solved_headers += header_solved
             if header_solved != ledger_solved:
@@ -477,9 +477,9 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
     rows = json.loads(status.stdout)["nights"] if status.stdout.strip().startswith("{") else []
     needing_operator = [r["night"] for r in rows if r["state"] != "done"]
 
-    borrowed = [(p.date, (ledger.get(p.date, {}).get("masters", {}).get("flat") or {}).get("night"), lender(plans, p))
+    borrowed = [(p.date, (entries.masters_record(ledger.get(p.date, {})).get("flat") or {}).get("night"), lender(plans, p))
                 for p in plans if not p.flats]
-    blind = [e.get("astrometry", {}) for p in plans if not p.pointing for e in ledger.get(p.date, {}).get("frames", {}).values()]
+    blind = [entries.solve(e) for p in plans if not p.pointing for e in ledger.get(p.date, {}).get("frames", {}).values()]
     crashes = crash_log.read_text().split() if crash_log.exists() else []
     trends = lifetime_trends(soak.samples)
     longest = trends[0] if trends else {}
