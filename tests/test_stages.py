@@ -6,7 +6,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from astep_cal.logs import get_logger
-from astep_cal.stages import (FRAME_STEP, MASTER_STEP, MASTERS_STEP, QUALITY_STEP, SUMMARY_STEP, FrameBlocked,
+from astep_cal.stages import (CALIBRATE_STEP, FRAME_STEP, MASTER_STEP, MASTERS_STEP, QUALITY_STEP, SUMMARY_STEP, FrameBlocked,
                               StageFailed, StepSkipped, run_stage, stage)
 from astep_cal.storage import StorageUnavailable
 
@@ -88,3 +88,13 @@ def test_blocked_inside_a_step_that_is_not_isolated_goes_up():
 
 def test_frame_step_events():
     assert (FRAME_STEP.done, FRAME_STEP.failed, FRAME_STEP.isolate) == (None, "frame_failed", True)
+
+
+def test_a_calibrated_frame_logs_only_the_fields_of_its_event():
+    entry: dict = {}
+    with capture_logs() as logged:
+        with stage(entry, "calibrate", get_logger(), events=CALIBRATE_STEP) as record:
+            record.update(output="a_CAL.fits", n_cosmic=12, quality={"n_stars": 40})
+    [event] = logged
+    assert event["event"] == "frame_calibrated" and event["n_cosmic"] == 12 and "quality" not in event
+    assert entry["calibrate"]["quality"] == {"n_stars": 40} and entry["calibrate"]["status"] == "ok"

@@ -28,7 +28,7 @@ from .names import masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
-from .stages import QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
+from .stages import CALIBRATE_STEP, QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
 from .storage import fingerprint
 
 
@@ -190,7 +190,7 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     """
     entry["raw"] = fingerprint(frame.path)
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
-    with stage(entry, "calibrate", log, root) as record:
+    with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
         _calibrate_one(frame, masters(), settings, cal_path, record, log)
     checkpoint("stage:frame_calibrated")
     return entry["calibrate"]["status"]
@@ -230,6 +230,14 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
     else:
         record.update(error=result.error, **retry)
     return record
+
+
+def record_solve(entry: dict[str, Any], record: dict[str, Any], cal_path: Path) -> None:
+    """A finished solve into the frame's ledger entry: its record, and the CAL file's new fingerprint
+    (the WCS merge rewrote the file)."""
+    entry["astrometry"] = record
+    if cal_path.is_file():
+        entry["output"] = fingerprint(cal_path)
 
 
 def log_solve(log: Any, record: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from . import astrometry, entries, names, summary
 from .config import Settings
 from .faults import checkpoint
-from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from .ledger import Ledger
 from .logs import get_logger
 from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, problem_record, raw_listing,
@@ -29,7 +29,7 @@ from .names import masters_dir
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
 from .stages import SUMMARY_STEP, StepSkipped, run_stage
-from .storage import StorageUnavailable, ensure_root, fingerprint, remove_stale_temporaries, root_present
+from .storage import StorageUnavailable, ensure_root, remove_stale_temporaries, root_present
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -208,8 +208,6 @@ class NightRun:
         status = calibrate_entry(frame, self._ensure_masters, self.settings, cal_path, entry, log, self.root)
         if status == "ok":
             self.result.calibrated += 1
-            log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
-                     n_cosmic=entry["calibrate"]["n_cosmic"])
         elif status == "blocked":
             self.result.blocked += 1
         else:
@@ -232,11 +230,7 @@ class NightRun:
         record = future.result()  # only StorageUnavailable is raised: it stops the night, nothing recorded
         if record["status"] != "solved" and self.should_stop():
             return  # ended by a shutdown, not a failure: stays pending, no try counted
-        entry = self.ledger.frame(self.date, name)
-        entry["astrometry"] = record
-        cal_path = self.inventory.cal_dir / names.cal_name(name)
-        if cal_path.is_file():
-            entry["output"] = fingerprint(cal_path)
+        record_solve(self.ledger.frame(self.date, name), record, self.inventory.cal_dir / names.cal_name(name))
         if record["status"] == "solved":
             self.result.solved += 1
         else:

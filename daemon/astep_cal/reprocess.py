@@ -32,13 +32,13 @@ from typing import Any
 
 from . import __version__, entries, names
 from .config import ConfigError, Settings
-from .storage import fingerprint, remove_stale_temporaries
+from .storage import remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
 from .night import NightInventory, RawFrame, discover_nights, take_inventory, valid_date
 from .names import cal_dir, masters_dir
-from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from .night_masters import ensure_masters, load_masters, Masters
 from .pipeline import NightResult, close_night, frames_to_do, open_night
 from .rules import needs_calibration, needs_solve
@@ -142,15 +142,9 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
     root_path = Path(root)
     cal_path = cal_dir(root_path, date) / names.cal_name(frame.name)
     if calibrate:
-        status = calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path,
-                                 entry, log)
-        if status == "ok":
-            log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
-                     n_cosmic=entry["calibrate"]["n_cosmic"])
+        calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path, entry, log)
     if needs_solve(entry, settings):
-        entry["astrometry"] = solve_frame(cal_path, settings, entries.solve_tries(entry) + 1)
-        if cal_path.is_file():
-            entry["output"] = fingerprint(cal_path)
+        record_solve(entry, solve_frame(cal_path, settings, entries.solve_tries(entry) + 1), cal_path)
         log_solve(log, entry["astrometry"])
     return entry
 

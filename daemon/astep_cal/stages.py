@@ -46,9 +46,12 @@ class StageEvents:
     failed: str | None  # logged on failure, with the error; None when the caller logs it (see done)
     isolate: bool     # True: a failure is recorded and the caller goes on; False: recorded, then raised
     failed_level: str = "error"
+    done_fields: tuple[str, ...] | None = None  # the record's fields the done event shows (None: all)
 
 
 FRAME_STEP = StageEvents(done=None, failed="frame_failed", isolate=True)
+CALIBRATE_STEP = StageEvents(done="frame_calibrated", failed="frame_failed", isolate=True,
+                             done_fields=("duration_s", "n_cosmic"))
 QUALITY_STEP = StageEvents(done=None, failed="quality_failed", isolate=True, failed_level="warning")
 MASTER_STEP = StageEvents(done="master_built", failed="masters_failed", isolate=False)  # one master
 MASTERS_STEP = StageEvents(done=None, failed="masters_failed", isolate=False)  # all of a night's masters
@@ -108,18 +111,20 @@ def run_stage(name: str, log: Any, events: StageEvents, *, root: Path | None = N
         record.setdefault("status", "ok")
         record["duration_s"] = round(time.perf_counter() - start, 3)
         if events.done is not None:
-            log.info(events.done, **fields, **{k: v for k, v in record.items() if k != "status"})
+            shown = events.done_fields or tuple(k for k in record if k != "status")
+            log.info(events.done, **fields, **{k: record[k] for k in shown if k in record})
 
 
 @contextlib.contextmanager
-def stage(entry: dict[str, Any], name: str, log: Any, root: Path | None = None) -> Iterator[dict[str, Any]]:
+def stage(entry: dict[str, Any], name: str, log: Any, root: Path | None = None,
+          events: StageEvents = FRAME_STEP) -> Iterator[dict[str, Any]]:
     """A frame's step, its record kept as ``entry[name]`` (the frame's ledger entry).
 
     Storage trouble leaves the previous record in place (nothing was learnt about the frame).
     """
     previous = entry.get(name)
     try:
-        with run_stage(name, log, FRAME_STEP, root=root, fields={"stage": name}) as record:
+        with run_stage(name, log, events, root=root, fields={"stage": name}) as record:
             yield record
     except BaseException:
         _put_back(entry, name, previous)
