@@ -1,0 +1,325 @@
+"""Do ``once``, the daemon and ``reprocess`` — and two versions of the code — produce the same outputs?
+
+``python -m astep_cal.devtools.compare_outputs --frontends once daemon reprocess [--tree A --tree B]
+[--out DIR]`` builds one fixed synthetic archive (:func:`make_fixed_night`), runs each front-end of
+each code tree on a fresh copy of it as a real subprocess (``python -m astep_cal.cli`` with the tree's
+``daemon/`` on ``PYTHONPATH``), digests the outputs (:mod:`astep_cal.devtools.output_digest`) and
+compares every (tree, front-end) with the first one. Exit code 1 when anything differs.
+
+The archive holds the cases where the front-ends have drifted apart before (issue 13): a dark of
+another size (``frame_shape_mismatch``), a science frame delivered after its night was processed (a
+second pass: a second ``once``/``reprocess`` run, or a file dropped under the running daemon), and a
+second night without sky flats (it borrows the first night's flat). Astrometry is off by default
+(``--solve`` turns it on): solve-field's WCS is compared by the tests of ``reprocess`` to a
+tolerance, and plate solving is not what the engine rework changed.
+
+``--manifests A.json B.json`` compares two saved manifests (e.g. a tree re-run later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from .harness import DaemonProcess
+from .output_digest import build_manifest, diff_manifests, group_differences, load_manifest, save_manifest
+from .synthetic import SMALL_FIELD, NightSpec, make_night
+
+FRONTENDS = ("once", "daemon", "reprocess")
+NIGHTS = ("2026-07-01", "2026-07-02")
+FIXED_MTIME_S = 1_782_000_000  # 2026-06-21: raw mtimes fixed, so ASTCRAWF and the listing reproduce
+RUN_TIMEOUT_S = 300.0
+DAEMON_TIMEOUT_S = 180.0
+QUIET_S = 2.5  # the daemon is done when the ledger has the frames and nothing changed for this long
+
+
+@dataclass(frozen=True)
+class FixedNight:
+    """The pristine archive: ``root`` (both nights, without the late frame) and the late frame."""
+
+    root: Path
+    late: Path  # the late science frame, kept outside the root
+    late_target: Path  # where it is delivered, relative to the root
+    first_pass: tuple[str, ...]  # science frames the first pass must record
+    all_frames: tuple[str, ...]  # ... and after the late frame
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A code tree to run: its ``daemon/`` goes first on the subprocess's ``PYTHONPATH``."""
+
+    path: Path
+    label: str
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET")}
+        env["PYTHONPATH"] = str(self.path / "daemon")
+        return env
+
+    def describe(self) -> dict[str, Any]:
+        """Which commit ran (and whether its work tree had changes), and which package was imported."""
+        git = lambda *a: subprocess.run(["git", "-C", str(self.path), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+        module = subprocess.run([sys.executable, "-c", "import astep_cal; print(astep_cal.__file__)"],
+                                capture_output=True, text=True, env=self.env(), cwd=self.path.parent).stdout.strip()
+        return {"path": str(self.path), "label": self.label, "commit": git("log", "-1", "--format=%h %<(50,trunc)%s").rstrip(),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "module": module}
+
+
+# ----------------------------------------------------------------------------- the fixed archive
+
+def fixed_spec(size: int = 256) -> NightSpec:
+    """SMALL_FIELD scaled to ``size``² with the same 1° field and ~2.5 px stars (what makes quality
+    metrics — and, at 512², solve-field — work on small frames)."""
+    scale = SMALL_FIELD["pixel_scale_arcsec"] * 512 / size
+    area = size * size / 512 ** 2
+    return replace(NightSpec(**SMALL_FIELD), shape=(size, size), pixel_scale_arcsec=scale, fwhm_arcsec=2.5 * scale,
+                   n_cosmic_rays=max(10, round(SMALL_FIELD["n_cosmic_rays"] * area)),
+                   n_hot_pixels=max(20, round(SMALL_FIELD["n_hot_pixels"] * area)), dead_column=size * 3 // 10)
+
+
+def _odd_dark(dark: Path) -> Path:
+    """A copy of ``dark`` cut to another size, beside it: the night's ``frame_shape_mismatch``."""
+    odd = dark.with_name(dark.name.replace("_DARK", "_1_DARK"))
+    with fits.open(dark) as hdul:
+        data = hdul[0].data
+        cut = np.ascontiguousarray(data[: data.shape[0] // 2, : data.shape[1] // 2 + 8])
+        fits.PrimaryHDU(cut, hdul[0].header).writeto(odd)
+    return odd
+
+
+def _fix_mtimes(paths: list[Path]) -> None:
+    """Raw mtimes are recorded (CAL header, ledger): fixed ones make two builds of the archive equal."""
+    for index, path in enumerate(sorted(paths)):
+        stamp = (FIXED_MTIME_S + index) * 1_000_000_000
+        os.utime(path, ns=(stamp, stamp))
+
+
+def make_fixed_night(base: Path, size: int = 256) -> FixedNight:
+    """Night 1 (3 science frames, sky flats, a dark of another size; its last frame held back as the
+    late one) and night 2 (2 science frames, no sky flats), deterministic to the byte."""
+    spec = fixed_spec(size)
+    root, truth = base / "root", base / "truth"
+    first = make_night(root, replace(spec, date=NIGHTS[0], start_time=f"{NIGHTS[0]}T20:00:00", seed=1),
+                       truth_dir=truth / NIGHTS[0])
+    second = make_night(root, replace(spec, date=NIGHTS[1], start_time=f"{NIGHTS[1]}T20:00:00", seed=2,
+                                      n_science=2, n_flats=0, n_flat_darks=0), truth_dir=truth / NIGHTS[1])
+    _odd_dark(first.dark_files[0])
+    late_raw = first.science_files[-1]
+    late = base / "late" / late_raw.name
+    late.parent.mkdir(parents=True)
+    shutil.move(late_raw, late)
+    _fix_mtimes([p for p in root.rglob("*") if p.is_file()] + [late])
+    science = first.science_files + second.science_files
+    return FixedNight(root=root, late=late, late_target=late_raw.relative_to(root),
+                      first_pass=tuple(p.name for p in science if p != late_raw),
+                      all_frames=tuple(p.name for p in science))
+
+
+def run_config(solve: bool) -> str:
+    """One configuration for every front-end (the daemon's keys are ignored by the others): the
+    daemon processes a settled night at once, and a night without flats borrows without waiting."""
+    astrometry = "enabled = true\ncpulimit_s = 30\n" if solve else "enabled = false\n"
+    return (f"[astrometry]\n{astrometry}[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 0.0\n"
+            f'reconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
+
+
+def deliver_late(night: FixedNight, root: Path) -> None:
+    """The late frame arrives as rsync leaves it: a temporary, renamed (its fixed mtime kept)."""
+    target = root / night.late_target
+    temp = target.with_name(f".{target.name}.part")
+    shutil.copy2(night.late, temp)
+    os.replace(temp, target)
+
+
+# ----------------------------------------------------------------------------------- front-ends
+
+def _cli(tree: Tree, work: Path, *args: str) -> int:
+    """One ``astep-cal`` command of ``tree`` as a subprocess; its output kept in ``work``."""
+    log = work / f"{args[0]}-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, "-m", "astep_cal.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                              env=tree.env(), cwd=work, timeout=RUN_TIMEOUT_S).returncode
+    if code not in (0, 1):  # 1: frames unsolved/failed, a result; anything else is a broken run
+        raise RuntimeError(f"{tree.label}: astep-cal {' '.join(args)} exited {code}\n{log.read_text()[-3000:]}")
+    return code
+
+
+def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> list[int]:
+    """``once`` or ``reprocess``: a run, the late frame, a second run."""
+    extra = ("--workers", "1") if frontend == "reprocess" else ()
+    codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *extra)]
+    deliver_late(night, root)
+    codes.append(_cli(tree, work, frontend, str(root), "--config", str(config), *extra))
+    return codes
+
+
+def _recorded_frames(root: Path) -> set[str]:
+    """Science frames with a calibration record in the ledger (schema 1 or 2; read while it is written:
+    every file is replaced atomically, a read that races a rename is tried again)."""
+    state = root / ".astep-cal"
+    try:
+        index = json.loads((state / "ledger.json").read_text())
+        nights = [json.loads(p.read_text()) for p in (state / "nights").glob("*.json")] if index.get("schema") == 2 \
+            else list(index.get("nights", {}).values())
+    except (OSError, ValueError):
+        return set()
+    return {name for night in nights for name, frame in night.get("frames", {}).items() if frame.get("calibrate")}
+
+
+def _snapshot(root: Path, log: Path) -> tuple:
+    return tuple((str(p), s.st_size, s.st_mtime_ns) for p in sorted(root.rglob("*"))
+                 if p.is_file() and (s := p.stat())) + (log.stat().st_size,)
+
+
+def wait_settled(daemon: DaemonProcess, root: Path, frames: tuple[str, ...], timeout: float) -> None:
+    """Until the ledger records ``frames`` and no file (nor the log) has changed for QUIET_S: the
+    night's summary is written after its frames, and the daemon's status text may not change at all
+    (idle before, idle after), so quiet is the one signal every version gives."""
+    deadline, last, quiet_since = time.monotonic() + timeout, None, time.monotonic()
+    while time.monotonic() < deadline:
+        daemon.pump()
+        if daemon.process.poll() is not None:
+            break
+        snapshot = _snapshot(root, daemon.log_path)
+        if snapshot != last:
+            last, quiet_since = snapshot, time.monotonic()
+        elif set(frames) <= _recorded_frames(root) and time.monotonic() - quiet_since >= QUIET_S:
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"daemon: timed out waiting for {len(frames)} frames; exit={daemon.process.poll()}\n"
+                       f"{daemon.log_tail()}")
+
+
+def run_daemon(tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> list[int]:
+    """``astep-cal run`` on the archive: both nights, then the late frame dropped in, then SIGTERM."""
+    prefix = ("env", f"PYTHONPATH={tree.path / 'daemon'}")
+    sockets = Path(tempfile.mkdtemp(prefix="cmp-", dir="/tmp"))  # a unix socket path is at most 107 bytes
+    daemon = DaemonProcess(sockets, root, config.read_text(), prefix=prefix, cwd=work)
+    try:
+        daemon.wait_message("READY=1", timeout=60)
+        wait_settled(daemon, root, night.first_pass, DAEMON_TIMEOUT_S)
+        deliver_late(night, root)
+        wait_settled(daemon, root, night.all_frames, DAEMON_TIMEOUT_S)
+        daemon.stop(timeout=30)
+        return [daemon.process.returncode]
+    finally:
+        daemon.close()
+        shutil.copy(daemon.log_path, work / "daemon.log")
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve: bool) -> dict[str, Any]:
+    """A fresh copy of the archive through one front-end of one tree; its manifest."""
+    work.mkdir(parents=True)
+    root = shutil.copytree(night.root, work / "root", copy_function=shutil.copy2)
+    config = work / "astep-cal.toml"
+    config.write_text(run_config(solve))
+    start = time.perf_counter()
+    if frontend == "daemon":
+        codes = run_daemon(tree, night, root, work, config)
+    else:
+        codes = run_batch(frontend, tree, night, root, work, config)
+    meta = {"frontend": frontend, "tree": tree.describe(), "exit_codes": codes, "solve": solve,
+            "wall_s": round(time.perf_counter() - start, 1)}
+    return build_manifest(root, meta)
+
+
+# ---------------------------------------------------------------------------------- the comparison
+
+def compare(manifests: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
+    """Report lines comparing every manifest with the first; True when all agree."""
+    names = list(manifests)
+    reference = manifests[names[0]]
+    lines, same = [f"reference A = {names[0]}  ({_provenance(reference)})"], True
+    for name in names[1:]:
+        differences = diff_manifests(reference, manifests[name])
+        same &= not differences
+        verdict = "IDENTICAL" if not differences else f"{len(differences)} DIFFERENCES"
+        lines.append(f"\nB = {name}  ({_provenance(manifests[name])}): {verdict}")
+        for group, members in group_differences(differences).items():
+            lines.append(f"  [{group}]")
+            lines.extend(f"    {line}" for line in members)
+    return lines, same
+
+
+def _provenance(manifest: dict[str, Any]) -> str:
+    meta = manifest.get("meta", {})
+    tree = meta.get("tree", {})
+    files = manifest.get("files", {})
+    hdus = sum(len(f.get("hdus", {})) for f in files.values())
+    return (f"{tree.get('commit', '?')}{' +changes' if tree.get('dirty') else ''}; exit codes "
+            f"{meta.get('exit_codes')}; {len(files)} output files, {hdus} HDUs, "
+            f"{len(manifest.get('ledger', {}).get('nights', {}))} ledger nights; {meta.get('wall_s')} s")
+
+
+def _labels(paths: list[str]) -> list[Tree]:
+    """Trees labelled by their commit (or directory name when two share a commit)."""
+    trees = []
+    for raw in paths or [str(Path(__file__).resolve().parents[3])]:
+        path = Path(raw).resolve()
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or path.name
+        label = commit if commit not in [t.label for t in trees] else f"{commit}-{path.name}"
+        trees.append(Tree(path, label))
+    return trees
+
+
+def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve: bool, keep: bool) -> bool:
+    """Every front-end of every tree on the fixed archive; manifests and report.txt in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="compare-", dir=out))
+    try:
+        night = make_fixed_night(work / "pristine", size)
+        manifests = {}
+        for tree in trees:
+            for frontend in frontends:
+                name = f"{tree.label}-{frontend}"
+                name += f"-{sum(n.startswith(name) for n in manifests) + 1}" if name in manifests else ""
+                print(f"running {name} ...", flush=True)
+                manifests[name] = run_frontend(frontend, tree, night, work / name, solve)
+                save_manifest(manifests[name], out / f"{name}.json")
+        return _report(manifests, out)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(manifests: dict[str, dict[str, Any]], out: Path | None) -> bool:
+    lines, same = compare(manifests)
+    text = "\n".join(lines) + f"\n\n{'ALL IDENTICAL' if same else 'DIFFERENCES FOUND'}\n"
+    print(text)
+    if out is not None:
+        (out / "report.txt").write_text(text)
+    return same
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m astep_cal.devtools.compare_outputs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frontends", nargs="+", choices=FRONTENDS, default=list(FRONTENDS))
+    parser.add_argument("--tree", action="append", default=[], help="a repository checkout (repeat; default: this one)")
+    parser.add_argument("--out", type=Path, default=Path("compare-results"), help="manifests and report.txt")
+    parser.add_argument("--size", type=int, default=256, help="frame side in pixels (512 for --solve)")
+    parser.add_argument("--solve", action="store_true", help="plate-solve too (real solve-field)")
+    parser.add_argument("--keep", action="store_true", help="keep the data roots and logs")
+    parser.add_argument("--manifests", nargs="+", type=Path, help="only compare saved manifests")
+    args = parser.parse_args(argv)
+    if args.manifests:
+        return 0 if _report({str(p): load_manifest(p) for p in args.manifests}, None) else 1
+    return 0 if run_all(args.frontends, _labels(args.tree), args.out, args.size, args.solve, args.keep) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
