@@ -19,6 +19,7 @@ tolerance, and plate solving is not what the engine rework changed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -73,8 +74,9 @@ class Tree:
         git = lambda *a: subprocess.run(["git", "-C", str(self.path), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
         module = subprocess.run([sys.executable, "-c", "import astep_cal; print(astep_cal.__file__)"],
                                 capture_output=True, text=True, env=self.env(), cwd=self.path.parent).stdout.strip()
+        changes = git("diff", "HEAD")  # uncommitted changes ran too: their digest says which
         return {"path": str(self.path), "label": self.label, "commit": git("log", "-1", "--format=%h %<(50,trunc)%s").rstrip(),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "module": module}
+                "dirty": hashlib.sha1(changes.encode()).hexdigest()[:12] if changes else "", "module": module}
 
 
 # ----------------------------------------------------------------------------- the fixed archive
@@ -259,7 +261,7 @@ def _provenance(manifest: dict[str, Any]) -> str:
     tree = meta.get("tree", {})
     files = manifest.get("files", {})
     hdus = sum(len(f.get("hdus", {})) for f in files.values())
-    return (f"{tree.get('commit', '?')}{' +changes' if tree.get('dirty') else ''}; exit codes "
+    return (f"{tree.get('commit', '?')}{f" + uncommitted changes {tree['dirty']}" if tree.get('dirty') else ''}; exit codes "
             f"{meta.get('exit_codes')}; {len(files)} output files, {hdus} HDUs, "
             f"{len(manifest.get('ledger', {}).get('nights', {}))} ledger nights; {meta.get('wall_s')} s")
 
