@@ -261,7 +261,8 @@ def _provenance(manifest: dict[str, Any]) -> str:
     tree = meta.get("tree", {})
     files = manifest.get("files", {})
     hdus = sum(len(f.get("hdus", {})) for f in files.values())
-    return (f"{tree.get('commit', '?')}{f" + uncommitted changes {tree['dirty']}" if tree.get('dirty') else ''}; exit codes "
+    changes = f" + uncommitted changes {tree['dirty']}" if tree.get("dirty") else ""
+    return (f"{tree.get('commit', '?')}{changes}; exit codes "
             f"{meta.get('exit_codes')}; {len(files)} output files, {hdus} HDUs, "
             f"{len(manifest.get('ledger', {}).get('nights', {}))} ledger nights; {meta.get('wall_s')} s")
 
