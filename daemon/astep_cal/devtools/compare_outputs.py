@@ -282,7 +282,7 @@ def _labels(paths: list[str]) -> list[Tree]:
 def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve: bool, keep: bool) -> bool:
     """Every front-end of every tree on the fixed archive; manifests and report.txt in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="compare-", dir=out))
+    work = Path(tempfile.mkdtemp(prefix="compare-", dir=out.resolve()))  # absolute: commands run in it
     try:
         night = make_fixed_night(work / "pristine", size)
         manifests = {}
