@@ -32,6 +32,7 @@ def test_once_daemon_and_reprocess_agree_on_the_fixed_archive(tmp_path):
     assert ledger["2026-07-02"]["masters"]["flat"]["borrowed"] is True
     assert set(ledger["2026-07-01"]["frames"]) | set(ledger["2026-07-02"]["frames"]) == set(night.all_frames)
     assert all(f"{CAL}/{night.late.stem}_CAL.fits" in m["files"] for m in manifests.values())
+    assert [m["idle_rewrites"] for m in manifests.values()] == [[], [], []]  # nothing to do: no file rewritten
 
 
 def test_the_fixed_archive_is_the_same_every_time(tmp_path):

@@ -9,7 +9,9 @@ compares every (tree, front-end) with the first one. Exit code 1 when anything d
 The archive holds the cases where the front-ends have drifted apart before (issue 13): a dark of
 another size (``frame_shape_mismatch``), a science frame delivered after its night was processed (a
 second pass: a second ``once``/``reprocess`` run, or a file dropped under the running daemon), and a
-second night without sky flats (it borrows the first night's flat). Astrometry is off by default
+second night without sky flats (it borrows the first night's flat). Then each front-end runs once more
+with nothing to do (the daemon: restarted) and the files that pass rewrote are part of the manifest
+(``idle_rewrites``: issue 13 wants none, after any front-end). Astrometry is off by default
 (``--solve`` turns it on): solve-field's WCS is compared by the tests of ``reprocess`` to a
 tolerance, and plate solving is not what the engine rework changed.
 
@@ -35,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 
 from .harness import DaemonProcess
-from .output_digest import build_manifest, diff_manifests, group_differences, load_manifest, save_manifest
+from .output_digest import CONTROL_FILES, build_manifest, diff_manifests, group_differences, load_manifest, save_manifest
 from .synthetic import SMALL_FIELD, NightSpec, make_night
 
 FRONTENDS = ("once", "daemon", "reprocess")
@@ -43,7 +45,7 @@ NIGHTS = ("2026-07-01", "2026-07-02")
 FIXED_MTIME_S = 1_782_000_000  # 2026-06-21: raw mtimes fixed, so ASTCRAWF and the listing reproduce
 RUN_TIMEOUT_S = 300.0
 DAEMON_TIMEOUT_S = 180.0
-QUIET_S = 2.5  # the daemon is done when the ledger has the frames and nothing changed for this long
+QUIET_S = 2.0  # the daemon is done when the ledger has the frames and nothing changed for this long
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,15 @@ def _cli(tree: Tree, work: Path, *args: str) -> int:
     return code
 
 
+def _extra(frontend: str) -> tuple[str, ...]:
+    return ("--workers", "1") if frontend == "reprocess" else ()  # one worker: a 2-core machine, shared
+
+
 def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> list[int]:
     """``once`` or ``reprocess``: a run, the late frame, a second run."""
-    extra = ("--workers", "1") if frontend == "reprocess" else ()
-    codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *extra)]
+    codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend))]
     deliver_late(night, root)
-    codes.append(_cli(tree, work, frontend, str(root), "--config", str(config), *extra))
+    codes.append(_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend)))
     return codes
 
 
@@ -204,38 +209,64 @@ def wait_settled(daemon: DaemonProcess, root: Path, frames: tuple[str, ...], tim
                        f"{daemon.log_tail()}")
 
 
-def run_daemon(tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> list[int]:
-    """``astep-cal run`` on the archive: both nights, then the late frame dropped in, then SIGTERM."""
+def run_daemon(tree: Tree, night: FixedNight, root: Path, work: Path, config: Path, late: bool) -> list[int]:
+    """``astep-cal run`` on the archive until it has recorded every frame, then SIGTERM; with ``late``,
+    the late frame is dropped in once the first nights are done. Without: a restart, nothing to do."""
     prefix = ("env", f"PYTHONPATH={tree.path / 'daemon'}")
     sockets = Path(tempfile.mkdtemp(prefix="cmp-", dir="/tmp"))  # a unix socket path is at most 107 bytes
     daemon = DaemonProcess(sockets, root, config.read_text(), prefix=prefix, cwd=work)
     try:
         daemon.wait_message("READY=1", timeout=60)
-        wait_settled(daemon, root, night.first_pass, DAEMON_TIMEOUT_S)
-        deliver_late(night, root)
+        if late:
+            wait_settled(daemon, root, night.first_pass, DAEMON_TIMEOUT_S)
+            deliver_late(night, root)
         wait_settled(daemon, root, night.all_frames, DAEMON_TIMEOUT_S)
         daemon.stop(timeout=30)
         return [daemon.process.returncode]
     finally:
         daemon.close()
-        shutil.copy(daemon.log_path, work / "daemon.log")
+        shutil.copy(daemon.log_path, work / f"daemon-{time.monotonic_ns()}.log")
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve: bool) -> dict[str, Any]:
-    """A fresh copy of the archive through one front-end of one tree; its manifest."""
+def _stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file but the control files a process writes by being there."""
+    return {str(p.relative_to(root)): (s.st_size, s.st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in CONTROL_FILES and (s := p.stat())}
+
+
+def idle_pass(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> tuple[list[int], list[str]]:
+    """The same front-end again with nothing to do (the daemon: restarted); the files it rewrote,
+    which must be none (issue 13: "a run with nothing to do rewrites no file")."""
+    before = _stamps(root)
+    if frontend == "daemon":
+        codes = run_daemon(tree, night, root, work, config, late=False)
+    else:
+        codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend))]
+    after = _stamps(root)
+    return codes, sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve: bool,
+                 idle: bool = True) -> dict[str, Any]:
+    """A fresh copy of the archive through one front-end of one tree (then, with ``idle``, once more
+    with nothing to do); its manifest, with the files the idle pass rewrote under ``idle_rewrites``."""
     work.mkdir(parents=True)
     root = shutil.copytree(night.root, work / "root", copy_function=shutil.copy2)
     config = work / "astep-cal.toml"
     config.write_text(run_config(solve))
     start = time.perf_counter()
     if frontend == "daemon":
-        codes = run_daemon(tree, night, root, work, config)
+        codes = run_daemon(tree, night, root, work, config, late=True)
     else:
         codes = run_batch(frontend, tree, night, root, work, config)
-    meta = {"frontend": frontend, "tree": tree.describe(), "exit_codes": codes, "solve": solve,
+    idle_codes, rewritten = idle_pass(frontend, tree, night, root, work, config) if idle else ([], [])
+    meta = {"frontend": frontend, "tree": tree.describe(), "exit_codes": codes + idle_codes, "solve": solve,
             "wall_s": round(time.perf_counter() - start, 1)}
-    return build_manifest(root, meta)
+    manifest = build_manifest(root, meta)
+    if idle:
+        manifest["idle_rewrites"] = rewritten
+    return manifest
 
 
 # ---------------------------------------------------------------------------------- the comparison
@@ -279,7 +310,8 @@ def _labels(paths: list[str]) -> list[Tree]:
     return trees
 
 
-def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve: bool, keep: bool) -> bool:
+def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve: bool, keep: bool,
+            idle: bool = True) -> bool:
     """Every front-end of every tree on the fixed archive; manifests and report.txt in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-", dir=out.resolve()))  # absolute: commands run in it
@@ -291,7 +323,7 @@ def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve
                 name = f"{tree.label}-{frontend}"
                 name += f"-{sum(n.startswith(name) for n in manifests) + 1}" if name in manifests else ""
                 print(f"running {name} ...", flush=True)
-                manifests[name] = run_frontend(frontend, tree, night, work / name, solve)
+                manifests[name] = run_frontend(frontend, tree, night, work / name, solve, idle)
                 save_manifest(manifests[name], out / f"{name}.json")
         return _report(manifests, out)
     finally:
@@ -316,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("compare-results"), help="manifests and report.txt")
     parser.add_argument("--size", type=int, default=256, help="frame side in pixels (512 for --solve)")
     parser.add_argument("--solve", action="store_true", help="plate-solve too (real solve-field)")
+    parser.add_argument("--no-idle", action="store_true", help="skip the pass with nothing to do")
     parser.add_argument("--keep", action="store_true", help="keep the data roots and logs")
     parser.add_argument("--manifests", nargs="+", type=Path, help="only compare saved manifests")
     args = parser.parse_args(argv)
     if args.manifests:
         return 0 if _report({str(p): load_manifest(p) for p in args.manifests}, None) else 1
-    return 0 if run_all(args.frontends, _labels(args.tree), args.out, args.size, args.solve, args.keep) else 1
+    return 0 if run_all(args.frontends, _labels(args.tree), args.out, args.size, args.solve, args.keep,
+                        not args.no_idle) else 1
 
 
 if __name__ == "__main__":
