@@ -74,11 +74,20 @@ class Tree:
     def describe(self) -> dict[str, Any]:
         """Which commit ran (and whether its work tree had changes), and which package was imported."""
         git = lambda *a: subprocess.run(["git", "-C", str(self.path), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
-        module = subprocess.run([sys.executable, "-c", "import astep_cal; print(astep_cal.__file__)"],
-                                capture_output=True, text=True, env=self.env(), cwd=self.path.parent).stdout.strip()
-        changes = git("diff", "HEAD")  # uncommitted changes ran too: their digest says which
+        changes = git("diff", "HEAD") + git("ls-files", "--others", "--exclude-standard")  # they ran too
         return {"path": str(self.path), "label": self.label, "commit": git("log", "-1", "--format=%h %<(50,trunc)%s").rstrip(),
-                "dirty": hashlib.sha1(changes.encode()).hexdigest()[:12] if changes else "", "module": module}
+                "dirty": hashlib.sha1(changes.encode()).hexdigest()[:12] if changes else "", "module": self.module()}
+
+    def module(self) -> str:
+        """Where the subprocess imports astep_cal from (proof that the tree, not the venv's, runs)."""
+        return subprocess.run([sys.executable, "-c", "import astep_cal; print(astep_cal.__file__)"],
+                              capture_output=True, text=True, env=self.env(), cwd=self.path.parent).stdout.strip()
+
+    def frozen(self, where: Path) -> Tree:
+        """A copy of the tree's ``daemon/`` as it is now: a checkout being edited during the comparison
+        (another engineer's) must not run different code in different front-ends."""
+        shutil.copytree(self.path / "daemon", where / "daemon", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        return Tree(where, self.label)
 
 
 # ----------------------------------------------------------------------------- the fixed archive
@@ -248,7 +257,7 @@ def idle_pass(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Pa
 
 
 def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve: bool,
-                 idle: bool = True) -> dict[str, Any]:
+                 idle: bool = True, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """A fresh copy of the archive through one front-end of one tree (then, with ``idle``, once more
     with nothing to do); its manifest, with the files the idle pass rewrote under ``idle_rewrites``."""
     work.mkdir(parents=True)
@@ -261,7 +270,7 @@ def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve
     else:
         codes = run_batch(frontend, tree, night, root, work, config)
     idle_codes, rewritten = idle_pass(frontend, tree, night, root, work, config) if idle else ([], [])
-    meta = {"frontend": frontend, "tree": tree.describe(), "exit_codes": codes + idle_codes, "solve": solve,
+    meta = {"frontend": frontend, "tree": provenance or tree.describe(), "exit_codes": codes + idle_codes, "solve": solve,
             "wall_s": round(time.perf_counter() - start, 1)}
     manifest = build_manifest(root, meta)
     if idle:
@@ -319,11 +328,14 @@ def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve
         night = make_fixed_night(work / "pristine", size)
         manifests = {}
         for tree in trees:
+            provenance = tree.describe()
+            frozen = tree.frozen(work / f"code-{tree.label}")
+            provenance["module"] = frozen.module()
             for frontend in frontends:
                 name = f"{tree.label}-{frontend}"
                 name += f"-{sum(n.startswith(name) for n in manifests) + 1}" if name in manifests else ""
                 print(f"running {name} ...", flush=True)
-                manifests[name] = run_frontend(frontend, tree, night, work / name, solve, idle)
+                manifests[name] = run_frontend(frontend, frozen, night, work / name, solve, idle, provenance)
                 save_manifest(manifests[name], out / f"{name}.json")
         return _report(manifests, out)
     finally:
