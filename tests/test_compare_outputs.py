@@ -22,7 +22,10 @@ CAL = "2026-07-01/2026-07-01-CAMS_CAL"
 def test_once_daemon_and_reprocess_agree_on_the_fixed_archive(tmp_path):
     night = make_fixed_night(tmp_path / "pristine", size=256)
     tree = Tree(REPO, "this")
-    manifests = {f: run_frontend(f, tree, night, tmp_path / f, solve=False) for f in ("once", "daemon", "reprocess")}
+    # Nothing to do once the masters exist (where issue 13's defects showed); the full set of idle
+    # passes (also after the late frame, a daemon restart) is the command's, too slow for here.
+    manifests = {f: run_frontend(f, tree, night, tmp_path / f, solve=False, idle=("after_first",))
+                 for f in ("once", "daemon", "reprocess")}
     lines, same = compare(manifests)
     print("\n".join(lines))
     assert same, "\n".join(lines)
@@ -32,7 +35,8 @@ def test_once_daemon_and_reprocess_agree_on_the_fixed_archive(tmp_path):
     assert ledger["2026-07-02"]["masters"]["flat"]["borrowed"] is True
     assert set(ledger["2026-07-01"]["frames"]) | set(ledger["2026-07-02"]["frames"]) == set(night.all_frames)
     assert all(f"{CAL}/{night.late.stem}_CAL.fits" in m["files"] for m in manifests.values())
-    assert [m["idle_rewrites"] for m in manifests.values()] == [[], [], []]  # nothing to do: no file rewritten
+    nothing = {"after_first": []}
+    assert [m["idle_rewrites"] for m in manifests.values()] == [nothing] * 3  # nothing to do: no file rewritten
 
 
 def test_the_fixed_archive_is_the_same_every_time(tmp_path):

@@ -9,9 +9,9 @@ compares every (tree, front-end) with the first one. Exit code 1 when anything d
 The archive holds the cases where the front-ends have drifted apart before (issue 13): a dark of
 another size (``frame_shape_mismatch``), a science frame delivered after its night was processed (a
 second pass: a second ``once``/``reprocess`` run, or a file dropped under the running daemon), and a
-second night without sky flats (it borrows the first night's flat). Then each front-end runs once more
-with nothing to do (the daemon: restarted) and the files that pass rewrote are part of the manifest
-(``idle_rewrites``: issue 13 wants none, after any front-end). Astrometry is off by default
+second night without sky flats (it borrows the first night's flat). After each pass the front-end runs
+once more with nothing to do (the daemon: a SIGHUP rescan, then a restart) and the files those runs
+rewrote are part of the manifest (``idle_rewrites``: issue 13 wants none, after any front-end). Astrometry is off by default
 (``--solve`` turns it on): solve-field's WCS is compared by the tests of ``reprocess`` to a
 tolerance, and plate solving is not what the engine rework changed.
 
@@ -25,11 +25,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ NIGHTS = ("2026-07-01", "2026-07-02")
 FIXED_MTIME_S = 1_782_000_000  # 2026-06-21: raw mtimes fixed, so ASTCRAWF and the listing reproduce
 RUN_TIMEOUT_S = 300.0
 DAEMON_TIMEOUT_S = 180.0
+IDLE_STEPS = ("after_first", "after_late")  # when a front-end runs again with nothing to do
 QUIET_S = 2.0  # the daemon is done when the ledger has the frames and nothing changed for this long
 
 
@@ -173,12 +176,21 @@ def _extra(frontend: str) -> tuple[str, ...]:
     return ("--workers", "1") if frontend == "reprocess" else ()  # one worker: a 2-core machine, shared
 
 
-def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> list[int]:
-    """``once`` or ``reprocess``: a run, the late frame, a second run."""
-    codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend))]
-    deliver_late(night, root)
-    codes.append(_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend)))
-    return codes
+def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path,
+              idle: tuple[str, ...]) -> tuple[list[int], dict[str, list[str]]]:
+    """``once`` or ``reprocess``: a run, the late frame, a second run; after those named in ``idle``,
+    a run with nothing to do (the files it rewrote)."""
+    run = lambda: _cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend))  # noqa: E731
+    codes, rewrites = [run()], {}
+    for step in IDLE_STEPS:
+        if step in idle:
+            before = _stamps(root)
+            codes.append(run())
+            rewrites[step] = _changed(before, _stamps(root))
+        if step == "after_first":
+            deliver_late(night, root)
+            codes.append(run())
+    return codes, rewrites
 
 
 def _recorded_frames(root: Path) -> set[str]:
@@ -218,24 +230,51 @@ def wait_settled(daemon: DaemonProcess, root: Path, frames: tuple[str, ...], tim
                        f"{daemon.log_tail()}")
 
 
-def run_daemon(tree: Tree, night: FixedNight, root: Path, work: Path, config: Path, late: bool) -> list[int]:
-    """``astep-cal run`` on the archive until it has recorded every frame, then SIGTERM; with ``late``,
-    the late frame is dropped in once the first nights are done. Without: a restart, nothing to do."""
+def _rescan_idle(daemon: DaemonProcess, root: Path, frames: tuple[str, ...]) -> list[str]:
+    """A full rescan (SIGHUP) of a data root with nothing to do: the files it rewrote."""
+    before, rescans = _stamps(root), daemon.count("rescan")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: daemon.count("rescan") > rescans, 30, "the rescan after SIGHUP")
+    wait_settled(daemon, root, frames, DAEMON_TIMEOUT_S)
+    return _changed(before, _stamps(root))
+
+
+def _daemon_session(tree: Tree, root: Path, work: Path, config: Path, steps: Any) -> int:
+    """``astep-cal run`` of ``tree`` on ``root``, ``steps(daemon)`` done, then SIGTERM; its exit code."""
     prefix = ("env", f"PYTHONPATH={tree.path / 'daemon'}")
     sockets = Path(tempfile.mkdtemp(prefix="cmp-", dir="/tmp"))  # a unix socket path is at most 107 bytes
     daemon = DaemonProcess(sockets, root, config.read_text(), prefix=prefix, cwd=work)
     try:
         daemon.wait_message("READY=1", timeout=60)
-        if late:
-            wait_settled(daemon, root, night.first_pass, DAEMON_TIMEOUT_S)
-            deliver_late(night, root)
-        wait_settled(daemon, root, night.all_frames, DAEMON_TIMEOUT_S)
+        steps(daemon)
         daemon.stop(timeout=30)
-        return [daemon.process.returncode]
+        return daemon.process.returncode
     finally:
         daemon.close()
         shutil.copy(daemon.log_path, work / f"daemon-{time.monotonic_ns()}.log")
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def run_daemon(tree: Tree, night: FixedNight, root: Path, work: Path, config: Path,
+               idle: tuple[str, ...]) -> tuple[list[int], dict[str, list[str]]]:
+    """``astep-cal run`` until both nights are recorded, the late frame dropped in, recorded too; the
+    passes with nothing to do (``idle``): a SIGHUP rescan before the late frame, a restart after it."""
+    rewrites: dict[str, list[str]] = {}
+
+    def scenario(daemon: DaemonProcess) -> None:
+        wait_settled(daemon, root, night.first_pass, DAEMON_TIMEOUT_S)
+        if "after_first" in idle:
+            rewrites["after_first"] = _rescan_idle(daemon, root, night.first_pass)
+        deliver_late(night, root)
+        wait_settled(daemon, root, night.all_frames, DAEMON_TIMEOUT_S)
+
+    codes = [_daemon_session(tree, root, work, config, scenario)]
+    if "after_late" in idle:
+        before = _stamps(root)
+        codes.append(_daemon_session(tree, root, work, config,
+                                     lambda daemon: wait_settled(daemon, root, night.all_frames, DAEMON_TIMEOUT_S)))
+        rewrites["after_late"] = _changed(before, _stamps(root))
+    return codes, rewrites
 
 
 def _stamps(root: Path) -> dict[str, tuple[int, int]]:
@@ -244,37 +283,27 @@ def _stamps(root: Path) -> dict[str, tuple[int, int]]:
             if p.is_file() and p.name not in CONTROL_FILES and (s := p.stat())}
 
 
-def idle_pass(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Path, config: Path) -> tuple[list[int], list[str]]:
-    """The same front-end again with nothing to do (the daemon: restarted); the files it rewrote,
-    which must be none (issue 13: "a run with nothing to do rewrites no file")."""
-    before = _stamps(root)
-    if frontend == "daemon":
-        codes = run_daemon(tree, night, root, work, config, late=False)
-    else:
-        codes = [_cli(tree, work, frontend, str(root), "--config", str(config), *_extra(frontend))]
-    after = _stamps(root)
-    return codes, sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+def _changed(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 def run_frontend(frontend: str, tree: Tree, night: FixedNight, work: Path, solve: bool,
-                 idle: bool = True, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A fresh copy of the archive through one front-end of one tree (then, with ``idle``, once more
-    with nothing to do); its manifest, with the files the idle pass rewrote under ``idle_rewrites``."""
+                 idle: tuple[str, ...] = IDLE_STEPS, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fresh copy of the archive through one front-end of one tree; its manifest. After the passes
+    named in ``idle`` the front-end runs with nothing to do: the files those runs rewrote (issue 13:
+    none) are compared too, as ``idle_rewrites``."""
     work.mkdir(parents=True)
     root = shutil.copytree(night.root, work / "root", copy_function=shutil.copy2)
     config = work / "astep-cal.toml"
     config.write_text(run_config(solve))
     start = time.perf_counter()
-    if frontend == "daemon":
-        codes = run_daemon(tree, night, root, work, config, late=True)
-    else:
-        codes = run_batch(frontend, tree, night, root, work, config)
-    idle_codes, rewritten = idle_pass(frontend, tree, night, root, work, config) if idle else ([], [])
-    meta = {"frontend": frontend, "tree": provenance or tree.describe(), "exit_codes": codes + idle_codes, "solve": solve,
+    runner = run_daemon if frontend == "daemon" else partial(run_batch, frontend)
+    codes, rewrites = runner(tree, night, root, work, config, idle)
+    meta = {"frontend": frontend, "tree": provenance or tree.describe(), "exit_codes": codes, "solve": solve,
             "wall_s": round(time.perf_counter() - start, 1)}
     manifest = build_manifest(root, meta)
     if idle:
-        manifest["idle_rewrites"] = rewritten
+        manifest["idle_rewrites"] = rewrites
     return manifest
 
 
@@ -320,7 +349,7 @@ def _labels(paths: list[str]) -> list[Tree]:
 
 
 def run_all(frontends: list[str], trees: list[Tree], out: Path, size: int, solve: bool, keep: bool,
-            idle: bool = True) -> bool:
+            idle: tuple[str, ...] = IDLE_STEPS) -> bool:
     """Every front-end of every tree on the fixed archive; manifests and report.txt in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-", dir=out.resolve()))  # absolute: commands run in it
@@ -367,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.manifests:
         return 0 if _report({str(p): load_manifest(p) for p in args.manifests}, None) else 1
     return 0 if run_all(args.frontends, _labels(args.tree), args.out, args.size, args.solve, args.keep,
-                        not args.no_idle) else 1
+                        () if args.no_idle else IDLE_STEPS) else 1
 
 
 if __name__ == "__main__":
