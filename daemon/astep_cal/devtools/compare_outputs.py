@@ -333,7 +333,15 @@ def _provenance(manifest: dict[str, Any]) -> str:
     changes = f" + uncommitted changes {tree['dirty']}" if tree.get("dirty") else ""
     return (f"{tree.get('commit', '?')}{changes}; exit codes "
             f"{meta.get('exit_codes')}; {len(files)} output files, {hdus} HDUs, "
-            f"{len(manifest.get('ledger', {}).get('nights', {}))} ledger nights; {meta.get('wall_s')} s")
+            f"{len(manifest.get('ledger', {}).get('nights', {}))} ledger nights; files rewritten with nothing to "
+            f"do: {_rewrites(manifest)}; {meta.get('wall_s')} s")
+
+
+def _rewrites(manifest: dict[str, Any]) -> str:
+    idle = manifest.get("idle_rewrites")
+    if idle is None:
+        return "not run"
+    return ", ".join(f"{step} {len(files) or 'none'}" for step, files in idle.items())
 
 
 def _labels(paths: list[str]) -> list[Tree]:
