@@ -81,14 +81,14 @@ def test_digest_ignores_write_times_and_durations_only(tmp_path):
     a = build_manifest(_outputs(tmp_path / "a"))
     b = build_manifest(_outputs(tmp_path / "b", duration=0.9))  # other durations, times, mtimes, CHECKSUM
     assert (tmp_path / "a" / CAL / "x_SCIENCE_CAL.fits").read_bytes() != (tmp_path / "b" / CAL / "x_SCIENCE_CAL.fits").read_bytes()
-    header = a["files"][f"{CAL}/x_SCIENCE_CAL.fits"]["hdus"]["0:PRIMARY"]["header"]
+    header = a["files"][f"{CAL}/x_SCIENCE_CAL.fits"]["hdus"]["PRIMARY"]["header"]
     assert header["HISTORY"] == ["input a_DARK.fits", "written <time>"] and "CHECKSUM" not in header
     assert diff_manifests(a, b) == []
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"pixel": 1.5}, f"differs:   {CAL}/x_SCIENCE_CAL.fits HDU 0:PRIMARY pixels sha256"),
-    ({"ncosmic": 6}, f"differs:   {CAL}/x_SCIENCE_CAL.fits HDU 0:PRIMARY card NCOSMIC: A=[5, \"pixels replaced\"]"),
+    ({"pixel": 1.5}, f"differs:   {CAL}/x_SCIENCE_CAL.fits HDU PRIMARY pixels sha256"),
+    ({"ncosmic": 6}, f"differs:   {CAL}/x_SCIENCE_CAL.fits HDU PRIMARY card NCOSMIC: A=[5, \"pixels replaced\"]"),
     ({"n_cosmic_ledger": 7}, "differs:   ledger nights/2026-07-01/frames/x_SCIENCE.fits/calibrate/n_cosmic: A=5  B=7"),
 ], ids=["pixel", "card", "ledger"])
 def test_diff_names_the_changed_pixel_card_or_ledger_field(tmp_path, change, expected):
@@ -108,5 +108,16 @@ def test_diff_reports_a_missing_hdu_or_file_once(tmp_path):
     (tmp_path / "b" / CAL / "summary.json").unlink()
     lines = diff_manifests(a, build_manifest(tmp_path / "b"))
     heads = [line.split(" = ")[0] for line in lines]
-    assert f"only in A: {CAL}/summary.json" in heads and f"only in A: {CAL}/x_SCIENCE_CAL.fits HDU 1:MASK" in heads
-    assert sum("summary.json" in line or "1:MASK" in line for line in lines) == 2, lines  # not one per card
+    assert f"only in A: {CAL}/summary.json" in heads and f"only in A: {CAL}/x_SCIENCE_CAL.fits HDU MASK" in heads
+    assert sum("summary.json" in line or "HDU MASK" in line for line in lines) == 2, lines  # not one per card
+
+
+def test_an_extension_inserted_before_the_mask_leaves_the_mask_compared_with_the_mask(tmp_path):
+    a = build_manifest(_outputs(tmp_path / "a"))
+    path = _outputs(tmp_path / "b") / CAL / "x_SCIENCE_CAL.fits"
+    with fits.open(path) as hdul:
+        err = fits.ImageHDU(np.ones((8, 8), np.float32), name="ERR")
+        fits.HDUList([hdul[0].copy(), err, hdul[1].copy()]).writeto(path, overwrite=True, checksum=True)
+    lines = diff_manifests(a, build_manifest(tmp_path / "b"))
+    assert [line.split(" = ")[0].split(": A=")[0] for line in lines] == [
+        f"only in B: {CAL}/x_SCIENCE_CAL.fits HDU ERR", f"differs:   {CAL}/x_SCIENCE_CAL.fits HDU MASK position"], lines

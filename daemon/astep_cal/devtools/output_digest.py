@@ -85,11 +85,14 @@ def normalise_header(header: fits.Header) -> dict[str, Any]:
 
 
 def fits_digest(path: Path) -> dict[str, Any]:
-    """Every HDU of a FITS file: pixel digest and normalised header, keyed ``index:EXTNAME``."""
+    """Every HDU of a FITS file: pixel digest, normalised header and position, keyed by EXTNAME (a
+    second HDU of the same name as ``NAME#2``): a MASK that moved behind a new ERR extension is still
+    compared with the MASK, and the move shows as its ``index``."""
     hdus: dict[str, Any] = {}
     with fits.open(path, memmap=False) as hdul:
         for index, hdu in enumerate(hdul):
-            hdus[f"{index}:{hdu.name}"] = {"data": array_digest(hdu.data), "header": normalise_header(hdu.header)}
+            key = hdu.name if hdu.name not in hdus else f"{hdu.name}#{sum(k.split('#')[0] == hdu.name for k in hdus) + 1}"
+            hdus[key] = {"index": index, "data": array_digest(hdu.data), "header": normalise_header(hdu.header)}
     return {"hdus": hdus}
 
 
@@ -186,6 +189,8 @@ def _describe(path: tuple[str, ...]) -> str:
         where = f"{rest[0]} HDU {rest[2]}"
         if len(rest) > 4:
             return f"{where} {'card' if rest[3] == 'header' else 'pixels'} {'/'.join(rest[4:])}"
+        if rest[3:] == ("index",):
+            return f"{where} position"
         return f"{where} {'/'.join(rest[3:])}".rstrip()
     if section == "files":
         return f"{rest[0]} {'/'.join(rest[1:])}".rstrip()
