@@ -9,11 +9,13 @@ compares every (tree, front-end) with the first one. Exit code 1 when anything d
 The archive holds the cases where the front-ends have drifted apart before (issue 13): a dark of
 another size (``frame_shape_mismatch``), a science frame delivered after its night was processed (a
 second pass: a second ``once``/``reprocess`` run, or a file dropped under the running daemon), and a
-second night without sky flats (it borrows the first night's flat). After each pass the front-end runs
-once more with nothing to do (the daemon: a SIGHUP rescan, then a restart) and the files those runs
-rewrote are part of the manifest (``idle_rewrites``: issue 13 wants none, after any front-end). Astrometry is off by default
-(``--solve`` turns it on): solve-field's WCS is compared by the tests of ``reprocess`` to a
-tolerance, and plate solving is not what the engine rework changed.
+second night without sky flats (it borrows the first night's flat). After each pass the front-end
+runs once more with nothing to do (the daemon: a SIGHUP rescan, then a restart) and the files those
+runs rewrote are part of the manifest (``idle_rewrites``: issue 13 wants none, after any front-end).
+The raw files get fixed mtimes, so two builds of the archive — and their manifests — are equal.
+
+Astrometry is off by default: without it every output is reproducible to the bit. ``--solve``
+(with ``--size 512``, a field solve-field can solve) runs the real solve-field too.
 
 ``--manifests A.json B.json`` compares two saved manifests (e.g. a tree re-run later).
 """
@@ -39,7 +41,8 @@ import numpy as np
 from astropy.io import fits
 
 from .harness import DaemonProcess
-from .output_digest import CONTROL_FILES, build_manifest, diff_manifests, group_differences, load_manifest, save_manifest
+from .output_digest import (CONTROL_FILES, build_manifest, diff_manifests, group_differences, load_manifest,
+                            save_manifest)
 from .synthetic import SMALL_FIELD, NightSpec, make_night
 
 FRONTENDS = ("once", "daemon", "reprocess")
@@ -76,9 +79,12 @@ class Tree:
 
     def describe(self) -> dict[str, Any]:
         """Which commit ran (and whether its work tree had changes), and which package was imported."""
-        git = lambda *a: subprocess.run(["git", "-C", str(self.path), *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, text=True).stdout.strip()
+
         changes = git("diff", "HEAD") + git("ls-files", "--others", "--exclude-standard")  # they ran too
-        return {"path": str(self.path), "label": self.label, "commit": git("log", "-1", "--format=%h %<(50,trunc)%s").rstrip(),
+        return {"path": str(self.path), "label": self.label,
+                "commit": git("log", "-1", "--format=%h %<(50,trunc)%s").rstrip(),
                 "dirty": hashlib.sha1(changes.encode()).hexdigest()[:12] if changes else "", "module": self.module()}
 
     def module(self) -> str:
@@ -89,7 +95,8 @@ class Tree:
     def frozen(self, where: Path) -> Tree:
         """A copy of the tree's ``daemon/`` as it is now: a checkout being edited during the comparison
         (another engineer's) must not run different code in different front-ends."""
-        shutil.copytree(self.path / "daemon", where / "daemon", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(self.path / "daemon", where / "daemon",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         return Tree(where, self.label)
 
 
@@ -344,7 +351,7 @@ def _rewrites(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{step} {len(files) or 'none'}" for step, files in idle.items())
 
 
-def _labels(paths: list[str]) -> list[Tree]:
+def trees_from_paths(paths: list[str]) -> list[Tree]:
     """Trees labelled by their commit (or directory name when two share a commit)."""
     trees = []
     for raw in paths or [str(Path(__file__).resolve().parents[3])]:
@@ -403,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.manifests:
         return 0 if _report({str(p): load_manifest(p) for p in args.manifests}, None) else 1
-    return 0 if run_all(args.frontends, _labels(args.tree), args.out, args.size, args.solve, args.keep,
+    return 0 if run_all(args.frontends, trees_from_paths(args.tree), args.out, args.size, args.solve, args.keep,
                         () if args.no_idle else IDLE_STEPS) else 1
 
 

@@ -91,7 +91,8 @@ def fits_digest(path: Path) -> dict[str, Any]:
     hdus: dict[str, Any] = {}
     with fits.open(path, memmap=False) as hdul:
         for index, hdu in enumerate(hdul):
-            key = hdu.name if hdu.name not in hdus else f"{hdu.name}#{sum(k.split('#')[0] == hdu.name for k in hdus) + 1}"
+            same_name = sum(k.split("#")[0] == hdu.name for k in hdus)
+            key = f"{hdu.name}#{same_name + 1}" if same_name else hdu.name
             hdus[key] = {"index": index, "data": array_digest(hdu.data), "header": normalise_header(hdu.header)}
     return {"hdus": hdus}
 
