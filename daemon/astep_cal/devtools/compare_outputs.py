@@ -14,8 +14,9 @@ runs once more with nothing to do (the daemon: a SIGHUP rescan, then a restart) 
 runs rewrote are part of the manifest (``idle_rewrites``: issue 13 wants none, after any front-end).
 The raw files get fixed mtimes, so two builds of the archive — and their manifests — are equal.
 
-Astrometry is off by default: without it every output is reproducible to the bit. ``--solve``
-(with ``--size 512``, a field solve-field can solve) runs the real solve-field too.
+Astrometry is off by default (it is the slow part, and the engine's orchestration is what differs
+between front-ends); ``--solve --size 512`` (a field solve-field can solve) runs the real solve-field
+too: its WCS cards and ledger records came out identical across the three front-ends as well.
 
 ``--manifests A.json B.json`` compares two saved manifests (e.g. a tree re-run later).
 """
