@@ -199,7 +199,7 @@ def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
     configure("json", "info")
     odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ
                           n_cosmic=0, n_saturated=0, sky_e=1.0)
-    cards, record = frame_quality(odd, load_settings(None), get_logger(frame="odd.fits"))
+    cards, record, _ = frame_quality(odd, load_settings(None), get_logger(frame="odd.fits"))
     assert cards == {} and record["error"]
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert any(e["event"] == "quality_failed" and e["frame"] == "odd.fits" for e in logged)

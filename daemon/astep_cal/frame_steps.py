@@ -81,8 +81,10 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
         log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
 
 
-def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, tuple], dict[str, Any]]:
-    """Header cards and ledger record of the frame's quality metrics.
+def frame_quality(result: Any, settings: Settings, log: Any
+                  ) -> tuple[dict[str, tuple], dict[str, Any], quality.Sources | None]:
+    """Header cards and ledger record of the frame's quality metrics, and the stars it detected (for
+    the plate solve).
 
     Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
     content) is still a good calibrated frame, so a failure here is logged and recorded, not raised.
@@ -94,9 +96,9 @@ def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, 
                                          settings.quality.fwhm_stars)
     except Exception as error:  # noqa: BLE001 - see the docstring
         log.warning("quality_failed", error=f"{type(error).__name__}: {error}")
-        return {}, {"error": f"{type(error).__name__}: {error}"}
+        return {}, {"error": f"{type(error).__name__}: {error}"}, None
     record = {**measured.record(scale), "duration_s": round(time.perf_counter() - start, 3)}
-    return measured.header_cards(scale, "nominal"), record
+    return measured.header_cards(scale, "nominal"), record, measured.sources
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
@@ -118,7 +120,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
-    quality_cards, quality_record = frame_quality(result, settings, log)
+    quality_cards, quality_record, sources = frame_quality(result, settings, log)
     provenance = {
         "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
         "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
@@ -134,7 +136,8 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     }
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
-    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
+                                                                       sources))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
@@ -217,7 +220,8 @@ def solve_record(result: astrometry.SolveResult | Exception, tries: int, setting
     if isinstance(result, Exception):
         return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
-                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted,
+                              "input": "sources" if result.from_list else "image"}
     if result.solved:
         record["n_matched"] = result.n_matched
         if result.residual_arcsec is not None:

@@ -18,7 +18,7 @@ cosmic-ray step (~7 s on 4096²), so everything here is done on sparse samples w
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,20 @@ UNUSABLE = MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT  # values that are
 
 
 @dataclass(frozen=True)
+class Sources:
+    """The stars the quality step detected, brightest first: what the plate solve is given
+    (``astrometry``), so that solve-field need not find them in the image again. Pixel coordinates
+    are 0-based (numpy); ``flux`` is the background-subtracted segment sum (electrons)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
 class FrameQuality:
     """The frame's metrics; ``fwhm_px``/``ellipticity`` are None when no star could be measured."""
 
@@ -56,6 +70,7 @@ class FrameQuality:
     ellipticity: float | None  # median 1 - b/a of the same stars
     n_fwhm_stars: int  # how many stars the FWHM and ellipticity are the median of
     masked_fraction: float  # pixels with any MASK bit set
+    sources: Sources | None = field(default=None, compare=False, repr=False)  # the detections that are stars
 
     def fwhm_arcsec(self, pixel_scale_arcsec: float) -> float | None:
         return None if self.fwhm_px is None else self.fwhm_px * pixel_scale_arcsec
@@ -192,18 +207,27 @@ def typical_moment_fwhm(catalog: SourceCatalog, touching: np.ndarray) -> float:
     return float(np.nanmedian(clean)) if np.isfinite(clean).any() else float("nan")
 
 
-def count_stars(catalog: SourceCatalog, touching: np.ndarray) -> int:
-    """Detections that look like stars: not a sharp residue of a masked bad pixel or cosmic-ray hit.
+def star_like(catalog: SourceCatalog, touching: np.ndarray) -> np.ndarray:
+    """Per detection: does it look like a star, not a sharp residue of a masked bad pixel or hit?
 
     A detection touching BAD or COSMIC pixels and sharper than ``SHARP_FRACTION`` of the clean
     detections is what is left around a replaced hit or a dead column, not a star (on a synthetic
     4096² frame: 16 of 111 detections, all of them such residues).
     """
     if len(catalog) == 0:
-        return 0
+        return np.zeros(0, bool)
     fwhm = np.asarray(catalog.fwhm.value)
     sharp = ~(fwhm >= SHARP_FRACTION * typical_moment_fwhm(catalog, touching))  # NaN is sharp too
-    return int(np.count_nonzero(~(touching & sharp)))
+    return ~(touching & sharp)
+
+
+def source_list(catalog: SourceCatalog, keep: np.ndarray) -> Sources:
+    """The kept detections' centroids and fluxes, brightest first (NaN centroids left out)."""
+    x, y = np.asarray(catalog.x_centroid, float), np.asarray(catalog.y_centroid, float)
+    flux = np.asarray(catalog.segment_flux, float)
+    keep = keep & np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    order = np.argsort(-flux[keep], kind="stable")
+    return Sources(x[keep][order], y[keep][order], flux[keep][order])
 
 
 def star_shapes(image: np.ndarray, catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray,
@@ -252,5 +276,6 @@ def measure_frame(data: np.ndarray, mask: np.ndarray, detect_sigma: float = 5.0,
     touching = _touching_replaced(catalog, segments.data, mask)
     fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, noise, max_fit_stars,
                                           typical_moment_fwhm(catalog, touching))
-    n_stars = count_stars(catalog, touching)
-    return FrameQuality(sky, noise, n_stars, fwhm, ellipticity, used, masked_fraction)
+    stars = star_like(catalog, touching)
+    return FrameQuality(sky, noise, int(np.count_nonzero(stars)), fwhm, ellipticity, used, masked_fraction,
+                        source_list(catalog, stars))
