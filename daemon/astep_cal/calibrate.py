@@ -19,6 +19,8 @@ Order (the user's guide's steps, with the old pipeline's unit bug fixed):
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,67 +115,126 @@ def fill_bad_pixels(data: np.ndarray, bad: np.ndarray, fallback: float) -> None:
     data[ys[rest], xs[rest]] = fallback
 
 
+CHUNK_ROWS = 64  # rows per step of the per-pixel passes: a step's temporaries stay in the CPU cache
+
+
+def row_chunks(rows: int) -> Iterator[slice]:
+    """Row slices of CHUNK_ROWS: per-pixel arithmetic done a chunk at a time reads each input once
+    from memory and keeps its temporaries in the cache (2-3x faster than whole-frame numpy
+    expressions on a 4096² frame, and no full-frame temporary)."""
+    for start in range(0, rows, CHUNK_ROWS):
+        yield slice(start, min(start + CHUNK_ROWS, rows))
+
+
 def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: float,
-              noise: MasterNoise | None) -> np.ndarray:
-    """1-sigma uncertainty (electrons) of each calibrated pixel, float32.
+              noise: MasterNoise | None, replaced: np.ndarray | None = None) -> np.ndarray:
+    """1-sigma uncertainty (electrons) of each calibrated pixel, float32; ``REPLACED_ERR`` where
+    ``replaced`` (bad, saturated, cosmic: no measurement there, whatever the flat holds).
 
     In the raw frame (electrons): Poisson noise of what was detected, ``data * flat`` plus the dark
     current; the read noise; the master dark's noise, ``k (read_noise^2 (s^2 + (1 - s)^2) + s * dark)``
     for a dark built from frames with variance factor ``k`` and scaled by ``s`` (the ``(1 - s)`` part:
     the bias it was scaled around, taken as noisy as the dark). Divided by the flat, then the master
     flat's relative variance times ``data^2``. The photon term uses the calibrated (cosmic-cleaned) value
-    as the expected signal, as BANZAI does.
+    as the expected signal, as BANZAI does. Computed a chunk of rows at a time (:func:`row_chunks`).
     """
     noise = noise or MasterNoise()
-    detected = np.clip(data * flat, 0, None)
-    dark_e = (np.clip(noise.dark_current_adu, 0, None) * np.float32(gain) if noise.dark_current_adu is not None
-              else np.float32(0))
     scale = noise.dark_scale
-    variance = detected + dark_e
-    variance += np.float32(read_noise_e ** 2 * (1.0 + noise.dark_k * (scale ** 2 + (1.0 - scale) ** 2)))
-    if noise.dark_k:
-        variance += np.float32(noise.dark_k * scale) * dark_e
-    variance /= flat * flat
-    if noise.flat_var1 or noise.flat_var2:
-        relative = (np.float32(noise.flat_var1 / gain) / flat
-                    + np.float32(noise.flat_var2 * read_noise_e ** 2 / gain ** 2) / (flat * flat))
-        variance += data * data * relative
-    return np.sqrt(variance, dtype=np.float32)
+    constant = np.float32(read_noise_e ** 2 * (1.0 + noise.dark_k * (scale ** 2 + (1.0 - scale) ** 2)))
+    dark_factor = np.float32(gain * (1.0 + noise.dark_k * scale))  # dark current's Poisson and master terms
+    flat1 = np.float32(noise.flat_var1 / gain)
+    flat2 = np.float32(noise.flat_var2 * read_noise_e ** 2 / gain ** 2)
+    error = np.empty(data.shape, np.float32)
+    for rows in row_chunks(data.shape[0]):
+        value, response, out = data[rows], flat[rows], error[rows]
+        if replaced is not None:
+            response = np.where(replaced[rows], np.float32(1), response)
+        np.multiply(value, response, out=out)
+        np.maximum(out, 0, out=out)
+        if noise.dark_current_adu is not None:
+            out += np.maximum(noise.dark_current_adu[rows], 0) * dark_factor
+        out += constant
+        squared = response * response
+        out /= squared
+        if noise.flat_var1 or noise.flat_var2:
+            out += value * value * (flat1 / response + flat2 / squared)
+        np.sqrt(out, out=out)
+        if replaced is not None:
+            out[replaced[rows]] = REPLACED_ERR
+    return error
+
+
+def _first_pass(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, gain: float,
+                saturation_adu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the raw frame and the masters: the electrons ``(raw - dark) / flat * gain``
+    (bad pixels divided by 1), the saturated pixels (on the raw ADU) and the bad ones (the mask's
+    BAD bit, or not finite: NaN from a broken readout)."""
+    data = np.empty(raw.shape, np.float32)
+    saturated = np.empty(raw.shape, bool)
+    bad = np.empty(raw.shape, bool)
+    bad_bit = np.uint8(MaskBit.BAD.value)
+    for rows in row_chunks(raw.shape[0]):
+        values = raw[rows]
+        np.greater_equal(values, saturation_adu, out=saturated[rows])
+        chunk_bad = bad[rows]
+        np.not_equal(pixel_mask[rows] & bad_bit, 0, out=chunk_bad)
+        chunk_bad |= ~np.isfinite(values)
+        out = data[rows]
+        np.subtract(values, dark[rows], out=out, dtype=np.float32)
+        out /= np.where(chunk_bad, np.float32(1), flat[rows])
+        out *= np.float32(gain)
+    return data, saturated, bad
 
 
 def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, *,
                     gain: float, read_noise_e: float, saturation_adu: float,
                     cosmics: CosmicSettings, max_cosmic_pixels: int | None = None,
-                    noise: MasterNoise | None = None) -> CalibratedFrame:
+                    noise: MasterNoise | None = None, timings: dict[str, float] | None = None) -> CalibratedFrame:
     """Dark, flat, gain, bad pixels, cosmic rays and the error map for one frame; no file or state is
-    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact)."""
+    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact).
+    ``timings``, when given, receives the CPU seconds of the steps (``arithmetic``, ``cosmic_rays``,
+    ``error_map``): what ``make bench`` reports per stage."""
     if raw.shape != dark.shape or raw.shape != flat.shape or raw.shape != pixel_mask.shape:
         raise CalibrationError(f"frame is {raw.shape[1]}x{raw.shape[0]} but the masters are "
                                f"{flat.shape[1]}x{flat.shape[0]}")
-    saturated = raw >= saturation_adu
-    bad = (pixel_mask & MaskBit.BAD).astype(bool) | ~np.isfinite(raw)  # NaN from a broken readout
-    usable_flat = np.where(bad, np.float32(1), flat).astype(np.float32)
-    data = np.subtract(raw, dark, dtype=np.float32)
-    data /= usable_flat
-    data *= np.float32(gain)
+    clock = _StepClock(timings)
+    data, saturated, bad = _first_pass(raw, dark, flat, pixel_mask, gain, saturation_adu)
     sky = sky_level(data, ~bad & ~saturated)
     fill_bad_pixels(data, bad, sky)
     saturation_e = float((saturation_adu - np.median(dark[:: max(1, dark.shape[0] // 256)])) * gain)
+    clock.lap("arithmetic")
     cosmic_mask = remove_cosmic_rays(data, bad, saturated, sky, read_noise_e, saturation_e, cosmics,
                                      max_cosmic_pixels)
-    cleaned = data
-    fill_bad_pixels(cleaned, bad, sky)  # again, from neighbours now free of cosmic rays
+    fill_bad_pixels(data, bad, sky)  # again, from neighbours now free of cosmic rays
+    clock.lap("cosmic_rays")
     mask = pixel_mask.astype(np.uint8, copy=True)
-    mask[bad] |= MaskBit.BAD.value
-    mask[saturated] |= MaskBit.SATURATED.value
-    mask[cosmic_mask] |= MaskBit.COSMIC.value
-    error = error_map(cleaned, usable_flat, gain, read_noise_e, noise)
-    error[bad | saturated | cosmic_mask] = REPLACED_ERR
+    mask |= bad.view(np.uint8) * np.uint8(MaskBit.BAD.value)
+    mask |= saturated.view(np.uint8) * np.uint8(MaskBit.SATURATED.value)
+    mask |= cosmic_mask.view(np.uint8) * np.uint8(MaskBit.COSMIC.value)
+    replaced = bad
+    replaced |= saturated
+    replaced |= cosmic_mask
+    error = error_map(data, flat, gain, read_noise_e, noise, replaced)
+    clock.lap("error_map")
     return CalibratedFrame(
-        data=cleaned,
+        data=data,
         mask=mask,
         n_cosmic=int(np.count_nonzero(cosmic_mask)),
         n_saturated=int(np.count_nonzero(saturated)),
         sky_e=sky,
         error=error,
     )
+
+
+class _StepClock:
+    """CPU seconds (all threads of the process) between laps, added to a dict when one is given."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.process_time()
+
+    def lap(self, name: str) -> None:
+        now = time.process_time()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now

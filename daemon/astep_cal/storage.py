@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .faults import checkpoint, file_role
 
@@ -71,6 +73,12 @@ def atomic_write_bytes(path: Path, payload: bytes, make_parents: bool = True) ->
     Writers into the data root pass ``make_parents=False``: if the root was unmounted under us, a
     ``mkdir -p`` would quietly recreate it on the wrong disk instead of failing.
     """
+    atomic_write(path, lambda handle: handle.write(payload), make_parents)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: bool = True) -> None:
+    """Like :func:`atomic_write_bytes`, with ``write`` filling the temporary file itself: a 4096² CAL
+    file (144 MB) goes from the arrays to the file without a serialised copy in memory first."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +92,7 @@ def atomic_write_bytes(path: Path, payload: bytes, make_parents: bool = True) ->
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600: products must be readable by the astronomers
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint(f"temp_written:{role}")
