@@ -20,11 +20,11 @@ Order (the user's guide's steps, with the old pipeline's unit bug fixed):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from .chunks import row_chunks
 from .config import CosmicSettings
 from .cosmics import COSMIC_BYTES_PER_PIXEL, remove_cosmic_rays
 from .masters import MaskBit, MasterNoise
@@ -115,17 +115,6 @@ def fill_bad_pixels(data: np.ndarray, bad: np.ndarray, fallback: float) -> None:
     data[ys[rest], xs[rest]] = fallback
 
 
-CHUNK_ROWS = 64  # rows per step of the per-pixel passes: a step's temporaries stay in the CPU cache
-
-
-def row_chunks(rows: int) -> Iterator[slice]:
-    """Row slices of CHUNK_ROWS: per-pixel arithmetic done a chunk at a time reads each input once
-    from memory and keeps its temporaries in the cache (2-3x faster than whole-frame numpy
-    expressions on a 4096² frame, and no full-frame temporary)."""
-    for start in range(0, rows, CHUNK_ROWS):
-        yield slice(start, min(start + CHUNK_ROWS, rows))
-
-
 def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: float,
               noise: MasterNoise | None, replaced: np.ndarray | None = None) -> np.ndarray:
     """1-sigma uncertainty (electrons) of each calibrated pixel, float32; ``REPLACED_ERR`` where
@@ -136,7 +125,7 @@ def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: flo
     for a dark built from frames with variance factor ``k`` and scaled by ``s`` (the ``(1 - s)`` part:
     the bias it was scaled around, taken as noisy as the dark). Divided by the flat, then the master
     flat's relative variance times ``data^2``. The photon term uses the calibrated (cosmic-cleaned) value
-    as the expected signal, as BANZAI does. Computed a chunk of rows at a time (:func:`row_chunks`).
+    as the expected signal, as BANZAI does. Computed a chunk of rows at a time (``chunks``).
     """
     noise = noise or MasterNoise()
     scale = noise.dark_scale
@@ -164,7 +153,7 @@ def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: flo
     return error
 
 
-def _first_pass(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, gain: float,
+def first_pass(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, gain: float,
                 saturation_adu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass over the raw frame and the masters: the electrons ``(raw - dark) / flat * gain``
     (bad pixels divided by 1), the saturated pixels (on the raw ADU) and the bad ones (the mask's
@@ -198,7 +187,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
         raise CalibrationError(f"frame is {raw.shape[1]}x{raw.shape[0]} but the masters are "
                                f"{flat.shape[1]}x{flat.shape[0]}")
     clock = _StepClock(timings)
-    data, saturated, bad = _first_pass(raw, dark, flat, pixel_mask, gain, saturation_adu)
+    data, saturated, bad = first_pass(raw, dark, flat, pixel_mask, gain, saturation_adu)
     sky = sky_level(data, ~bad & ~saturated)
     fill_bad_pixels(data, bad, sky)
     saturation_e = float((saturation_adu - np.median(dark[:: max(1, dark.shape[0] // 256)])) * gain)
