@@ -15,10 +15,11 @@ import warnings
 
 import numpy as np
 
-def _window_values(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int,
-                   border_only: bool = False) -> np.ndarray:
+def _window_values(image: np.ndarray, excluded: np.ndarray | None, ys: np.ndarray, xs: np.ndarray, half: int,
+                   border_only: bool = False, unless: np.ndarray | None = None) -> np.ndarray:
     """The pixels of ``image`` in the (2 half + 1)² window around each (y, x), NaN where ``excluded``
-    or outside the frame; with ``border_only`` just the window's outer ring. One row per pixel.
+    (None: nothing) but not ``unless``, or outside the frame; with ``border_only`` just the window's
+    outer ring. One row per pixel.
 
     Gathered only at the given pixels (a few thousand), not filtered over the whole frame: a full
     median filter of a 4096² frame would cost more than the cosmic-ray detection itself.
@@ -30,7 +31,12 @@ def _window_values(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: 
     wy, wx = ys[:, None] + dy[None, :], xs[:, None] + dx[None, :]
     inside = (wy >= 0) & (wy < image.shape[0]) & (wx >= 0) & (wx < image.shape[1])
     wy, wx = np.clip(wy, 0, image.shape[0] - 1), np.clip(wx, 0, image.shape[1] - 1)
-    return np.where(inside & ~excluded[wy, wx], image[wy, wx], np.nan).astype(np.float64)
+    if excluded is not None:
+        out = excluded[wy, wx]
+        if unless is not None:
+            out &= ~unless[wy, wx]
+        inside &= ~out
+    return np.where(inside, image[wy, wx], np.nan).astype(np.float64)
 
 
 def _nan_median(values: np.ndarray, default: np.ndarray) -> np.ndarray:
@@ -48,7 +54,7 @@ SOURCE_HALF = 2  # the ring at 2 px whose median tells a star (bright all round)
 
 
 def on_source(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
-              sky_sigma: float) -> np.ndarray:
+              sky_sigma: float, unless: np.ndarray | None = None) -> np.ndarray:
     """Whether each (y, x) lies on a star (or other extended source) rather than on the sky.
 
     The median of the non-excluded pixels on the ring 2 px around the pixel: a star's light surrounds its
@@ -57,26 +63,32 @@ def on_source(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.nda
     used before, is the sky even at a star's core when the PSF is 2.5 px wide: the growth then ate star
     cores as if they were track edges.) The threshold is 1.5 sky sigmas, ~5 sigmas of the ring median.
     Half of the ring at least must be usable: inside a wide track most of it is flagged, and the
-    track's own unflagged pixels would make the rest look like a star.
+    track's own unflagged pixels would make the rest look like a star. ``unless``: excluded pixels
+    that count all the same (filled bad pixels).
     """
-    values = _window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True)
+    values = _window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True, unless=unless)
     ring = _nan_median(values, np.full(len(ys), sky_e))
     return (ring > sky_e + 1.5 * sky_sigma) & (np.isfinite(values).sum(axis=1) >= 8)
 
 
 def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row-major coordinates of the 8-neighbours of ``flagged`` pixels that are neither flagged nor
-    ``excluded``: a 3x3 binary dilation minus the flagged pixels, computed from the few thousand flagged
-    pixels instead of over the whole frame (a full-frame dilation of 4096² costs ~0.25 s a round)."""
-    ys, xs = np.nonzero(flagged)
+    ``excluded``: a 3x3 binary dilation minus the flagged pixels."""
+    return _ring_of(*np.nonzero(flagged), flagged | excluded)
+
+
+def _ring_of(ys: np.ndarray, xs: np.ndarray, taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major coordinates of the 8-neighbours of the pixels (ys, xs) that are not ``taken``,
+    computed from the few thousand pixels instead of over the whole frame (a full-frame dilation of
+    4096² costs ~0.25 s a round)."""
     offsets = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    ny, nx = flagged.shape
+    ny, nx = taken.shape
     yy = (ys[:, None] + offsets[:, 0]).ravel()
     xx = (xs[:, None] + offsets[:, 1]).ravel()
     inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
     linear = np.unique(yy[inside] * nx + xx[inside])
     ry, rx = np.divmod(linear, nx)
-    keep = ~flagged[ry, rx] & ~excluded[ry, rx]
+    keep = ~taken[ry, rx]
     return ry[keep], rx[keep]
 
 
@@ -96,13 +108,14 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray,
     saturated) never join. ``filled``: the bad pixels, whose interpolated values may still tell a star
     (a star centred beside a dead column). Returns only the added pixels.
     """
-    flagged = cosmic.copy()
+    around = cosmic | excluded  # flagged or excluded, kept up to date
+    flagged_y, flagged_x = np.nonzero(cosmic)
+    first_added = len(flagged_y)
     sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
     for _ in range(rounds):
-        ys, xs = _ring(flagged, excluded)
+        ys, xs = _ring_of(flagged_y, flagged_x, around)
         if not len(ys):
             break
-        around = flagged | excluded
         neighbours = _window_values(data, around, ys, xs, 1)
         neighbours[:, 4] = np.nan
         with warnings.catch_warnings():
@@ -115,13 +128,16 @@ def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray,
         with np.errstate(invalid="ignore"):  # NaN (no clean neighbour) counts as standing out
             lone = ~(excess < GROW_NEIGHBOUR_RATIO * (brightest - background))
         hits = lone & (excess > n_sigma * sigma)
-        ring_excluded = around if filled is None else around & ~filled
-        hits[hits] = ~on_source(data, ring_excluded, ys[hits], xs[hits], sky_e, sky_sigma)
-        hits[hits] = ~explained_by_profile(data, flagged | excluded, ys[hits], xs[hits], sky_e, read_noise_e)
+        hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma, unless=filled)
+        around[ys, xs] = False  # the ring's pixels are neither flagged nor excluded (_ring_of)
+        hits[hits] = ~explained_by_profile(data, around, ys[hits], xs[hits], sky_e, read_noise_e)
         if not hits.any():
             break
-        flagged[ys[hits], xs[hits]] = True
-    return flagged & ~cosmic
+        around[ys[hits], xs[hits]] = True
+        flagged_y, flagged_x = np.concatenate([flagged_y, ys[hits]]), np.concatenate([flagged_x, xs[hits]])
+    added = np.zeros(cosmic.shape, bool)
+    added[flagged_y[first_added:], flagged_x[first_added:]] = True
+    return added
 
 
 def flag_beside_bad(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, excluded: np.ndarray, sky_e: float,
@@ -133,10 +149,10 @@ def flag_beside_bad(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, exclu
     L.A.Cosmic can let it through. Each unflagged 8-neighbour of a bad pixel that is on the sky
     (:func:`on_source`) and ``n_sigma`` above the median of the clean 7x7 window is a hit.
     """
-    ys, xs = _ring(bad, cosmic | excluded)
+    around = cosmic | excluded | bad
+    ys, xs = _ring_of(*np.nonzero(bad), around)
     if not len(ys):
         return cosmic
-    around = cosmic | excluded | bad
     background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
     sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
     hits = data[ys, xs] - background > n_sigma * sigma
@@ -162,15 +178,30 @@ def vet_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky
     Returns the cosmic mask without those pixels.
     """
     kept = cosmic.copy()
+    around = cosmic | excluded
+    ys, xs = np.nonzero(cosmic)
     for _ in range(VET_ROUNDS):  # a pixel cleared gives its neighbours' fits one more clean pixel
-        ys, xs = np.nonzero(kept)
         if not len(ys):
             break
-        explained = explained_by_profile(data, kept | excluded, ys, xs, sky_e, read_noise_e, n_sigma)
+        explained = explained_by_profile(data, around, ys, xs, sky_e, read_noise_e, n_sigma)
         if not explained.any():
             break
-        kept[ys[explained], xs[explained]] = False
+        cleared_y, cleared_x = ys[explained], xs[explained]
+        kept[cleared_y, cleared_x] = False
+        around[cleared_y, cleared_x] = excluded[cleared_y, cleared_x]
+        ys, xs = ys[~explained], xs[~explained]
+        # only the fits whose window (up to 7x7) lost a flagged pixel can change their verdict
+        near = _near(ys, xs, cleared_y, cleared_x, STAMP_HALF, cosmic.shape[1])
+        ys, xs = ys[near], xs[near]
     return kept
+
+
+def _near(ys: np.ndarray, xs: np.ndarray, to_y: np.ndarray, to_x: np.ndarray, reach: int, width: int) -> np.ndarray:
+    """Whether each (y, x) is within ``reach`` pixels (Chebyshev) of any (to_y, to_x)."""
+    offsets = np.arange(-reach, reach + 1)
+    around = ((to_y[:, None, None] + offsets[None, :, None]) * (width + 2 * reach + 1)
+              + to_x[:, None, None] + offsets[None, None, :])
+    return np.isin(ys * (width + 2 * reach + 1) + xs, around.ravel())
 
 
 def explained_by_profile(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
@@ -283,16 +314,16 @@ def find_hits_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarra
     above the threshold only).
     """
     sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
-    bright = data > sky_e + peak_sigma * sky_sigma
-    bright &= ~excluded & ~cosmic
-    ys, xs = np.nonzero(bright)
+    ys, xs = np.nonzero(data > sky_e + peak_sigma * sky_sigma)
+    clean = ~excluded[ys, xs] & ~cosmic[ys, xs]
+    ys, xs = ys[clean], xs[clean]
     if not len(ys):
         return cosmic
-    neighbours = _window_values(data, np.zeros_like(cosmic), ys, xs, 1)
+    neighbours = _window_values(data, None, ys, xs, 1)
     neighbours[:, 4] = -np.inf
     peak = data[ys, xs] >= np.nanmax(np.where(np.isnan(neighbours), -np.inf, neighbours), axis=1)
     ys, xs = ys[peak], xs[peak]
-    near_saturation = _window_values(excluded.astype(np.float32), np.zeros_like(cosmic), ys, xs, STAMP_HALF)
+    near_saturation = _window_values(excluded, None, ys, xs, STAMP_HALF)  # 1.0 where excluded (bad, saturated)
     flagged = cosmic.copy()
     offsets = _STAMP_DESIGN[:, 1:3].astype(np.int64)
     stamp_y, stamp_x = ys[:, None] + offsets[None, :, 1], xs[:, None] + offsets[None, :, 0]
