@@ -7,12 +7,12 @@ exactly, where it cannot flag anything, and runs astroscrappy itself only on the
 1. **Screen** (:func:`screen`). L.A.Cosmic flags a pixel only if its Laplacian-to-noise ratio ``s`` is
    above ``sigfrac * sigclip`` (neighbours of a hit) and within two pixels of a "seed" with ``s >
    sigclip``. ``s = L+ / (2 noise)`` where ``L+`` is the clipped Laplacian of the 2x subsampled frame
-   (a function of the pixel and its 4 neighbours, :func:`laplacian_plus`) and ``noise²`` is a 7x7
+   (a function of the pixel and its 4 neighbours, :func:`laplacian_at`) and ``noise²`` is a 7x7
    separable median of ``data + read_noise²``, which is never below the window's minimum. With the
    minimum of the data over 48x48 blocks (:func:`noise_floor`) in place of the median, ``s`` is
    bounded from above: a pixel failing the bound cannot be flagged, whatever the medians turn out to
    be. On a 4096² frame ~0.1 % of the pixels pass (hits and star cores).
-2. **Patches** (:func:`patch_boxes`). The passing pixels, grouped on an 8-pixel grid into connected
+2. **Patches** (:func:`patch_boxes`). The passing pixels, grouped on a 4-pixel grid into connected
    boxes, each widened by ``LACOSMIC_REACH`` pixels: L.A.Cosmic's verdict on a pixel depends only on
    the data within 9 pixels of it (the 7x7 noise and 9x9 fine-structure medians of its 5x5
    neighbourhood, the saturated-star dilation), so inside each box's core the result is the one the
@@ -73,9 +73,8 @@ EDGE_PAD = 8  # mirrored pixels around the frame: L.A.Cosmic misses hits on the 
 
 LACOSMIC_REACH = 9  # L.A.Cosmic's verdict on a pixel depends on the data within this many pixels (niter=1)
 NOISE_BLOCK = 16  # the noise floor is the data minimum over 3x3 blocks of this side (covers any 7x7 window)
-SCREEN_ROWS = 64  # rows per chunk of the Laplacian pass: a chunk's temporaries stay in the CPU cache
 SCREEN_SAFETY = 0.99  # float32 rounding: the screen keeps pixels 1 % below the bound too
-PATCH_GRID = 8  # candidates are grouped on a grid of this many pixels, connected cells form one patch
+PATCH_GRID = 4  # candidates are grouped on a grid of this many pixels, connected cells form one patch
 MOSAIC_WIDTH = 2048  # columns of the image the patches are packed into
 MOSAIC_MAX_FRACTION = 0.5  # patches covering more of the frame than this: the whole-frame run is as cheap
 
@@ -123,33 +122,6 @@ def _mirror(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def laplacian_plus(data: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """L.A.Cosmic's ``L+`` (astroscrappy's ``rebin(clip(laplaceconvolve(subsample(data))))``) of rows
-    ``start:stop``, the frame mirrored at its edges.
-
-    A pixel ``v`` subsampled 2x2 and convolved with the Laplacian kernel gives, in its four sub-pixels,
-    ``2v - up - left``, ``2v - up - right``, ``2v - down - left`` and ``2v - down - right``; ``L+`` is
-    the mean of their positive parts. float32, like astroscrappy.
-    """
-    ny, nx = data.shape
-    block = data[_mirror(np.arange(start - 1, stop + 1), ny)]
-    v = block[1:-1]
-    left, right = np.empty_like(v), np.empty_like(v)
-    left[:, 1:], left[:, 0] = v[:, :-1], v[:, min(1, nx - 1)]
-    right[:, :-1], right[:, -1] = v[:, 1:], v[:, max(nx - 2, 0)]
-    twice = v + v
-    up, down = twice - block[:-2], twice - block[2:]
-    out = np.zeros_like(v)
-    term = np.empty_like(v)
-    for first in (up, down):
-        for second in (left, right):
-            np.subtract(first, second, out=term)
-            np.maximum(term, 0, out=term)
-            out += term
-    out *= np.float32(0.25)
-    return out
-
-
 def noise_floor(data: np.ndarray, read_noise_e: float) -> np.ndarray:
     """A lower bound of L.A.Cosmic's noise (``sqrt(sepmed7(data + read_noise²))``) per NOISE_BLOCK²
     block: the minimum of the data over the block and its 8 neighbours (any 7x7 window around a pixel
@@ -163,15 +135,14 @@ def noise_floor(data: np.ndarray, read_noise_e: float) -> np.ndarray:
     return np.sqrt(np.maximum(minima.astype(np.float64) + read_noise_e ** 2, 1e-5)).astype(np.float32)
 
 
-def _block_threshold(floor: np.ndarray, start: int, stop: int, nx: int, factor: float) -> np.ndarray:
-    """``factor`` times the noise floor, expanded to the pixels of rows ``start:stop``."""
-    rows = np.arange(start, stop) // NOISE_BLOCK
-    columns = np.arange(nx) // NOISE_BLOCK
-    return floor[rows[:, None], columns[None, :]] * np.float32(factor)
+def laplacian_at(data: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """L.A.Cosmic's ``L+`` (astroscrappy's ``rebin(clip(laplaceconvolve(subsample(data))))``) at the
+    given pixels, the frame mirrored at its edges. float32, like astroscrappy.
 
-
-def _laplacian_at(data: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``L+`` at the given pixels only (gathered, mirrored at the edges)."""
+    A pixel ``v`` subsampled 2x2 and convolved with the Laplacian kernel gives, in its four sub-pixels,
+    ``2v - up - left``, ``2v - up - right``, ``2v - down - left`` and ``2v - down - right``; ``L+`` is
+    the mean of their positive parts.
+    """
     ny, nx = data.shape
     v = data[ys, xs]
     up, down = data[_mirror(ys - 1, ny), xs], data[_mirror(ys + 1, ny), xs]
@@ -181,35 +152,53 @@ def _laplacian_at(data: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarra
     return (terms[0] + terms[1] + terms[2] + terms[3]) * np.float32(0.25)
 
 
+def _seed_bound_candidates(data: np.ndarray, floor: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose ``L+`` may exceed ``threshold`` times the noise floor, by a bound that needs no
+    copy of the frame: each of the four terms of ``L+`` is at most ``2v - min(up, down) -
+    min(left, right)``. One pass of views, a NOISE_BLOCK of rows at a time (the floor is then one row
+    of thresholds); the frame's outermost rows and columns are all kept (their neighbours are mirrored)."""
+    ny, nx = data.shape
+    found_y, found_x = [], []
+    for row, top in enumerate(range(1, ny - 1, NOISE_BLOCK)):
+        bottom = min(top + NOISE_BLOCK, ny - 1)
+        limits = np.repeat(floor[np.arange(top, bottom) // NOISE_BLOCK], NOISE_BLOCK, axis=1)[:, 1:nx - 1]
+        bound = np.minimum(data[top - 1: bottom - 1, 1:-1], data[top + 1: bottom + 1, 1:-1])
+        bound += np.minimum(data[top:bottom, :-2], data[top:bottom, 2:])
+        centre = data[top:bottom, 1:-1]
+        np.subtract(centre + centre, bound, out=bound)
+        ys, xs = np.nonzero(bound > limits * np.float32(threshold))
+        found_y.append(ys + top)
+        found_x.append(xs + 1)
+    border = np.zeros(data.shape, bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    ys, xs = np.nonzero(border)
+    return np.concatenate(found_y + [ys]), np.concatenate(found_x + [xs])
+
+
 def screen(data: np.ndarray, read_noise_e: float, sigclip: float, sigfrac: float) -> tuple[np.ndarray, np.ndarray]:
     """Row-major coordinates of every pixel L.A.Cosmic (one iteration) could flag; none else can be.
 
     A seed needs ``L+ > 2 sigclip noise``, a flagged pixel ``L+ > 2 sigfrac sigclip noise`` and a seed
     within 2 pixels (two 3x3 dilations); with :func:`noise_floor` for the noise both conditions are
-    necessary ones. Seeds are found in one cache-friendly pass; the weaker test runs only on the 5x5
-    neighbourhoods of the seeds.
+    necessary ones. Seeds are found among the pixels passing a looser bound that costs a few
+    operations a pixel (:func:`_seed_bound_candidates`), with ``L+`` computed exactly there only; the
+    weaker test runs on the 5x5 neighbourhoods of the seeds.
     """
     ny, nx = data.shape
     floor = noise_floor(data, read_noise_e)
-    seed_y, seed_x = [], []
-    for start in range(0, ny, SCREEN_ROWS):
-        stop = min(start + SCREEN_ROWS, ny)
-        above = laplacian_plus(data, start, stop) > _block_threshold(floor, start, stop, nx,
-                                                                     2 * sigclip * SCREEN_SAFETY)
-        ys, xs = np.nonzero(above)
-        seed_y.append(ys + start)
-        seed_x.append(xs)
-    ys, xs = np.concatenate(seed_y), np.concatenate(seed_x)
+    seed_factor = 2 * sigclip * SCREEN_SAFETY
+    ys, xs = _seed_bound_candidates(data, floor, seed_factor)
+    seeds = laplacian_at(data, ys, xs) > seed_factor * floor[ys // NOISE_BLOCK, xs // NOISE_BLOCK]
+    ys, xs = ys[seeds], xs[seeds]
     if not len(ys):
         return ys, xs
     offsets = np.arange(-2, 3)
-    ny_, nx_ = (ys[:, None, None] + offsets[None, :, None]), (xs[:, None, None] + offsets[None, None, :])
-    ny_, nx_ = np.broadcast_arrays(ny_, nx_)
-    inside = (ny_ >= 0) & (ny_ < ny) & (nx_ >= 0) & (nx_ < nx)
-    linear = np.unique(ny_[inside] * nx + nx_[inside])
-    cy, cx = np.divmod(linear, nx)
+    around_y, around_x = np.broadcast_arrays(ys[:, None, None] + offsets[None, :, None],
+                                             xs[:, None, None] + offsets[None, None, :])
+    inside = (around_y >= 0) & (around_y < ny) & (around_x >= 0) & (around_x < nx)
+    cy, cx = np.divmod(np.unique(around_y[inside] * nx + around_x[inside]), nx)
     weak = 2 * sigclip * sigfrac * SCREEN_SAFETY * floor[cy // NOISE_BLOCK, cx // NOISE_BLOCK]
-    keep = _laplacian_at(data, cy, cx) > weak
+    keep = laplacian_at(data, cy, cx) > weak
     return cy[keep], cx[keep]
 
 
