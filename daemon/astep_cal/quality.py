@@ -30,7 +30,6 @@ from photutils.background import Background2D, MedianBackground
 from photutils.psf import fit_fwhm
 from photutils.segmentation import SourceCatalog, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
-from scipy import ndimage
 
 from .chunks import row_chunks
 from .masters import MaskBit

@@ -91,7 +91,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: 
         raise
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600: products must be readable by the astronomers
-        with os.fdopen(fd, "wb") as handle:
+        os.close(fd)
+        # opened by name: a writer (astropy) may look at the handle's name, which an fdopen'ed
+        # handle gives as a number (astropy's free-space check then fails with AttributeError)
+        with open(temp_name, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -99,11 +102,33 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: 
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
+        if _disk_full(error, path.parent):
             raise StorageUnavailable(f"no space left to write {path.name} in {path.parent}") from error
         raise
     checkpoint(f"renamed:{role}")
     _fsync_directory(path.parent)
+
+
+FULL_BELOW_BYTES = 1 << 20  # a write failed with less than this left free: the disk is full
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT on the error or on the OSError it
+    was raised from, or any OSError with (almost) nothing left free. A writer writing into the file
+    itself need not pass the errno on: astropy's ``writeto`` reports a short write as ``OSError("...
+    requested and ... written")``, then again with a free-space message, neither with an errno."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(error, OSError):
+        return False
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
