@@ -1,8 +1,9 @@
 """How good is a calibrated frame? Sky noise, stars, seeing, masking: what an astronomer looks at first.
 
 Pure functions of a calibrated frame (electrons) and its mask; no file is touched. The numbers go into
-the CAL header, the ledger and the nightly summary, and must be cheap: the per-frame floor is the
-cosmic-ray step (~7 s on 4096²), so everything here is done on sparse samples where a sample suffices:
+the CAL header, the ledger and the nightly summary, and must be cheap: the whole calibration of a
+4096² frame is ~2.4 CPU-s (``make bench``), so everything here is done on sparse samples where a sample
+suffices, and the full-frame passes a chunk of rows at a time:
 
 * sky level: sigma-clipped median of a sparse grid of unmasked pixels; sky noise: the same, about
   the background map (a gradient is not noise);
