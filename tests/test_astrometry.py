@@ -15,6 +15,8 @@ from astropy.wcs import WCS
 from astep_cal import astrometry
 from astep_cal.config import AstrometrySettings
 from astep_cal.devtools.synthetic import NightSpec, make_night
+from astep_cal.products import sources_hdu
+from astep_cal.quality import Sources, measure_frame
 
 SETTINGS = AstrometrySettings()
 
@@ -26,8 +28,9 @@ def raw_night(tmp_path_factory):
     return make_night(root, NightSpec(n_science=2, n_darks=3, n_flats=3, n_flat_darks=3))
 
 
-def _cal_like(raw: Path, directory: Path, drop_pointing: bool = False) -> Path:
-    """A copy of a raw frame shaped like a CAL file: primary image + MASK extension."""
+def _cal_like(raw: Path, directory: Path, drop_pointing: bool = False, n_sources: int | None = None) -> Path:
+    """A copy of a raw frame shaped like a CAL file: primary image + MASK extension, and with
+    ``n_sources`` the SOURCES table of the quality step's ``n_sources`` brightest stars (0: all)."""
     data, header = fits.getdata(raw, header=True)
     if drop_pointing:
         for key in ("RA", "DEC", "OBJCTRA", "OBJCTDEC"):
@@ -35,7 +38,12 @@ def _cal_like(raw: Path, directory: Path, drop_pointing: bool = False) -> Path:
     header["ASTCWCS"] = "pending"
     path = directory / raw.name.replace(".fits", "_CAL.fits")
     mask = fits.ImageHDU(np.zeros(data.shape, np.uint8), name="MASK")
-    fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header), mask]).writeto(path)
+    hdus = [fits.PrimaryHDU(data.astype(np.float32), header), mask]
+    if n_sources is not None:
+        sources = measure_frame(data.astype(np.float32), mask.data).sources
+        keep = slice(None) if n_sources == 0 else slice(n_sources)
+        hdus.append(sources_hdu(Sources(sources.x[keep], sources.y[keep], sources.flux[keep])))
+    fits.HDUList(hdus).writeto(path)
     return path
 
 
@@ -87,6 +95,33 @@ def test_solve_and_merge_matches_the_true_wcs(raw_night, tmp_path, blind):
         assert hdul[0].header["ASTCWCS"] == "solved" and "MASK" in hdul
         assert np.array_equal(hdul[0].data, fits.getdata(raw).astype(np.float32))
     assert list(tmp_path.glob("astep-solve-*")) == []  # the work directory is gone
+
+
+@pytest.mark.parametrize("blind", [False, True], ids=["hinted", "blind"])
+def test_solve_from_the_source_list_matches_the_true_wcs(raw_night, tmp_path, blind):
+    """The quality step's stars handed over as an xylist: solve-field extracts nothing itself, and the
+    solution is as exact as from the image (better: the centroids are measured at full resolution)."""
+    raw = raw_night.science_files[0]
+    cal = _cal_like(raw, tmp_path, drop_pointing=blind, n_sources=0)
+    with fits.open(cal) as hdul:
+        table = hdul["SOURCES"].data
+        assert len(table) >= astrometry.MIN_LISTED_SOURCES and np.all(np.diff(table["FLUX"]) <= 0)
+    result = astrometry.solve(cal, fits.getheader(cal), SETTINGS, tmp_root=tmp_path)
+    assert result.solved, result.error
+    assert result.from_list and result.hinted is (not blind)
+    assert "--x-column" in result.command and "--fits-image" not in result.command
+    assert result.n_matched >= 10
+    astrometry.merge_wcs(cal, result.wcs_header, {})
+    assert _error_px(cal, raw_night, raw.name) < 0.1
+    assert list(tmp_path.glob("astep-solve-*")) == []
+
+
+def test_a_short_source_list_falls_back_to_the_image(raw_night, tmp_path):
+    raw = raw_night.science_files[1]
+    cal = _cal_like(raw, tmp_path, n_sources=astrometry.MIN_LISTED_SOURCES - 1)
+    result = astrometry.solve(cal, fits.getheader(cal), SETTINGS)
+    assert result.solved and not result.from_list and "--fits-image" in result.command
+    assert astrometry.listed_sources(tmp_path / "missing.fits") is None  # unreadable: the image path reports it
 
 
 def test_merging_twice_leaves_one_solution(raw_night, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from astep_cal.devtools.bench import astep_cadence, projection_h
+from astep_cal.devtools.bench import astep_cadence, print_table, projection_h, summarise
 
 
 def test_cadence_and_masters_come_from_the_json_log(tmp_path):
@@ -44,3 +44,50 @@ def test_state_bench_on_a_tiny_archive(tmp_path):
     results = {"archives": {"3": {"record_end_of_night_median_ms": 5.0, "status_s": 3.0, "daemon_state_rss_mb": 1.0}},
                "once_idle": {"nights": 3, "seconds": seconds, "files_changed": changed}}
     assert list(bench_state.check_targets(results).values()) == [True, False, True, True]
+
+
+def _round(steady_s: float, cosmic_cpu_s: float) -> dict:
+    frames = {"stage_read_cpu_s": 0.1, "stage_cosmic_rays_cpu_s": cosmic_cpu_s, "cpu_per_frame_s": 3.0,
+              "cosmic_step_cpu_s": cosmic_cpu_s, "bare_astroscrappy_cpu_s": 10.0, "bare_astroscrappy_wall_s": 6.0,
+              "cosmic_over_bare_cpu": cosmic_cpu_s / 10.0, "removed_ours": 0.999, "removed_bare": 0.77,
+              "hit_pixels": 40000, "core_false_ours": 0, "core_false_bare": 26, "solve_wall_s": 0.2,
+              "solved_from_list": 5, "blind_solved": True, "blind_solve_wall_s": 0.1, "screened_differs_px": 0,
+              "n_frames": 5}
+    return {"baseline": {"wall_s": 400.0, "peak_rss_mb": 5000.0, "master_darks_s": 100.0, "master_flat_s": 40.0,
+                         "ccdmask_s": 100.0, "calibrate_per_frame_s": 21.0, "solve_per_frame_s": 9.0},
+            "floor": {"wall_s": 7.0, "peak_rss_mb": 800.0, "astroscrappy_s": 5.0},
+            "astep_cal": {"wall_s": 45.0, "peak_rss_mb": 1200.0, "calibrate_per_frame_s": 3.0, "solve_per_frame_s": 0.3,
+                          "solved": 5, "masters_s": 30.0, "mask_s": 0.2, "steady_frame_s": steady_s,
+                          "wcs_error_px": 0.002},
+            "frames": frames}
+
+
+def test_issue_targets_are_checked_on_the_medians_and_printed(capsys):
+    """make bench's verdicts: the issue-15 targets and issue 14's cadence bound, MET or MISSED."""
+    summary = summarise([_round(3.5, 1.8), _round(4.5, 3.5), _round(3.9, 1.9)], 5, 2.0)
+    targets = summary["targets"]
+    assert summary["medians"]["astep_cal"]["steady_frame_s"] == 3.9
+    assert targets["issue 15: steady cadence <= 4.0 s"] and targets["issue 15: cosmic-ray step <= 30 % of bare astroscrappy's CPU"]
+    assert targets["issue 14: steady cadence <= 1.1 x 8.23 s"] and targets["issue 15: end to end >= 8x the baseline"]
+    slow = summarise([_round(9.5, 3.5)], 5, 2.0)["targets"]
+    assert not slow["issue 14: steady cadence <= 1.1 x 8.23 s"] and not slow["issue 15: steady cadence <= 4.0 s"]
+    assert not slow["issue 15: cosmic-ray step <= 30 % of bare astroscrappy's CPU"]
+    print_table(summary)
+    out = capsys.readouterr().out
+    assert "cosmic_rays 1.90" in out and "MET     issue 14" in out
+
+
+def test_star_core_false_hits_count_clean_core_pixels_of_unsaturated_stars():
+    import numpy as np
+    from astropy.table import Table
+
+    from astep_cal.devtools.bench_frames import star_core_false_hits
+
+    cosmic = np.zeros((20, 20), bool)
+    hits = np.zeros_like(cosmic)
+    saturated = np.zeros_like(cosmic)
+    cosmic[5, 5] = cosmic[5, 6] = True  # in the core of the star at (5, 5)
+    hits[5, 6] = True  # ... one of them really hit
+    cosmic[15, 15] = saturated[14, 15] = True  # a saturated star: not counted
+    stars = Table({"x": [5.2, 15.0, 10.0], "y": [4.9, 15.0, 10.0]})
+    assert star_core_false_hits(cosmic, hits, saturated, stars) == 1

@@ -43,12 +43,13 @@ def test_compressed_cal_files_are_read_solved_and_scored(compressed_night, capsy
     root, truth, config = compressed_night
     code, _, events = _run(capsys, root, config)
     assert code == 0
-    assert sum(e["event"] == "frame_solved" for e in events) == 2  # solve-field got a plain copy
+    assert sum(e["event"] == "frame_solved" for e in events) == 2  # from the SOURCES table
     for raw in truth.science_files:
         path = next(root.rglob(names.cal_name(raw.name)))
         with fits.open(path) as hdul:
-            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
-            assert all(isinstance(h, fits.CompImageHDU) for h in hdul[1:])
+            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK", "SOURCES"]
+            assert all(isinstance(h, fits.CompImageHDU) for h in hdul[1:4])
+            assert isinstance(hdul["SOURCES"], fits.BinTableHDU) and len(hdul["SOURCES"].data) > 20
             assert hdul["SCI"].header["ASTCWCS"] == "solved" and hdul["SCI"].header["ASTCRAW"] == raw.name
             assert hdul["MASK"].data.dtype == np.uint8 and hdul["ERR"].data.dtype == np.float32
         score = score_frame(path, truth, raw.name)
@@ -90,7 +91,7 @@ def test_plain_cal_files_and_masters_pass_fitsverify(solved_night):
         assert _fitsverify_errors(path) is None, path
         with fits.open(path) as hdul:
             if path.name.endswith("_CAL.fits"):
-                assert [h.name for h in hdul] == ["PRIMARY", "ERR", "MASK"]
+                assert [h.name for h in hdul] == ["PRIMARY", "ERR", "MASK", "SOURCES"]
 
 
 def test_quantisation_noise_is_small_next_to_the_sky_noise(compressed_night, tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astep_cal.calibrate import _LEAKY_DILATE5, CalibrationError, calibrate_frame, dilate5_without_leak
+from astep_cal.calibrate import CalibrationError, calibrate_frame
+from astep_cal.cosmics import _LEAKY_DILATE5, dilate5_without_leak
 from astep_cal.config import CosmicSettings
 from astep_cal.masters import MaskBit
 
@@ -78,7 +79,7 @@ def test_banded_cosmic_detection_matches_whole_frame():
 def test_ring_is_the_3x3_dilation_minus_flagged_and_excluded():
     from scipy.ndimage import binary_dilation
 
-    from astep_cal.calibrate import _ring
+    from astep_cal.cosmic_checks import _ring
 
     rng = np.random.default_rng(5)
     flagged = rng.random((60, 50)) < 0.02
@@ -97,10 +98,15 @@ def _anonymous_kb() -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon:")))
 
 
-def test_cosmic_ray_step_does_not_leak_a_frame_per_call():
+def test_cosmic_ray_step_does_not_leak_a_frame_per_call(monkeypatch):
     """astroscrappy 1.3.0 loses nx*ny bytes in every detect_cosmics call (its dilate5 scratch array):
-    fatal to a daemon calibrating 1000 frames of 4096² a night. 20 frames of 512² would leak 5.4 MB."""
+    fatal to a daemon calibrating 1000 frames of 4096² a night. 20 frames of 512² would leak 5.4 MB.
+    The whole-frame path is forced (the screened one hands astroscrappy a mosaic of a few kB only)."""
+    from astep_cal import cosmics
+
+    monkeypatch.setattr(cosmics, "MOSAIC_MAX_FRACTION", 0.0)
     raw, dark, flat, _ = _scene(shape=(512, 512))
+    raw[100, 100:106] += 6000  # a hit, so that astroscrappy runs
     mask = np.zeros(raw.shape, np.uint8)
 
     def calibrate():
@@ -113,6 +119,12 @@ def test_cosmic_ray_step_does_not_leak_a_frame_per_call():
     for _ in range(20):
         calibrate()
     assert _anonymous_kb() - before < 1500
+
+
+def test_the_leak_workaround_is_what_astroscrappy_calls():
+    import astroscrappy.astroscrappy as core
+
+    assert core.dilate5 is dilate5_without_leak
 
 
 def test_the_leak_free_dilation_is_astroscrappy_own():

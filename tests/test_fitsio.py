@@ -1,6 +1,7 @@
 """Atomic writes and band reads."""
 
 import numpy as np
+import pytest
 from astropy.io import fits
 
 from astep_cal.fitsio import atomic_write_hdul, iter_row_bands
@@ -31,3 +32,36 @@ def test_row_bands_apply_bzero_and_cover_every_row(tmp_path):
     assert [(r.start, r.stop) for r in rows] == [(0, 10), (10, 20), (20, 30), (30, 37)]
     stacked = np.concatenate([stack[1] for _, stack in iter_row_bands([path, path], 37, 10)])
     assert np.array_equal(stacked, data.astype(np.float32))
+
+
+def test_a_fits_write_fails_cleanly_and_a_full_disk_is_told_apart(tmp_path, monkeypatch):
+    """CAL files are written straight into the temporary file. A failed write leaves nothing behind;
+    ENOSPC, even when the writer re-raises it without errno (astropy adds a free-space message), is
+    StorageUnavailable; another error on a disk with room stays what it is."""
+    import errno
+
+    from astep_cal import storage
+    from astep_cal.fitsio import atomic_write_hdul
+
+    hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((64, 64), np.float32))])
+
+    def failing(error):
+        def write(handle):
+            handle.write(b"partial")
+            try:
+                raise error
+            except OSError as original:
+                raise OSError("Not enough space on disk: " + str(original))  # errno lost, as astropy does
+        return write
+
+    with pytest.raises(storage.StorageUnavailable):
+        storage.atomic_write(tmp_path / "a.fits", failing(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(OSError, match="Not enough space") as raised:
+        storage.atomic_write(tmp_path / "b.fits", failing(OSError("262144 requested and 202336 written")))
+    assert not isinstance(raised.value, storage.StorageUnavailable)  # the disk has room: not a full disk
+    monkeypatch.setattr(storage, "FULL_BELOW_BYTES", 1 << 62)  # now nothing counts as free
+    with pytest.raises(storage.StorageUnavailable):
+        storage.atomic_write(tmp_path / "c.fits", failing(OSError("262144 requested and 202336 written")))
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_hdul(tmp_path / "d.fits", hdul)
+    assert fits.getdata(tmp_path / "d.fits").shape == (64, 64)

@@ -198,7 +198,37 @@ def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
     configure("json", "info")
     odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ
                           n_cosmic=0, n_saturated=0, sky_e=1.0)
-    cards, record = frame_quality(odd, load_settings(None), get_logger(frame="odd.fits"))
+    cards, record, _ = frame_quality(odd, load_settings(None), get_logger(frame="odd.fits"))
     assert cards == {} and record["error"]
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert any(e["event"] == "quality_failed" and e["frame"] == "odd.fits" for e in logged)
+
+
+def test_source_list_holds_the_stars_brightest_first_at_their_true_places():
+    """The SOURCES list the plate solve is given: every bright star, 0-based centroids within 0.1 px
+    of the truth, sorted by flux."""
+    bright = np.geomspace(30, 3000, 36)
+    data, mask = grid_frame(2.5, bright)
+    sources = measure_frame(data, mask).sources
+    assert len(sources) == 36 and np.all(np.diff(sources.flux) <= 0)
+    rng = np.random.default_rng(3)  # grid_frame's positions, drawn again
+    centres = (np.arange(6) + 0.5) * 512 / 6
+    x, y = np.meshgrid(centres, centres)
+    true_x = x.ravel() + rng.uniform(-0.5, 0.5, 36)
+    true_y = y.ravel() + rng.uniform(-0.5, 0.5, 36)
+    offsets = np.hypot(sources.x[:, None] - true_x[None, :], sources.y[:, None] - true_y[None, :]).min(axis=1)
+    assert np.median(offsets) < 0.1 and offsets.max() < 0.3
+    nearest = np.hypot(sources.x[0] - true_x, sources.y[0] - true_y).argmin()
+    assert nearest == 35  # the brightest star listed first
+
+
+def test_chunked_gaussian_is_scipys():
+    from scipy import ndimage
+
+    from astep_cal.quality import gaussian_smooth
+
+    rng = np.random.default_rng(2)
+    for shape in [(5, 9), (130, 70), (300, 257)]:
+        image = rng.normal(500, 30, shape).astype(np.float32)
+        expected = ndimage.gaussian_filter(image, 1.0, truncate=2.5)
+        assert np.allclose(gaussian_smooth(image, 1.0, 2.5), expected, atol=1e-3)

@@ -288,13 +288,18 @@ def test_interrupt_ends_the_workers_solve_fields(tmp_path):
     traceback, and no solve-field outlives it."""
     root = tmp_path / "root"
     make_night(root, small_spec(), truth_dir=tmp_path / "truth")
+    # solve-field is given an xylist in its work directory (no path under the root): the work
+    # directories are put under tmp_path to tell this run's solves from any other's
+    work = tmp_path / "tmp"
+    work.mkdir()
     process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "reprocess", str(root), "--workers", "2"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TMPDIR=str(work)))
     deadline = time.monotonic() + 120
     sessions: set[int] = set()
     while time.monotonic() < deadline and not sessions and process.poll() is None:
-        sessions = _solver_sessions(root)
-        time.sleep(0.02)
+        sessions = _solver_sessions(work)
+        time.sleep(0.005)
     assert sessions, "no solve-field was seen running"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

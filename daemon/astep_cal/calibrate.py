@@ -9,50 +9,28 @@ Order (the user's guide's steps, with the old pipeline's unit bug fixed):
 5. bad pixels are filled from their neighbours along the row (interpolated across a bad column), still
    flagged ``BAD``: the frame stays smooth where they were, so they pass neither for stars nor for
    cosmic rays, and a star beside a dead column keeps a usable profile;
-6. cosmic rays are found and replaced by astroscrappy (L.A.Cosmic) on the data *in electrons*, so its
-   gain is 1 and its saturation level is the electron equivalent of the raw saturation level. The
-   bad pixels are *not* given as ``inmask``: astroscrappy's ``update_mask`` grows the input mask by one
-   pixel (``dilate3``) and never looks at masked pixels, so every hit in the 8 neighbours of a bad
-   pixel went undetected (a dead column hid three columns). Filled bad pixels need no mask;
+6. cosmic rays are found and replaced (``cosmics``: L.A.Cosmic where a hit is possible, then the
+   checks of ``cosmic_checks`` beside defects and on stars) on the data *in electrons*, so
+   astroscrappy's gain is 1 and its saturation level is the electron equivalent of the raw saturation
+   level. The bad pixels are *not* given to it as ``inmask`` (see ``cosmics``): filled, they need no mask;
 7. the uncertainty of every pixel (``ERR``, electrons, 1 sigma): photon noise of the signal and the dark
    current, read noise, and the noise of the master dark and master flat (:class:`MasterNoise`).
 """
 
 from __future__ import annotations
 
-import warnings
+import time
 from dataclasses import dataclass
 
-import astroscrappy
-import astroscrappy.astroscrappy as _scrappy_core
 import numpy as np
 
+from .chunks import row_chunks
 from .config import CosmicSettings
+from .cosmics import COSMIC_BYTES_PER_PIXEL, remove_cosmic_rays
 from .masters import MaskBit, MasterNoise
 
-
-_LEAKY_DILATE5 = getattr(_scrappy_core, "dilate5", None)
-
-
-def dilate5_without_leak(data: np.ndarray, niter: int) -> np.ndarray:
-    """astroscrappy's ``dilate5``, one iteration at a time.
-
-    Every ``detect_cosmics`` call dilates the saturation mask with ``dilate5(satpixels, 2)``; for
-    ``niter > 1`` its C helper ``PyDilate5`` (``utils/imutils.c``, astroscrappy 1.3.0) mallocs an
-    ``nx * ny`` byte scratch array and never frees it: one frame's worth of bytes lost per call, 17 MB a
-    4096² frame, ~17 GB for a 1000-frame night in the long-running daemon (found by ``make soak``:
-    +0.84 MB a night of three 512² frames, none of it Python objects). With ``niter == 1`` the helper
-    returns before that allocation, and n single passes are the same dilation as one call of n
-    iterations (the helper copies the output back in as the next input), so the result is identical.
-    """
-    output = _LEAKY_DILATE5(data, 1)
-    for _ in range(niter - 1):
-        output = _LEAKY_DILATE5(output, 1)
-    return output
-
-
-if _LEAKY_DILATE5 is not None:  # detect_cosmics looks dilate5 up in its module's globals at each call
-    _scrappy_core.dilate5 = dilate5_without_leak
+__all__ = ["COSMIC_BYTES_PER_PIXEL", "CalibratedFrame", "CalibrationError", "REPLACED_ERR", "calibrate_frame",
+           "error_map", "fill_bad_pixels", "sky_level"]
 
 
 class CalibrationError(ValueError):
@@ -72,51 +50,11 @@ class CalibratedFrame:
 REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (README)
 
 
-
-
 def sky_level(data: np.ndarray, usable: np.ndarray) -> float:
     """Median of the usable pixels on a sparse grid: the sky, cheaply (stars are a small fraction)."""
     step = max(1, data.shape[0] // 512)
     sample = data[::step, ::step][usable[::step, ::step]]
     return float(np.median(sample)) if sample.size else 0.0
-
-
-COSMIC_BYTES_PER_PIXEL = 64  # astroscrappy's peak working memory per pixel (measured ~1 GB for 4096²)
-COSMIC_BAND_MARGIN = 32  # rows of context above and below a band: well beyond L.A.Cosmic's 7x7 filters
-
-
-EDGE_PAD = 8  # mirrored pixels around the frame: L.A.Cosmic misses hits on the outermost rows otherwise
-
-
-def _detect_padded(data: np.ndarray, **parameters) -> tuple[np.ndarray, np.ndarray]:
-    """astroscrappy with the frame mirrored outwards by EDGE_PAD pixels, so edge hits look like hits."""
-    padded = np.pad(data, EDGE_PAD, mode="reflect")
-    cosmic, cleaned = astroscrappy.detect_cosmics(padded, **parameters)
-    inner = (slice(EDGE_PAD, -EDGE_PAD), slice(EDGE_PAD, -EDGE_PAD))
-    return cosmic[inner], cleaned[inner]
-
-
-def detect_cosmics_in_bands(data: np.ndarray, max_pixels: int | None, **parameters) -> tuple[np.ndarray, np.ndarray]:
-    """astroscrappy on the whole frame, or on overlapping row bands when memory is short.
-
-    Each band is processed with ``COSMIC_BAND_MARGIN`` extra rows on both sides and only its centre
-    is kept, so the result matches a whole-frame run while peak memory follows the band, not the
-    frame: this is how ``--mem-limit`` also bounds the cosmic-ray step. No ``inmask`` is passed (see
-    the module's docstring): the bad pixels must have been filled first (:func:`fill_bad_pixels`).
-    """
-    rows = data.shape[0]
-    if max_pixels is None or data.size <= max_pixels:
-        return _detect_padded(data, **parameters)
-    height = max(4 * COSMIC_BAND_MARGIN, max_pixels // data.shape[1] - 2 * COSMIC_BAND_MARGIN)
-    mask = np.zeros(data.shape, dtype=bool)
-    cleaned = np.empty_like(data)
-    for start in range(0, rows, height):
-        stop = min(start + height, rows)
-        lo, hi = max(0, start - COSMIC_BAND_MARGIN), min(rows, stop + COSMIC_BAND_MARGIN)
-        band_mask, band_clean = _detect_padded(data[lo:hi], **parameters)
-        mask[start:stop] = band_mask[start - lo: stop - lo]
-        cleaned[start:stop] = band_clean[start - lo: stop - lo]
-    return mask, cleaned
 
 
 FILL_MAX_GAP = 16  # widest run of bad pixels interpolated across; wider runs take the other axis or the sky
@@ -177,399 +115,115 @@ def fill_bad_pixels(data: np.ndarray, bad: np.ndarray, fallback: float) -> None:
     data[ys[rest], xs[rest]] = fallback
 
 
-def _window_values(image: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int,
-                   border_only: bool = False) -> np.ndarray:
-    """The pixels of ``image`` in the (2 half + 1)² window around each (y, x), NaN where ``excluded``
-    or outside the frame; with ``border_only`` just the window's outer ring. One row per pixel.
-
-    Gathered only at the given pixels (a few thousand), not filtered over the whole frame: a full
-    median filter of a 4096² frame would cost more than the cosmic-ray detection itself.
-    """
-    offsets = np.arange(-half, half + 1)
-    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
-    keep = (np.maximum(abs(dy), abs(dx)) == half) if border_only else np.ones(dy.shape, bool)
-    dy, dx = dy[keep], dx[keep]
-    wy, wx = ys[:, None] + dy[None, :], xs[:, None] + dx[None, :]
-    inside = (wy >= 0) & (wy < image.shape[0]) & (wx >= 0) & (wx < image.shape[1])
-    wy, wx = np.clip(wy, 0, image.shape[0] - 1), np.clip(wx, 0, image.shape[1] - 1)
-    return np.where(inside & ~excluded[wy, wx], image[wy, wx], np.nan).astype(np.float64)
-
-
-def _nan_median(values: np.ndarray, default: np.ndarray) -> np.ndarray:
-    """Row medians ignoring NaN; ``default`` for a row with no value at all."""
-    if not len(values):
-        return np.empty(0, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        medians = np.nanmedian(values, axis=1)
-    return np.where(np.isfinite(medians), medians, default)
-
-
-REPAIR_HALF = 3  # the 7x7 window whose clean pixels estimate the sky under a hit
-SOURCE_HALF = 2  # the ring at 2 px whose median tells a star (bright all round) from a track (bright along a line)
-
-
-def on_source(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
-              sky_sigma: float) -> np.ndarray:
-    """Whether each (y, x) lies on a star (or other extended source) rather than on the sky.
-
-    The median of the non-excluded pixels on the ring 2 px around the pixel: a star's light surrounds its
-    core pixels on every side, so that ring stands above the sky; a cosmic-ray track is a line, which
-    crosses the 16-pixel ring at most 2-4 times and leaves its median at the sky. (A 7x7 window median,
-    used before, is the sky even at a star's core when the PSF is 2.5 px wide: the growth then ate star
-    cores as if they were track edges.) The threshold is 1.5 sky sigmas, ~5 sigmas of the ring median.
-    Half of the ring at least must be usable: inside a wide track most of it is flagged, and the
-    track's own unflagged pixels would make the rest look like a star.
-    """
-    values = _window_values(data, excluded, ys, xs, SOURCE_HALF, border_only=True)
-    ring = _nan_median(values, np.full(len(ys), sky_e))
-    return (ring > sky_e + 1.5 * sky_sigma) & (np.isfinite(values).sum(axis=1) >= 8)
-
-
-def _ring(flagged: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major coordinates of the 8-neighbours of ``flagged`` pixels that are neither flagged nor
-    ``excluded``: a 3x3 binary dilation minus the flagged pixels, computed from the few thousand flagged
-    pixels instead of over the whole frame (a full-frame dilation of 4096² costs ~0.25 s a round)."""
-    ys, xs = np.nonzero(flagged)
-    offsets = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    ny, nx = flagged.shape
-    yy = (ys[:, None] + offsets[:, 0]).ravel()
-    xx = (xs[:, None] + offsets[:, 1]).ravel()
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    linear = np.unique(yy[inside] * nx + xx[inside])
-    ry, rx = np.divmod(linear, nx)
-    keep = ~flagged[ry, rx] & ~excluded[ry, rx]
-    return ry[keep], rx[keep]
-
-
-GROW_NEIGHBOUR_RATIO = 0.7
-
-
-def grow_cosmic_mask(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float, read_noise_e: float,
-                     n_sigma: float = 3.0, rounds: int = 2, filled: np.ndarray | None = None) -> np.ndarray:
-    """The faint edges of cosmic-ray tracks that L.A.Cosmic leaves (wide and diagonal tracks).
-
-    A neighbour of a flagged pixel joins the mask when it stands ``n_sigma`` above the local clean
-    background, its excess is at least ``GROW_NEIGHBOUR_RATIO`` of its brightest clean neighbour's (a
-    track is about as bright all across; a star's pixel has a neighbour towards the core at least 1.5
-    times brighter, for a PSF of FWHM 2.5 px or more), and it is not on a star (:func:`on_source`): a hit on a star's wing must not spread into its core.
-    nor explained by a star's profile (:func:`explained_by_profile`: a faint star's core, whose ring
-    is barely above the sky). Repeated ``rounds`` times, so a three-pixel-wide track is covered. ``excluded`` pixels (bad,
-    saturated) never join. ``filled``: the bad pixels, whose interpolated values may still tell a star
-    (a star centred beside a dead column). Returns only the added pixels.
-    """
-    flagged = cosmic.copy()
-    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
-    for _ in range(rounds):
-        ys, xs = _ring(flagged, excluded)
-        if not len(ys):
-            break
-        around = flagged | excluded
-        neighbours = _window_values(data, around, ys, xs, 1)
-        neighbours[:, 4] = np.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            brightest = np.nanmax(neighbours, axis=1)
-        around[ys, xs] = True
-        background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
-        sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
-        excess = data[ys, xs] - background
-        with np.errstate(invalid="ignore"):  # NaN (no clean neighbour) counts as standing out
-            lone = ~(excess < GROW_NEIGHBOUR_RATIO * (brightest - background))
-        hits = lone & (excess > n_sigma * sigma)
-        ring_excluded = around if filled is None else around & ~filled
-        hits[hits] = ~on_source(data, ring_excluded, ys[hits], xs[hits], sky_e, sky_sigma)
-        hits[hits] = ~explained_by_profile(data, flagged | excluded, ys[hits], xs[hits], sky_e, read_noise_e)
-        if not hits.any():
-            break
-        flagged[ys[hits], xs[hits]] = True
-    return flagged & ~cosmic
-
-
-def flag_beside_bad(data: np.ndarray, cosmic: np.ndarray, bad: np.ndarray, excluded: np.ndarray, sky_e: float,
-                    read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
-    """Hits on the sky right beside a bad pixel that L.A.Cosmic may still miss: a new cosmic mask.
-
-    A bad pixel is filled by interpolating its neighbours before the search, so a hit beside it is
-    copied, halved, into it: a track along a dead column becomes two pixels wide and smooth, and
-    L.A.Cosmic can let it through. Each unflagged 8-neighbour of a bad pixel that is on the sky
-    (:func:`on_source`) and ``n_sigma`` above the median of the clean 7x7 window is a hit.
-    """
-    ys, xs = _ring(bad, cosmic | excluded)
-    if not len(ys):
-        return cosmic
-    around = cosmic | excluded | bad
-    background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), data[ys, xs])
-    sigma = np.sqrt(np.clip(background, 0, None) + read_noise_e ** 2)
-    hits = data[ys, xs] - background > n_sigma * sigma
-    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
-    hits[hits] = ~on_source(data, around, ys[hits], xs[hits], sky_e, sky_sigma)
-    flagged = cosmic.copy()
-    flagged[ys[hits], xs[hits]] = True
-    return flagged
-
-
-VET_ROUNDS = 3  # passes of vet_on_stars
-PROFILE_TOLERANCE = 0.1  # fraction of a star pixel's signal a Gaussian profile may miss on a real PSF
-
-
-def vet_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
-                 read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
-    """Drop flagged pixels that a star's own profile explains: undersampled star cores and wings.
-
-    With a 2.5 px FWHM a star's peak is as sharp as a cosmic ray to L.A.Cosmic, which flags it; the
-    replacement then cut the peak off. A flagged pixel whose value is within ``n_sigma`` (plus
-    ``PROFILE_TOLERANCE`` of its signal) of what the profile fitted to its unflagged neighbours
-    predicts (:func:`profile_values`; pixels without enough star around them are kept) is not a hit.
-    Returns the cosmic mask without those pixels.
-    """
-    kept = cosmic.copy()
-    for _ in range(VET_ROUNDS):  # a pixel cleared gives its neighbours' fits one more clean pixel
-        ys, xs = np.nonzero(kept)
-        if not len(ys):
-            break
-        explained = explained_by_profile(data, kept | excluded, ys, xs, sky_e, read_noise_e, n_sigma)
-        if not explained.any():
-            break
-        kept[ys[explained], xs[explained]] = False
-    return kept
-
-
-def explained_by_profile(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
-                         read_noise_e: float, n_sigma: float = 5.0) -> np.ndarray:
-    """Whether each pixel's value is what a star's profile fitted to the clean pixels around it
-    predicts, within ``n_sigma`` plus ``PROFILE_TOLERANCE`` of the signal (False where no star-like
-    profile can be fitted: the sky, a track)."""
-    predicted = profile_values(data, excluded, ys, xs, sky_e, read_noise_e, np.full(len(ys), np.nan, np.float32))
-    sigma = np.sqrt(np.clip(predicted, 0, None) + read_noise_e ** 2)
-    with np.errstate(invalid="ignore"):
-        return (np.abs(data[ys, xs] - predicted)
-                < n_sigma * sigma + PROFILE_TOLERANCE * np.clip(predicted - sky_e, 0, None))
-
-
-PROFILE_HALF = 2  # the 5x5 window a star's local profile is fitted on
-STAMP_HALF = 3  # the 7x7 stamp a whole star is fitted on when looking for hits on it
-
-
-def _log_quadratic_design(half: int) -> np.ndarray:
-    """Columns 1, x, y, x², y², xy over a (2 half + 1)² window (row-major, like :func:`_window_values`)."""
-    dy, dx = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1), indexing="ij")
-    dy, dx = dy.ravel().astype(np.float64), dx.ravel().astype(np.float64)
-    return np.stack([np.ones_like(dx), dx, dy, dx * dx, dy * dy, dx * dy], axis=1)
-
-
-_PROFILE_DESIGN = _log_quadratic_design(PROFILE_HALF)
-_STAMP_DESIGN = _log_quadratic_design(STAMP_HALF)
-
-
-def _star_like(coefficients: np.ndarray) -> np.ndarray:
-    """Whether fitted log-quadratics (rows of a, bx, by, cxx, cyy, cxy) describe a star: a peak
-    curved downwards in every direction (a track's ridge is flat along the track), at most 4 times
-    more curved one way than the other, as wide as a PSF (Gaussian sigma 0.5-4 px), centred within
-    3.5 px of the pixel."""
-    cxx, cyy, cxy = coefficients[:, 3], coefficients[:, 4], coefficients[:, 5]
-    hessian = np.stack([np.stack([2 * cxx, cxy], -1), np.stack([cxy, 2 * cyy], -1)], -2)
-    with np.errstate(all="ignore"):
-        low, high = np.linalg.eigvalsh(hessian).T  # low <= high; a peak needs both < 0
-        curved = (high < 0) & (low >= 4 * high) & (-low <= 4.0) & (-high >= 1 / 16)
-        centre = np.linalg.solve(np.where(curved[:, None, None], hessian, np.eye(2)),
-                                 -coefficients[:, 1:3, None])[:, :, 0]
-    return curved & (np.hypot(centre[:, 0], centre[:, 1]) <= 3.5)
-
-
-def fit_star_profiles(values: np.ndarray, sky_e: float, read_noise_e: float,
-                      design: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gaussian profiles fitted to windows of sky-subtracted ``values`` (one row per window, NaN for
-    pixels left out): a weighted least-squares quadratic in log(value) over the pixels significantly
-    above the sky (2 sigma), weighted by their signal-to-noise squared (the error of a logarithm).
-
-    Returns the coefficients (a, bx, by, cxx, cyy, cxy) per window, whether the fit is usable (8 or
-    more pixels and :func:`_star_like`), and the brightest pixel used (to bound extrapolations).
-    """
-    variance = np.clip(values + sky_e, 0, None) + read_noise_e ** 2
-    with np.errstate(invalid="ignore"):
-        usable = np.isfinite(values) & (values > 2.0 * np.sqrt(np.where(np.isfinite(variance), variance, 1.0)))
-    signal = np.where(usable, values, 1.0)
-    weight = np.where(usable, signal ** 2 / np.where(usable, variance, 1.0), 0.0)
-    target = np.log(np.clip(signal, 1e-3, None))
-    normal = np.einsum("kp,pi,pj->kij", weight, design, design) + 1e-9 * np.eye(design.shape[1])[None]
-    rhs = np.einsum("kp,pi,kp->ki", weight, design, target)
-    good = usable.sum(axis=1) >= 8
-    coefficients = np.zeros((len(values), design.shape[1]))
-    if good.any():
-        with np.errstate(all="ignore"):
-            coefficients[good] = np.linalg.solve(normal[good], rhs[good][:, :, None])[:, :, 0]
-        good &= np.all(np.isfinite(coefficients), axis=1) & _star_like(coefficients)
-    brightest = np.max(np.where(usable, values, -np.inf), axis=1)
-    return coefficients, good, brightest
-
-
-def profile_values(data: np.ndarray, excluded: np.ndarray, ys: np.ndarray, xs: np.ndarray, sky_e: float,
-                   read_noise_e: float, fallback: np.ndarray) -> np.ndarray:
-    """The value a star's profile predicts at each (y, x), from the clean pixels around it.
-
-    A star's core is close to a Gaussian, whose logarithm is a quadratic in (x, y): the profile
-    fitted to the 5x5 window (:func:`fit_star_profiles`, pixels not ``excluded``; the 7x7 one when
-    too much of the 5x5 is excluded, e.g. a whole core flagged beside a dead column) gives the missing
-    pixel on the profile, where a mean or median of the neighbours would cut the peak off. The
-    estimate is bounded by twice the window's brightest clean pixel. Only a star-like fit is used (a
-    round peak, not the ridge of a wide cosmic-ray track nor a one-pixel spike); otherwise
-    ``fallback``.
-    """
-    result = np.asarray(fallback, dtype=np.float64).copy()
-    todo = np.arange(len(ys))
-    for half, design in ((PROFILE_HALF, _PROFILE_DESIGN), (STAMP_HALF, _STAMP_DESIGN)):
-        if not len(todo):
-            break
-        values = _window_values(data, excluded, ys[todo], xs[todo], half) - sky_e
-        values[:, values.shape[1] // 2] = np.nan  # the pixel itself is what is being predicted
-        coefficients, good, brightest = fit_star_profiles(values, sky_e, read_noise_e, design)
-        with np.errstate(all="ignore"):
-            estimate = sky_e + np.minimum(np.exp(np.clip(coefficients[:, 0], -50, 50)), 2.0 * brightest)
-        result[todo[good]] = estimate[good]
-        todo = todo[~good]
-    return result.astype(np.float32)
-
-
-def find_hits_on_stars(data: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
-                       read_noise_e: float, n_sigma: float = 5.0, peak_sigma: float = 10.0) -> np.ndarray:
-    """Hits on stars that L.A.Cosmic lets through: a new cosmic mask.
-
-    L.A.Cosmic's ``objlim`` protects star cores by refusing anything on a bright, smooth source, so a
-    hit on a bright star's wing stays: the star's flux is then silently wrong. Each star (a local
-    maximum ``peak_sigma`` sky sigmas above the sky, not saturated) gets a Gaussian profile fitted
-    over its 7x7 stamp (:func:`fit_star_profiles`); a clean pixel more than ``n_sigma`` plus
-    ``PROFILE_TOLERANCE`` of the model above it is a hit. The fit is made robust to the hits it looks
-    for: the first leaves out the stamp's local maxima (a hit, or the star's peak, which a Gaussian
-    does not need), the next two what stood 3 sigma out of the previous one. Costs the stars' number, not the frame's size (the peaks are found among the pixels
-    above the threshold only).
-    """
-    sky_sigma = float(np.sqrt(max(sky_e, 0.0) + read_noise_e ** 2))
-    bright = data > sky_e + peak_sigma * sky_sigma
-    bright &= ~excluded & ~cosmic
-    ys, xs = np.nonzero(bright)
-    if not len(ys):
-        return cosmic
-    neighbours = _window_values(data, np.zeros_like(cosmic), ys, xs, 1)
-    neighbours[:, 4] = -np.inf
-    peak = data[ys, xs] >= np.nanmax(np.where(np.isnan(neighbours), -np.inf, neighbours), axis=1)
-    ys, xs = ys[peak], xs[peak]
-    near_saturation = _window_values(excluded.astype(np.float32), np.zeros_like(cosmic), ys, xs, STAMP_HALF)
-    flagged = cosmic.copy()
-    offsets = _STAMP_DESIGN[:, 1:3].astype(np.int64)
-    stamp_y, stamp_x = ys[:, None] + offsets[None, :, 1], xs[:, None] + offsets[None, :, 0]
-    inside = (stamp_y >= 0) & (stamp_y < data.shape[0]) & (stamp_x >= 0) & (stamp_x < data.shape[1])
-    values = _window_values(data, flagged | excluded, ys, xs, STAMP_HALF) - sky_e
-    grid = values.reshape(len(ys), 2 * STAMP_HALF + 1, 2 * STAMP_HALF + 1)
-    padded = np.pad(np.nan_to_num(grid, nan=-np.inf), ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    around = np.maximum.reduce([padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]])
-    left_out = (grid > around).reshape(len(ys), -1)  # local maxima: a hit, or the peak the fit can do without
-    hits = np.zeros(values.shape, dtype=bool)
-    for _ in range(3):  # robust: what stood out of one fit is left out of the next
-        coefficients, good, brightest = fit_star_profiles(np.where(left_out, np.nan, values), sky_e, read_noise_e,
-                                                          _STAMP_DESIGN)
-        with np.errstate(all="ignore"):
-            model = np.minimum(np.exp(np.clip(coefficients @ _STAMP_DESIGN.T, -50, 50)), 2.0 * brightest[:, None])
-            sigma = np.sqrt(np.clip(model + sky_e, 0, None) + read_noise_e ** 2)
-            excess = values - model
-            hits = (excess > n_sigma * sigma + PROFILE_TOLERANCE * model) & inside & good[:, None]
-            left_out = excess > 3.0 * sigma + 0.5 * PROFILE_TOLERANCE * model
-    hits &= ~np.any(near_saturation > 0, axis=1)[:, None]
-    flagged[stamp_y[hits], stamp_x[hits]] = True
-    return flagged
-
-
-def replace_flagged(data: np.ndarray, cleaned: np.ndarray, cosmic: np.ndarray, excluded: np.ndarray, sky_e: float,
-                    read_noise_e: float) -> np.ndarray:
-    """Replace the flagged pixels by the local star profile (:func:`profile_values`) where there is a
-    star around them, else by the median of the clean pixels of the 7x7 window (the sky). Only the
-    flagged pixels change.
-
-    astroscrappy's ``meanmask`` averages unflagged neighbours, which on a wide track are themselves
-    hit, and on a star is a mean over the core and the wings (far below the peak): the median of the
-    clean window on the sky and the profile on a star are better estimates of what was there.
-    """
-    out = np.asarray(cleaned, dtype=np.float32).copy()
-    ys, xs = np.nonzero(cosmic)
-    if not len(ys):
-        return out
-    around = cosmic | excluded
-    background = _nan_median(_window_values(data, around, ys, xs, REPAIR_HALF), out[ys, xs])
-    out[ys, xs] = profile_values(data, around, ys, xs, sky_e, read_noise_e, background)
-    return out
-
-
 def error_map(data: np.ndarray, flat: np.ndarray, gain: float, read_noise_e: float,
-              noise: MasterNoise | None) -> np.ndarray:
-    """1-sigma uncertainty (electrons) of each calibrated pixel, float32.
+              noise: MasterNoise | None, replaced: np.ndarray | None = None) -> np.ndarray:
+    """1-sigma uncertainty (electrons) of each calibrated pixel, float32; ``REPLACED_ERR`` where
+    ``replaced`` (bad, saturated, cosmic: no measurement there, whatever the flat holds).
 
     In the raw frame (electrons): Poisson noise of what was detected, ``data * flat`` plus the dark
     current; the read noise; the master dark's noise, ``k (read_noise^2 (s^2 + (1 - s)^2) + s * dark)``
     for a dark built from frames with variance factor ``k`` and scaled by ``s`` (the ``(1 - s)`` part:
     the bias it was scaled around, taken as noisy as the dark). Divided by the flat, then the master
     flat's relative variance times ``data^2``. The photon term uses the calibrated (cosmic-cleaned) value
-    as the expected signal, as BANZAI does.
+    as the expected signal, as BANZAI does. Computed a chunk of rows at a time (``chunks``).
     """
     noise = noise or MasterNoise()
-    detected = np.clip(data * flat, 0, None)
-    dark_e = (np.clip(noise.dark_current_adu, 0, None) * np.float32(gain) if noise.dark_current_adu is not None
-              else np.float32(0))
     scale = noise.dark_scale
-    variance = detected + dark_e
-    variance += np.float32(read_noise_e ** 2 * (1.0 + noise.dark_k * (scale ** 2 + (1.0 - scale) ** 2)))
-    if noise.dark_k:
-        variance += np.float32(noise.dark_k * scale) * dark_e
-    variance /= flat * flat
-    if noise.flat_var1 or noise.flat_var2:
-        relative = (np.float32(noise.flat_var1 / gain) / flat
-                    + np.float32(noise.flat_var2 * read_noise_e ** 2 / gain ** 2) / (flat * flat))
-        variance += data * data * relative
-    return np.sqrt(variance, dtype=np.float32)
+    constant = np.float32(read_noise_e ** 2 * (1.0 + noise.dark_k * (scale ** 2 + (1.0 - scale) ** 2)))
+    dark_factor = np.float32(gain * (1.0 + noise.dark_k * scale))  # dark current's Poisson and master terms
+    flat1 = np.float32(noise.flat_var1 / gain)
+    flat2 = np.float32(noise.flat_var2 * read_noise_e ** 2 / gain ** 2)
+    error = np.empty(data.shape, np.float32)
+    for rows in row_chunks(data.shape[0]):
+        value, response, out = data[rows], flat[rows], error[rows]
+        if replaced is not None:
+            response = np.where(replaced[rows], np.float32(1), response)
+        np.multiply(value, response, out=out)
+        np.maximum(out, 0, out=out)
+        if noise.dark_current_adu is not None:
+            out += np.maximum(noise.dark_current_adu[rows], 0) * dark_factor
+        out += constant
+        squared = response * response
+        out /= squared
+        if noise.flat_var1 or noise.flat_var2:
+            out += value * value * (flat1 / response + flat2 / squared)
+        np.sqrt(out, out=out)
+        if replaced is not None:
+            out[replaced[rows]] = REPLACED_ERR
+    return error
+
+
+def first_pass(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, gain: float,
+                saturation_adu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the raw frame and the masters: the electrons ``(raw - dark) / flat * gain``
+    (bad pixels divided by 1), the saturated pixels (on the raw ADU) and the bad ones (the mask's
+    BAD bit, or not finite: NaN from a broken readout)."""
+    data = np.empty(raw.shape, np.float32)
+    saturated = np.empty(raw.shape, bool)
+    bad = np.empty(raw.shape, bool)
+    bad_bit = np.uint8(MaskBit.BAD.value)
+    for rows in row_chunks(raw.shape[0]):
+        values = raw[rows]
+        np.greater_equal(values, saturation_adu, out=saturated[rows])
+        chunk_bad = bad[rows]
+        np.not_equal(pixel_mask[rows] & bad_bit, 0, out=chunk_bad)
+        chunk_bad |= ~np.isfinite(values)
+        out = data[rows]
+        np.subtract(values, dark[rows], out=out, dtype=np.float32)
+        out /= np.where(chunk_bad, np.float32(1), flat[rows])
+        out *= np.float32(gain)
+    return data, saturated, bad
 
 
 def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, *,
                     gain: float, read_noise_e: float, saturation_adu: float,
                     cosmics: CosmicSettings, max_cosmic_pixels: int | None = None,
-                    noise: MasterNoise | None = None) -> CalibratedFrame:
+                    noise: MasterNoise | None = None, timings: dict[str, float] | None = None) -> CalibratedFrame:
     """Dark, flat, gain, bad pixels, cosmic rays and the error map for one frame; no file or state is
-    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact)."""
+    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact).
+    ``timings``, when given, receives the CPU seconds of the steps (``arithmetic``, ``cosmic_rays``,
+    ``error_map``): what ``make bench`` reports per stage."""
     if raw.shape != dark.shape or raw.shape != flat.shape or raw.shape != pixel_mask.shape:
         raise CalibrationError(f"frame is {raw.shape[1]}x{raw.shape[0]} but the masters are "
                                f"{flat.shape[1]}x{flat.shape[0]}")
-    saturated = raw >= saturation_adu
-    bad = (pixel_mask & MaskBit.BAD).astype(bool) | ~np.isfinite(raw)  # NaN from a broken readout
-    usable_flat = np.where(bad, np.float32(1), flat).astype(np.float32)
-    data = np.subtract(raw, dark, dtype=np.float32)
-    data /= usable_flat
-    data *= np.float32(gain)
+    clock = _StepClock(timings)
+    data, saturated, bad = first_pass(raw, dark, flat, pixel_mask, gain, saturation_adu)
     sky = sky_level(data, ~bad & ~saturated)
     fill_bad_pixels(data, bad, sky)
     saturation_e = float((saturation_adu - np.median(dark[:: max(1, dark.shape[0] // 256)])) * gain)
-    cosmic_mask, cleaned = detect_cosmics_in_bands(
-        data, max_cosmic_pixels, sigclip=cosmics.sigclip, sigfrac=cosmics.sigfrac, objlim=cosmics.objlim,
-        gain=1.0, readnoise=read_noise_e, satlevel=saturation_e, niter=cosmics.niter,
-        sepmed=cosmics.sepmed, cleantype=cosmics.cleantype, fsmode=cosmics.fsmode,
-    )
-    excluded = bad | saturated
-    cosmic_mask &= ~excluded
-    cosmic_mask = flag_beside_bad(data, cosmic_mask, bad, excluded, sky, read_noise_e)
-    cosmic_mask = vet_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
-    cosmic_mask |= grow_cosmic_mask(data, cosmic_mask, excluded, sky, read_noise_e, filled=bad)
-    cosmic_mask = find_hits_on_stars(data, cosmic_mask, excluded, sky, read_noise_e)
-    cleaned = replace_flagged(data, cleaned, cosmic_mask, excluded, sky, read_noise_e)
-    del data
-    fill_bad_pixels(cleaned, bad, sky)  # again, from neighbours now free of cosmic rays
+    clock.lap("arithmetic")
+    cosmic_mask = remove_cosmic_rays(data, bad, saturated, sky, read_noise_e, saturation_e, cosmics,
+                                     max_cosmic_pixels)
+    fill_bad_pixels(data, bad, sky)  # again, from neighbours now free of cosmic rays
+    clock.lap("cosmic_rays")
     mask = pixel_mask.astype(np.uint8, copy=True)
-    mask[bad] |= MaskBit.BAD.value
-    mask[saturated] |= MaskBit.SATURATED.value
-    mask[cosmic_mask] |= MaskBit.COSMIC.value
-    error = error_map(cleaned, usable_flat, gain, read_noise_e, noise)
-    error[bad | saturated | cosmic_mask] = REPLACED_ERR
+    mask |= bad.view(np.uint8) * np.uint8(MaskBit.BAD.value)
+    mask |= saturated.view(np.uint8) * np.uint8(MaskBit.SATURATED.value)
+    mask |= cosmic_mask.view(np.uint8) * np.uint8(MaskBit.COSMIC.value)
+    replaced = bad
+    replaced |= saturated
+    replaced |= cosmic_mask
+    error = error_map(data, flat, gain, read_noise_e, noise, replaced)
+    clock.lap("error_map")
     return CalibratedFrame(
-        data=np.asarray(cleaned, dtype=np.float32),
+        data=data,
         mask=mask,
         n_cosmic=int(np.count_nonzero(cosmic_mask)),
         n_saturated=int(np.count_nonzero(saturated)),
         sky_e=sky,
         error=error,
     )
+
+
+class _StepClock:
+    """CPU seconds (all threads of the process) between laps, added to a dict when one is given."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.process_time()
+
+    def lap(self, name: str) -> None:
+        now = time.process_time()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now

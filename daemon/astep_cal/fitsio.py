@@ -5,21 +5,18 @@ The file-level pieces (atomic writes, fingerprints, storage errors) live in ``st
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from .storage import atomic_write_bytes
+from .storage import atomic_write
 
 
 def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True) -> None:
-    """Serialise an HDUList in memory, then write it atomically (checksums included)."""
-    buffer = io.BytesIO()
-    hdul.writeto(buffer, checksum=True)
-    atomic_write_bytes(path, buffer.getvalue(), make_parents)
+    """Write an HDUList atomically (checksums included), straight into the temporary file."""
+    atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
 
 
 def read_image(path: Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:

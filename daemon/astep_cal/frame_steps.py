@@ -83,8 +83,10 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
         log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
 
 
-def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, tuple], dict[str, Any]]:
-    """Header cards and ledger record of the frame's quality metrics.
+def frame_quality(result: Any, settings: Settings, log: Any
+                  ) -> tuple[dict[str, tuple], dict[str, Any], quality.Sources | None]:
+    """Header cards and ledger record of the frame's quality metrics, and the stars it detected (for
+    the plate solve).
 
     Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
     content) is still a good calibrated frame, so a failure here is logged (``quality_failed``) and
@@ -92,14 +94,15 @@ def frame_quality(result: Any, settings: Settings, log: Any) -> tuple[dict[str, 
     """
     scale = settings.quality.pixel_scale_arcsec
     cards: dict[str, tuple] = {}
+    sources: quality.Sources | None = None
     with run_stage("quality", log, QUALITY_STEP) as record:
         measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
                                          settings.quality.fwhm_stars)
         record.update(measured.record(scale))
-        cards = measured.header_cards(scale, "nominal")
+        cards, sources = measured.header_cards(scale, "nominal"), measured.sources
     if record["status"] == "ok":
         del record["status"]  # the ledger's quality record holds the metrics (and duration_s) only
-    return cards, record
+    return cards, record, sources
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
@@ -121,7 +124,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
-    quality_cards, quality_record = frame_quality(result, settings, log)
+    quality_cards, quality_record, sources = frame_quality(result, settings, log)
     provenance = dict([
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
         kw.DARK_SCALE.card(round(dark.scale, 6)),
@@ -137,7 +140,8 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     provenance.update(quality_cards)
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
-    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
+                                                                       sources))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
@@ -219,7 +223,8 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
     if isinstance(result, str):
         return {"status": "failed", "tries": tries, "error": result, **retry}
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
-                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
+                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted,
+                              "input": "sources" if result.from_list else "image"}
     if result.solved:
         record["n_matched"] = result.n_matched
         if result.residual_arcsec is not None:

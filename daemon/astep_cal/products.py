@@ -22,6 +22,7 @@ from .fitsio import atomic_write_hdul
 from .masters import MaskBit
 from .names import header_name
 from .night import image_hdu
+from .quality import Sources
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -75,10 +76,36 @@ def _err_hdu(error: np.ndarray) -> fits.ImageHDU:
     return hdu
 
 
+SOURCES_EXTENSION = "SOURCES"
+
+
+def sources_hdu(sources: Sources) -> fits.BinTableHDU:
+    """The ``SOURCES`` table: the stars the quality step detected, brightest first, in the FITS pixel
+    convention (the centre of the first pixel is 1, 1), which is solve-field's xylist's: the plate
+    solve hands it over as it is (``astrometry``)."""
+    hdu = fits.BinTableHDU.from_columns([
+        fits.Column("X", "D", unit="pix", array=np.asarray(sources.x, np.float64) + 1.0),
+        fits.Column("Y", "D", unit="pix", array=np.asarray(sources.y, np.float64) + 1.0),
+        fits.Column("FLUX", "E", unit="electron", array=np.asarray(sources.flux, np.float32)),
+    ], name=SOURCES_EXTENSION)
+    hdu.header["COMMENT"] = "Stars detected by astep-cal's quality step, brightest first; X, Y 1-based (FITS)."
+    return hdu
+
+
+def read_sources(path: Path) -> np.ndarray | None:
+    """The ``SOURCES`` table of a CAL file (X, Y 1-based, FLUX), or None when it has none."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        try:
+            return np.array(hdul[SOURCES_EXTENSION].data)
+        except KeyError:
+            return None
+
+
 def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance: dict[str, tuple],
-                    output: OutputSettings | None = None) -> fits.HDUList:
+                    output: OutputSettings | None = None, sources: Sources | None = None) -> fits.HDUList:
     """The CAL file: float32 electrons with the raw header kept, provenance cards, an ``ERR`` HDU
-    (float32, electrons, 1 sigma) and a ``MASK`` HDU (uint8).
+    (float32, electrons, 1 sigma), a ``MASK`` HDU (uint8) and, when given, the ``SOURCES`` table
+    (:func:`sources_hdu`).
 
     With ``output.compress`` the three images are tile-compressed (FITS tile compression, as fpack
     and BANZAI's ``.fits.fz``): an empty primary HDU, then ``SCI`` and ``ERR`` in RICE with subtractive
@@ -99,8 +126,9 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     header[kw.WCS_STATUS.name] = ("pending", kw.WCS_STATUS.comment)
     error = frame.error if frame.error is not None else np.full(frame.data.shape, REPLACED_ERR, np.float32)
     mask_hdu, err_hdu = _mask_hdu(frame.mask), _err_hdu(error)
+    tables = [sources_hdu(sources)] if sources is not None else []
     if output is None or not output.compress:
-        return fits.HDUList([fits.PrimaryHDU(frame.data, header), err_hdu, mask_hdu])
+        return fits.HDUList([fits.PrimaryHDU(frame.data, header), err_hdu, mask_hdu, *tables])
     for key in ("SIMPLE", "EXTEND", "EXTNAME"):
         header.remove(key, ignore_missing=True)
     lossy = dict(compression_type="RICE_1", quantize_level=output.quantize_level,
@@ -110,6 +138,7 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
         fits.CompImageHDU(frame.data, header, name="SCI", **lossy),
         fits.CompImageHDU(error, err_hdu.header, name="ERR", **lossy),
         fits.CompImageHDU(frame.mask, mask_hdu.header, name="MASK", compression_type="RICE_1"),
+        *tables,
     ])
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .faults import checkpoint, file_role
 
@@ -71,6 +73,12 @@ def atomic_write_bytes(path: Path, payload: bytes, make_parents: bool = True) ->
     Writers into the data root pass ``make_parents=False``: if the root was unmounted under us, a
     ``mkdir -p`` would quietly recreate it on the wrong disk instead of failing.
     """
+    atomic_write(path, lambda handle: handle.write(payload), make_parents)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: bool = True) -> None:
+    """Like :func:`atomic_write_bytes`, with ``write`` filling the temporary file itself: a 4096² CAL
+    file (144 MB) goes from the arrays to the file without a serialised copy in memory first."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,19 +91,44 @@ def atomic_write_bytes(path: Path, payload: bytes, make_parents: bool = True) ->
         raise
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600: products must be readable by the astronomers
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        os.close(fd)
+        # opened by name: a writer (astropy) may look at the handle's name, which an fdopen'ed
+        # handle gives as a number (astropy's free-space check then fails with AttributeError)
+        with open(temp_name, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint(f"temp_written:{role}")
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
+        if _disk_full(error, path.parent):
             raise StorageUnavailable(f"no space left to write {path.name} in {path.parent}") from error
         raise
     checkpoint(f"renamed:{role}")
     _fsync_directory(path.parent)
+
+
+FULL_BELOW_BYTES = 1 << 20  # a write failed with less than this left free: the disk is full
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT on the error or on the OSError it
+    was raised from, or any OSError with (almost) nothing left free. A writer writing into the file
+    itself need not pass the errno on: astropy's ``writeto`` reports a short write as ``OSError("...
+    requested and ... written")``, then again with a free-space message, neither with an errno."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(error, OSError):
+        return False
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
