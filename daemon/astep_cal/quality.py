@@ -18,7 +18,7 @@ cosmic-ray step (~7 s on 4096²), so everything here is done on sparse samples w
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,9 @@ class FrameQuality:
     ellipticity: float | None  # median 1 - b/a of the same stars
     n_fwhm_stars: int  # how many stars the FWHM and ellipticity are the median of
     masked_fraction: float  # pixels with any MASK bit set
+    # Centroids (x, y; 0-based px) of the star-like detections, brightest first: the catalogue step
+    # measures these instead of detecting the sources a second time. Not a metric: not in records.
+    sources: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def fwhm_arcsec(self, pixel_scale_arcsec: float) -> float | None:
         return None if self.fwhm_px is None else self.fwhm_px * pixel_scale_arcsec
@@ -199,11 +202,23 @@ def count_stars(catalog: SourceCatalog, touching: np.ndarray) -> int:
     detections is what is left around a replaced hit or a dead column, not a star (on a synthetic
     4096² frame: 16 of 111 detections, all of them such residues).
     """
+    return int(np.count_nonzero(star_like(catalog, touching)))
+
+
+def star_like(catalog: SourceCatalog, touching: np.ndarray) -> np.ndarray:
+    """Per detection: not a sharp residue of a replaced pixel (see :func:`count_stars`)."""
     if len(catalog) == 0:
-        return 0
+        return np.zeros(0, bool)
     fwhm = np.asarray(catalog.fwhm.value)
     sharp = ~(fwhm >= SHARP_FRACTION * typical_moment_fwhm(catalog, touching))  # NaN is sharp too
-    return int(np.count_nonzero(~(touching & sharp)))
+    return ~(touching & sharp)
+
+
+def source_positions(catalog: SourceCatalog, keep: np.ndarray) -> np.ndarray:
+    """(n, 2) centroids of the kept detections, brightest (segment flux) first."""
+    xy = np.column_stack([np.asarray(catalog.x_centroid), np.asarray(catalog.y_centroid)])[keep]
+    flux = np.asarray(catalog.segment_flux)[keep]
+    return xy[np.argsort(-np.nan_to_num(flux, nan=-np.inf), kind="stable")]
 
 
 def star_shapes(image: np.ndarray, catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray,
@@ -252,5 +267,6 @@ def measure_frame(data: np.ndarray, mask: np.ndarray, detect_sigma: float = 5.0,
     touching = _touching_replaced(catalog, segments.data, mask)
     fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, noise, max_fit_stars,
                                           typical_moment_fwhm(catalog, touching))
-    n_stars = count_stars(catalog, touching)
-    return FrameQuality(sky, noise, n_stars, fwhm, ellipticity, used, masked_fraction)
+    stars = star_like(catalog, touching)
+    return FrameQuality(sky, noise, int(np.count_nonzero(stars)), fwhm, ellipticity, used, masked_fraction,
+                        source_positions(catalog, stars))
