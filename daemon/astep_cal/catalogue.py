@@ -33,6 +33,7 @@ from astropy.wcs import WCS
 from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.centroids import centroid_com
 
+from .calibrate import REPLACED_ERR
 from .masters import MaskBit
 
 EDGE = 16  # an aperture or the background annulus reaches beyond the frame
@@ -139,9 +140,21 @@ def peaks(data: np.ndarray, xy: np.ndarray, radius: float) -> np.ndarray:
     return values.max(axis=1).astype(np.float32)
 
 
+def measured_error(data: np.ndarray, error: np.ndarray, read_noise_e: float) -> np.ndarray:
+    """``ERR`` with the replaced pixels' "no measurement" value (``REPLACED_ERR``) swapped for the noise
+    of the value put there (photon + read): one cosmic ray in an aperture must not make its flux worthless
+    to the light curve; the ``flags`` say it was there."""
+    replaced = np.nonzero(error >= REPLACED_ERR)
+    if not len(replaced[0]):
+        return error
+    fixed = error.copy()
+    fixed[replaced] = np.sqrt(np.clip(data[replaced], 0.0, None) + read_noise_e ** 2)
+    return fixed
+
+
 def measure_catalogue(data: np.ndarray, error: np.ndarray, mask: np.ndarray, sources: np.ndarray,
                       fwhm_px: float | None, aperture_factors: Sequence[float],
-                      annulus_factors: Sequence[float]) -> Table:
+                      annulus_factors: Sequence[float], read_noise_e: float = 9.0) -> Table:
     """The catalogue of one calibrated frame (electrons, ``ERR`` in electrons, ``MASK`` bits).
 
     ``sources`` are (n, 2) x/y guesses (0-based px, brightest first). Columns: ``id``, ``x``, ``y``,
@@ -162,7 +175,7 @@ def measure_catalogue(data: np.ndarray, error: np.ndarray, mask: np.ndarray, sou
     table["id"] = np.arange(1, len(xy) + 1, dtype=np.int32)
     table["x"], table["y"] = xy[:, 0], xy[:, 1]
     table["ra"], table["dec"] = np.full(len(xy), np.nan), np.full(len(xy), np.nan)
-    _add_fluxes(table, data, error, xy, apertures, sky, sky_rms, sky_pixels)
+    _add_fluxes(table, data, measured_error(data, error, read_noise_e), xy, apertures, sky, sky_rms, sky_pixels)
     table["background"], table["background_rms"] = sky.astype(np.float32), sky_rms.astype(np.float32)
     table["peak"] = peaks(data, xy, apertures[0])
     flags = mask_flags(mask, xy, max(apertures)) | edge_flags(data.shape, xy, outer)
