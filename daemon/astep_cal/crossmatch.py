@@ -64,7 +64,7 @@ def shift_by_voting(reference_xy: np.ndarray, frame_xy: np.ndarray) -> tuple[np.
 
 def frame_in_reference(frame_ra: np.ndarray, frame_dec: np.ndarray, reference_wcs: WCS) -> np.ndarray:
     """A solved frame's sources in the reference frame's pixels (0-based), through their RA/Dec."""
-    x, y = reference_wcs.celestial.all_world2pix(frame_ra, frame_dec, 0)
+    x, y = reference_wcs.celestial.all_world2pix(frame_ra, frame_dec, 0, quiet=True)
     return np.column_stack([x, y])
 
 

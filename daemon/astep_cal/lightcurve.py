@@ -46,7 +46,8 @@ CLOUDY = 1  # point flags: the comparison ensemble lost more than half its light
 TARGET_FLAGGED = 2  # the target's aperture holds a bad or saturated pixel, or leaves the frame
 SHIFTED = 4  # the frame did not solve: matched by its pixel shift (a good point all the same)
 MISSING = 8  # the target was not found in the frame
-BAD_POINT = CLOUDY | TARGET_FLAGGED | MISSING
+TARGET_COSMIC = 16  # cosmic-ray pixels replaced in the target's aperture (a hit on the core loses ~1 %)
+BAD_POINT = CLOUDY | TARGET_FLAGGED | MISSING | TARGET_COSMIC
 CLOUD_LEVEL = 0.5
 
 
@@ -95,7 +96,7 @@ def frames_of_target(frames: list[FrameCatalogue], target: Target, events: list)
     for frame in frames:
         named = same_name(frame.header.get("OBJECT"), target.name)
         if frame.solved:
-            x, y = frame.wcs().all_world2pix(target.ra, target.dec, 0)
+            x, y = frame.wcs().all_world2pix(target.ra, target.dec, 0, quiet=True)
             if frame.inside(float(x), float(y)):
                 chosen.append(frame)
             elif named:
@@ -244,7 +245,7 @@ def light_curve(frames: list[FrameCatalogue], target: Target, bin_minutes: float
     if reference is None:
         return _give_up(result, "no_solved_frame", "lightcurve_no_solved_frame", frames=len(mine))
     ref_xy = reference.xy()
-    tx, ty = reference.wcs().all_world2pix(target.ra, target.dec, 0)
+    tx, ty = reference.wcs().all_world2pix(target.ra, target.dec, 0, quiet=True)
     radius = max(1.5, 0.5 * float(reference.header.get("FWHMUSED", 2.5)))
     distance = np.hypot(ref_xy[:, 0] - tx, ref_xy[:, 1] - ty) if len(ref_xy) else np.zeros(0)
     if not len(distance) or distance.min() > 2 * radius:
@@ -281,11 +282,11 @@ def _measure(result: LightCurve, frames: list[FrameCatalogue], reference: FrameC
         return _give_up(result, "no_comparison", "lightcurve_no_comparison", frames=len(frames))
     candidates = [differential(f, e, target_row, comparisons) for f, e in zip(fluxes, errors)]
     point = np.where(rows[:, target_row] < 0, MISSING, 0) | np.where(target_flags & UNUSABLE, TARGET_FLAGGED, 0)
-    point |= frame_flags
+    point |= np.where(target_flags & MaskBit.COSMIC, TARGET_COSMIC, 0)
+    point |= frame_flags | np.where(~(candidates[middle][2] >= CLOUD_LEVEL), CLOUDY, 0)
     scatter = [point_to_point(c[0][(point & BAD_POINT) == 0]) for c in candidates]
     best = int(np.argmin(scatter))
     rel, rel_err, ensemble, weights = candidates[best]
-    point |= np.where(~(ensemble >= CLOUD_LEVEL), CLOUDY, 0)
     for i in np.flatnonzero(point & CLOUDY):
         result.events.append(("warning", "lightcurve_frame_cloudy", {"target": target.name, "frame": frames[i].name,
                                                                       "transparency": round(float(ensemble[i]), 3)}))
@@ -313,7 +314,7 @@ def _finish(result: LightCurve, frames: list[FrameCatalogue], rows: np.ndarray, 
     result.status = "ok"
     result.record = summary_record(result.points, good, bin_minutes)
     result.record.update(
-        aperture=k, aperture_fwhm=float(reference.header.get(f"APRAD{k}", np.nan)) / float(
+        aperture=k, n_comparisons=int(np.count_nonzero(weights > 0)), aperture_fwhm=float(reference.header.get(f"APRAD{k}", np.nan)) / float(
             reference.header.get("FWHMUSED", np.nan)),
         scatter_by_aperture=[round(s, 6) for s in scatter], reference=reference.name,
         comparisons=[{"x": round(float(reference.xy()[c, 0]), 2), "y": round(float(reference.xy()[c, 1]), 2),

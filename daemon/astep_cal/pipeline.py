@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import astrometry, products, summary
+from . import astrometry, photometry, products, summary
 from .config import Settings
 from .faults import checkpoint
 from .frame_steps import calibrate_entry, log_solve, solve_frame
 from .ledger import Ledger
 from .logs import get_logger
-from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, masters_dir, problem_record,
-                    raw_listing, take_inventory)
+from .night import (NightInventory, RawFrame, cal_dir, discover_nights, make_output_dirs, masters_dir,
+                    problem_record, raw_listing, take_inventory)
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
 from .storage import StorageUnavailable, ensure_root, fingerprint, remove_stale_temporaries, root_present
@@ -90,10 +90,13 @@ def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Led
     date = inventory.date
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
+    remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
+    if remake:  # new frames (late ones too): the light curves are made again, then the summary
+        write_night_photometry(root, date, night, settings, log)
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
-    if summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file()):
+    if remake:
         write_night_summary(root, date, night, settings, log)
     ledger.release(date)
 
@@ -112,6 +115,24 @@ def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: 
     if written is not None:
         log.info("summary_written", path=str(written.json_path.relative_to(root)), json_kb=written.json_kb,
                  png_kb=written.png_kb, duration_s=round(time.perf_counter() - start, 2))
+
+
+def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
+    """The light curve of every configured target from the night's catalogues, written beside the
+    summary and recorded in ``night["photometry"]`` (summary.json shows it). Never raises: a failure is
+    logged (``photometry_failed``) and recorded, the night is done all the same."""
+    if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
+        return
+    start = time.perf_counter()
+    try:
+        make_output_dirs(root, date)
+        night["photometry"] = photometry.night_light_curves(cal_dir(root, date), date, night, settings, log)
+    except StorageUnavailable:
+        raise
+    except Exception as error:  # noqa: BLE001 - the light curves must never break the night
+        night["photometry"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        log.error("photometry_failed", error=night["photometry"]["error"])
+    night["photometry"]["duration_s"] = round(time.perf_counter() - start, 2)
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
