@@ -22,10 +22,13 @@ def measured():
     scene = defect_scene((512, 512), seed=5)
     frame = calibrate_scene(scene)
     found = quality.measure_frame(frame.data, frame.mask)
+    error_before = frame.error.copy()
     table = catalogue.measure_catalogue(frame.data, frame.error, frame.mask, found.sources, found.fwhm_px, FACTORS,
                                         ANNULUS, scene.read_noise_e)
     distance, index = cKDTree(np.column_stack([scene.stars["x"], scene.stars["y"]])).query(
         np.column_stack([table["x"], table["y"]]))
+    np.testing.assert_array_equal(frame.error, error_before)  # ERR is borrowed, not changed
+    assert (error_before >= catalogue.REPLACED_ERR).any()  # ... though replaced pixels were given a noise
     return scene, frame, found, table, distance, index
 
 

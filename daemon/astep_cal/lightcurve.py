@@ -331,7 +331,8 @@ def summary_record(points: Table, good: np.ndarray, bin_minutes: float) -> dict[
 
 
 def binned(bjd: np.ndarray, rel: np.ndarray, err: np.ndarray, bin_minutes: float) -> dict[str, Any]:
-    """Inverse-variance means in bins of ``bin_minutes``: columns bjd_tdb, rel_flux, rel_flux_err, n."""
+    """Inverse-variance means in bins of ``bin_minutes``: columns bjd_tdb, rel_flux, rel_flux_err, n; and
+    their scatter from successive differences (as the points': a transit does not count as noise)."""
     rows = []
     if len(bjd):
         index = np.floor((bjd - bjd.min()) / (bin_minutes / 1440.0)).astype(int)
@@ -341,4 +342,4 @@ def binned(bjd: np.ndarray, rel: np.ndarray, err: np.ndarray, bin_minutes: float
             rows.append([round(float(np.mean(bjd[inside])), 6), round(float(np.sum(w * rel[inside]) / w.sum()), 6),
                          round(float(1.0 / np.sqrt(w.sum())), 6), int(inside.sum())])
     return {"columns": ["bjd_tdb", "rel_flux", "rel_flux_err", "n"], "rows": rows,
-            "rms": round(float(np.std([r[1] for r in rows])), 6) if len(rows) > 1 else None}
+            "rms": round(point_to_point(np.array([r[1] for r in rows])), 6) if len(rows) > 2 else None}

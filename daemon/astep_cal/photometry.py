@@ -18,15 +18,19 @@ from .lightcurve_products import write_light_curve
 
 
 def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[FrameCatalogue]:
-    """The catalogues of the night's frames that have one (named by their raw frame, as in the ledger).
+    """The catalogues of the night's calibrated frames (named by their raw frame, as in the ledger).
 
-    A catalogue that cannot be read is logged (``catalogue_unreadable``) and left out.
+    A frame whose catalogue step failed is left out (a file there is an older one); a frame without a
+    catalogue record (a ledger rebuilt from the CAL files) uses the file if there is one. A catalogue
+    that cannot be read is logged (``catalogue_unreadable``) and left out.
     """
     frames = []
     for name, entry in sorted(night.get("frames", {}).items()):
-        if entry.get("catalogue", {}).get("status") != "ok" or entry.get("calibrate", {}).get("status") != "ok":
+        if entry.get("catalogue", {}).get("status", "ok") != "ok" or entry.get("calibrate", {}).get("status") != "ok":
             continue
         path = products.cat_path(cal_dir / products.cal_name(name))
+        if "catalogue" not in entry and not path.is_file():
+            continue
         try:
             table, header = products.read_catalogue(path)
         except Exception as error:  # noqa: BLE001 - one bad file must not cost the night's light curves
