@@ -273,3 +273,25 @@ def test_late_frame_updates_the_light_curve(night):
     written = [e for e in parse_events(completed.stderr) if e["event"] == "lightcurve_written"]
     assert len(written) == 1 and written[0]["points"] == SPEC.n_science + 1
     assert len(light_curve_table(root)) == SPEC.n_science + 1
+
+
+def test_a_long_night_of_products_fits_the_satellite_budget():
+    """1400 frames (a winter night at 60 s + read-out): CSV + PNG + the summary's binned curve < 300 KB."""
+    from astropy.table import Table
+
+    from astep_cal.lightcurve_products import csv_bytes, render_png
+
+    n, rng = 1400, np.random.default_rng(1)
+    columns = {"bjd_tdb": 2461223.2 + np.arange(n) * 70 / 86400, "rel_flux": 1 + rng.normal(0, 1e-3, n),
+               "rel_flux_err": np.full(n, 1e-3), "flag": np.zeros(n, np.int16), "airmass": np.linspace(1.2, 1.5, n),
+               "sky": 1200 + rng.normal(0, 3, n), "fwhm": 2.5 + rng.normal(0, 0.1, n), "x": 2000 + rng.normal(0, 1, n),
+               "y": 2000 + rng.normal(0, 1, n), "target_flux": 1.5e6 + rng.normal(0, 1e3, n),
+               "ensemble": 0.97 + rng.normal(0, 0.01, n), "aperture_px": np.full(n, 3.75)}
+    points = Table(columns)
+    record = lightcurve.summary_record(points, np.ones(n, bool), 10.0)
+    record.update(aperture=2, aperture_fwhm=1.5, n_comparisons=20)
+    target = Target("WASP-19", 148.4167, -45.659)
+    size = len(csv_bytes(points, target, record)) + len(render_png(points, target, record, DATE))
+    size += len(json.dumps(record["binned"]))
+    assert size < 300 * 1024
+    assert len(record["binned"]["rows"]) == pytest.approx(n * 70 / 600, abs=2)

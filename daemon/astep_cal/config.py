@@ -112,6 +112,7 @@ class PhotometrySettings:
     aperture_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)  # aperture radii in units of the frame's FWHM
     annulus_factors: tuple[float, ...] = (4.0, 6.0)  # local-background annulus, inner and outer, in FWHM
     bin_minutes: float = 10.0  # the binned light curve of summary.json
+    max_sources: int = 4000  # the brightest detections measured per frame (0.2 ms each: < 1 s a frame)
     targets: tuple[Target, ...] = ()  # [{ name = "WASP-19", ra = 148.4167, dec = -45.659 }, ...]
 
 
@@ -273,8 +274,9 @@ def validate(settings: Settings) -> None:
 
 
 def _validate_photometry(p: PhotometrySettings) -> None:
-    if not p.aperture_factors or min(p.aperture_factors) <= 0 or p.bin_minutes <= 0:
-        raise ConfigError("photometry: aperture_factors must be positive (at least one), bin_minutes positive")
+    if not p.aperture_factors or min(p.aperture_factors) <= 0 or p.bin_minutes <= 0 or p.max_sources < 1:
+        raise ConfigError("photometry: aperture_factors must be positive (at least one), bin_minutes and "
+                          "max_sources positive")
     if len(p.annulus_factors) != 2 or not max(p.aperture_factors) < p.annulus_factors[0] < p.annulus_factors[1]:
         raise ConfigError("photometry.annulus_factors: [inner, outer] beyond the largest aperture")
     names = [t.name for t in p.targets]

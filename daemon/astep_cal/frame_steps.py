@@ -176,6 +176,7 @@ def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record:
     """
     measured, data = made.measured, made.frame
     sources = measured.sources if measured is not None and measured.sources is not None else np.zeros((0, 2))
+    sources = sources[:settings.photometry.max_sources]  # brightest first
     try:
         table = catalogue.measure_catalogue(
             data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
