@@ -102,7 +102,11 @@ def test_broeg_weights_give_a_variable_star_nothing():
 def test_photometry_settings_read_targets_and_refuse_bad_ones():
     settings = settings_from_dict({"photometry": {"targets": [{"name": "WASP-19", "ra": 148.4167, "dec": -45.659}]}})
     assert settings.photometry.targets == (Target("WASP-19", 148.4167, -45.659),)
+    timed = settings_from_dict({"photometry": {"targets": [{"name": "W", "ra": 1.0, "dec": 2.0, "t0": 100.0,
+                                                             "period": 2.0, "duration_h": 2.4}]}})
+    assert list(timed.photometry.targets[0].in_transit([100.04, 100.06, 101.0, 104.0])) == [True, False, False, True]
     for bad, message in (({"targets": [{"name": "X", "ra": 1.0}]}, "each target"),
+                         ({"targets": [{"name": "X", "ra": 1.0, "dec": 0.0, "period": 2.0}]}, "ephemeris"),
                          ({"targets": [{"name": "X", "ra": 400.0, "dec": 0.0}]}, "ra in"),
                          ({"targets": "WASP-19"}, "expected a list"),
                          ({"annulus_factors": [2.0, 6.0]}, "annulus_factors")):

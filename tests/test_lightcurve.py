@@ -205,6 +205,22 @@ def test_catalogue_positions_and_sky_places(night):
     assert np.percentile(separations, 95) < 0.2 * SPEC.pixel_scale_arcsec / 0.93
 
 
+def test_an_ephemeris_normalises_out_of_transit(night):
+    root, truth, _, _ = night
+    frames = catalogues(root)[:SPEC.n_science]
+    mid = true_mid_bjd(truth)
+    known = Target("SYN-1", truth.target["ra"], truth.target["dec"], t0=mid - 3 * 2.5, period=2.5,
+                   duration_h=SPEC.transit.duration_h)
+    result = lightcurve.light_curve(frames, known, 10.0)
+    points = result.points
+    outside = (points["flag"] == 0) & ~known.in_transit(points["bjd_tdb"])
+    assert 10 <= outside.sum() < (points["flag"] == 0).sum()
+    assert np.median(points["rel_flux"][outside]) == pytest.approx(1.0, abs=1e-6)
+    assert result.record["normalised_on"] == "out of transit (ephemeris)"
+    inside = known.in_transit(points["bjd_tdb"]) & (points["flag"] == 0)
+    assert 1 - np.median(points["rel_flux"][inside]) == pytest.approx(SPEC.transit.depth, rel=0.25)
+
+
 # --- the bad cases, on this night's catalogues ---------------------------------------------------
 
 def test_unsolved_frame_is_placed_by_its_shift(night):

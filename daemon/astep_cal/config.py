@@ -99,6 +99,21 @@ class Target:
     name: str
     ra: float
     dec: float
+    # Optional ephemeris (BJD_TDB of a mid-transit, period in days, duration in hours): with it, the
+    # light curve is normalised and its aperture chosen on the points out of transit exactly.
+    t0: float = 0.0
+    period: float = 0.0
+    duration_h: float = 0.0
+
+    def in_transit(self, bjd: "Any") -> "Any":
+        """Whether each time (BJD_TDB) falls in a transit of the ephemeris (all False without one)."""
+        import numpy as np
+
+        bjd = np.asarray(bjd, float)
+        if self.period <= 0 or self.duration_h <= 0:
+            return np.zeros(bjd.shape, bool)
+        phase = (bjd - self.t0 + 0.5 * self.period) % self.period - 0.5 * self.period
+        return np.abs(phase) < self.duration_h / 48.0
 
 
 @dataclass(frozen=True)
@@ -197,11 +212,13 @@ def _coerce_list(name: str, value: Any) -> tuple:
     if not isinstance(value, list):
         raise ConfigError(f"{name}: expected a list, got {value!r}")
     if name.endswith("targets"):
+        optional = {"t0", "period", "duration_h"}
         for item in value:
-            if not isinstance(item, dict) or set(item) != {"name", "ra", "dec"}:
-                raise ConfigError(f"{name}: each target is {{ name = ..., ra = ..., dec = ... }}, got {item!r}")
-        return tuple(Target(_coerce(f"{name}.name", item["name"], ""), _coerce(f"{name}.ra", item["ra"], 0.0),
-                            _coerce(f"{name}.dec", item["dec"], 0.0)) for item in value)
+            if not isinstance(item, dict) or not {"name", "ra", "dec"} <= set(item) <= {"name", "ra", "dec"} | optional:
+                raise ConfigError(f"{name}: each target is {{ name = ..., ra = ..., dec = ... }} (and optionally "
+                                  f"t0, period, duration_h), got {item!r}")
+        return tuple(Target(**{key: _coerce(f"{name}.{key}", v, "" if key == "name" else 0.0)
+                               for key, v in item.items()}) for item in value)
     return tuple(_coerce(f"{name}[]", item, 0.0) for item in value)
 
 
@@ -282,6 +299,8 @@ def _validate_photometry(p: PhotometrySettings) -> None:
     names = [t.name for t in p.targets]
     if len(set(names)) != len(names) or any(not n.strip() for n in names):
         raise ConfigError("photometry.targets: names must be unique and not empty")
+    if any(t.period < 0 or t.duration_h < 0 or (t.period > 0) != (t.duration_h > 0) for t in p.targets):
+        raise ConfigError("photometry.targets: an ephemeris needs both period (days) and duration_h (hours) > 0")
     if any(not (0 <= t.ra < 360 and -90 <= t.dec <= 90) for t in p.targets):
         raise ConfigError("photometry.targets: ra in [0, 360), dec in [-90, 90] (degrees)")
 

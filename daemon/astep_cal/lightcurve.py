@@ -14,9 +14,10 @@ caller to log (``pipeline.write_night_photometry`` writes the files). The method
   AN 326, 134): each star's weight is 1/sigma^2 of its own light curve against the ensemble of the
   others, iterated until the weights settle; a star far noisier than the rest (variable) gets none.
 * **Aperture**: the one (of the catalogue's radii, tied to each frame's FWHM) whose light curve has
-  the least point-to-point scatter -- a transit barely changes neighbouring points, so no ephemeris is
-  needed to measure the out-of-transit noise. The curve is normalised to the median of the points not
-  flagged (the transit covers far less than half a night).
+  the least point-to-point scatter out of transit -- a transit barely changes neighbouring points, so
+  without an ephemeris all good points are used. The curve is normalised to the median of the good
+  points out of transit (with an ephemeris), else of all good points (a transit covers far less than
+  half a night).
 * **Time**: BJD_TDB at mid-exposure, astropy.time at Concordia with astropy's built-in ephemeris.
 """
 
@@ -284,24 +285,27 @@ def _measure(result: LightCurve, frames: list[FrameCatalogue], reference: FrameC
     point = np.where(rows[:, target_row] < 0, MISSING, 0) | np.where(target_flags & UNUSABLE, TARGET_FLAGGED, 0)
     point |= np.where(target_flags & MaskBit.COSMIC, TARGET_COSMIC, 0)
     point |= frame_flags | np.where(~(candidates[middle][2] >= CLOUD_LEVEL), CLOUDY, 0)
-    scatter = [point_to_point(c[0][(point & BAD_POINT) == 0]) for c in candidates]
+    bjd, airmass = bjd_and_airmass(mid_exposure([f.header for f in frames]), target.ra, target.dec)
+    outside = ((point & BAD_POINT) == 0) & ~target.in_transit(bjd)
+    scatter = [point_to_point(c[0][outside]) for c in candidates]
     best = int(np.argmin(scatter))
     rel, rel_err, ensemble, weights = candidates[best]
     for i in np.flatnonzero(point & CLOUDY):
         result.events.append(("warning", "lightcurve_frame_cloudy", {"target": target.name, "frame": frames[i].name,
                                                                       "transparency": round(float(ensemble[i]), 3)}))
-    return _finish(result, frames, rows, target_row, target, comparisons, weights, best, scatter,
-                   (rel, rel_err, ensemble, point), bin_minutes, reference)
+    _finish(result, frames, rows, target_row, comparisons, weights, best, scatter,
+            (bjd, airmass, rel, rel_err, ensemble, point, outside), bin_minutes, reference)
+    result.record["normalised_on"] = "out of transit (ephemeris)" if target.period > 0 else "all good points"
+    return result
 
 
-def _finish(result: LightCurve, frames: list[FrameCatalogue], rows: np.ndarray, target_row: int, target: Target,
+def _finish(result: LightCurve, frames: list[FrameCatalogue], rows: np.ndarray, target_row: int,
             comparisons: np.ndarray, weights: np.ndarray, best: int, scatter: list[float],
             curve: tuple[np.ndarray, ...], bin_minutes: float, reference: FrameCatalogue) -> LightCurve:
-    rel, rel_err, ensemble, point = curve
+    bjd, airmass, rel, rel_err, ensemble, point, outside = curve
     good = ((point & BAD_POINT) == 0) & np.isfinite(rel)
-    level = np.nanmedian(rel[good]) if good.any() else np.nan
-    times = mid_exposure([f.header for f in frames])
-    bjd, airmass = bjd_and_airmass(times, target.ra, target.dec)
+    outside &= good
+    level = np.nanmedian(rel[outside]) if outside.any() else np.nan
     k = best + 1
     result.points = Table({
         "bjd_tdb": bjd, "rel_flux": rel / level, "rel_flux_err": rel_err / level, "flag": point.astype(np.int16),
