@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 
 from astep_cal import lightcurve
 from astep_cal.config import Target
-from astep_cal.devtools.synthetic import NightSpec, load_truth, make_night
+from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.devtools.transit import TransitSpec
 from astep_cal.lightcurve_time import bjd_and_airmass
 from astep_cal.masters import MaskBit
