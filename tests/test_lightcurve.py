@@ -276,19 +276,30 @@ def test_no_comparison_star_is_reported(night):
     assert "lightcurve_no_comparison" in [event for _, event, _ in result.events]
 
 
-def test_late_frame_updates_the_light_curve(night):
+def test_late_unsolved_frame_updates_the_light_curve(night):
+    """A frame arriving after the night was closed, here left without a WCS (the second run does not
+    solve; for the light curve that is a failed solve): the night is closed again, the light curve gains
+    the point, placed by its pixel shift (the frame is the last one moved by (+3, -2) px)."""
     root, truth, config, _ = night
     raw_dir = root / DATE / f"{DATE}-CAMS"
-    last = truth.science_files[-1]
-    with fits.open(last) as hdul:
+    with fits.open(truth.science_files[-1]) as hdul:
         late = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=SPEC.cadence_s)
         hdul[0].header["DATE-OBS"] = late.isoformat(timespec="milliseconds")
+        hdul[0].data = np.roll(hdul[0].data, (-2, 3), axis=(0, 1))
         hdul.writeto(raw_dir / f"{late.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits")
-    completed = run_cli_subprocess("once", root, "--config", config)
+    no_solve = config.with_name("no-solve.toml")
+    no_solve.write_text(config.read_text() + "[astrometry]\nenabled = false\n")
+    completed = run_cli_subprocess("once", root, "--config", no_solve)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    written = [e for e in parse_events(completed.stderr) if e["event"] == "lightcurve_written"]
+    events = parse_events(completed.stderr)
+    written = [e for e in events if e["event"] == "lightcurve_written"]
     assert len(written) == 1 and written[0]["points"] == SPEC.n_science + 1
-    assert len(light_curve_table(root)) == SPEC.n_science + 1
+    assert [e["frame"] for e in events if e["event"] == "lightcurve_frame_unsolved"] == [
+        f"{late.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits"]
+    curve = light_curve_table(root)
+    assert len(curve) == SPEC.n_science + 1 and int(curve["flag"][-1]) == lightcurve.SHIFTED
+    assert curve["x"][-1] - curve["x"][-2] == pytest.approx(3.0, abs=0.1)
+    assert curve["rel_flux"][-1] == pytest.approx(curve["rel_flux"][-2], abs=0.005)
 
 
 def test_a_long_night_of_products_fits_the_satellite_budget():
