@@ -69,12 +69,15 @@ def frame_in_reference(frame_ra: np.ndarray, frame_dec: np.ndarray, reference_wc
 
 
 def match_frame(reference_xy: np.ndarray, frame_xy: np.ndarray, frame_sky: tuple[np.ndarray, np.ndarray] | None,
-                reference_wcs: WCS | None, radius: float) -> tuple[np.ndarray, str]:
+                reference_wcs: WCS | None, radius: float, vote_xy: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Rows of the frame's sources matching each reference star (-1: not found) and how (``sky``,
-    ``shift`` or ``none``): on the sky when both frames are solved, else by the voted pixel shift."""
+    ``shift`` or ``none``): on the sky when both frames are solved, else by the voted pixel shift.
+
+    ``vote_xy``: the whole reference list, brightest first, when ``reference_xy`` is only some of its
+    stars (the shift is voted between the brightest of both frames)."""
     if frame_sky is not None and reference_wcs is not None and np.isfinite(frame_sky[0]).any():
         return nearest(reference_xy, frame_in_reference(*frame_sky, reference_wcs), radius), "sky"
-    voted = shift_by_voting(reference_xy, frame_xy)
+    voted = shift_by_voting(reference_xy if vote_xy is None else vote_xy, frame_xy)
     if voted is None:
         return np.full(len(reference_xy), -1, int), "none"
     return nearest(reference_xy + voted[0], frame_xy, radius), "shift"

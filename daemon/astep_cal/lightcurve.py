@@ -39,6 +39,7 @@ from .lightcurve_time import bjd_and_airmass, mid_exposure
 from .masters import MaskBit
 
 MAX_COMPARISONS = 20
+MAX_FOLLOWED = 300  # reference stars matched in every frame (the target's possible comparison stars)
 MIN_DETECTED = 0.9  # a comparison star is found (and clean) in this fraction of the frames
 # A measurement that cannot be trusted. BAD and COSMIC pixels in an aperture are not: their values were
 # replaced from their neighbours (the flag stays in the catalogue for whoever wants to be stricter).
@@ -115,14 +116,30 @@ def reference_frame(frames: list[FrameCatalogue]) -> FrameCatalogue | None:
     return max(solved, key=lambda f: len(f.table)) if solved else None
 
 
-def match_all(frames: list[FrameCatalogue], reference: FrameCatalogue, radius: float,
+def followed_stars(table: Table, target_row: int) -> np.ndarray:
+    """Reference rows worth following through the night: the target and the ``MAX_FOLLOWED`` stars
+    nearest its flux that could become comparison stars (1/20 to 20 times, not saturated). Bounds the
+    (frames x stars) arrays: 1400 frames x 4000 sources would be 45 MB an array."""
+    n_apertures = sum(1 for name in table.colnames if name.startswith("flux_err_"))
+    level = np.asarray(table[f"flux_{n_apertures // 2 + 1}"], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ratio = np.abs(np.log(level / level[target_row]))
+    usable = np.isfinite(ratio) & (ratio < np.log(20.0)) & ((np.asarray(table["flags"]) & MaskBit.SATURATED) == 0)
+    usable[target_row] = False
+    chosen = np.flatnonzero(usable)
+    chosen = chosen[np.argsort(ratio[chosen], kind="stable")][:MAX_FOLLOWED]
+    return np.union1d(chosen, [target_row])
+
+
+def match_all(frames: list[FrameCatalogue], reference: FrameCatalogue, vote_xy: np.ndarray, radius: float,
               events: list) -> tuple[np.ndarray, np.ndarray]:
     """(n frames, n reference stars) rows of each star in each frame (-1: absent) and per-frame flags."""
     ref_xy, ref_wcs = reference.xy(), reference.wcs()
     rows, flags = [], []
     for frame in frames:
         sky = (np.asarray(frame.table["ra"], float), np.asarray(frame.table["dec"], float)) if frame.solved else None
-        matched, how = crossmatch.match_frame(ref_xy, frame.xy(), sky, ref_wcs, radius)
+        matched, how = crossmatch.match_frame(ref_xy, frame.xy(), sky, ref_wcs, radius, vote_xy)
         if how == "none":
             events.append(("warning", "lightcurve_frame_unmatched", {"frame": frame.name}))
         elif how == "shift":
@@ -263,7 +280,10 @@ def _give_up(result: LightCurve, status: str, event: str, **fields: Any) -> Ligh
 
 def _measure(result: LightCurve, frames: list[FrameCatalogue], reference: FrameCatalogue, target_row: int,
              radius: float, target: Target, bin_minutes: float) -> LightCurve:
-    rows, frame_flags = match_all(frames, reference, radius, result.events)
+    stars, vote_xy = followed_stars(reference.table, target_row), reference.xy()
+    reference = FrameCatalogue(reference.name, reference.table[stars], reference.header)
+    target_row = int(np.searchsorted(stars, target_row))
+    rows, frame_flags = match_all(frames, reference, vote_xy, radius, result.events)
     n_apertures = sum(1 for name in reference.table.colnames if name.startswith("flux_err_"))
     flags = gather(frames, rows, "flags", 0.0)
     fluxes = [gather(frames, rows, f"flux_{k}") for k in range(1, n_apertures + 1)]
