@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.night import cal_dir, inspect_frame
+from astep_cal.night import inspect_frame
+from astep_cal.names import cal_dir, cal_name, name_from_header
 from astep_cal.frame_steps import read_whole_frame
 from astep_cal.stages import FrameBlocked
-from astep_cal.products import cal_name, name_from_header
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import REPO, daemon_config, no_solve_config, parse_events, read_ledger, run_cli, small_spec, tree_digest

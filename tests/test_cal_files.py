@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal import products
+from astep_cal import names, products
 from astep_cal.devtools.evaluate import score_frame
 from astep_cal.devtools.synthetic import make_night
 
@@ -45,7 +45,7 @@ def test_compressed_cal_files_are_read_solved_and_scored(compressed_night, capsy
     assert code == 0
     assert sum(e["event"] == "frame_solved" for e in events) == 2  # solve-field got a plain copy
     for raw in truth.science_files:
-        path = next(root.rglob(products.cal_name(raw.name)))
+        path = next(root.rglob(names.cal_name(raw.name)))
         with fits.open(path) as hdul:
             assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "MASK"]
             assert all(isinstance(h, fits.CompImageHDU) for h in hdul[1:])

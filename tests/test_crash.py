@@ -24,8 +24,7 @@ from astropy.wcs import WCS
 
 from astep_cal.astrometry import wcs_error_px
 from astep_cal.faults import KILL_VARIABLE
-from astep_cal.night import cal_dir
-from astep_cal.products import cal_name
+from astep_cal.names import cal_dir, cal_name
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import REPO, parse_events, run_cli, small_spec, tree_digest, read_ledger

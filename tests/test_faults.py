@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.devtools.harness import rss_mb
-from astep_cal.night import cal_dir
+from astep_cal.names import cal_dir
 from astep_cal.devtools.synthetic import NightSpec, make_night
 
 from conftest import no_solve_config, run_cli, small_spec, tree_digest, read_ledger

@@ -17,14 +17,14 @@ from astep_cal.config import Settings
 from astep_cal.devtools.evaluate import score_frame
 from astep_cal.logs import get_logger
 from astep_cal.masters import MaskBit
-from astep_cal.night import cal_dir, masters_dir, take_inventory
+from astep_cal.night import take_inventory
+from astep_cal.names import cal_dir, cal_name, masters_dir
 from astep_cal.storage import fingerprint
 from astep_cal.ledger import Ledger
 from astep_cal.frame_steps import solve_record
 from astep_cal.night_masters import build_masters
 from astep_cal.pipeline import NightRun
 from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
-from astep_cal.products import cal_name
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger
@@ -267,11 +267,12 @@ def test_needs_solve_rule_backs_off_and_caps():
     assert needs_solve({**ok, "astrometry": {"status": "failed", "tries": 2, "retry_after": time.time() - 1}}, settings)
     assert not needs_solve({**ok, "astrometry": {"status": "failed", "tries": 3}}, settings)
     assert not needs_solve(ok, _rule_settings(enabled=False))
-    record = solve_record(RuntimeError("boom"), 1, settings)
-    assert record["status"] == "failed" and record["retry_after"] >= time.time() + 0.9 * settings.astrometry.retry_backoff_s
-    later = solve_record(RuntimeError("boom"), 2, settings)
+    record = solve_record("RuntimeError: boom", 1, settings)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
+    assert record["retry_after"] >= time.time() + 0.9 * settings.astrometry.retry_backoff_s
+    later = solve_record("RuntimeError: boom", 2, settings)
     assert later["retry_after"] - record["retry_after"] >= 0.9 * settings.astrometry.retry_backoff_s  # doubled
-    assert "retry_after" not in solve_record(RuntimeError("boom"), 3, settings)  # the last try
+    assert "retry_after" not in solve_record("RuntimeError: boom", 3, settings)  # the last try
 
 
 def test_clear_failures_opens_only_nights_with_failures(tmp_path):

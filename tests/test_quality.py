@@ -14,8 +14,7 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.masters import MaskBit
-from astep_cal.night import cal_dir
-from astep_cal.products import cal_name
+from astep_cal.names import cal_dir, cal_name
 from astep_cal.quality import measure_frame
 from astep_cal.devtools.synthetic import make_night, render_stars
 

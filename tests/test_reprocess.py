@@ -24,8 +24,8 @@ from astep_cal.config import ConfigError, load_settings
 from astep_cal.storage import TEMP_MARKER
 from astep_cal.ledger import Ledger, RootLock
 from astep_cal.logs import configure
-from astep_cal.night import cal_dir, take_inventory
-from astep_cal.products import cal_name
+from astep_cal.night import take_inventory
+from astep_cal.names import cal_dir, cal_name
 from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.devtools.synthetic import make_night
 

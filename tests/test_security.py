@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from astep_cal.night import cal_dir
+from astep_cal.names import cal_dir
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import REPO, no_solve_config, run_cli, small_spec, read_ledger

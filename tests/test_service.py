@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from astep_cal.night import cal_dir
+from astep_cal.names import cal_dir
 from astep_cal.devtools.synthetic import make_night
 
 from conftest import daemon_config as _config, read_ledger, small_spec

@@ -2,8 +2,8 @@
 
 import pytest
 
-from astep_cal.devtools.soak import (FD_GROWTH, MIN_NIGHTS, RSS_GROWTH_MB, SLOPE_MB_PER_NIGHT, Check, lender, lifetime_trends,
-                            plan_nights, render)
+from astep_cal.devtools.soak_checks import FD_GROWTH, RSS_GROWTH_MB, SLOPE_MB_PER_NIGHT, Check, lifetime_trends, render
+from astep_cal.devtools.soak_plan import MIN_NIGHTS, lender, plan_nights
 
 FAULTS = {"junk_file", "sigkill", "truncated_file", "disk_full", "unmount", "blind_solve", "sighup"}
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from astep_cal.config import Settings
-from astep_cal.night import cal_dir
+from astep_cal.names import cal_dir
 from astep_cal.summary import (FRAME_COLUMNS, METRICS, SCHEMA_VERSION, build_summary, frame_rows, render_png)
 from astep_cal.devtools.synthetic import make_night
 

@@ -37,6 +37,7 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from . import keywords as kw
 from .config import AstrometrySettings
 from .faults import checkpoint
 from .fitsio import atomic_write_hdul
@@ -341,7 +342,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
     with cal_header_for_update(cal_path) as (hdul, header):
         hdul.verify("silentfix")
         _without_wcs(header)
-        header.remove("ASTCWERR", ignore_missing=True)
+        header.remove(kw.WCS_ERROR.name, ignore_missing=True)
         for card in wcs_header.cards:
             header[card.keyword] = (card.value, card.comment)
         for key, (value, comment) in extra.items():
@@ -354,8 +355,8 @@ def mark_unsolved(cal_path: Path, reason: str) -> None:
     printable = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in reason)
     with cal_header_for_update(cal_path) as (hdul, header):
         _without_wcs(header)
-        header["ASTCWCS"] = ("failed", "astrometry status: pending, solved, failed")
-        header["ASTCWERR"] = (printable[:60], "why the plate solve failed")
+        header[kw.WCS_STATUS.name] = ("failed", kw.WCS_STATUS.comment)
+        header[kw.WCS_ERROR.name] = (printable[:60], kw.WCS_ERROR.comment)
         atomic_write_hdul(cal_path, hdul, make_parents=False)
 
 

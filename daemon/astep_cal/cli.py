@@ -51,8 +51,12 @@ def _settings(args: argparse.Namespace) -> Settings:
                           ledger=getattr(args, "ledger", None))
 
 
-def _root(args: argparse.Namespace) -> Path:
-    root = Path(args.root).resolve()
+def _root(args: argparse.Namespace, settings: Settings | None = None) -> Path:
+    """ROOT from the command line, else (when ``settings`` are given) ``data_root`` from the configuration."""
+    given = args.root or (settings.data_root if settings is not None else None)
+    if not given:
+        raise ConfigError("no data root: give ROOT or set data_root in the config")
+    root = Path(given).resolve()
     if not root_present(root):
         raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
     return root
@@ -84,16 +88,6 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     attention = any(row["attention"] for row in night_rows(ledger, settings))
     return EXIT_ATTENTION if attention else EXIT_OK
-
-
-def _root_or_config(args: argparse.Namespace, settings: Settings) -> Path:
-    """ROOT from the command line, else ``data_root`` from the configuration."""
-    if not args.root and not settings.data_root:
-        raise ConfigError("no data root: give ROOT or set data_root in the config")
-    root = Path(args.root or settings.data_root).resolve()
-    if not root_present(root):
-        raise FileNotFoundError(f"data root {root} does not exist or is not a directory")
-    return root
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
@@ -149,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .status import night_rows, render_table
 
     settings = _settings(args)
-    root = _root_or_config(args, settings)
+    root = _root(args, settings)
     ledger_path = settings.ledger_path(root)
     rows = night_rows(Ledger.load(ledger_path), settings) if ledger_path.exists() else []
     activity = read_activity(ledger_path)
@@ -183,7 +177,7 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
     if not valid_date(args.night):
         raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
     settings = _settings(args)
-    root = _root_or_config(args, settings)
+    root = _root(args, settings)
     ledger_path = settings.ledger_path(root)
     night = Ledger.load(ledger_path).peek(args.night) if ledger_path.exists() else None
     if not night or not night.get("frames"):

@@ -17,17 +17,19 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from . import __version__, astrometry, catalogue, products, quality
+from . import keywords as kw
+from . import __version__, astrometry, catalogue, names, products, quality
 from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
 from .fitsio import read_image
 from .masters import master_noise
-from .night import RawFrame, make_output_dirs, masters_dir
+from .night import RawFrame, make_output_dirs
+from .names import masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
-from .stages import FrameBlocked, stage
+from .stages import CALIBRATE_STEP, CATALOGUE_STEP, QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
 from .storage import StorageUnavailable, fingerprint
 
 
@@ -71,7 +73,7 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
     if not cal_path.is_file():
         return
     try:
-        ours = "ASTCVER" in fits.getheader(cal_path)
+        ours = kw.VERSION.name in fits.getheader(cal_path)
     except Exception:  # unreadable: certainly not ours
         ours = False
     if not ours:
@@ -93,18 +95,20 @@ def measure_quality(result: Any, settings: Settings,
     """Header cards, ledger record and the measurement itself (its detections feed the catalogue).
 
     Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
-    content) is still a good calibrated frame, so a failure here is logged and recorded, not raised.
+    content) is still a good calibrated frame, so a failure here is logged (``quality_failed``) and
+    recorded by the stage runner, not raised.
     """
-    start = time.perf_counter()
     scale = settings.quality.pixel_scale_arcsec
-    try:
+    cards: dict[str, tuple] = {}
+    measured = None
+    with run_stage("quality", log, QUALITY_STEP) as record:
         measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
                                          settings.quality.fwhm_stars)
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        log.warning("quality_failed", error=f"{type(error).__name__}: {error}")
-        return {}, {"error": f"{type(error).__name__}: {error}"}, None
-    record = {**measured.record(scale), "duration_s": round(time.perf_counter() - start, 3)}
-    return measured.header_cards(scale, "nominal"), record, measured
+        record.update(measured.record(scale))
+        cards = measured.header_cards(scale, "nominal")
+    if record["status"] == "ok":
+        del record["status"]  # the ledger's quality record holds the metrics (and duration_s) only
+    return cards, record, measured if record.get("status") != "failed" else None
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
@@ -121,25 +125,25 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     root = cal_path.parents[2]
     noise = master_noise(masters.library, dark,
                          products.master_header(masters_dir(root, cal_path.parents[1].name)
-                                                / products.dark_file_name(dark.source_exptime)),
+                                                / names.dark_file_name(dark.source_exptime)),
                          products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
     quality_cards, quality_record, measured = measure_quality(result, settings, log)
-    provenance = {
-        "ASTCDARK": (products.dark_file_name(dark.source_exptime), "master dark used"),
-        "ASTCDSCL": (round(dark.scale, 6), "dark scale factor (exptime ratio)"),
-        "ASTCBORG": (dark.bias_origin, "bias used when scaling the dark"),
-        "ASTCFLAT": (flat_record["file"], ""),  # path relative to the data root (README)
-        "ASTCFNIT": (flat_record["night"], "night the master flat was made from"),
-        "ASTCGAIN": (gain, f"[e-/ADU] gain applied ({gain_source})"),
+    provenance = dict([
+        kw.DARK.card(names.dark_file_name(dark.source_exptime)),
+        kw.DARK_SCALE.card(round(dark.scale, 6)),
+        kw.BIAS_ORIGIN.card(dark.bias_origin),
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (README)
+        kw.FLAT_NIGHT.card(flat_record["night"]),
+        kw.GAIN.card(gain, f"{kw.GAIN.comment} ({gain_source})"),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):
-        "ASTCRAW": (products.header_name(frame.name), "raw frame calibrated"),
-        "ASTCRAWF": (raw_fingerprint_card(fingerprint(frame.path)), "raw file size:mtime_ns"),
-        "ASTCCONF": (calibration_fingerprint(settings), "fingerprint of the calibration settings"),
-        **quality_cards,
-    }
+        kw.RAW.card(names.header_name(frame.name)),
+        kw.RAW_FINGERPRINT.card(raw_fingerprint_card(fingerprint(frame.path))),
+        kw.CONFIG.card(calibration_fingerprint(settings)),
+    ])
+    provenance.update(quality_cards)
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output))
@@ -171,22 +175,17 @@ _CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
 def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
     """Measure the frame's catalogue from the quality step's detections and write it beside the CAL file.
 
-    A catalogue that cannot be made is recorded and logged (``catalogue_failed``), never raised: the
-    calibrated frame is good without it. Storage trouble still goes up (the stage runner stops the night).
+    Runs in the stage runner (``CATALOGUE_STEP``): a catalogue that cannot be made is recorded and logged
+    (``catalogue_failed``), never raised — the calibrated frame is good without it; storage trouble goes up.
     """
     measured, data = made.measured, made.frame
     sources = measured.sources if measured is not None and measured.sources is not None else np.zeros((0, 2))
     sources = sources[:settings.photometry.max_sources]  # brightest first
-    try:
-        table = catalogue.measure_catalogue(
-            data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
-            data.mask, sources, measured.fwhm_px if measured else None, settings.photometry.aperture_factors,
-            settings.photometry.annulus_factors, made.read_noise_e)
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        record.update(status="failed", error=f"{type(error).__name__}: {error}")
-        log.warning("catalogue_failed", stage="measure", error=record["error"])
-        return
-    path = products.cat_path(cal_path)
+    table = catalogue.measure_catalogue(
+        data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
+        data.mask, sources, measured.fwhm_px if measured else None, settings.photometry.aperture_factors,
+        settings.photometry.annulus_factors, made.read_noise_e)
+    path = names.cat_path(cal_path)
     products.write_catalogue(path, table, catalogue_cards(made, measured, cal_path))
     record.update(file=path.name, n_sources=len(table), fwhm_px=table.meta["FWHMUSED"])
 
@@ -195,7 +194,7 @@ def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal
     """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
     cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
     ny, nx = made.frame.data.shape
-    cards.update(CALFILE=(products.header_name(cal_path.name), "the calibrated frame"),
+    cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
                  IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
                  GAIN=(made.gain, "[e-/ADU] gain applied"), RDNOISE=(made.read_noise_e, "[e-] read noise"),
                  SKYLEVEL=(round(made.frame.sky_e, 2), "[e-] median sky level"),
@@ -210,7 +209,7 @@ def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal
 def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
     """After a solve: RA/Dec into the frame's catalogue. The outcome for the astrometry record:
     ``ok``, ``missing`` (no catalogue: photometry off when calibrated) or ``failed: why``."""
-    path = products.cat_path(cal_path)
+    path = names.cat_path(cal_path)
     if not path.is_file():
         return "missing"
     try:
@@ -243,10 +242,9 @@ def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResul
     result = astrometry.solve(cal_path, header, settings.astrometry)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
-        extra = {"ASTCWCS": ("solved", "astrometry status: pending, solved, failed"),
-                 "ASTCWNM": (result.n_matched, "stars matched to the index in the solve")}
+        extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
         if result.residual_arcsec is not None:
-            extra["ASTCWRES"] = (round(result.residual_arcsec, 3), "[arcsec] rms of those matches")
+            extra.update([kw.WCS_RESIDUAL.card(round(result.residual_arcsec, 3))])
         scale = solved_pixel_scale(result)
         if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
             extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
@@ -268,11 +266,11 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
     entry.pop("catalogue", None)
     made = None
-    with stage(entry, "calibrate", log, root) as record:
+    with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
         made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
     checkpoint("stage:frame_calibrated")
     if made is not None and settings.photometry.enabled:
-        with stage(entry, "catalogue", log, root) as record:
+        with stage(entry, "catalogue", log, root, CATALOGUE_STEP) as record:
             catalogue_step(made, cal_path, settings, record, log)
     return entry["calibrate"]["status"]
 
@@ -280,28 +278,28 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
 def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
     """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
 
-    ``tries`` counts this attempt. Never raises, but for :class:`StorageUnavailable` (the merge could
-    not be written: the frame stays pending and no try is counted). Shared by ``once`` (in its solve
-    thread) and ``reprocess`` (in the frame's task).
+    ``tries`` counts this attempt. Runs through the stage runner (an error, e.g. the CAL file vanished,
+    is a failed solve); only :class:`StorageUnavailable` is raised (the merge could not be written: the
+    frame stays pending and no try is counted). Shared by ``once`` (in its solve thread) and
+    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`).
     """
-    try:
-        result: astrometry.SolveResult | Exception = solve_and_merge(cal_path, settings)
-    except StorageUnavailable:
-        raise
-    except Exception as error:  # e.g. the CAL file vanished under us
-        result = error
-    record = solve_record(result, tries, settings)
+    with run_stage("astrometry", None, SOLVE_STEP) as step:
+        step["result"] = solve_and_merge(cal_path, settings)
+    if step["status"] == "failed":
+        return solve_record(step["error"], tries, settings)
+    record = solve_record(step["result"], tries, settings)
     if record["status"] == "solved" and settings.photometry.enabled:
-        record["catalogue"] = sky_catalogue(cal_path, result.wcs_header)
+        record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
     return record
 
 
-def solve_record(result: astrometry.SolveResult | Exception, tries: int, settings: Settings) -> dict[str, Any]:
-    """The ledger's astrometry record; a failure gets its retry time (exponential back-off) while tries remain."""
+def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Settings) -> dict[str, Any]:
+    """The ledger's astrometry record (``result`` is the solve's, or the error that stopped it); a failure
+    gets its retry time (exponential back-off) while tries remain."""
     backoff = settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
     retry = {"retry_after": round(time.time() + backoff, 1)} if tries < settings.astrometry.max_tries else {}
-    if isinstance(result, Exception):
-        return {"status": "failed", "tries": tries, "error": f"{type(result).__name__}: {result}", **retry}
+    if isinstance(result, str):
+        return {"status": "failed", "tries": tries, "error": result, **retry}
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
                               "duration_s": round(result.duration_s, 2), "hinted": result.hinted}
     if result.solved:
@@ -314,6 +312,14 @@ def solve_record(result: astrometry.SolveResult | Exception, tries: int, setting
     else:
         record.update(error=result.error, **retry)
     return record
+
+
+def record_solve(entry: dict[str, Any], record: dict[str, Any], cal_path: Path) -> None:
+    """A finished solve into the frame's ledger entry: its record, and the CAL file's new fingerprint
+    (the WCS merge rewrote the file)."""
+    entry["astrometry"] = record
+    if cal_path.is_file():
+        entry["output"] = fingerprint(cal_path)
 
 
 def log_solve(log: Any, record: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, entries
 from .storage import atomic_write_bytes, remove_stale_temporaries
 
 SCHEMA_VERSION = 2
@@ -105,8 +105,8 @@ def _median_fwhm(frames: dict[str, Any]) -> float | None:
     summary)."""
     values = []
     for entry in frames.values():
-        measured = entry.get("calibrate", {}).get("quality", {})
-        scale = entry.get("astrometry", {}).get("pixel_scale_arcsec")
+        measured = entries.quality(entry)
+        scale = entries.solve(entry).get("pixel_scale_arcsec")
         if measured.get("fwhm_px") is not None and scale:
             values.append(round(measured["fwhm_px"] * scale, 3))
         elif measured.get("fwhm_arcsec") is not None:
@@ -118,12 +118,12 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     """The figures of one night that the index keeps: settings-free, so ``status`` derives its row
     (state, retries) from them without opening the night file."""
     frames = night.get("frames", {})
-    calibrate = Counter(f.get("calibrate", {}).get("status") for f in frames.values())
-    solves = [f.get("astrometry", {}) for f in frames.values()]
+    calibrate = Counter(entries.calibration_status(f) for f in frames.values())
+    solves = [entries.solve(f) for f in frames.values()]
     solve_status = Counter(s.get("status") for s in solves)
     failed_tries = Counter(str(s.get("tries", 0)) for s in solves if s.get("status") == "failed")
     retry_times = [s["retry_after"] for s in solves if s.get("status") == "failed" and "retry_after" in s]
-    masters = night.get("masters", {})
+    masters = entries.masters_record(night)
     flat = masters.get("flat")
     return {
         "science": night.get("inventory", {}).get("science", len(frames)),

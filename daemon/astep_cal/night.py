@@ -27,6 +27,7 @@ from typing import Any
 
 from astropy.io import fits
 
+from .names import FITS_SUFFIXES, cal_dir, cams_dir, fits_stem, masters_dir, skyflat_dir
 from .storage import TEMP_MARKER, fingerprint
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
@@ -36,7 +37,6 @@ _TEMPORARY_SUFFIXES = (".part", ".tmp", ".swp", ".partial", "~")
 # Plain FITS (under the three names cameras write: .fits, .fit, .fts, in any case), and the two
 # compressions FITS archives use: gzip of the whole file, and fpack (tiled image compression in a
 # binary-table extension). The type word and the CAL name ignore the suffix.
-FITS_SUFFIXES = tuple(f"{stem}{packed}" for stem in (".fits", ".fit", ".fts") for packed in ("", ".gz", ".fz"))
 _HEADER_TYPES = {
     "LIGHT": "SCIENCE",
     "LIGHT FRAME": "SCIENCE",
@@ -97,23 +97,15 @@ class NightInventory:
 
     @property
     def cams_dir(self) -> Path:
-        return self.night_dir / f"{self.date}-CAMS"
+        return cams_dir(self.night_dir.parent, self.date)
 
     @property
     def skyflat_dir(self) -> Path:
-        return self.night_dir / f"{self.date}-CAMS_SKYFLAT"
+        return skyflat_dir(self.night_dir.parent, self.date)
 
     @property
     def cal_dir(self) -> Path:
         return cal_dir(self.night_dir.parent, self.date)
-
-
-def cal_dir(root: Path, date: str) -> Path:
-    return root / date / f"{date}-CAMS_CAL"
-
-
-def masters_dir(root: Path, date: str) -> Path:
-    return cal_dir(root, date) / "masters"
 
 
 def make_output_dirs(root: Path, date: str) -> None:
@@ -157,15 +149,6 @@ def is_fits_name(name: str) -> bool:
     return name.lower().endswith(FITS_SUFFIXES)
 
 
-def fits_stem(name: str) -> str:
-    """The name without its FITS suffix: ``a_SCIENCE.fits.fz`` -> ``a_SCIENCE``."""
-    lower = name.lower()
-    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def raw_listing(root: Path, date: str) -> str:
     """A digest of the night's raw directories (every name, size and mtime; no file is opened).
 
@@ -199,8 +182,7 @@ def directories_stamp(root: Path, date: str) -> tuple:
     file rewritten in place is seen by the file events instead).
     """
     stamp = []
-    for directory in (root / date, root / date / f"{date}-CAMS", root / date / f"{date}-CAMS_SKYFLAT",
-                      cal_dir(root, date)):
+    for directory in (root / date, cams_dir(root, date), skyflat_dir(root, date), cal_dir(root, date)):
         try:
             stat = directory.stat()
         except OSError:

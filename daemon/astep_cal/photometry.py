@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import products
+from . import names, products
 from .config import Settings
 from .lightcurve import FrameCatalogue, light_curve
 from .lightcurve_products import write_light_curve
@@ -28,7 +28,7 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
     for name, entry in sorted(night.get("frames", {}).items()):
         if entry.get("catalogue", {}).get("status", "ok") != "ok" or entry.get("calibrate", {}).get("status") != "ok":
             continue
-        path = products.cat_path(cal_dir / products.cal_name(name))
+        path = names.cat_path(cal_dir / names.cal_name(name))
         if "catalogue" not in entry and not path.is_file():
             continue
         try:
@@ -58,4 +58,4 @@ def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings
         elif curve.status == "not_observed":
             log.debug("lightcurve_not_observed", target=target.name)
         records[target.name] = record
-    return {"status": "ok", "frames": len(frames), "targets": records}
+    return {"frames": len(frames), "targets": records}

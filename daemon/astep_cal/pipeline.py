@@ -11,24 +11,25 @@ being calibrated, so both cores are busy. Only the calling thread touches the le
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import astrometry, photometry, products, summary
+from . import astrometry, entries, names, photometry, summary
 from .config import Settings
 from .faults import checkpoint
-from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from .ledger import Ledger
 from .logs import get_logger
-from .night import (NightInventory, RawFrame, cal_dir, discover_nights, make_output_dirs, masters_dir,
-                    problem_record, raw_listing, take_inventory)
+from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, problem_record, raw_listing,
+                    take_inventory)
+from .names import cal_dir, masters_dir
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
-from .storage import StorageUnavailable, ensure_root, fingerprint, remove_stale_temporaries, root_present
+from .stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
+from .storage import StorageUnavailable, ensure_root, remove_stale_temporaries, root_present
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
 
@@ -45,7 +46,7 @@ def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: 
     if night.get("listing") != listing:
         for note in inventory.notes:
             log.info(note.event, path=str(note.path), reason=note.reason)
-    problems += [p for p in night.get("masters", {}).get("problems", []) if p not in problems]
+    problems += [p for p in entries.masters_record(night).get("problems", []) if p not in problems]
     night["problems"] = problems
     night["listing"] = listing
     night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
@@ -77,7 +78,7 @@ def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
     todo = []
     for frame in sorted(inventory.science, key=lambda f: f.name):
         entry = ledger.frame(inventory.date, frame.name)
-        calibrate = recalibrate(entry, frame, inventory.cal_dir / products.cal_name(frame.name), settings)
+        calibrate = recalibrate(entry, frame, inventory.cal_dir / names.cal_name(frame.name), settings)
         if calibrate or needs_solve(entry, settings):
             todo.append((frame, calibrate))
     return todo
@@ -102,37 +103,28 @@ def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Led
 
 
 def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """summary.json + summary.png for the night; a failure is logged, never raised (the night is done)."""
+    """summary.json + summary.png for the night, through the stage runner: a failure is logged
+    (``summary_failed``), never raised (the night is done); storage trouble goes up like any step's."""
     if not night.get("frames"):
         return
-    start = time.perf_counter()
-    try:
+    with run_stage("summary", log, SUMMARY_STEP, root=root) as step:
         make_output_dirs(root, date)  # refuses a _CAL directory that links out of the root
         written = summary.write_summary(root, date, night, settings)
-    except Exception as error:  # noqa: BLE001 - the summary must never break the night
-        log.error("summary_failed", error=f"{type(error).__name__}: {error}")
-        return
-    if written is not None:
-        log.info("summary_written", path=str(written.json_path.relative_to(root)), json_kb=written.json_kb,
-                 png_kb=written.png_kb, duration_s=round(time.perf_counter() - start, 2))
+        if written is None:
+            raise StepSkipped("nothing to summarise")
+        step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
 
 
 def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
     """The light curve of every configured target from the night's catalogues, written beside the
-    summary and recorded in ``night["photometry"]`` (summary.json shows it). Never raises: a failure is
-    logged (``photometry_failed``) and recorded, the night is done all the same."""
+    summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
+    a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
     if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
         return
-    start = time.perf_counter()
-    try:
+    with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
         make_output_dirs(root, date)
-        night["photometry"] = photometry.night_light_curves(cal_dir(root, date), date, night, settings, log)
-    except StorageUnavailable:
-        raise
-    except Exception as error:  # noqa: BLE001 - the light curves must never break the night
-        night["photometry"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-        log.error("photometry_failed", error=night["photometry"]["error"])
-    night["photometry"]["duration_s"] = round(time.perf_counter() - start, 2)
+        step.update(photometry.night_light_curves(cal_dir(root, date), date, night, settings, log))
+    night["photometry"] = step
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
@@ -189,11 +181,11 @@ class NightRun:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
         night = self.ledger.night(self.date)
         try:
-            self.masters = ensure_masters(self.root, self.inventory, self.settings, night.get("masters", {}),
+            self.masters = ensure_masters(self.root, self.inventory, self.settings, entries.masters_record(night),
                                           self.log)
         except StorageUnavailable:
             raise  # not the night's fault: nothing cached, built again when the storage is back
-        except Exception as error:
+        except Exception as error:  # logged and recorded by the stage runner; each frame records it
             self._masters_error = error
             raise
         checkpoint("stage:masters_built")
@@ -214,8 +206,8 @@ class NightRun:
                 self._calibrate(frame)
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings):
-                    cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
-                    tries = entry.get("astrometry", {}).get("tries", 0) + 1
+                    cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
+                    tries = entries.solve_tries(entry) + 1
                     pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
                 pending = self._collect(pending, wait=False)
                 if self.progress:
@@ -224,15 +216,13 @@ class NightRun:
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)
-        cal_path = self.inventory.cal_dir / products.cal_name(frame.name)
+        cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
         if not needs_calibration(entry, frame, cal_path, self.settings):
             return
         log = self.log.bind(frame=frame.name)
         status = calibrate_entry(frame, self._ensure_masters, self.settings, cal_path, entry, log, self.root)
         if status == "ok":
             self.result.calibrated += 1
-            log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
-                     n_cosmic=entry["calibrate"]["n_cosmic"])
         elif status == "blocked":
             self.result.blocked += 1
         else:
@@ -255,11 +245,7 @@ class NightRun:
         record = future.result()  # only StorageUnavailable is raised: it stops the night, nothing recorded
         if record["status"] != "solved" and self.should_stop():
             return  # ended by a shutdown, not a failure: stays pending, no try counted
-        entry = self.ledger.frame(self.date, name)
-        entry["astrometry"] = record
-        cal_path = self.inventory.cal_dir / products.cal_name(name)
-        if cal_path.is_file():
-            entry["output"] = fingerprint(cal_path)
+        record_solve(self.ledger.frame(self.date, name), record, self.inventory.cal_dir / names.cal_name(name))
         if record["status"] == "solved":
             self.result.solved += 1
         else:

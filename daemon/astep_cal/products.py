@@ -11,17 +11,18 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote
 
 import numpy as np
 from astropy.io import fits
 
+from . import keywords as kw
 from . import __version__
 from .calibrate import REPLACED_ERR, CalibratedFrame
 from .config import OutputSettings
 from .fitsio import atomic_write_hdul
 from .masters import MaskBit
-from .night import fits_stem, image_hdu
+from .names import header_name
+from .night import image_hdu
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -29,50 +30,14 @@ if TYPE_CHECKING:
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
 
-def dark_file_name(exptime: float) -> str:
-    return f"master_dark_{exptime:g}s.fits"
-
-
-MASTER_BIAS = "master_bias.fits"
-MASTER_FLAT = "master_flat.fits"
-PIXEL_MASK = "bad_pixel_mask.fits"
-
-
-def cal_name(raw_name: str) -> str:
-    """``2026-07-01_20.00.00_SCIENCE.fits`` -> ``2026-07-01_20.00.00_SCIENCE_CAL.fits``.
-
-    Compressed raw frames (``.fits.gz``, ``.fits.fz``) give the same, uncompressed, CAL name.
-    """
-    return f"{fits_stem(raw_name)}_CAL.fits"
-
-
-def cat_path(cal_path: Path) -> Path:
-    """The source catalogue beside a CAL file: ``..._SCIENCE_CAT.fits`` (README: Photometry)."""
-    return cal_path.with_name(cal_path.name.removesuffix("_CAL.fits") + "_CAT.fits")
-
-
-_HEADER_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
-
-
-def header_name(name: str) -> str:
-    """A file name as a FITS header value, which must be printable ASCII: any other character (and
-    ``%``) is percent-encoded as UTF-8 (RFC 3986), so the exact name comes back with
-    :func:`name_from_header` (ledger recovery maps CAL files back to their raw frames by it)."""
-    return quote(name, safe=_HEADER_SAFE, errors="surrogateescape")
-
-
-def name_from_header(value: str) -> str:
-    return unquote(value, errors="surrogateescape")
-
-
 def write_master(path: Path, data: np.ndarray, kind: str, night: str, cards: dict[str, object],
                  inputs: list[str]) -> None:
     """A master frame with what made it: type, night, number and names of inputs, software version."""
     header = fits.Header()
-    header["ASTCTYPE"] = (kind, "astep-cal master frame type")
-    header["ASTCNITE"] = (night, "night the master was made from")
+    header[kw.MASTER_TYPE.name] = (kind, kw.MASTER_TYPE.comment)
+    header[kw.MASTER_NIGHT.name] = (night, kw.MASTER_NIGHT.comment)
     header["NCOMBINE"] = (len(inputs), "number of frames combined")
-    header["ASTCVER"] = (__version__, "astep-cal version")
+    header[kw.VERSION.name] = (__version__, kw.VERSION.comment)
     for key, value in cards.items():
         header[key] = value
     for name in inputs:
@@ -129,13 +94,13 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     for key in _SCALING_KEYS:
         header.remove(key, ignore_missing=True, remove_all=True)
     header["BUNIT"] = ("electron", "calibrated data unit")
-    header["ASTCVER"] = (__version__, "astep-cal version")
-    header["NCOSMIC"] = (frame.n_cosmic, "pixels replaced as cosmic-ray hits")
-    header["NSATUR"] = (frame.n_saturated, "saturated pixels")
-    header["SKYLEVEL"] = (round(frame.sky_e, 2), "[e-] median sky level")
+    header[kw.VERSION.name] = (__version__, kw.VERSION.comment)
+    header[kw.N_COSMIC.name] = (frame.n_cosmic, kw.N_COSMIC.comment)
+    header[kw.N_SATURATED.name] = (frame.n_saturated, kw.N_SATURATED.comment)
+    header[kw.SKY_LEVEL.name] = (round(frame.sky_e, 2), kw.SKY_LEVEL.comment)
     for key, (value, comment) in provenance.items():
         header[key] = (value, comment)
-    header["ASTCWCS"] = ("pending", "astrometry status: pending, solved, failed")
+    header[kw.WCS_STATUS.name] = ("pending", kw.WCS_STATUS.comment)
     error = frame.error if frame.error is not None else np.full(frame.data.shape, REPLACED_ERR, np.float32)
     mask_hdu, err_hdu = _mask_hdu(frame.mask), _err_hdu(error)
     if output is None or not output.compress:

@@ -14,11 +14,13 @@ from typing import Any
 
 from astropy.io import fits
 
-from . import products
+from . import keywords as kw
+from . import names, products
 from .ledger import Ledger
-from .night import cal_dir, discover_nights, masters_dir
+from .night import discover_nights
+from .names import cal_dir, masters_dir
 
-PROVENANCE_NEEDED = ("ASTCVER", "ASTCRAW", "ASTCRAWF", "ASTCCONF")
+PROVENANCE_NEEDED = tuple(key.name for key in kw.PROVENANCE_NEEDED)
 
 
 def raw_fingerprint_card(fingerprint: dict[str, int]) -> str:
@@ -34,14 +36,14 @@ def _parse_fingerprint(text: str) -> dict[str, int] | None:
 
 
 def _astrometry_record(header: fits.Header) -> dict[str, Any] | None:
-    status = header.get("ASTCWCS")
+    status = header.get(kw.WCS_STATUS.name)
     if status == "solved":
-        record: dict[str, Any] = {"status": "solved", "tries": 1, "n_matched": header.get("ASTCWNM", 0)}
-        if "ASTCWRES" in header:
-            record["residual_arcsec"] = header["ASTCWRES"]
+        record: dict[str, Any] = {"status": "solved", "tries": 1, "n_matched": header.get(kw.WCS_MATCHED.name, 0)}
+        if kw.WCS_RESIDUAL.name in header:
+            record["residual_arcsec"] = header[kw.WCS_RESIDUAL.name]
         return record
     if status == "failed":  # retried by the next run: the try count is not in the file
-        return {"status": "failed", "tries": 1, "error": header.get("ASTCWERR", "unknown")}
+        return {"status": "failed", "tries": 1, "error": header.get(kw.WCS_ERROR.name, "unknown")}
     return None  # pending: the next run solves it
 
 
@@ -58,26 +60,26 @@ def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dic
     """(raw name, ledger entry) from a CAL file's header; None when it lacks the provenance."""
     if any(key not in header for key in PROVENANCE_NEEDED):
         return None
-    raw = _parse_fingerprint(header["ASTCRAWF"])
+    raw = _parse_fingerprint(header[kw.RAW_FINGERPRINT.name])
     if raw is None:
         return None
-    flat_night = header.get("ASTCFNIT", date)
+    flat_night = header.get(kw.FLAT_NIGHT.name, date)
     calibrate = {
-        "status": "ok", "output": cal_name, "config": header["ASTCCONF"], "software": header["ASTCVER"],
+        "status": "ok", "output": cal_name, "config": header[kw.CONFIG.name], "software": header[kw.VERSION.name],
         "flat": {"night": flat_night, "borrowed": flat_night != date},
-        "gain": header.get("ASTCGAIN"), "n_cosmic": header.get("NCOSMIC", 0),
-        "n_saturated": header.get("NSATUR", 0), "sky_e": header.get("SKYLEVEL"), "recovered": True,
+        "gain": header.get(kw.GAIN.name), "n_cosmic": header.get(kw.N_COSMIC.name, 0),
+        "n_saturated": header.get(kw.N_SATURATED.name, 0), "sky_e": header.get(kw.SKY_LEVEL.name), "recovered": True,
         "date_obs": header.get("DATE-OBS"), "quality": _quality_record(header),
     }
     entry: dict[str, Any] = {"raw": raw, "calibrate": calibrate}
     astrometry = _astrometry_record(header)
     if astrometry is not None:
         entry["astrometry"] = astrometry
-    return products.name_from_header(header["ASTCRAW"]), entry
+    return names.name_from_header(header[kw.RAW.name]), entry
 
 
 def _inputs(header: fits.Header) -> list[str]:
-    return [products.name_from_header(str(h)[len("input "):]) for h in header.get("HISTORY", [])
+    return [names.name_from_header(str(h)[len("input "):]) for h in header.get("HISTORY", [])
             if str(h).startswith("input ")]
 
 
@@ -95,17 +97,17 @@ def masters_record(root: Path, date: str, flat_night: str | None) -> dict[str, A
         header = fits.getheader(path)
         record["darks"][f"{float(header['EXPTIME']):g}"] = {"file": path.name, "inputs": _inputs(header)}
         record["shape"] = [header["NAXIS2"], header["NAXIS1"]]
-    if (directory / products.MASTER_BIAS).is_file():
-        record["bias"] = {"file": products.MASTER_BIAS, "inputs": _inputs(fits.getheader(directory / products.MASTER_BIAS))}
-    own_flat = directory / products.MASTER_FLAT
+    if (directory / names.MASTER_BIAS).is_file():
+        record["bias"] = {"file": names.MASTER_BIAS, "inputs": _inputs(fits.getheader(directory / names.MASTER_BIAS))}
+    own_flat = directory / names.MASTER_FLAT
     if own_flat.is_file():
         record["flat"] = {"night": date, "file": str(own_flat.relative_to(root)),
                           "inputs": _inputs(fits.getheader(own_flat))}
     elif flat_night and flat_night != date:
-        borrowed = masters_dir(root, flat_night) / products.MASTER_FLAT
+        borrowed = masters_dir(root, flat_night) / names.MASTER_FLAT
         record["flat"] = {"night": flat_night, "file": str(borrowed.relative_to(root)), "borrowed": True}
-    if (directory / products.PIXEL_MASK).is_file():
-        record["mask"] = {"file": products.PIXEL_MASK}
+    if (directory / names.PIXEL_MASK).is_file():
+        record["mask"] = {"file": names.PIXEL_MASK}
     record["complete"] = "flat" in record and "mask" in record
     return record
 

@@ -30,14 +30,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from . import __version__, products
+from . import __version__, entries, names
 from .config import ConfigError, Settings
-from .storage import fingerprint, remove_stale_temporaries
+from .storage import remove_stale_temporaries
 from .ledger import Ledger
 from .logs import configure, get_logger
 from .masters import cpu_count
-from .night import NightInventory, RawFrame, cal_dir, discover_nights, masters_dir, take_inventory, valid_date
-from .frame_steps import calibrate_entry, log_solve, solve_frame
+from .night import NightInventory, RawFrame, discover_nights, take_inventory, valid_date
+from .names import cal_dir, masters_dir
+from .frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from .night_masters import ensure_masters, load_masters, Masters
 from .pipeline import NightResult, close_night, frames_to_do, open_night
 from .rules import needs_calibration, needs_solve
@@ -139,17 +140,11 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
     log = get_logger(night=date, frame=frame.name)
     entry = copy.deepcopy(entry)
     root_path = Path(root)
-    cal_path = cal_dir(root_path, date) / products.cal_name(frame.name)
+    cal_path = cal_dir(root_path, date) / names.cal_name(frame.name)
     if calibrate:
-        status = calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path,
-                                 entry, log)
-        if status == "ok":
-            log.info("frame_calibrated", duration_s=entry["calibrate"]["duration_s"],
-                     n_cosmic=entry["calibrate"]["n_cosmic"])
+        calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path, entry, log)
     if needs_solve(entry, settings):
-        entry["astrometry"] = solve_frame(cal_path, settings, entry.get("astrometry", {}).get("tries", 0) + 1)
-        if cal_path.is_file():
-            entry["output"] = fingerprint(cal_path)
+        record_solve(entry, solve_frame(cal_path, settings, entries.solve_tries(entry) + 1), cal_path)
         log_solve(log, entry["astrometry"])
     return entry
 
@@ -158,7 +153,7 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
 
 def needs_recalibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, settings: Settings) -> bool:
     """``once``'s rule, and also a frame calibrated by another astep-cal version (the point of reprocessing)."""
-    done = entry.get("calibrate", {})
+    done = entries.calibration(entry)
     outdated = done.get("status") == "ok" and done.get("software") != __version__
     return outdated or needs_calibration(entry, frame, cal_path, settings)
 
@@ -242,7 +237,7 @@ class Reprocess:
     def _submit_masters(self, inventory: NightInventory) -> Any:
         """One task per night; a night without sky flats waits for the earlier nights it may borrow from."""
         date = inventory.date
-        record = self.ledger.night(date).get("masters", {})
+        record = entries.masters_record(self.ledger.night(date))
         if record.get("software") != __version__:
             record = {}  # masters of another version are rebuilt, like the frames
         earlier = []
@@ -288,7 +283,7 @@ class Reprocess:
             if calibrate:
                 entry["calibrate"] = {"status": "failed", "error": reason}
             else:
-                tries = entry.get("astrometry", {}).get("tries", 0) + 1
+                tries = entries.solve_tries(entry) + 1
                 entry["astrometry"] = {"status": "failed", "tries": tries, "error": reason}
             self.log.error("frame_failed", night=date, frame=name, stage="task", error=reason)
         self.ledger.night(date)["frames"][name] = entry
@@ -304,12 +299,12 @@ class Reprocess:
     @staticmethod
     def _count(result: NightResult, calibrate: bool, before: dict[str, Any], after: dict[str, Any]) -> None:
         """Count what this run did to the frame, as ``once`` counts it."""
-        status = after.get("calibrate", {}).get("status")
+        status = entries.calibration_status(after)
         if calibrate:
             result.calibrated += status == "ok"
             result.blocked += status == "blocked"
             result.failed += status == "failed"
-        solved = after.get("astrometry", {})
+        solved = entries.solve(after)
         if solved and solved != before.get("astrometry"):
             result.solved += solved.get("status") == "solved"
             result.failed += solved.get("status") == "failed"

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import products, summary
+from . import entries, names
 from .config import Settings
 from .ledger import Ledger
-from .night import RawFrame, cal_dir, is_fits_name, is_temporary, kind_from_name, raw_listing
+from .night import RawFrame, is_fits_name, is_temporary, kind_from_name, raw_listing
+from .names import cal_dir, cams_dir
 from .storage import fingerprint
 
 
@@ -24,7 +25,7 @@ def calibration_fingerprint(settings: Settings) -> str:
 
 
 def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, settings: Settings) -> bool:
-    done = entry.get("calibrate", {})
+    done = entries.calibration(entry)
     same_input = entry.get("raw") == fingerprint(frame.path)
     if done.get("status") == "failed" and same_input and done.get("config") == calibration_fingerprint(settings):
         return False  # a frame that failed on these very bytes fails again: wait for a new file or --force
@@ -33,9 +34,9 @@ def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, se
 
 
 def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
-    if not settings.astrometry.enabled or entry.get("calibrate", {}).get("status") != "ok":
+    if not settings.astrometry.enabled or entries.calibration_status(entry) != "ok":
         return False
-    solved = entry.get("astrometry", {})
+    solved = entries.solve(entry)
     if solved.get("status") == "solved":
         return False
     if solved.get("retry_after", 0) > time.time():
@@ -54,10 +55,10 @@ def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
             continue
         for entry in ledger.night(date).get("frames", {}).values():
             touched = False
-            if entry.get("calibrate", {}).get("status") == "failed":
+            if entries.calibration_status(entry) == "failed":
                 entry.pop("calibrate")
                 touched = True
-            if entry.get("astrometry", {}).get("status") == "failed":
+            if entries.solve_status(entry) == "failed":
                 entry.pop("astrometry")
                 touched = True
             cleared += touched
@@ -76,7 +77,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     archive on a reload).
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
-    cams = root / date / f"{date}-CAMS"
+    cams = cams_dir(root, date)
     if not cams.is_dir():
         return date not in ledger.dates()  # looked at once, to record (and report) the missing directory
     night = ledger.peek(date)
@@ -88,17 +89,17 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     elif listing != raw_listing(root, date):
         return True
     outputs = _names_in(cal_dir(root, date))
-    if frames and summary.SUMMARY_JSON not in outputs:
+    if frames and names.SUMMARY_JSON not in outputs:
         return True
     config = calibration_fingerprint(settings)
     for name, entry in frames.items():
-        calibrated = entry.get("calibrate", {})
+        calibrated = entries.calibration(entry)
         status = calibrated.get("status")
         if status == "blocked" and retry_blocked:
             return True
         if new_settings_count and status in ("ok", "failed") and calibrated.get("config") != config:
             return True
-        if status == "ok" and (needs_solve(entry, settings) or products.cal_name(name) not in outputs):
+        if status == "ok" and (needs_solve(entry, settings) or names.cal_name(name) not in outputs):
             return True
     return False
 

@@ -26,16 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, entries
 from .config import Settings
 from .lightcurve_products import report_lines, summary_section
 from .storage import atomic_write_bytes
-from .night import cal_dir
+from .names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
 from .status import night_row_of
 
 SCHEMA_VERSION = 1
-SUMMARY_JSON = "summary.json"
-SUMMARY_PNG = "summary.png"
+
+
 FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 PNG_COLOURS = 128  # palette size of the PNG (the figure has few colours; this halves the file)
 FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
@@ -52,7 +52,7 @@ def summary_path(directory: Path) -> Path:
 
 def frame_time(name: str, entry: dict[str, Any]) -> str | None:
     """ISO time of the exposure: ``DATE-OBS`` as recorded, else the time in the file name."""
-    recorded = entry.get("calibrate", {}).get("date_obs")
+    recorded = entries.calibration(entry).get("date_obs")
     if recorded:
         return str(recorded)[:19]  # to the second: the summary has no use for milliseconds
     try:
@@ -67,8 +67,8 @@ def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dic
     FWHM in arcsec uses the solved WCS's pixel scale when the frame is solved, else the nominal scale
     recorded at calibration.
     """
-    calibrate = entry.get("calibrate", {})
-    solve = entry.get("astrometry", {})
+    calibrate = entries.calibration(entry)
+    solve = entries.solve(entry)
     measured = calibrate.get("quality", {})
     fwhm = measured.get("fwhm_arcsec")
     if measured.get("fwhm_px") is not None and solve.get("pixel_scale_arcsec"):
@@ -110,7 +110,7 @@ def night_frames(night: dict[str, Any], solving: bool = True) -> list[dict[str, 
 
 def retry_pending(entry: dict[str, Any], max_tries: int) -> bool:
     """A failed solve that a later run will try again (not yet ``max_tries`` tries)."""
-    solve = entry.get("astrometry", {})
+    solve = entries.solve(entry)
     return solve.get("status") == "failed" and solve.get("tries", 0) < max_tries
 
 
@@ -178,7 +178,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "counts": {key: row[key] for key in ("frames", "calibrated", "solved", "failed", "blocked",
                                              "retries_pending", "problems")},
         "medians": {key: median_of(frames, key) for key in METRICS},
-        "masters": _masters(night.get("masters", {})),
+        "masters": _masters(entries.masters_record(night)),
         "failures": _failures(night, settings.astrometry.max_tries),
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
@@ -228,7 +228,7 @@ def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settin
     json_path, png_path = directory / SUMMARY_JSON, directory / SUMMARY_PNG
     if png_path.is_file() and _same_content(document, json_path):
         return None
-    png = render_png(document, flat_preview(root, night.get("masters", {})))
+    png = render_png(document, flat_preview(root, entries.masters_record(night)))
     payload = json.dumps(document, separators=(",", ":")).encode()
     atomic_write_bytes(png_path, png, make_parents=False)
     atomic_write_bytes(json_path, payload, make_parents=False)

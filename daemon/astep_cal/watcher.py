@@ -19,6 +19,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from .config import DaemonSettings
+from .names import cams_dir, skyflat_dir
 from .night import Problem, inspect_frame, is_fits_name, is_temporary, valid_date
 
 
@@ -80,7 +81,7 @@ class Readiness:
 
 
 def _raw_dirs(night_dir: Path, date: str) -> list[Path]:
-    return [d for d in (night_dir / f"{date}-CAMS", night_dir / f"{date}-CAMS_SKYFLAT") if d.is_dir()]
+    return [d for d in (cams_dir(night_dir.parent, date), skyflat_dir(night_dir.parent, date)) if d.is_dir()]
 
 
 def _night_files(night_dir: Path, date: str) -> list[Path]:
@@ -93,7 +94,7 @@ def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float 
     night_dir = root / date
     if (night_dir / settings.marker_file).exists():
         return Readiness(True, "marker")
-    if not (night_dir / f"{date}-CAMS").is_dir():
+    if not cams_dir(root, date).is_dir():
         return Readiness(False, "no -CAMS directory yet")
     files = _night_files(night_dir, date)
     if any(is_temporary(p.name) for p in files):

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import entries
+
 BASELINE_SCRIPT = r'''
 import json, subprocess, sys, time, tempfile, warnings
 from pathlib import Path
@@ -130,11 +132,11 @@ def astep_stage_split(root: Path) -> dict[str, float]:
     """Per-frame stage medians from the ledger astep-cal wrote."""
     nights = [json.loads(p.read_text()) for p in sorted((root / ".astep-cal" / "nights").glob("*.json"))]
     frames = [f for night in nights for f in night["frames"].values()]
-    calibrate = [f["calibrate"]["duration_s"] for f in frames if "duration_s" in f.get("calibrate", {})]
-    solve = [f["astrometry"]["duration_s"] for f in frames if "duration_s" in f.get("astrometry", {})]
+    calibrate = [entries.calibration(f)["duration_s"] for f in frames if "duration_s" in entries.calibration(f)]
+    solve = [entries.solve(f)["duration_s"] for f in frames if "duration_s" in entries.solve(f)]
     return {"calibrate_per_frame_s": statistics.median(calibrate) if calibrate else None,
             "solve_per_frame_s": statistics.median(solve) if solve else None,
-            "solved": sum(f.get("astrometry", {}).get("status") == "solved" for f in frames)}
+            "solved": sum(entries.solve_status(f) == "solved" for f in frames)}
 
 
 def _log_events(log_path: Path) -> list[dict[str, Any]]:

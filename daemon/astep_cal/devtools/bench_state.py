@@ -43,7 +43,7 @@ from ..storage import fingerprint
 from ..ledger import Ledger, RootLock
 from ..night import raw_listing
 from ..rules import calibration_fingerprint
-from ..products import cal_name
+from ..names import cal_name
 
 TARGETS = {"record_ms": 50.0, "status_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
 

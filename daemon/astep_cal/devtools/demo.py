@@ -17,9 +17,8 @@ from ..config import Settings
 from .evaluate import score_frame
 from ..ledger import Ledger, RootLock
 from ..logs import configure
-from ..night import cal_dir
+from ..names import cal_dir, cal_name
 from ..pipeline import process_root
-from ..products import cal_name
 from .synthetic import NightSpec, make_night
 
 

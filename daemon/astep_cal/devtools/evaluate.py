@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from .. import keywords as kw
 from ..astrometry import wcs_error_px
 from ..masters import MaskBit
 from ..products import cal_image_hdu, read_cal_header
@@ -86,7 +87,7 @@ def stars_matched(solved: WCS, truth_stars, shape: tuple[int, int], tolerance_px
 
 def solved_wcs_of(header: fits.Header) -> WCS | None:
     """The WCS astep-cal merged into a CAL header, or None when the frame is not solved."""
-    if header.get("ASTCWCS") != "solved":
+    if header.get(kw.WCS_STATUS.name) != "solved":
         return None
     with warnings.catch_warnings():  # 'datfix' notes about MJD-OBS are not news
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -100,7 +101,7 @@ def wcs_error_of(cal_path: Path, truth) -> float | None:
     solved = solved_wcs_of(header)
     if solved is None:
         return None
-    return wcs_error_px(solved, truth.wcs(header["ASTCRAW"]), (header["NAXIS2"], header["NAXIS1"]))
+    return wcs_error_px(solved, truth.wcs(header[kw.RAW.name]), (header["NAXIS2"], header["NAXIS1"]))
 
 
 def score_frame(cal_path: Path, truth, raw_name: str) -> FrameScore:

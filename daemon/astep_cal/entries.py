@@ -1,0 +1,93 @@
+"""The ledger's records, defined once: a frame's entry, a night's record, and typed accessors.
+
+Every reader (rules, status rows, summary, recovery, reprocess, the tools) goes through these instead
+of spelling the layout again (``entry.get("calibrate", {}).get("status")`` in five modules drifted).
+The layout (README "The ledger")::
+
+    night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
+                   "frames": {raw name: FrameEntry}}
+    FrameEntry    {"raw": "size:mtime_ns", "output": "size:mtime_ns",
+                   "calibrate": CalibrateRecord, "astrometry": SolveRecord}
+
+A step's record always has ``status`` (ok/failed/blocked for calibrate, solved/failed for astrometry)
+and, when it failed, ``error`` — the stage runner's convention (``stages``). No numpy or astropy: the
+light commands import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+CALIBRATE = "calibrate"
+ASTROMETRY = "astrometry"
+MASTERS = "masters"
+
+
+class StepRecord(TypedDict, total=False):
+    status: str
+    error: str
+    duration_s: float
+
+
+class CalibrateRecord(StepRecord, total=False):
+    output: str            # the CAL file's name
+    config: str            # calibration settings fingerprint (rules.calibration_fingerprint)
+    software: str
+    dark: dict[str, Any]   # exptime, scale, bias_origin of the master dark used
+    flat: dict[str, Any]   # night, borrowed
+    gain: float
+    gain_source: str       # header or default
+    n_cosmic: int
+    n_saturated: int
+    sky_e: float
+    date_obs: str | None
+    quality: dict[str, Any]  # the quality metrics (quality.FrameQuality.record), or a failed step's record
+    foreign_kept_as: str   # a file not ours found at the CAL name, moved aside
+
+
+class SolveRecord(StepRecord, total=False):
+    tries: int
+    retry_after: float     # epoch seconds: no new try before (exponential back-off)
+    hinted: bool           # the pointing from the header was used
+    n_matched: int
+    residual_arcsec: float
+    pixel_scale_arcsec: float
+
+
+class FrameEntry(TypedDict, total=False):
+    raw: str               # fingerprint of the raw file calibrated
+    output: str            # fingerprint of the CAL file written
+    calibrate: CalibrateRecord
+    astrometry: SolveRecord
+
+
+def calibration(entry: FrameEntry | dict[str, Any]) -> CalibrateRecord:
+    """The frame's calibration record ({} when never calibrated)."""
+    return entry.get(CALIBRATE, {})  # type: ignore[return-value]
+
+
+def calibration_status(entry: FrameEntry | dict[str, Any]) -> str | None:
+    return calibration(entry).get("status")
+
+
+def solve(entry: FrameEntry | dict[str, Any]) -> SolveRecord:
+    """The frame's astrometry record ({} when never solved)."""
+    return entry.get(ASTROMETRY, {})  # type: ignore[return-value]
+
+
+def solve_status(entry: FrameEntry | dict[str, Any]) -> str | None:
+    return solve(entry).get("status")
+
+
+def solve_tries(entry: FrameEntry | dict[str, Any]) -> int:
+    """Solves tried so far (the next try is this + 1)."""
+    return int(solve(entry).get("tries", 0))
+
+
+def quality(entry: FrameEntry | dict[str, Any]) -> dict[str, Any]:
+    return calibration(entry).get("quality", {})
+
+
+def masters_record(night: dict[str, Any]) -> dict[str, Any]:
+    """The night's masters record ({} before its masters are made)."""
+    return night.get(MASTERS, {})

@@ -1,0 +1,81 @@
+"""Where things live and what they are called, defined once: the night directories, the CAL and
+master file names, and file names as FITS header values.
+
+Layout of a data root (README "Data layout")::
+
+    ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS/          *_SCIENCE*.fits, *_DARK*.fits, *_BIAS*.fits
+    ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_SKYFLAT/  *_SKYFLAT*.fits, *_DARK*.fits
+    ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_CAL/      *_CAL.fits, summary.json/png (astep-cal writes only here)
+    ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_CAL/masters/
+
+No numpy or astropy: the light commands (status, rescan, retry) and the watcher import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+FITS_SUFFIXES = tuple(f"{stem}{packed}" for stem in (".fits", ".fit", ".fts") for packed in ("", ".gz", ".fz"))
+
+MASTER_BIAS = "master_bias.fits"
+MASTER_FLAT = "master_flat.fits"
+PIXEL_MASK = "bad_pixel_mask.fits"
+SUMMARY_JSON = "summary.json"
+SUMMARY_PNG = "summary.png"
+
+
+def cams_dir(root: Path, date: str) -> Path:
+    return root / date / f"{date}-CAMS"
+
+
+def skyflat_dir(root: Path, date: str) -> Path:
+    return root / date / f"{date}-CAMS_SKYFLAT"
+
+
+def cal_dir(root: Path, date: str) -> Path:
+    return root / date / f"{date}-CAMS_CAL"
+
+
+def masters_dir(root: Path, date: str) -> Path:
+    return cal_dir(root, date) / "masters"
+
+
+def fits_stem(name: str) -> str:
+    """The name without its FITS suffix: ``a_SCIENCE.fits.fz`` -> ``a_SCIENCE``."""
+    lower = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def cal_name(raw_name: str) -> str:
+    """``2026-07-01_20.00.00_SCIENCE.fits`` -> ``2026-07-01_20.00.00_SCIENCE_CAL.fits``.
+
+    Compressed raw frames (``.fits.gz``, ``.fits.fz``) give the same, uncompressed, CAL name.
+    """
+    return f"{fits_stem(raw_name)}_CAL.fits"
+
+
+def cat_path(cal_path: Path) -> Path:
+    """The source catalogue beside a CAL file: ``..._SCIENCE_CAT.fits`` (README: Photometry)."""
+    return cal_path.with_name(cal_path.name.removesuffix("_CAL.fits") + "_CAT.fits")
+
+
+def dark_file_name(exptime: float) -> str:
+    return f"master_dark_{exptime:g}s.fits"
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(32, 127) if chr(c) != "%")
+
+
+def header_name(name: str) -> str:
+    """A file name as a FITS header value, which must be printable ASCII: any other character (and
+    ``%``) is percent-encoded as UTF-8 (RFC 3986), so the exact name comes back with
+    :func:`name_from_header` (ledger recovery maps CAL files back to their raw frames by it)."""
+    return quote(name, safe=_HEADER_SAFE, errors="surrogateescape")
+
+
+def name_from_header(value: str) -> str:
+    return unquote(value, errors="surrogateescape")
