@@ -78,8 +78,11 @@ def source(tmp_path_factory):
 def _assert_recovered(root: Path, truth, reference) -> None:
     ledger = read_ledger(root)  # parses
     expected = {cal_name(p.name) for p in truth.science_files}
+    expected |= {name.replace("_CAL.fits", "_CAT.fits") for name in expected}
     products = {p.name for p in cal_dir(root, DATE).iterdir() if p.is_file()}
-    assert products == expected | {"summary.json", "summary.png"}, "one CAL file per science frame, the summary"
+    assert products == expected | {"summary.json", "summary.png"}, "a CAL and a CAT file per science frame, the summary"
+    for name in expected - {cal_name(p.name) for p in truth.science_files}:
+        assert fits.getheader(cal_dir(root, DATE) / name, "CAT")["ASTCWCS"] == "solved", name
     outputs = _outputs(root)
     shape = truth.spec.shape
     for name, (data, mask, header) in reference.items():

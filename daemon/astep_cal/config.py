@@ -93,6 +93,45 @@ class QualitySettings:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A star whose light curve is made every night it is observed (coordinates in degrees, ICRS)."""
+
+    name: str
+    ra: float
+    dec: float
+    # Optional ephemeris (BJD_TDB of a mid-transit, period in days, duration in hours): with it, the
+    # light curve is normalised and its aperture chosen on the points out of transit exactly.
+    t0: float = 0.0
+    period: float = 0.0
+    duration_h: float = 0.0
+
+    def in_transit(self, bjd: "Any") -> "Any":
+        """Whether each time (BJD_TDB) falls in a transit of the ephemeris (all False without one)."""
+        import numpy as np
+
+        bjd = np.asarray(bjd, float)
+        if self.period <= 0 or self.duration_h <= 0:
+            return np.zeros(bjd.shape, bool)
+        phase = (bjd - self.t0 + 0.5 * self.period) % self.period - 0.5 * self.period
+        return np.abs(phase) < self.duration_h / 48.0
+
+
+@dataclass(frozen=True)
+class PhotometrySettings:
+    """Per-frame source catalogues and the nightly light curves (``catalogue.py``, ``lightcurve.py``).
+
+    Changing these does not redo calibrated frames; the light curves are remade when a night is closed.
+    """
+
+    enabled: bool = True  # write a catalogue per frame and the light curves of the targets
+    aperture_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5)  # aperture radii in units of the frame's FWHM
+    annulus_factors: tuple[float, ...] = (4.0, 6.0)  # local-background annulus, inner and outer, in FWHM
+    bin_minutes: float = 10.0  # the binned light curve of summary.json
+    max_sources: int = 4000  # the brightest detections measured per frame (0.2 ms each: < 1 s a frame)
+    targets: tuple[Target, ...] = ()  # [{ name = "WASP-19", ra = 148.4167, dec = -45.659 }, ...]
+
+
+@dataclass(frozen=True)
 class DaemonSettings:
     """How the long-running service (``astep-cal run``) decides a night is ready, and stays healthy."""
 
@@ -125,6 +164,7 @@ class Settings:
     astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -143,6 +183,7 @@ _SECTIONS = {
     "astrometry": AstrometrySettings,
     "quality": QualitySettings,
     "output": OutputSettings,
+    "photometry": PhotometrySettings,
     "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
@@ -150,6 +191,8 @@ _SECTIONS = {
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Check a TOML value against the type of its default (ints are accepted for floats)."""
+    if isinstance(default, tuple):
+        return _coerce_list(name, value)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -162,6 +205,21 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if not ok:
         raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
     return value
+
+
+def _coerce_list(name: str, value: Any) -> tuple:
+    """The two list settings: ``targets`` (tables name/ra/dec) and the radius factors (numbers)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: expected a list, got {value!r}")
+    if name.endswith("targets"):
+        optional = {"t0", "period", "duration_h"}
+        for item in value:
+            if not isinstance(item, dict) or not {"name", "ra", "dec"} <= set(item) <= {"name", "ra", "dec"} | optional:
+                raise ConfigError(f"{name}: each target is {{ name = ..., ra = ..., dec = ... }} (and optionally "
+                                  f"t0, period, duration_h), got {item!r}")
+        return tuple(Target(**{key: _coerce(f"{name}.{key}", v, "" if key == "name" else 0.0)
+                               for key, v in item.items()}) for item in value)
+    return tuple(_coerce(f"{name}[]", item, 0.0) for item in value)
 
 
 def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
@@ -221,6 +279,7 @@ def validate(settings: Settings) -> None:
     q = settings.quality
     if q.pixel_scale_arcsec <= 0 or q.detect_sigma <= 0 or q.fwhm_stars < 1:
         raise ConfigError("quality pixel_scale_arcsec, detect_sigma and fwhm_stars must be positive")
+    _validate_photometry(settings.photometry)
     if settings.output.quantize_level <= 0:
         raise ConfigError("output.quantize_level must be positive")
     if settings.cosmics.niter < 1:
@@ -229,6 +288,21 @@ def validate(settings: Settings) -> None:
         raise ConfigError("logging.format must be auto, console, json or journal")
     if settings.logging.level not in {"debug", "info", "warning", "error"}:
         raise ConfigError("logging.level must be debug, info, warning or error")
+
+
+def _validate_photometry(p: PhotometrySettings) -> None:
+    if not p.aperture_factors or min(p.aperture_factors) <= 0 or p.bin_minutes <= 0 or p.max_sources < 1:
+        raise ConfigError("photometry: aperture_factors must be positive (at least one), bin_minutes and "
+                          "max_sources positive")
+    if len(p.annulus_factors) != 2 or not max(p.aperture_factors) < p.annulus_factors[0] < p.annulus_factors[1]:
+        raise ConfigError("photometry.annulus_factors: [inner, outer] beyond the largest aperture")
+    names = [t.name for t in p.targets]
+    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+        raise ConfigError("photometry.targets: names must be unique and not empty")
+    if any(t.period < 0 or t.duration_h < 0 or (t.period > 0) != (t.duration_h > 0) for t in p.targets):
+        raise ConfigError("photometry.targets: an ephemeris needs both period (days) and duration_h (hours) > 0")
+    if any(not (0 <= t.ra < 360 and -90 <= t.dec <= 90) for t in p.targets):
+        raise ConfigError("photometry.targets: ra in [0, 360), dec in [-90, 90] (degrees)")
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import numpy as np
 from astropy.io import fits
 
 from . import keywords as kw
-from . import __version__, astrometry, names, products, quality
-from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibrationError, calibrate_frame
+from . import __version__, astrometry, catalogue, names, products, quality
+from .calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
 from .config import Settings
 from .faults import checkpoint
 from .fitsio import read_image
@@ -28,8 +29,8 @@ from .names import masters_dir
 from .night_masters import Masters, memory_budget
 from .recovery import raw_fingerprint_card
 from .rules import calibration_fingerprint
-from .stages import CALIBRATE_STEP, QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
-from .storage import fingerprint
+from .stages import CALIBRATE_STEP, CATALOGUE_STEP, QUALITY_STEP, SOLVE_STEP, FrameBlocked, run_stage, stage
+from .storage import StorageUnavailable, fingerprint
 
 
 def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
@@ -83,10 +84,10 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
         log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
 
 
-def frame_quality(result: Any, settings: Settings, log: Any
-                  ) -> tuple[dict[str, tuple], dict[str, Any], quality.Sources | None]:
-    """Header cards and ledger record of the frame's quality metrics, and the stars it detected (for
-    the plate solve).
+def frame_quality(result: Any, settings: Settings,
+                  log: Any) -> tuple[dict[str, tuple], dict[str, Any], quality.FrameQuality | None]:
+    """Header cards and ledger record of the frame's quality metrics, and the measurement itself: its
+    star list (``sources``) feeds the plate solve and the catalogue, which detect nothing again.
 
     Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
     content) is still a good calibrated frame, so a failure here is logged (``quality_failed``) and
@@ -94,19 +95,19 @@ def frame_quality(result: Any, settings: Settings, log: Any
     """
     scale = settings.quality.pixel_scale_arcsec
     cards: dict[str, tuple] = {}
-    sources: quality.Sources | None = None
+    measured: quality.FrameQuality | None = None
     with run_stage("quality", log, QUALITY_STEP) as record:
         measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
                                          settings.quality.fwhm_stars)
         record.update(measured.record(scale))
-        cards, sources = measured.header_cards(scale, "nominal"), measured.sources
+        cards = measured.header_cards(scale, "nominal")
     if record["status"] == "ok":
         del record["status"]  # the ledger's quality record holds the metrics (and duration_s) only
-    return cards, record, sources
+    return cards, record, measured if record.get("status") != "failed" else None
 
 
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
-                   record: dict[str, Any], log: Any) -> None:
+                   record: dict[str, Any], log: Any) -> "Calibrated":
     if masters.flat is None or masters.mask is None:
         raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
     dark = masters.library.dark_for(frame.exptime)
@@ -124,7 +125,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
                              saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
                              max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
-    quality_cards, quality_record, sources = frame_quality(result, settings, log)
+    quality_cards, quality_record, measured = frame_quality(result, settings, log)
     provenance = dict([
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
         kw.DARK_SCALE.card(round(dark.scale, 6)),
@@ -141,7 +142,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
-                                                                       sources))
+                                                                       measured.sources if measured else None))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
@@ -149,6 +150,71 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
         sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
     )
+    return Calibrated(result, measured, header, gain, read_noise)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What the catalogue step needs of a frame just calibrated, while it is still in memory."""
+
+    frame: CalibratedFrame
+    measured: quality.FrameQuality | None
+    header: fits.Header
+    gain: float
+    read_noise_e: float
+
+
+# Header cards of the frame copied into its catalogue (what a light curve needs without the CAL file).
+_CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
+
+
+def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
+    """Measure the frame's catalogue from the quality step's detections and write it beside the CAL file.
+
+    Runs in the stage runner (``CATALOGUE_STEP``): a catalogue that cannot be made is recorded and logged
+    (``catalogue_failed``), never raised — the calibrated frame is good without it; storage trouble goes up.
+    """
+    measured, data = made.measured, made.frame
+    found = measured.sources if measured is not None else None
+    sources = found.positions()[:settings.photometry.max_sources] if found is not None else np.zeros((0, 2))
+    table = catalogue.measure_catalogue(
+        data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
+        data.mask, sources, measured.fwhm_px if measured else None, settings.photometry.aperture_factors,
+        settings.photometry.annulus_factors, made.read_noise_e)
+    path = names.cat_path(cal_path)
+    products.write_catalogue(path, table, catalogue_cards(made, measured, cal_path))
+    record.update(file=path.name, n_sources=len(table), fwhm_px=table.meta["FWHMUSED"])
+
+
+def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
+    """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
+    cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
+    ny, nx = made.frame.data.shape
+    cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
+                 IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
+                 GAIN=(made.gain, "[e-/ADU] gain applied"), RDNOISE=(made.read_noise_e, "[e-] read noise"),
+                 SKYLEVEL=(round(made.frame.sky_e, 2), "[e-] median sky level"),
+                 **dict([kw.WCS_STATUS.card("pending")]))
+    if measured is not None:
+        cards["SKYNOISE"] = (round(measured.sky_noise_e, 2), "[e-] robust rms of the sky per pixel")
+        if measured.fwhm_px is not None:
+            cards["FWHMPIX"] = (round(measured.fwhm_px, 3), "[px] median stellar FWHM")
+    return cards
+
+
+def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
+    """After a solve: RA/Dec into the frame's catalogue. The outcome for the astrometry record:
+    ``ok``, ``missing`` (no catalogue: photometry off when calibrated) or ``failed: why``."""
+    path = names.cat_path(cal_path)
+    if not path.is_file():
+        return "missing"
+    try:
+        products.add_catalogue_wcs(path, astrometry.clean_wcs_header(wcs_header))
+    except StorageUnavailable:
+        raise
+    except Exception as error:  # noqa: BLE001 - the solve itself is good: recorded, not raised
+        return f"failed: {type(error).__name__}: {error}"
+    return "ok"
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -194,9 +260,14 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     """
     entry["raw"] = fingerprint(frame.path)
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
+    entry.pop("catalogue", None)
+    made = None
     with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
-        _calibrate_one(frame, masters(), settings, cal_path, record, log)
+        made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
     checkpoint("stage:frame_calibrated")
+    if made is not None and settings.photometry.enabled:
+        with stage(entry, "catalogue", log, root, CATALOGUE_STEP) as record:
+            catalogue_step(made, cal_path, settings, record, log)
     return entry["calibrate"]["status"]
 
 
@@ -212,7 +283,10 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any
         step["result"] = solve_and_merge(cal_path, settings)
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
-    return solve_record(step["result"], tries, settings)
+    record = solve_record(step["result"], tries, settings)
+    if record["status"] == "solved" and settings.photometry.enabled:
+        record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
+    return record
 
 
 def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Settings) -> dict[str, Any]:
@@ -249,5 +323,7 @@ def log_solve(log: Any, record: dict[str, Any]) -> None:
     """The log line of one finished solve (the ledger record has everything it says)."""
     if record["status"] == "solved":
         log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
+        if str(record.get("catalogue", "")).startswith("failed"):
+            log.warning("catalogue_failed", stage="sky positions", error=record["catalogue"])
     else:
         log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])

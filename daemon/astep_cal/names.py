@@ -58,6 +58,11 @@ def cal_name(raw_name: str) -> str:
     return f"{fits_stem(raw_name)}_CAL.fits"
 
 
+def cat_path(cal_path: Path) -> Path:
+    """The source catalogue beside a CAL file: ``..._SCIENCE_CAT.fits`` (README: Photometry)."""
+    return cal_path.with_name(cal_path.name.removesuffix("_CAL.fits") + "_CAT.fits")
+
+
 def dark_file_name(exptime: float) -> str:
     return f"master_dark_{exptime:g}s.fits"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import astrometry, entries, names, summary
+from . import astrometry, entries, names, photometry, summary
 from .config import Settings
 from .faults import checkpoint
 from .frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
@@ -25,10 +25,10 @@ from .ledger import Ledger
 from .logs import get_logger
 from .night import (NightInventory, RawFrame, discover_nights, make_output_dirs, problem_record, raw_listing,
                     take_inventory)
-from .names import masters_dir
+from .names import cal_dir, masters_dir
 from .night_masters import Masters, ensure_masters
 from .rules import needs_calibration, needs_solve, night_has_work
-from .stages import SUMMARY_STEP, StepSkipped, run_stage
+from .stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
 from .storage import StorageUnavailable, ensure_root, remove_stale_temporaries, root_present
 
 ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
@@ -91,10 +91,13 @@ def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Led
     date = inventory.date
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
+    remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
+    if remake:  # new frames (late ones too): the light curves are made again, then the summary
+        write_night_photometry(root, date, night, settings, log)
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
-    if summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file()):
+    if remake:
         write_night_summary(root, date, night, settings, log)
     ledger.release(date)
 
@@ -110,6 +113,18 @@ def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: 
         if written is None:
             raise StepSkipped("nothing to summarise")
         step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
+
+
+def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
+    """The light curve of every configured target from the night's catalogues, written beside the
+    summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
+    a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
+    if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
+        return
+    with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
+        make_output_dirs(root, date)
+        step.update(photometry.night_light_curves(cal_dir(root, date), date, night, settings, log))
+    night["photometry"] = step
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------

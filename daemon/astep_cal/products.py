@@ -10,6 +10,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -23,6 +24,9 @@ from .masters import MaskBit
 from .names import header_name
 from .night import image_hdu
 from .quality import Sources
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -176,3 +180,43 @@ def read_cal_header(path: Path) -> fits.Header:
 
 def write_calibrated(path: Path, hdul: fits.HDUList) -> None:
     atomic_write_hdul(path, hdul, make_parents=False)
+
+
+# --- the source catalogue beside each CAL file -----------------------------------------------------
+
+def write_catalogue(path: Path, table: "Table", cards: dict[str, tuple]) -> None:
+    """``<name>_CAT.fits``: an empty primary HDU and the ``CAT`` binary table, its header holding the
+    frame's time, exposure, seeing, image size and aperture radii (all the light curves need)."""
+    hdu = fits.BinTableHDU(table, name="CAT")
+    for key, value in table.meta.items():
+        hdu.header[key] = value
+    for key, (value, comment) in cards.items():
+        hdu.header[key] = (value, comment)
+    hdu.header["ASTCVER"] = (__version__, "astep-cal version")
+    atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(), hdu]), make_parents=False)
+
+
+def read_catalogue(path: Path) -> "tuple[Table, fits.Header]":
+    from astropy.table import Table
+
+    with fits.open(path, memmap=False) as hdul:
+        return Table(hdul["CAT"].data), hdul["CAT"].header.copy()
+
+
+def add_catalogue_wcs(path: Path, wcs_header: fits.Header) -> int:
+    """Give a catalogue its sources' RA/Dec and the frame's WCS (rewritten atomically; a few kB).
+
+    Returns the number of sources placed on the sky.
+    """
+    from astropy.wcs import WCS
+
+    from .catalogue import add_sky_positions
+
+    table, header = read_catalogue(path)
+    add_sky_positions(table, WCS(wcs_header))
+    hdu = fits.BinTableHDU(table, header=header, name="CAT")
+    for card in wcs_header.cards:
+        hdu.header[card.keyword] = (card.value, card.comment)
+    hdu.header[kw.WCS_STATUS.name] = ("solved", kw.WCS_STATUS.comment)
+    atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(), hdu]), make_parents=False)
+    return len(table)

@@ -59,6 +59,10 @@ class Sources:
     def __len__(self) -> int:
         return len(self.x)
 
+    def positions(self) -> np.ndarray:
+        """(n, 2) centroids (x, y), brightest first: what the catalogue step measures apertures at."""
+        return np.column_stack([self.x, self.y])
+
 
 @dataclass(frozen=True)
 class FrameQuality:

@@ -56,6 +56,9 @@ QUALITY_STEP = StageEvents(done=None, failed="quality_failed", isolate=True, fai
 MASTER_STEP = StageEvents(done="master_built", failed="masters_failed", isolate=False)  # one master
 MASTERS_STEP = StageEvents(done=None, failed="masters_failed", isolate=False)  # all of a night's masters
 SUMMARY_STEP = StageEvents(done="summary_written", failed="summary_failed", isolate=True)
+CATALOGUE_STEP = StageEvents(done=None, failed="catalogue_failed", isolate=True, failed_level="warning")
+# The light curves log their own outcome per target (lightcurve_written and the bad cases).
+PHOTOMETRY_STEP = StageEvents(done=None, failed="photometry_failed", isolate=True)
 # A solve runs in a helper thread; the thread that owns the ledger logs its outcome (frame_solved, or
 # frame_failed with the tries) once it is recorded, and not at all when a shutdown ended it.
 SOLVE_STEP = StageEvents(done=None, failed=None, isolate=True)

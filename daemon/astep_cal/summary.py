@@ -28,6 +28,7 @@ import numpy as np
 
 from . import __version__, entries
 from .config import Settings
+from .lightcurve_products import report_lines, summary_section
 from .storage import atomic_write_bytes
 from .names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
 from .status import night_row_of
@@ -181,6 +182,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "failures": _failures(night, settings.astrometry.max_tries),
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
+        "photometry": summary_section(night.get("photometry")),
     }
 
 
@@ -425,4 +427,5 @@ def render_report(document: dict[str, Any]) -> str:
     if document["problems"]:
         lines += ["", "unusable input files:"]
         lines += [f"  {p['path']}: {p['event']} ({p['reason']})" for p in document["problems"]]
+    lines += report_lines(document.get("photometry", {}))
     return "\n".join(lines)

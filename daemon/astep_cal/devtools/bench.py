@@ -182,6 +182,29 @@ def wcs_errors_px(root: Path, truth_dir: Path) -> list[float]:
     return [e for e in errors if e is not None]
 
 
+def photometry_cost(root: Path) -> dict[str, float | None]:
+    """Issue 16's cost per frame: the catalogue step (median of the ledger's ``catalogue`` durations, run
+    inside ``once``) and the night's light curve over these frames' catalogues, timed here with the
+    middle star of the reference catalogue as the target (what closing the night adds), per frame."""
+    from ..config import Target
+    from ..lightcurve import FrameCatalogue, light_curve
+    from ..products import read_catalogue
+
+    nights = [json.loads(p.read_text()) for p in sorted((root / ".astep-cal" / "nights").glob("*.json"))]
+    durations = [f["catalogue"]["duration_s"] for n in nights for f in n["frames"].values()
+                 if f.get("catalogue", {}).get("status") == "ok"]
+    paths = sorted(root.glob("*/*-CAMS_CAL/*_CAT.fits"))
+    if not durations or not paths:
+        return {"catalogue_per_frame_s": None, "lightcurve_per_frame_s": None}
+    start = time.perf_counter()
+    frames = [FrameCatalogue(p.name, *read_catalogue(p)) for p in paths]
+    reference = max(frames, key=lambda f: len(f.table))
+    star = reference.table[len(reference.table) // 2]
+    light_curve(frames, Target("bench", float(star["ra"]), float(star["dec"])), 10.0)
+    return {"catalogue_per_frame_s": statistics.median(durations),
+            "lightcurve_per_frame_s": (time.perf_counter() - start) / len(frames)}
+
+
 def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
     result: dict[str, Any] = {}
     baseline_out = work / "baseline-out"
@@ -199,7 +222,7 @@ def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
     truth_dir = night_dir.parent / ".truth" / night_dir.name
     errors = wcs_errors_px(root, truth_dir)
     result["astep_cal"] = {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root), **astep_cadence(log_path),
-                           "wcs_error_px": statistics.median(errors) if errors else None}
+                           "wcs_error_px": statistics.median(errors) if errors else None, **photometry_cost(root)}
     _, _, out = run_measured([sys.executable, "-m", "astep_cal.devtools.bench_frames", str(root), str(truth_dir)])
     frames = json.loads(out.strip().splitlines()[-1])
     result["frames"] = {**{f"stage_{k}_cpu_s": v for k, v in frames.pop("cpu_per_stage_s").items()}, **frames}
@@ -235,6 +258,9 @@ TARGETS = {  # checked on the medians of one run; m: medians, r: ratios, p: the 
     f"issue 14: steady cadence <= 1.1 x {ISSUE14_CADENCE_S} s": lambda m, r, p: m["astep_cal"]["steady_frame_s"]
     <= 1.1 * ISSUE14_CADENCE_S,
     "issue 6: bad-pixel mask < 5 s": lambda m, r, p: (m["astep_cal"]["mask_s"] or 0) < 5,
+    "issue 16: catalogue + light curve < 1 s / frame": lambda m, r, p: (m["astep_cal"].get("catalogue_per_frame_s")
+                                                                       or 0) + (m["astep_cal"].get(
+        "lightcurve_per_frame_s") or 0) < 1.0,
 }
 
 
@@ -286,6 +312,8 @@ def print_table(summary: dict[str, Any]) -> None:
     row("solve / frame (s)", b["solve_per_frame_s"], a["solve_per_frame_s"])
     row("steady cadence / frame (s)", b["calibrate_per_frame_s"] + b["solve_per_frame_s"], a.get("steady_frame_s"))
     row("WCS error vs truth (px)", None, a.get("wcs_error_px"), fmt=".3f")
+    row("catalogue / frame (s)", None, a.get("catalogue_per_frame_s"), fmt=".3f")
+    row("light curve / frame (s)", None, a.get("lightcurve_per_frame_s"), fmt=".3f")
     print("\nCPU seconds per frame (all threads; solve includes solve-field), medians over the frames:")
     stages = [k for k in fr if k.startswith("stage_")]
     print("  " + ", ".join(f"{k[6:-6]} {fr[k]:.2f}" for k in stages) + f"; total {fr['cpu_per_frame_s']:.2f}")

@@ -43,7 +43,10 @@ _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?
 # ------------------------------------------------------------------------------------- FITS files
 
 def _stats(data: np.ndarray) -> str:
-    """A short description of an array, so a pixel difference shows how large it is."""
+    """A short description of an array, so a pixel difference shows how large it is (for a table,
+    e.g. a ``CAT`` catalogue, its number of rows)."""
+    if data.dtype.names:
+        return f"rows={data.size} columns={len(data.dtype.names)}"
     if data.dtype.kind in "fc":
         finite = data[np.isfinite(data)]
         if not finite.size:

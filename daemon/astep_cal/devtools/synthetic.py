@@ -40,6 +40,8 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.special import erf
 
+from .transit import TransitSpec, choose_target, transit_factor, transparency
+
 INDEX_DIR = Path("/usr/share/astrometry")
 TYCHO2_INDEXES = ("index-tycho2-07.littleendian.fits", "index-tycho2-08.littleendian.fits",
                   "index-tycho2-09.littleendian.fits")
@@ -92,6 +94,10 @@ class NightSpec:
     cadence_s: float = 90.0
     seed: int = 1  # noise, cosmic rays, pointing jitter: differ per night
     sensor_seed: int = 42  # flat, dust, hot pixels, dead column: the same sensor for every night
+    transit: TransitSpec | None = None  # a field star with a transit (OBJECT names it; see devtools.transit)
+    transparency_rms: float = 0.0  # per-frame starlight loss 1 - |N(0, rms)| (thin cirrus)
+    cloud_frames: tuple[int, ...] = ()  # science frames (0-based) dimmed by a cloud ...
+    cloud_dimming: float = 0.8  # ... losing this fraction of the starlight
 
 
 @dataclass
@@ -111,6 +117,7 @@ class NightTruth:
     dead_column: int | None
     spec: NightSpec
     wcs_headers: dict[str, dict] = field(default_factory=dict, repr=False)  # stem -> true WCS cards
+    target: dict | None = None  # the transiting star: ra, dec, mag (None without a transit)
 
     def wcs(self, science_name: str) -> WCS:
         """The true TAN WCS of that science frame (the one its stars were projected with)."""
@@ -459,6 +466,8 @@ def raw_header(spec: NightSpec, plan: _Plan) -> fits.Header:
     if spec.write_gain_header:
         header["GAIN"] = (float(spec.gain), "[e-/ADU] detector gain")
         header["RDNOISE"] = (float(spec.read_noise_e), "[e-] read noise")
+    if spec.transit is not None and kind == "SCIENCE":
+        header["OBJECT"] = (spec.transit.name, "target")
     if spec.write_pointing_header and kind == "SCIENCE":
         header["RA"] = (float(spec.ra_deg), "[deg] telescope pointing RA")
         header["DEC"] = (float(spec.dec_deg), "[deg] telescope pointing Dec")
@@ -536,13 +545,16 @@ def _calibration_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan) -> np.ndar
     return _to_raw(electrons, sensor, spec, rng, crs)
 
 
-def _science_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan, truth_dir: Path) -> dict:
+def _science_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan, truth_dir: Path,
+                   target: dict | None = None) -> dict:
     """Write one science frame and its truth file; return its true WCS header cards."""
     rng = _frame_rng(spec, "SCIENCE", plan.index)
     jitter = rng.normal(0.0, 3.0, 2) / 3600.0  # a few arcsec of pointing jitter per frame
     w = true_wcs(spec, spec.ra_deg + jitter[0] / np.cos(np.deg2rad(spec.dec_deg)), spec.dec_deg + jitter[1])
     sigma = _psf_sigma_px(spec)
     stars = _field_stars(spec, w, sigma)
+    if spec.transit is not None or spec.transparency_rms > 0 or spec.cloud_frames:
+        _dim_stars(spec, plan, stars, target)
     sky = np.full(spec.shape, spec.sky_e_per_s * spec.science_exptime, np.float32)
     render_stars(sky, stars["x"], stars["y"], stars["flux_e"], sigma)
     stars["peak_e"] = _peaks(sky, stars)
@@ -555,6 +567,36 @@ def _science_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan, truth_dir: Pat
     electrons = _dark_electrons(spec, sensor, plan.exptime, sky)  # consumes sky
     _write_raw(plan.path, _to_raw(electrons, sensor, spec, rng, crs), raw_header(spec, plan))
     return cards
+
+
+def _dim_stars(spec: NightSpec, plan: _Plan, stars: Table, target: dict | None) -> None:
+    """This frame's transparency on every star and the transit on the target (``flux_e`` in place);
+    the factors go into the truth table (``transparency``, ``transit`` and ``target`` columns)."""
+    clear = transparency(spec.seed, plan.index, spec.transparency_rms, spec.cloud_frames, spec.cloud_dimming)
+    stars["transparency"] = np.full(len(stars), clear)
+    stars["transit"] = np.ones(len(stars))
+    stars["target"] = np.zeros(len(stars), bool)
+    if spec.transit is not None and target is not None and len(stars):
+        offset = np.hypot((np.asarray(stars["ra"]) - target["ra"]) * np.cos(np.deg2rad(target["dec"])),
+                          np.asarray(stars["dec"]) - target["dec"]) * 3600.0
+        row = int(np.argmin(offset))
+        if offset[row] < 1.0:
+            mid_exposure = plan.date_obs + dt.timedelta(seconds=plan.exptime / 2)
+            stars["transit"][row] = transit_factor(spec.transit, mid_exposure)
+            stars["target"][row] = True
+    stars["flux_e"] *= stars["transparency"] * stars["transit"]
+
+
+def _pick_target(spec: NightSpec) -> dict | None:
+    """The transiting star of the night (on the unjittered frame), as ra, dec, mag."""
+    if spec.transit is None:
+        return None
+    w = true_wcs(spec, spec.ra_deg, spec.dec_deg)
+    sigma = _psf_sigma_px(spec)
+    stars = _field_stars(spec, w, sigma)
+    row = choose_target(stars, spec.transit, ((spec.shape[1] - 1) / 2, (spec.shape[0] - 1) / 2),
+                        0.3 * min(spec.shape), 12.0 * sigma, spec.dead_column)
+    return {key: float(stars[key][row]) for key in ("ra", "dec", "mag")}
 
 
 def _peaks(sky: np.ndarray, stars: Table) -> np.ndarray:
@@ -584,9 +626,10 @@ def make_night(root: Path, spec: NightSpec = NightSpec(), truth_dir: Path | None
     sensor = _make_sensor(spec)
     plans = _schedule(root, spec)
     wcs_headers: dict[str, dict] = {}
+    target = _pick_target(spec)
     for plan in plans:
         if plan.kind == "SCIENCE":
-            wcs_headers[plan.path.stem] = _science_frame(spec, sensor, plan, truth_dir)
+            wcs_headers[plan.path.stem] = _science_frame(spec, sensor, plan, truth_dir, target)
         else:
             _write_raw(plan.path, _calibration_frame(spec, sensor, plan), raw_header(spec, plan))
     hot = np.zeros(spec.shape, bool)
@@ -598,7 +641,8 @@ def make_night(root: Path, spec: NightSpec = NightSpec(), truth_dir: Path | None
         flat_files=[p.path for p in plans if p.kind == "SKYFLAT"],
         flat_dark_files=[p.path for p in plans if p.kind == "FLATDARK"],
         bias_files=[p.path for p in plans if p.kind == "BIAS"],
-        flat=sensor.flat, hot_pixels=hot, dead_column=spec.dead_column, spec=spec, wcs_headers=wcs_headers)
+        flat=sensor.flat, hot_pixels=hot, dead_column=spec.dead_column, spec=spec, wcs_headers=wcs_headers,
+        target=target)
     _save_truth(truth, sensor)
     return truth
 
@@ -621,6 +665,7 @@ def _save_truth(truth: NightTruth, sensor: _Sensor) -> None:
         "zero_point_mag": ZERO_POINT_MAG,
         **{name: [str(p.relative_to(truth.root)) for p in getattr(truth, name)] for name in _FILE_LISTS},
         "wcs": truth.wcs_headers,
+        "target": truth.target,
     }
     temp = truth.truth_dir / ".truth.json.tmp"
     temp.write_text(json.dumps(document, indent=1))
@@ -631,6 +676,8 @@ def _spec_from_dict(values: dict) -> NightSpec:
     """Rebuild a NightSpec from JSON (lists back to tuples; unknown keys ignored)."""
     known = {f.name: f for f in fields(NightSpec)}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    if isinstance(kwargs.get("transit"), dict):
+        kwargs["transit"] = TransitSpec(**kwargs["transit"])
     return NightSpec(**kwargs)
 
 
@@ -645,7 +692,7 @@ def load_truth(truth_dir: Path) -> NightTruth:
         root=root, night_dir=root / spec.date, truth_dir=truth_dir, **lists,
         flat=fits.getdata(truth_dir / "flat.fits").astype(np.float32),
         hot_pixels=fits.getdata(truth_dir / "hot_pixels.fits", ext=0).astype(bool),
-        dead_column=spec.dead_column, spec=spec, wcs_headers=document["wcs"])
+        dead_column=spec.dead_column, spec=spec, wcs_headers=document["wcs"], target=document.get("target"))
 
 
 def _stem(science_name: str | Path) -> str:

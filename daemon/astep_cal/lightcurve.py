@@ -1,0 +1,369 @@
+"""A night's light curve of one target from its frames' source catalogues (differential photometry).
+
+Pure functions: catalogues in, a table and a record out; what happened is returned as events for the
+caller to log (``pipeline.write_night_photometry`` writes the files). The method, and why:
+
+* **Which frames**: a solved frame whose WCS puts the target inside it, or a frame whose ``OBJECT``
+  names the target (an unsolved frame is then placed by its shift against the reference, see
+  ``crossmatch``). A frame that names the target but whose WCS puts it outside is reported.
+* **Reference**: the solved frame with the most clean sources defines the stars (their ids, the
+  target's row); every frame is matched to it.
+* **Comparison stars**: found in >= 90 % of the frames with clean flags, not saturated, away from the
+  target, of similar brightness (1/4 to 4 times the target, widened to 1/20 to 20 when that finds
+  none), at most ``MAX_COMPARISONS``. They are weighted as in Broeg, Fernandez & Neuhauser (2005,
+  AN 326, 134): each star's weight is 1/sigma^2 of its own light curve against the ensemble of the
+  others, iterated until the weights settle; a star far noisier than the rest (variable) gets none.
+* **Aperture**: the one (of the catalogue's radii, tied to each frame's FWHM) whose light curve has
+  the least point-to-point scatter out of transit -- a transit barely changes neighbouring points, so
+  without an ephemeris all good points are used. The curve is normalised to the median of the good
+  points out of transit (with an ephemeris), else of all good points (a transit covers far less than
+  half a night).
+* **Time**: BJD_TDB at mid-exposure, astropy.time at Concordia with astropy's built-in ephemeris.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from . import crossmatch, keywords as kw
+from .catalogue import EDGE, NO_SKY
+from .config import Target
+from .lightcurve_time import bjd_and_airmass, mid_exposure
+from .masters import MaskBit
+
+MAX_COMPARISONS = 20
+MAX_FOLLOWED = 300  # reference stars matched in every frame (the target's possible comparison stars)
+MIN_DETECTED = 0.9  # a comparison star is found (and clean) in this fraction of the frames
+# A measurement that cannot be trusted. BAD and COSMIC pixels in an aperture are not: their values were
+# replaced from their neighbours (the flag stays in the catalogue for whoever wants to be stricter).
+UNUSABLE = int(MaskBit.SATURATED | EDGE | NO_SKY)
+CLOUDY = 1  # point flags: the comparison ensemble lost more than half its light (cloud)
+TARGET_FLAGGED = 2  # the target's aperture holds a bad or saturated pixel, or leaves the frame
+SHIFTED = 4  # the frame did not solve: matched by its pixel shift (a good point all the same)
+MISSING = 8  # the target was not found in the frame
+TARGET_COSMIC = 16  # cosmic-ray pixels replaced in the target's aperture (a hit on the core loses ~1 %)
+BAD_POINT = CLOUDY | TARGET_FLAGGED | MISSING | TARGET_COSMIC
+CLOUD_LEVEL = 0.5
+
+
+@dataclass(frozen=True)
+class FrameCatalogue:
+    """One frame's catalogue (``<name>_CAT.fits``: the table and its header)."""
+
+    name: str
+    table: Table
+    header: fits.Header
+
+    @property
+    def solved(self) -> bool:
+        return self.header.get(kw.WCS_STATUS.name) == "solved"
+
+    def wcs(self) -> WCS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return WCS(self.header).celestial
+
+    def xy(self) -> np.ndarray:
+        return np.column_stack([np.asarray(self.table["x"], float), np.asarray(self.table["y"], float)])
+
+    def inside(self, x: float, y: float) -> bool:
+        return bool(-0.5 <= x < self.header["IMWIDTH"] - 0.5 and -0.5 <= y < self.header["IMHEIGHT"] - 0.5)
+
+
+@dataclass
+class LightCurve:
+    """The result for one target: ``status`` ``ok`` with ``points``, else why not."""
+
+    target: str
+    status: str
+    points: Table | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (level, event, fields)
+
+
+def same_name(a: Any, b: str) -> bool:
+    return isinstance(a, str) and "".join(a.split()).upper() == "".join(b.split()).upper()
+
+
+def frames_of_target(frames: list[FrameCatalogue], target: Target, events: list) -> list[FrameCatalogue]:
+    """The frames that observed the target (see the module's docstring); reports named frames that miss it."""
+    chosen = []
+    for frame in frames:
+        named = same_name(frame.header.get("OBJECT"), target.name)
+        if frame.solved:
+            x, y = frame.wcs().all_world2pix(target.ra, target.dec, 0, quiet=True)
+            if frame.inside(float(x), float(y)):
+                chosen.append(frame)
+            elif named:
+                events.append(("warning", "lightcurve_target_off_frame",
+                               {"target": target.name, "frame": frame.name, "x": round(float(x), 1),
+                                "y": round(float(y), 1)}))
+        elif named:
+            chosen.append(frame)
+    return chosen
+
+
+def reference_frame(frames: list[FrameCatalogue]) -> FrameCatalogue | None:
+    """The solved frame with the most sources: the clearest (None when no frame of the target solved)."""
+    solved = [f for f in frames if f.solved]
+    return max(solved, key=lambda f: len(f.table)) if solved else None
+
+
+def followed_stars(table: Table, target_row: int) -> np.ndarray:
+    """Reference rows worth following through the night: the target and the ``MAX_FOLLOWED`` stars
+    nearest its flux that could become comparison stars (1/20 to 20 times, not saturated). Bounds the
+    (frames x stars) arrays: 1400 frames x 4000 sources would be 45 MB an array."""
+    n_apertures = sum(1 for name in table.colnames if name.startswith("flux_err_"))
+    level = np.asarray(table[f"flux_{n_apertures // 2 + 1}"], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ratio = np.abs(np.log(level / level[target_row]))
+    usable = np.isfinite(ratio) & (ratio < np.log(20.0)) & ((np.asarray(table["flags"]) & MaskBit.SATURATED) == 0)
+    usable[target_row] = False
+    chosen = np.flatnonzero(usable)
+    chosen = chosen[np.argsort(ratio[chosen], kind="stable")][:MAX_FOLLOWED]
+    return np.union1d(chosen, [target_row])
+
+
+def match_all(frames: list[FrameCatalogue], reference: FrameCatalogue, vote_xy: np.ndarray, radius: float,
+              events: list) -> tuple[np.ndarray, np.ndarray]:
+    """(n frames, n reference stars) rows of each star in each frame (-1: absent) and per-frame flags."""
+    ref_xy, ref_wcs = reference.xy(), reference.wcs()
+    rows, flags = [], []
+    for frame in frames:
+        sky = (np.asarray(frame.table["ra"], float), np.asarray(frame.table["dec"], float)) if frame.solved else None
+        matched, how = crossmatch.match_frame(ref_xy, frame.xy(), sky, ref_wcs, radius, vote_xy)
+        if how == "none":
+            events.append(("warning", "lightcurve_frame_unmatched", {"frame": frame.name}))
+        elif how == "shift":
+            events.append(("info", "lightcurve_frame_unsolved", {"frame": frame.name, "matched": int((matched >= 0).sum())}))
+        rows.append(matched)
+        flags.append(SHIFTED if how == "shift" else 0)
+    return np.array(rows), np.array(flags)
+
+
+def gather(frames: list[FrameCatalogue], rows: np.ndarray, column: str, fill: float = np.nan) -> np.ndarray:
+    """(n frames, n stars) values of one catalogue column for the matched stars."""
+    out = np.full(rows.shape, fill, float)
+    for i, frame in enumerate(frames):
+        found = rows[i] >= 0
+        out[i, found] = np.asarray(frame.table[column], float)[rows[i, found]]
+    return out
+
+
+def choose_comparisons(flux: np.ndarray, flags: np.ndarray, target: int, ref_xy: np.ndarray,
+                       min_separation: float) -> np.ndarray:
+    """Comparison stars (reference indices): found and clean, away from the target, similar brightness."""
+    usable = np.isfinite(flux) & (flux > 0) & ((flags.astype(int) & UNUSABLE) == 0)
+    with warnings.catch_warnings():  # a star never usable has no level: it is not chosen
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanmedian(np.where(usable, flux, np.nan), axis=0)
+    target_level = np.nanmedian(flux[:, target])
+    apart = np.hypot(*(ref_xy - ref_xy[target]).T) > min_separation
+    ok = (usable.mean(axis=0) >= MIN_DETECTED) & apart & np.isfinite(level)
+    ok[target] = False
+    for ratio in (4.0, 20.0):
+        similar = ok & (level > target_level / ratio) & (level < target_level * ratio)
+        if similar.any():
+            chosen = np.flatnonzero(similar)
+            order = np.argsort(np.abs(np.log(level[chosen] / target_level)), kind="stable")
+            return chosen[order][:MAX_COMPARISONS]
+    return np.zeros(0, int)
+
+
+def robust_std(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """1.4826 x the median absolute deviation (NaN ignored): a cloud or a cosmic ray does not count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(values, axis=axis, keepdims=True)
+        return 1.4826 * np.nanmedian(np.abs(values - median), axis=axis)
+
+
+def broeg_weights(norm: np.ndarray, norm_err: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Weights of the comparison stars (Broeg et al. 2005), from their normalised fluxes (frames x stars).
+
+    Start from the photometric errors; then, in turn, each star's light curve is divided by the
+    weighted ensemble of the *others* and its weight becomes 1/scatter^2, until no weight moves by more
+    than 0.1 %. A star more than 3 times noisier than the median star (variable, blended) gets 0.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        weights = 1.0 / np.nanmedian(norm_err, axis=0) ** 2
+    weights = np.where(np.isfinite(weights), weights, 0.0)
+    if norm.shape[1] < 2:
+        return np.ones(norm.shape[1])
+    present = np.isfinite(norm)
+    values = np.where(present, norm, 0.0)
+    for _ in range(iterations):
+        total, mass = values @ weights, present @ weights
+        others = (total[:, None] - values * weights) / (mass[:, None] - present * weights)
+        scatter = robust_std(np.where(present, norm / others, np.nan), axis=0)
+        new = np.where(scatter > 0, 1.0 / np.maximum(scatter, 1e-9) ** 2, 0.0)
+        settled = np.allclose(new, weights, rtol=1e-3)
+        weights = new
+        if settled:
+            break
+    scatter = 1.0 / np.sqrt(np.maximum(weights, 1e-300))
+    weights[scatter > 3.0 * np.median(scatter)] = 0.0
+    return weights
+
+
+def ensemble_flux(norm: np.ndarray, norm_err: np.ndarray,
+                  weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted ensemble per frame and its error; a star more than 4 sigma off it in one frame (a
+    cosmic-ray residue, a satellite) is left out of that frame, and the ensemble computed again."""
+    present = np.isfinite(norm)
+    for _ in range(2):
+        mass = present @ weights
+        ensemble = np.where(present, norm, 0.0) @ weights / mass
+        sigma = 1.0 / np.sqrt(np.maximum(weights, 1e-300))
+        present &= ~(np.abs(norm / ensemble[:, None] - 1.0) > 4.0 * sigma)
+    mass = present @ weights
+    ensemble = np.where(present, norm, 0.0) @ weights / mass
+    ensemble_err = np.sqrt(np.where(present, norm_err, 0.0) ** 2 @ weights ** 2) / mass
+    return ensemble, ensemble_err
+
+
+def differential(flux: np.ndarray, err: np.ndarray, target: int,
+                 comparisons: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Relative flux of the target, its error, the ensemble's normalised flux and the weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanmedian(flux[:, comparisons], axis=0)
+        norm, norm_err = flux[:, comparisons] / level, err[:, comparisons] / level
+        weights = broeg_weights(norm, norm_err)
+        ensemble, ensemble_err = ensemble_flux(norm, norm_err, weights)
+        target_norm = flux[:, target] / np.nanmedian(flux[:, target])
+        rel = target_norm / ensemble
+        rel_err = np.abs(rel) * np.hypot(err[:, target] / flux[:, target], ensemble_err / ensemble)
+    return rel, rel_err, ensemble, weights
+
+
+def point_to_point(values: np.ndarray) -> float:
+    """Scatter of one point from successive differences (robust; a transit's slow change is ignored)."""
+    values = values[np.isfinite(values)]
+    return float(robust_std(np.diff(values)) / np.sqrt(2.0)) if len(values) > 2 else float("inf")
+
+
+def light_curve(frames: list[FrameCatalogue], target: Target, bin_minutes: float) -> LightCurve:
+    """The target's light curve over the night's catalogues (see the module's docstring)."""
+    result = LightCurve(target.name, "not_observed")
+    mine = sorted(frames_of_target(frames, target, result.events), key=lambda f: f.header.get("DATE-OBS", ""))
+    if not mine:
+        result.status = "off_frame" if result.events else "not_observed"
+        return result
+    reference = reference_frame(mine)
+    if reference is None:
+        return _give_up(result, "no_solved_frame", "lightcurve_no_solved_frame", frames=len(mine))
+    ref_xy = reference.xy()
+    tx, ty = reference.wcs().all_world2pix(target.ra, target.dec, 0, quiet=True)
+    radius = max(1.5, 0.5 * float(reference.header.get("FWHMUSED", 2.5)))
+    distance = np.hypot(ref_xy[:, 0] - tx, ref_xy[:, 1] - ty) if len(ref_xy) else np.zeros(0)
+    if not len(distance) or distance.min() > 2 * radius:
+        return _give_up(result, "not_detected", "lightcurve_target_not_detected", reference=reference.name,
+                        x=round(float(tx), 1), y=round(float(ty), 1))
+    return _measure(result, mine, reference, int(np.argmin(distance)), radius, target, bin_minutes)
+
+
+def _give_up(result: LightCurve, status: str, event: str, **fields: Any) -> LightCurve:
+    result.status = status
+    result.events.append(("warning", event, {"target": result.target, **fields}))
+    return result
+
+
+def _measure(result: LightCurve, frames: list[FrameCatalogue], reference: FrameCatalogue, target_row: int,
+             radius: float, target: Target, bin_minutes: float) -> LightCurve:
+    stars, vote_xy = followed_stars(reference.table, target_row), reference.xy()
+    reference = FrameCatalogue(reference.name, reference.table[stars], reference.header)
+    target_row = int(np.searchsorted(stars, target_row))
+    rows, frame_flags = match_all(frames, reference, vote_xy, radius, result.events)
+    n_apertures = sum(1 for name in reference.table.colnames if name.startswith("flux_err_"))
+    flags = gather(frames, rows, "flags", 0.0)
+    fluxes = [gather(frames, rows, f"flux_{k}") for k in range(1, n_apertures + 1)]
+    errors = [gather(frames, rows, f"flux_err_{k}") for k in range(1, n_apertures + 1)]
+    middle = n_apertures // 2
+    separation = 2.0 * float(reference.header.get(f"APRAD{n_apertures}", 5.0))
+    comparisons = choose_comparisons(fluxes[middle], flags, target_row, reference.xy(), separation)
+    target_flags = flags[:, target_row].astype(int)
+    saturated = int(np.count_nonzero(target_flags & MaskBit.SATURATED))
+    if saturated:
+        result.events.append(("warning", "lightcurve_target_saturated",
+                              {"target": target.name, "frames": saturated, "of": len(frames)}))
+    if saturated > len(frames) / 2:
+        result.status = "target_saturated"
+        return result
+    if not len(comparisons):
+        return _give_up(result, "no_comparison", "lightcurve_no_comparison", frames=len(frames))
+    candidates = [differential(f, e, target_row, comparisons) for f, e in zip(fluxes, errors)]
+    point = np.where(rows[:, target_row] < 0, MISSING, 0) | np.where(target_flags & UNUSABLE, TARGET_FLAGGED, 0)
+    point |= np.where(target_flags & MaskBit.COSMIC, TARGET_COSMIC, 0)
+    point |= frame_flags | np.where(~(candidates[middle][2] >= CLOUD_LEVEL), CLOUDY, 0)
+    bjd, airmass = bjd_and_airmass(mid_exposure([f.header for f in frames]), target.ra, target.dec)
+    outside = ((point & BAD_POINT) == 0) & ~target.in_transit(bjd)
+    scatter = [point_to_point(c[0][outside]) for c in candidates]
+    best = int(np.argmin(scatter))
+    rel, rel_err, ensemble, weights = candidates[best]
+    for i in np.flatnonzero(point & CLOUDY):
+        result.events.append(("warning", "lightcurve_frame_cloudy", {"target": target.name, "frame": frames[i].name,
+                                                                      "transparency": round(float(ensemble[i]), 3)}))
+    _finish(result, frames, rows, target_row, comparisons, weights, best, scatter,
+            (bjd, airmass, rel, rel_err, ensemble, point, outside), bin_minutes, reference)
+    result.record["normalised_on"] = "out of transit (ephemeris)" if target.period > 0 else "all good points"
+    return result
+
+
+def _finish(result: LightCurve, frames: list[FrameCatalogue], rows: np.ndarray, target_row: int,
+            comparisons: np.ndarray, weights: np.ndarray, best: int, scatter: list[float],
+            curve: tuple[np.ndarray, ...], bin_minutes: float, reference: FrameCatalogue) -> LightCurve:
+    bjd, airmass, rel, rel_err, ensemble, point, outside = curve
+    good = ((point & BAD_POINT) == 0) & np.isfinite(rel)
+    outside &= good
+    level = np.nanmedian(rel[outside]) if outside.any() else np.nan
+    k = best + 1
+    result.points = Table({
+        "bjd_tdb": bjd, "rel_flux": rel / level, "rel_flux_err": rel_err / level, "flag": point.astype(np.int16),
+        "airmass": airmass, "sky": gather(frames, rows, "background")[:, target_row],
+        "fwhm": np.array([float(f.header.get("FWHMUSED", np.nan)) for f in frames]),
+        "x": gather(frames, rows, "x")[:, target_row], "y": gather(frames, rows, "y")[:, target_row],
+        "target_flux": gather(frames, rows, f"flux_{k}")[:, target_row], "ensemble": ensemble,
+        "aperture_px": np.array([float(f.header.get(f"APRAD{k}", np.nan)) for f in frames]),
+    })
+    result.status = "ok"
+    result.record = summary_record(result.points, good, bin_minutes)
+    result.record.update(
+        aperture=k, n_comparisons=int(np.count_nonzero(weights > 0)), aperture_fwhm=float(reference.header.get(f"APRAD{k}", np.nan)) / float(
+            reference.header.get("FWHMUSED", np.nan)),
+        scatter_by_aperture=[round(s, 6) for s in scatter], reference=reference.name,
+        comparisons=[{"x": round(float(reference.xy()[c, 0]), 2), "y": round(float(reference.xy()[c, 1]), 2),
+                      "weight": round(float(w / max(weights.sum(), 1e-300)), 4)} for c, w in zip(comparisons, weights)])
+    return result
+
+
+def summary_record(points: Table, good: np.ndarray, bin_minutes: float) -> dict[str, Any]:
+    """What summary.json carries of a light curve: counts, scatter, and the curve binned in time."""
+    rel, err, bjd = (np.asarray(points[c], float) for c in ("rel_flux", "rel_flux_err", "bjd_tdb"))
+    return {"n_points": len(points), "n_good": int(good.sum()),
+            "rms": round(point_to_point(rel[good]), 6), "median_err": round(float(np.nanmedian(err[good])), 6)
+            if good.any() else None, "binned": binned(bjd[good], rel[good], err[good], bin_minutes)}
+
+
+def binned(bjd: np.ndarray, rel: np.ndarray, err: np.ndarray, bin_minutes: float) -> dict[str, Any]:
+    """Inverse-variance means in bins of ``bin_minutes``: columns bjd_tdb, rel_flux, rel_flux_err, n; and
+    their scatter from successive differences (as the points': a transit does not count as noise)."""
+    rows = []
+    if len(bjd):
+        index = np.floor((bjd - bjd.min()) / (bin_minutes / 1440.0)).astype(int)
+        for b in np.unique(index):
+            inside = index == b
+            w = 1.0 / np.maximum(err[inside], 1e-12) ** 2
+            rows.append([round(float(np.mean(bjd[inside])), 6), round(float(np.sum(w * rel[inside]) / w.sum()), 6),
+                         round(float(1.0 / np.sqrt(w.sum())), 6), int(inside.sum())])
+    return {"columns": ["bjd_tdb", "rel_flux", "rel_flux_err", "n"], "rows": rows,
+            "rms": round(point_to_point(np.array([r[1] for r in rows])), 6) if len(rows) > 2 else None}

@@ -1,0 +1,61 @@
+"""The night's photometry step (imperative shell): read the frames' catalogues, make each target's light
+curve (``lightcurve``), log what happened, write the products (``lightcurve_products``).
+
+Called once per night closing by ``pipeline.write_night_photometry``, which ``once``, the daemon and
+``reprocess`` all reach through ``pipeline.close_night``; a late frame closes the night again, so the
+light curves always hold every frame calibrated so far.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import names, products
+from .config import Settings
+from .lightcurve import FrameCatalogue, light_curve
+from .lightcurve_products import write_light_curve
+
+
+def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[FrameCatalogue]:
+    """The catalogues of the night's calibrated frames (named by their raw frame, as in the ledger).
+
+    A frame whose catalogue step failed is left out (a file there is an older one); a frame without a
+    catalogue record (a ledger rebuilt from the CAL files) uses the file if there is one. A catalogue
+    that cannot be read is logged (``catalogue_unreadable``) and left out.
+    """
+    frames = []
+    for name, entry in sorted(night.get("frames", {}).items()):
+        if entry.get("catalogue", {}).get("status", "ok") != "ok" or entry.get("calibrate", {}).get("status") != "ok":
+            continue
+        path = names.cat_path(cal_dir / names.cal_name(name))
+        if "catalogue" not in entry and not path.is_file():
+            continue
+        try:
+            table, header = products.read_catalogue(path)
+        except Exception as error:  # noqa: BLE001 - one bad file must not cost the night's light curves
+            log.warning("catalogue_unreadable", frame=name, error=f"{type(error).__name__}: {error}")
+            continue
+        frames.append(FrameCatalogue(name, table, header))
+    return frames
+
+
+def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings: Settings,
+                       log: Any) -> dict[str, Any]:
+    """Every configured target's light curve for the night: files written, events logged; the record."""
+    frames = night_catalogues(cal_dir, night, log)
+    records = {}
+    for target in settings.photometry.targets:
+        curve = light_curve(frames, target, settings.photometry.bin_minutes)
+        for level, event, fields in curve.events:
+            getattr(log, level)(event, **fields)
+        record: dict[str, Any] = {"status": curve.status, **curve.record}
+        if curve.status == "ok" and curve.points is not None:
+            record.update(write_light_curve(cal_dir, curve.points, target, record, date))
+            log.info("lightcurve_written", target=target.name, points=record["n_points"], good=record["n_good"],
+                     rms=record["rms"], aperture=record["aperture"], comparisons=record["n_comparisons"],
+                     csv_kb=record["csv_kb"], png_kb=record["png_kb"])
+        elif curve.status == "not_observed":
+            log.debug("lightcurve_not_observed", target=target.name)
+        records[target.name] = record
+    return {"frames": len(frames), "targets": records}
