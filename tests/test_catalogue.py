@@ -23,7 +23,7 @@ def measured():
     frame = calibrate_scene(scene)
     found = quality.measure_frame(frame.data, frame.mask)
     error_before = frame.error.copy()
-    table = catalogue.measure_catalogue(frame.data, frame.error, frame.mask, found.sources, found.fwhm_px, FACTORS,
+    table = catalogue.measure_catalogue(frame.data, frame.error, frame.mask, found.sources.positions(), found.fwhm_px, FACTORS,
                                         ANNULUS, scene.read_noise_e)
     distance, index = cKDTree(np.column_stack([scene.stars["x"], scene.stars["y"]])).query(
         np.column_stack([table["x"], table["y"]]))

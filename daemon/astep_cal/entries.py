@@ -7,7 +7,7 @@ The layout (README "The ledger")::
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
     FrameEntry    {"raw": "size:mtime_ns", "output": "size:mtime_ns",
-                   "calibrate": CalibrateRecord, "astrometry": SolveRecord}
+                   "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord}
 
 A step's record always has ``status`` (ok/failed/blocked for calibrate, solved/failed for astrometry)
 and, when it failed, ``error`` — the stage runner's convention (``stages``). No numpy or astropy: the
@@ -19,8 +19,10 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 CALIBRATE = "calibrate"
+CATALOGUE = "catalogue"
 ASTROMETRY = "astrometry"
 MASTERS = "masters"
+PHOTOMETRY = "photometry"
 
 
 class StepRecord(TypedDict, total=False):
@@ -45,6 +47,12 @@ class CalibrateRecord(StepRecord, total=False):
     foreign_kept_as: str   # a file not ours found at the CAL name, moved aside
 
 
+class CatalogueRecord(StepRecord, total=False):
+    file: str              # the CAT file beside the CAL file
+    n_sources: int
+    fwhm_px: float         # the FWHM the apertures were scaled by
+
+
 class SolveRecord(StepRecord, total=False):
     tries: int
     retry_after: float     # epoch seconds: no new try before (exponential back-off)
@@ -52,12 +60,15 @@ class SolveRecord(StepRecord, total=False):
     n_matched: int
     residual_arcsec: float
     pixel_scale_arcsec: float
+    input: str             # sources (the quality step's star list) or image
+    catalogue: str         # RA/Dec put into the catalogue: ok, missing, or "failed: why"
 
 
 class FrameEntry(TypedDict, total=False):
     raw: str               # fingerprint of the raw file calibrated
     output: str            # fingerprint of the CAL file written
     calibrate: CalibrateRecord
+    catalogue: CatalogueRecord
     astrometry: SolveRecord
 
 
@@ -68,6 +79,11 @@ def calibration(entry: FrameEntry | dict[str, Any]) -> CalibrateRecord:
 
 def calibration_status(entry: FrameEntry | dict[str, Any]) -> str | None:
     return calibration(entry).get("status")
+
+
+def catalogue(entry: FrameEntry | dict[str, Any]) -> CatalogueRecord:
+    """The frame's catalogue record ({} when photometry was off when it was calibrated)."""
+    return entry.get(CATALOGUE, {})  # type: ignore[return-value]
 
 
 def solve(entry: FrameEntry | dict[str, Any]) -> SolveRecord:
@@ -86,6 +102,11 @@ def solve_tries(entry: FrameEntry | dict[str, Any]) -> int:
 
 def quality(entry: FrameEntry | dict[str, Any]) -> dict[str, Any]:
     return calibration(entry).get("quality", {})
+
+
+def photometry_record(night: dict[str, Any]) -> dict[str, Any] | None:
+    """The night's photometry record (light curves per target); None before photometry ran."""
+    return night.get(PHOTOMETRY)
 
 
 def masters_record(night: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import names, products
+from . import entries, names, products
 from .config import Settings
 from .lightcurve import FrameCatalogue, light_curve
 from .lightcurve_products import write_light_curve
@@ -26,7 +26,7 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
     """
     frames = []
     for name, entry in sorted(night.get("frames", {}).items()):
-        if entry.get("catalogue", {}).get("status", "ok") != "ok" or entry.get("calibrate", {}).get("status") != "ok":
+        if entries.catalogue(entry).get("status", "ok") != "ok" or entries.calibration_status(entry) != "ok":
             continue
         path = names.cat_path(cal_dir / names.cal_name(name))
         if "catalogue" not in entry and not path.is_file():

@@ -182,7 +182,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "failures": _failures(night, settings.astrometry.max_tries),
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
-        "photometry": summary_section(night.get("photometry")),
+        "photometry": summary_section(entries.photometry_record(night)),
     }
 
 

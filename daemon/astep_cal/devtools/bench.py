@@ -191,8 +191,8 @@ def photometry_cost(root: Path) -> dict[str, float | None]:
     from ..products import read_catalogue
 
     nights = [json.loads(p.read_text()) for p in sorted((root / ".astep-cal" / "nights").glob("*.json"))]
-    durations = [f["catalogue"]["duration_s"] for n in nights for f in n["frames"].values()
-                 if f.get("catalogue", {}).get("status") == "ok"]
+    durations = [entries.catalogue(f)["duration_s"] for n in nights for f in n["frames"].values()
+                 if entries.catalogue(f).get("status") == "ok"]
     paths = sorted(root.glob("*/*-CAMS_CAL/*_CAT.fits"))
     if not durations or not paths:
         return {"catalogue_per_frame_s": None, "lightcurve_per_frame_s": None}
