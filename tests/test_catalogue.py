@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from astep_cal import catalogue, crossmatch, quality
 from astep_cal.config import ConfigError, Target, settings_from_dict
 from astep_cal.devtools.evaluate import calibrate_scene
-from astep_cal.devtools.synthetic import defect_scene
+from astep_cal.devtools.defect_scene import defect_scene
 from astep_cal.lightcurve import broeg_weights
 from astep_cal.masters import MaskBit
 

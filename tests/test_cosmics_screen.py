@@ -13,7 +13,7 @@ import pytest
 from astep_cal import cosmics
 from astep_cal.calibrate import fill_bad_pixels, first_pass, sky_level
 from astep_cal.config import CosmicSettings
-from astep_cal.devtools.synthetic import defect_scene
+from astep_cal.devtools.defect_scene import defect_scene
 
 SETTINGS = CosmicSettings()
 

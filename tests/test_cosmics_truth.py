@@ -1,6 +1,6 @@
 """Cosmic rays against truth, at the places that used to go wrong (issue 14).
 
-Each scene (``synthetic.defect_scene``) places hits beside dead columns and hot pixels, on the frame
+Each scene (``defect_scene.defect_scene``) places hits beside dead columns and hot pixels, on the frame
 edges, on stars' wings and beside saturated stars, with masters made from simulated raw frames.
 """
 
@@ -11,7 +11,7 @@ from scipy.ndimage import binary_dilation
 from astep_cal.calibrate import fill_bad_pixels
 from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.masters import MaskBit
-from astep_cal.devtools.synthetic import COSMIC_PLACES, defect_scene
+from astep_cal.devtools.defect_scene import COSMIC_PLACES, defect_scene
 
 
 @pytest.fixture(scope="module")

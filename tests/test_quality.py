@@ -16,7 +16,8 @@ from astropy.io import fits
 from astep_cal.masters import MaskBit
 from astep_cal.names import cal_dir, cal_name
 from astep_cal.quality import measure_frame
-from astep_cal.devtools.synthetic import make_night, render_stars
+from astep_cal.devtools.sky import render_stars
+from astep_cal.devtools.synthetic import make_night
 
 from conftest import small_spec, read_ledger
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.devtools.synthetic import (NightSpec, field_radius_deg, load_truth, make_flat, make_night,
-                                 tycho2_stars)
+from astep_cal.devtools.sensor import make_flat
+from astep_cal.devtools.sky import field_radius_deg, tycho2_stars
+from astep_cal.devtools.synthetic import NightSpec, load_truth, make_night
 
 SMALL = NightSpec(shape=(512, 512), pixel_scale_arcsec=7.2, n_cosmic_rays=60, n_hot_pixels=80,
                   dead_column=150, n_bias=2, dark_exptimes=(30.0, 60.0))

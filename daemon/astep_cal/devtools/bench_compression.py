@@ -1,6 +1,6 @@
 """``make bench-compression``: plain float32 CAL files against tile-compressed ones, side by side.
 
-One calibrated frame of a :func:`astep_cal.devtools.synthetic.defect_scene` (a grid of isolated stars with
+One calibrated frame of a :func:`astep_cal.devtools.defect_scene.defect_scene` (a grid of isolated stars with
 dead columns, hot pixels, cosmic rays, saturated stars; masters from simulated raw frames) is written
 with :func:`astep_cal.products.calibrated_hdul` plain and at each quantisation level, then read back.
 Per form: bytes per frame, write and read time (median of ``--repeats``), the noise the quantisation
@@ -29,7 +29,7 @@ from .. import products
 from ..calibrate import CalibratedFrame
 from ..config import OutputSettings
 from .evaluate import aperture_fidelity, calibrate_scene
-from .synthetic import DefectScene, defect_scene
+from .defect_scene import DefectScene, defect_scene
 
 
 def _calibrated(size: int, seed: int) -> tuple[DefectScene, CalibratedFrame]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from astropy.table import Table
 
     from ..calibrate import CalibratedFrame
-    from .synthetic import DefectScene
+    from .defect_scene import DefectScene
 
 
 @dataclass
@@ -180,7 +180,7 @@ def aperture_fidelity(data: np.ndarray, error: np.ndarray, mask: np.ndarray, tru
 
 
 def calibrate_scene(scene: "DefectScene", with_master_noise: bool = True) -> "CalibratedFrame":
-    """A :class:`astep_cal.devtools.synthetic.DefectScene` calibrated as the pipeline would: its masters' noise
+    """A :class:`astep_cal.devtools.defect_scene.DefectScene` calibrated as the pipeline would: its masters' noise
     from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
     headers. ``with_master_noise=False``: the error map as if the masters were exact."""
     from ..calibrate import calibrate_frame

@@ -18,17 +18,17 @@ Design choices, and why:
   frame (plus the sensor maps) in memory, all float32, noise drawn in row bands.
 * Raw files are ``uint16`` written by astropy (BITPIX=16, BZERO=32768) like the camera's, with the
   real header keywords and no WCS (the pipeline must solve for it).
+
+The sky (true WCS, Tycho-2 stars, star and cosmic-ray drawing) is :mod:`sky`, the detector (flat, bias,
+hot pixels, electrons to ADU) :mod:`sensor`, a transiting star and clouds :mod:`transit`; one frame with
+placed defects for the science tests is :mod:`defect_scene`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,26 +38,19 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-from scipy.special import erf
 
+from .sensor import Sensor, dark_electrons, frame_rng, make_sensor, to_raw
+from .sky import ZERO_POINT_MAG, cosmic_rays, field_stars, psf_sigma_px, render_stars, true_wcs
 from .transit import TransitSpec, choose_target, transit_factor, transparency
 
-INDEX_DIR = Path("/usr/share/astrometry")
-TYCHO2_INDEXES = ("index-tycho2-07.littleendian.fits", "index-tycho2-08.littleendian.fits",
-                  "index-tycho2-09.littleendian.fits")
-ZERO_POINT_MAG = 19.0  # MAG_VT giving 1 e-/s: mag 9 -> 1e4 e-/s, peak ~41000 ADU at 60 s on 1024² frames
-SATURATION_ADU = 65535
 INSTRUMENT = "ASTEP400 (synthetic)"
 FILTER_NAME = "RC"
 CCD_TEMP = -40.0
-DEDUP_ARCSEC = 2.0
-_ROW_BAND = 256  # rows per band when drawing noise: bounds the int64 Poisson temporaries
 # A small frame that still solves: half the pixels of 1024² at twice the scale (a 1° field); the seeing
 # is doubled too, so stars keep the ~2.5 px FWHM of the real camera (undersampled stars are
 # indistinguishable from cosmic rays). Used by the tests and the soak run (``NightSpec(**SMALL_FIELD)``).
 SMALL_FIELD = dict(shape=(512, 512), pixel_scale_arcsec=7.2, fwhm_arcsec=18.0, n_cosmic_rays=40, n_hot_pixels=80,
                    dead_column=150)
-_KIND_CODE = {"SCIENCE": 1, "DARK": 2, "BIAS": 3, "SKYFLAT": 4, "FLATDARK": 5}
 _IMAGETYP = {"SCIENCE": "Light Frame", "DARK": "Dark Frame", "BIAS": "Bias Frame", "SKYFLAT": "Flat Field"}
 
 
@@ -142,16 +135,6 @@ class NightTruth:
 
 
 @dataclass(frozen=True)
-class _Sensor:
-    """The fixed properties of the detector, shared by every night with the same sensor_seed."""
-
-    flat: np.ndarray  # float32, median 1
-    bias_pattern: np.ndarray  # float32 ADU, added to bias_adu
-    hot_index: np.ndarray  # flat (raveled) indices of the hot pixels
-    hot_rate: np.ndarray  # their dark current, e-/s
-
-
-@dataclass(frozen=True)
 class _Plan:
     """One raw frame to write: its role, exposure, time and file."""
 
@@ -162,288 +145,7 @@ class _Plan:
     path: Path
 
 
-# ----------------------------------------------------------------------------------------- geometry
-
-def field_radius_deg(spec: NightSpec) -> float:
-    """Radius of the circle that holds the whole frame (half diagonal), plus room for jitter and PSFs."""
-    half_diagonal_px = 0.5 * float(np.hypot(*spec.shape))
-    return half_diagonal_px * spec.pixel_scale_arcsec / 3600.0 + 2.0 * spec.fwhm_arcsec / 3600.0 + 0.01
-
-
-def true_wcs(spec: NightSpec, ra_deg: float, dec_deg: float) -> WCS:
-    """TAN WCS centred on the frame, East to the left (the sky as seen on the sky), rotated.
-
-    The CD matrix is the classic ``CDELT1 = -scale, CDELT2 = scale, CROTA2 = rotation_deg`` one.
-    """
-    scale = spec.pixel_scale_arcsec / 3600.0
-    theta = np.deg2rad(spec.rotation_deg)
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.cunit = ["deg", "deg"]
-    w.wcs.crval = [ra_deg, dec_deg]
-    w.wcs.crpix = [(spec.shape[1] + 1) / 2.0, (spec.shape[0] + 1) / 2.0]
-    w.wcs.cd = scale * np.array([[-np.cos(theta), -np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
-    w.pixel_shape = (spec.shape[1], spec.shape[0])
-    return w
-
-
-def _psf_sigma_px(spec: NightSpec) -> float:
-    return spec.fwhm_arcsec / spec.pixel_scale_arcsec / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-
-
-def _stamp_radius(sigma: float) -> int:
-    """Half-size of a star stamp: 6 sigma holds all but ~1e-8 of the flux."""
-    return int(np.ceil(6.0 * sigma)) + 2
-
-
-# ------------------------------------------------------------------------------------------ catalog
-
-@functools.lru_cache(maxsize=32)
-def _tycho2_cached(ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
-    exe = shutil.which("query-starkd")
-    if exe is None:
-        raise RuntimeError("query-starkd (Astrometry.net) is not installed: cannot read Tycho-2 stars")
-    indexes = [INDEX_DIR / name for name in TYCHO2_INDEXES if (INDEX_DIR / name).is_file()]
-    if not indexes:
-        raise RuntimeError(f"no Tycho-2 index files ({', '.join(TYCHO2_INDEXES)}) in {INDEX_DIR}")
-    ra, dec, mag = [], [], []
-    with tempfile.TemporaryDirectory(prefix="astep-synthetic-") as tmp:
-        for i, index in enumerate(indexes):
-            out = Path(tmp) / f"stars{i}.fits"
-            subprocess.run([exe, "-r", repr(ra_deg), "-d", repr(dec_deg), "-R", repr(radius_deg), "-T",
-                            "-o", str(out), str(index)], check=True, capture_output=True, timeout=120)
-            if not out.is_file():
-                continue
-            with fits.open(out) as hdul:
-                if len(hdul) < 2 or hdul[1].data is None:
-                    continue
-                data = hdul[1].data
-                ra.append(np.asarray(data["RA"], float))
-                dec.append(np.asarray(data["DEC"], float))
-                mag.append(np.asarray(data["MAG_VT"], float))
-    if not ra:
-        return Table(names=("ra", "dec", "mag"), dtype=(float, float, float))
-    return _deduplicate(np.concatenate(ra), np.concatenate(dec), np.concatenate(mag))
-
-
-def _deduplicate(ra: np.ndarray, dec: np.ndarray, mag: np.ndarray) -> Table:
-    """Keep one star per position: the index files overlap (a star may be in 07, 08 and 09)."""
-    from scipy.spatial import cKDTree
-
-    ra_r, dec_r = np.deg2rad(ra), np.deg2rad(dec)
-    xyz = np.column_stack([np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r), np.sin(dec_r)])
-    keep = np.ones(len(ra), bool)
-    for i, j in sorted(cKDTree(xyz).query_pairs(np.deg2rad(DEDUP_ARCSEC / 3600.0))):
-        if keep[i]:
-            keep[j] = False
-    order = np.argsort(mag[keep], kind="stable")
-    return Table({"ra": ra[keep][order], "dec": dec[keep][order], "mag": mag[keep][order]})
-
-
-def tycho2_stars(ra_deg: float, dec_deg: float, radius_deg: float) -> Table:
-    """Tycho-2 stars (ra, dec in deg; mag = MAG_VT) within ``radius_deg``, brightest first.
-
-    The union of the installed index files 07/08/09 (each holds a different subset), read with
-    ``query-starkd`` and deduplicated within 2". Cached per (ra, dec, radius) in this process: every
-    frame of a night and every night of a test session asks for the same field.
-    """
-    return _tycho2_cached(float(ra_deg), float(dec_deg), float(radius_deg)).copy()
-
-
-# ------------------------------------------------------------------------------------------- sensor
-
-def _sensor_rng(spec: NightSpec, part: int) -> np.random.Generator:
-    return np.random.default_rng([spec.sensor_seed, spec.shape[0], spec.shape[1], part])
-
-
-def _frame_rng(spec: NightSpec, kind: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([spec.seed, _KIND_CODE[kind], index])
-
-
-def make_flat(spec: NightSpec) -> np.ndarray:
-    """The true flat: vignetting (~0.8 in the corners), dust donuts, 1 % pixel noise, dead column."""
-    rng = _sensor_rng(spec, 1)
-    ny, nx = spec.shape
-    cy, cx = (ny - 1) / 2.0 + rng.uniform(-0.03, 0.03) * ny, (nx - 1) / 2.0 + rng.uniform(-0.03, 0.03) * nx
-    y2 = ((np.arange(ny, dtype=np.float32) - np.float32(cy)) ** 2)[:, None]
-    x2 = ((np.arange(nx, dtype=np.float32) - np.float32(cx)) ** 2)[None, :]
-    corner2 = np.float32(((ny - 1) / 2.0) ** 2 + ((nx - 1) / 2.0) ** 2)
-    flat = np.float32(1.0) - np.float32(0.2) * (y2 + x2) / corner2
-    _add_dust(flat, rng)
-    noise = rng.standard_normal(size=flat.shape, dtype=np.float32)
-    noise *= np.float32(0.01)
-    noise += np.float32(1.0)
-    flat *= noise
-    del noise
-    live = np.ones(nx, bool)
-    if spec.dead_column is not None:
-        live[spec.dead_column] = False
-    flat /= np.float32(np.median(flat[:, live]))
-    if spec.dead_column is not None:
-        flat[:, spec.dead_column] = np.float32(0.02)
-    return flat
-
-
-def _add_dust(flat: np.ndarray, rng: np.random.Generator) -> None:
-    """3-6 out-of-focus dust shadows: rings (the central obstruction makes them donuts), in place."""
-    ny, nx = flat.shape
-    size_scale = min(ny, nx) / 1024.0
-    for _ in range(int(rng.integers(3, 7))):
-        r_out = 0.5 * rng.uniform(20.0, 60.0) * size_scale
-        r_in = 0.4 * r_out
-        depth = rng.uniform(0.05, 0.15)
-        edge = max(0.8, 0.04 * r_out)
-        margin = r_out + 3
-        cy, cx = rng.uniform(margin, ny - margin), rng.uniform(margin, nx - margin)
-        y0, y1 = int(max(0, cy - margin)), int(min(ny, cy + margin + 1))
-        x0, x1 = int(max(0, cx - margin)), int(min(nx, cx + margin + 1))
-        r = np.hypot(np.arange(y0, y1)[:, None] - cy, np.arange(x0, x1)[None, :] - cx)
-        ring = 1.0 / (1.0 + np.exp(-(r - r_in) / edge)) / (1.0 + np.exp(-(r_out - r) / edge))
-        flat[y0:y1, x0:x1] *= (1.0 - depth * ring).astype(np.float32)
-
-
-def _bias_pattern(spec: NightSpec) -> np.ndarray:
-    """A fixed pattern of a few ADU: column structure, a slow row gradient and per-pixel offsets."""
-    rng = _sensor_rng(spec, 2)
-    ny, nx = spec.shape
-    columns = np.cumsum(rng.normal(0.0, 0.3, nx))
-    columns = (2.0 * (columns - columns.mean()) / max(np.ptp(columns), 1e-9)).astype(np.float32)
-    rows = np.linspace(-1.0, 1.0, ny, dtype=np.float32)
-    pattern = rng.standard_normal(size=spec.shape, dtype=np.float32)
-    pattern += columns[None, :]
-    pattern += rows[:, None]
-    return pattern
-
-
-def _hot_pixels(spec: NightSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Raveled indices of the hot pixels (never on the dead column) and their dark current (e-/s)."""
-    rng = _sensor_rng(spec, 3)
-    ny, nx = spec.shape
-    n = min(spec.n_hot_pixels, ny * nx // 4)
-    chosen = np.unique(rng.integers(0, ny * nx, size=4 * n + 16))
-    if spec.dead_column is not None:
-        chosen = chosen[chosen % nx != spec.dead_column]
-    chosen = rng.permutation(chosen)[:n]
-    rate = rng.uniform(20.0, 400.0, size=len(chosen))
-    order = np.argsort(chosen)
-    return chosen[order], rate[order]
-
-
-def _make_sensor(spec: NightSpec) -> _Sensor:
-    hot_index, hot_rate = _hot_pixels(spec)
-    return _Sensor(flat=make_flat(spec), bias_pattern=_bias_pattern(spec), hot_index=hot_index,
-                   hot_rate=hot_rate)
-
-
-# ------------------------------------------------------------------------------------------ signals
-
-def render_stars(image: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, sigma: float) -> None:
-    """Add pixel-integrated Gaussian stars (total ``flux`` each) to ``image`` in place, as small stamps.
-
-    Integrating the Gaussian over each pixel (erf differences) keeps the centroid exact even for the
-    undersampled PSFs of small test frames; stamps keep the cost per star tiny.
-    """
-    ny, nx = image.shape
-    radius = _stamp_radius(sigma)
-    scale = 1.0 / (np.sqrt(2.0) * sigma)
-    for xs, ys, fs in zip(np.asarray(x, float), np.asarray(y, float), np.asarray(flux, float)):
-        ix, iy = int(np.floor(xs + 0.5)), int(np.floor(ys + 0.5))
-        x0, x1 = max(0, ix - radius), min(nx, ix + radius + 1)
-        y0, y1 = max(0, iy - radius), min(ny, iy + radius + 1)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        px = np.arange(x0, x1 + 1) - 0.5 - xs
-        py = np.arange(y0, y1 + 1) - 0.5 - ys
-        fx = np.diff(erf(px * scale)) * 0.5
-        fy = np.diff(erf(py * scale)) * 0.5
-        image[y0:y1, x0:x1] += (fs * np.outer(fy, fx)).astype(np.float32)
-
-
-def cosmic_rays(shape: tuple[int, int], n_tracks: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n_tracks`` straight tracks 1-15 px long, 1-2 px wide, 500-20000 e- per pixel.
-
-    Returns the raveled indices of the hit pixels (unique) and the charge deposited in each (e-).
-    The charge per track is log-uniform (most hits are modest, a few are huge), with ±20 % per pixel.
-    """
-    if n_tracks <= 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    ny, nx = shape
-    steps = np.linspace(0.0, 1.0, 31)
-    length = rng.uniform(1.0, 15.0, n_tracks)
-    angle = rng.uniform(0.0, np.pi, n_tracks)
-    width = rng.integers(1, 3, n_tracks)
-    x0, y0 = rng.uniform(-0.5, nx - 0.5, n_tracks), rng.uniform(-0.5, ny - 0.5, n_tracks)
-    level = np.exp(rng.uniform(np.log(500.0), np.log(20000.0), n_tracks))
-    t = length[:, None] * steps[None, :]
-    xs, ys = x0[:, None] + t * np.cos(angle)[:, None], y0[:, None] + t * np.sin(angle)[:, None]
-    track = np.repeat(np.arange(n_tracks), len(steps))
-    px, py = [xs.ravel()], [ys.ravel()]
-    wide = np.repeat(width == 2, len(steps))
-    px.append((xs - np.sin(angle)[:, None]).ravel()[wide])
-    py.append((ys + np.cos(angle)[:, None]).ravel()[wide])
-    track = np.concatenate([track, track[wide]])
-    col, row = np.rint(np.concatenate(px)).astype(np.int64), np.rint(np.concatenate(py)).astype(np.int64)
-    inside = (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
-    key = np.unique(track[inside] * (ny * nx) + row[inside] * nx + col[inside])
-    pixel, owner = key % (ny * nx), key // (ny * nx)
-    charge = np.clip(level[owner] * rng.uniform(0.8, 1.2, len(key)), 500.0, 20000.0)
-    index, where = np.unique(pixel, return_inverse=True)
-    return index, np.bincount(where, weights=charge).astype(np.float32)
-
-
-def _field_stars(spec: NightSpec, w: WCS, sigma: float) -> Table:
-    """Tycho-2 stars whose PSF touches the frame, with pixel positions and electrons for one exposure."""
-    stars = tycho2_stars(spec.ra_deg, spec.dec_deg, round(field_radius_deg(spec), 4))
-    x, y = w.all_world2pix(np.asarray(stars["ra"]), np.asarray(stars["dec"]), 0)
-    margin = _stamp_radius(sigma)
-    ny, nx = spec.shape
-    keep = (x > -margin) & (x < nx - 1 + margin) & (y > -margin) & (y < ny - 1 + margin)
-    table = stars[keep]
-    table["x"], table["y"] = x[keep], y[keep]
-    table["flux_e"] = 10.0 ** (-0.4 * (np.asarray(table["mag"]) - ZERO_POINT_MAG)) * spec.science_exptime
-    return table
-
-
 # ------------------------------------------------------------------------------------ raw and files
-
-def _to_raw(electrons: np.ndarray, sensor: _Sensor, spec: NightSpec, rng: np.random.Generator,
-            cr: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Expected electrons -> raw uint16 ADU: Poisson + read noise, cosmic rays, bias, gain, clip.
-
-    ``electrons`` is consumed (overwritten band by band) so a 4096² frame needs no other full-size
-    float temporary.
-    """
-    ny = electrons.shape[0]
-    raw = np.empty(electrons.shape, np.uint16)
-    for r0 in range(0, ny, _ROW_BAND):
-        band = electrons[r0:r0 + _ROW_BAND]
-        noisy = rng.poisson(np.clip(band, 0, None)).astype(np.float32)
-        noisy += rng.standard_normal(size=band.shape, dtype=np.float32) * np.float32(spec.read_noise_e)
-        band[...] = noisy
-    if cr is not None and len(cr[0]):
-        electrons.reshape(-1)[cr[0]] += cr[1]
-    for r0 in range(0, ny, _ROW_BAND):
-        band = electrons[r0:r0 + _ROW_BAND]
-        band /= np.float32(spec.gain)
-        band += sensor.bias_pattern[r0:r0 + _ROW_BAND]
-        band += np.float32(spec.bias_adu)
-        np.rint(band, out=band)
-        np.clip(band, 0, SATURATION_ADU, out=band)
-        raw[r0:r0 + _ROW_BAND] = band
-    return raw
-
-
-def _dark_electrons(spec: NightSpec, sensor: _Sensor, exptime: float, signal: np.ndarray | None) -> np.ndarray:
-    """Expected electrons before noise: flat * signal (if any) + dark current (hot pixels included)."""
-    if signal is None:
-        electrons = np.full(spec.shape, spec.dark_e_per_s * exptime, np.float32)
-    else:
-        electrons = signal
-        electrons *= sensor.flat
-        electrons += np.float32(spec.dark_e_per_s * exptime)
-    electrons.reshape(-1)[sensor.hot_index] += (sensor.hot_rate * exptime).astype(np.float32)
-    return electrons
-
 
 def _sexagesimal(ra_deg: float, dec_deg: float) -> tuple[str, str]:
     ra = Angle(ra_deg, u.deg).to_string(unit=u.hour, sep=" ", precision=2, pad=True)
@@ -526,33 +228,33 @@ def _plan(kind: str, counters: dict[str, int], exptime: float, when: dt.datetime
     return _Plan(kind=kind, index=index, exptime=float(exptime), date_obs=when, path=directory / name)
 
 
-def _calibration_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan) -> np.ndarray:
+def _calibration_frame(spec: NightSpec, sensor: Sensor, plan: _Plan) -> np.ndarray:
     """A dark, bias or sky flat as raw ADU (darks and flats get a few cosmic rays too)."""
-    rng = _frame_rng(spec, plan.kind, plan.index)
+    rng = frame_rng(spec, plan.kind, plan.index)
     few_crs = max(1, spec.n_cosmic_rays // 20) if spec.n_cosmic_rays > 0 else 0
     signal = None
     if plan.kind == "SKYFLAT":
         level_e = rng.uniform(15000.0, 30000.0) * spec.gain
         signal = np.full(spec.shape, level_e, np.float32)
         n_stars = int(rng.integers(5, 11))
-        sigma = _psf_sigma_px(spec)
+        sigma = psf_sigma_px(spec)
         peak = level_e * rng.uniform(0.02, 0.1, n_stars)
         render_stars(signal, rng.uniform(0, spec.shape[1] - 1, n_stars), rng.uniform(0, spec.shape[0] - 1, n_stars),
                      peak * 2.0 * np.pi * sigma ** 2, sigma)
     exptime = plan.exptime if plan.kind != "BIAS" else 0.0
-    electrons = _dark_electrons(spec, sensor, exptime, signal)
+    electrons = dark_electrons(spec, sensor, exptime, signal)
     crs = cosmic_rays(spec.shape, few_crs if plan.kind != "BIAS" else 0, rng)
-    return _to_raw(electrons, sensor, spec, rng, crs)
+    return to_raw(electrons, sensor, spec, rng, crs)
 
 
-def _science_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan, truth_dir: Path,
+def _science_frame(spec: NightSpec, sensor: Sensor, plan: _Plan, truth_dir: Path,
                    target: dict | None = None) -> dict:
     """Write one science frame and its truth file; return its true WCS header cards."""
-    rng = _frame_rng(spec, "SCIENCE", plan.index)
+    rng = frame_rng(spec, "SCIENCE", plan.index)
     jitter = rng.normal(0.0, 3.0, 2) / 3600.0  # a few arcsec of pointing jitter per frame
     w = true_wcs(spec, spec.ra_deg + jitter[0] / np.cos(np.deg2rad(spec.dec_deg)), spec.dec_deg + jitter[1])
-    sigma = _psf_sigma_px(spec)
-    stars = _field_stars(spec, w, sigma)
+    sigma = psf_sigma_px(spec)
+    stars = field_stars(spec, w, sigma)
     if spec.transit is not None or spec.transparency_rms > 0 or spec.cloud_frames:
         _dim_stars(spec, plan, stars, target)
     sky = np.full(spec.shape, spec.sky_e_per_s * spec.science_exptime, np.float32)
@@ -564,8 +266,8 @@ def _science_frame(spec: NightSpec, sensor: _Sensor, plan: _Plan, truth_dir: Pat
     cards = dict(w.to_header())
     _write_truth_frame(truth_dir / f"{plan.path.stem}_truth.fits", sky, crmask, stars, w)
     del crmask
-    electrons = _dark_electrons(spec, sensor, plan.exptime, sky)  # consumes sky
-    _write_raw(plan.path, _to_raw(electrons, sensor, spec, rng, crs), raw_header(spec, plan))
+    electrons = dark_electrons(spec, sensor, plan.exptime, sky)  # consumes sky
+    _write_raw(plan.path, to_raw(electrons, sensor, spec, rng, crs), raw_header(spec, plan))
     return cards
 
 
@@ -592,8 +294,8 @@ def _pick_target(spec: NightSpec) -> dict | None:
     if spec.transit is None:
         return None
     w = true_wcs(spec, spec.ra_deg, spec.dec_deg)
-    sigma = _psf_sigma_px(spec)
-    stars = _field_stars(spec, w, sigma)
+    sigma = psf_sigma_px(spec)
+    stars = field_stars(spec, w, sigma)
     row = choose_target(stars, spec.transit, ((spec.shape[1] - 1) / 2, (spec.shape[0] - 1) / 2),
                         0.3 * min(spec.shape), 12.0 * sigma, spec.dead_column)
     return {key: float(stars[key][row]) for key in ("ra", "dec", "mag")}
@@ -623,7 +325,7 @@ def make_night(root: Path, spec: NightSpec = NightSpec(), truth_dir: Path | None
     root = Path(root)
     truth_dir = Path(truth_dir) if truth_dir is not None else root / ".truth" / spec.date
     truth_dir.mkdir(parents=True, exist_ok=True)
-    sensor = _make_sensor(spec)
+    sensor = make_sensor(spec)
     plans = _schedule(root, spec)
     wcs_headers: dict[str, dict] = {}
     target = _pick_target(spec)
@@ -652,7 +354,7 @@ def make_night(root: Path, spec: NightSpec = NightSpec(), truth_dir: Path | None
 _FILE_LISTS = ("science_files", "dark_files", "flat_files", "flat_dark_files", "bias_files")
 
 
-def _save_truth(truth: NightTruth, sensor: _Sensor) -> None:
+def _save_truth(truth: NightTruth, sensor: Sensor) -> None:
     """flat.fits, hot_pixels.fits (with the hot rates as a table) and truth.json (spec, files, WCS)."""
     _write_fits(truth.truth_dir / "flat.fits", fits.HDUList([fits.PrimaryHDU(data=truth.flat)]))
     rates = fits.BinTableHDU(Table({"index": sensor.hot_index, "rate_e_per_s": sensor.hot_rate}), name="HOTRATES")
@@ -701,150 +403,3 @@ def _stem(science_name: str | Path) -> str:
     return name[:-5] if name.lower().endswith(".fits") else name
 
 
-# ------------------------------------------------------------------- a frame with placed defects
-
-@dataclass
-class DefectScene:
-    """One science frame with its masters, built in memory, and the truth to judge its calibration.
-
-    Unlike :func:`make_night` (random Tycho-2 fields written as files), everything hard is *placed*:
-    cosmic rays next to dead columns and hot pixels, on the frame edges, on stars' wings and beside
-    saturated stars, so a test can count exactly what happens at each kind of place. The masters are
-    made from simulated raw darks and sky flats with the pipeline's own combine, so their noise is real.
-    """
-
-    raw: np.ndarray  # science frame, ADU (float32)
-    dark: np.ndarray  # master dark, ADU
-    flat: np.ndarray  # master flat, median 1
-    n_darks: int
-    n_flats: int
-    flat_levels_adu: list[float]  # dark-subtracted median of each sky flat
-    bad: np.ndarray  # bool: dead columns and hot pixels (what the bad-pixel mask should hold)
-    truth_e: np.ndarray  # noiseless sky + stars, electrons, as the calibrated frame should read
-    cosmic: np.ndarray  # bool: pixels hit by a placed cosmic ray
-    cosmic_place: np.ndarray  # int8: 0 none, 1 random sky, 2 beside a dead column, 3 beside a hot pixel,
-    #                           4 frame edge, 5 star wing, 6 beside a saturated star
-    stars: Table  # x, y (0-based px), flux_e, peak_e, saturated (bool)
-    true_flat: np.ndarray
-    gain: float
-    read_noise_e: float
-    sky_e: float
-    exptime: float
-    dark_e_per_s: float
-
-
-COSMIC_PLACES = {1: "sky", 2: "beside a dead column", 3: "beside a hot pixel", 4: "frame edge",
-                 5: "star wing", 6: "beside a saturated star"}
-
-
-def _grid_stars(shape: tuple[int, int], spacing: int, rng: np.random.Generator, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Star centres on a jittered grid: isolated by construction (``spacing`` px apart)."""
-    ys, xs = np.meshgrid(np.arange(margin, shape[0] - margin, spacing, dtype=float),
-                         np.arange(margin, shape[1] - margin, spacing, dtype=float), indexing="ij")
-    xs = xs.ravel() + rng.uniform(-0.5, 0.5, xs.size)
-    ys = ys.ravel() + rng.uniform(-0.5, 0.5, ys.size)
-    return xs, ys
-
-
-def defect_scene(shape: tuple[int, int] = (512, 512), *, seed: int = 3, sky_e: float = 1200.0,
-                 exptime: float = 60.0, gain: float = 2.0, read_noise_e: float = 9.0, bias_adu: float = 1000.0,
-                 dark_e_per_s: float = 0.2, n_darks: int = 5, n_flats: int = 5, flat_level_e: float = 60000.0,
-                 dead_columns: tuple[int, ...] = (61, 200, 333, 334), hot_fraction: float = 1 / 500,
-                 fwhm_px: float = 2.5, star_spacing: int = 24, n_saturated: int = 4,
-                 random_tracks: int = 60, combine_sigma: float = 3.0) -> DefectScene:
-    """Build a :class:`DefectScene` (see there); every random draw comes from ``seed``."""
-    from ..masters import combine_stack, normalise
-
-    rng = np.random.default_rng([seed, shape[0], shape[1], 14])
-    ny, nx = shape
-    sigma = fwhm_px / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    true_flat = (rng.normal(1.0, 0.01, shape) * np.linspace(0.9, 1.05, nx)[None, :]).astype(np.float32)
-    bad = np.zeros(shape, bool)
-    for column in dead_columns:
-        true_flat[:, column] = 0.02
-        bad[:, column] = True
-    true_flat /= np.float32(np.median(true_flat))  # the masters' convention: median 1, dead pixels included
-    hot_rate = np.zeros(shape, np.float32)
-    hot = (rng.random(shape) < hot_fraction) & ~bad
-    hot_rate[hot] = rng.uniform(20.0, 400.0, int(hot.sum()))
-    bad |= hot
-    bias = (bias_adu + rng.normal(0.0, 1.0, shape)).astype(np.float32)  # a fixed pattern of ~1 ADU
-
-    def expose(electrons: np.ndarray) -> np.ndarray:
-        noisy = rng.poisson(np.clip(electrons, 0, None)).astype(np.float32)
-        noisy += rng.normal(0.0, read_noise_e, shape).astype(np.float32)
-        return noisy / np.float32(gain) + bias
-
-    dark_e = np.float32(dark_e_per_s * exptime) + hot_rate * np.float32(exptime)
-    dark = combine_stack(np.stack([expose(dark_e) for _ in range(n_darks)]), combine_sigma)
-    flat_exptime = 5.0
-    flat_dark_e = np.float32(dark_e_per_s * flat_exptime) + hot_rate * np.float32(flat_exptime)
-    flat_dark = combine_stack(np.stack([expose(flat_dark_e) for _ in range(n_darks)]), combine_sigma)
-    levels, normalised = [], []
-    for _ in range(n_flats):
-        level = flat_level_e * rng.uniform(0.8, 1.2)
-        frame = expose(level * true_flat + flat_dark_e) - flat_dark
-        median = float(np.median(frame))
-        levels.append(median)
-        normalised.append(frame / np.float32(median))
-    flat = normalise(combine_stack(np.stack(normalised), combine_sigma))
-
-    xs, ys = _grid_stars(shape, star_spacing, rng, margin=12)
-    flux = np.exp(rng.uniform(np.log(2e3), np.log(3e5), xs.size))
-    saturated = np.zeros(xs.size, bool)
-    saturated[rng.choice(xs.size, n_saturated, replace=False)] = True
-    flux[saturated] = rng.uniform(3e6, 6e6, n_saturated)  # peaks well above 65535 ADU
-    truth = np.full(shape, sky_e, np.float32)
-    render_stars(truth, xs, ys, flux, sigma)
-    peak = 0.5 * (erf(0.5 / (np.sqrt(2.0) * sigma)) * 2.0) ** 2 * flux / 2.0  # centred pixel's share
-    stars = Table({"x": xs, "y": ys, "flux_e": flux, "peak_e": peak, "saturated": saturated})
-
-    charge = np.zeros(shape, np.float32)
-    place = np.zeros(shape, np.int8)
-
-    def hit(y: int, x: int, kind: int) -> None:
-        if 0 <= y < ny and 0 <= x < nx and not bad[y, x] and place[y, x] == 0:
-            charge[y, x] += np.float32(np.exp(rng.uniform(np.log(500.0), np.log(20000.0))))
-            place[y, x] = kind
-
-    def track(y: int, x: int, kind: int) -> None:
-        """1-4 pixels in a random direction from (y, x)."""
-        dy, dx = [(0, 1), (1, 0), (1, 1), (1, -1)][int(rng.integers(4))]
-        for step in range(int(rng.integers(1, 5))):
-            hit(y + step * dy, x + step * dx, kind)
-
-    for column in dead_columns:
-        for y in rng.choice(np.arange(4, ny - 4), 12, replace=False):
-            side = int(rng.choice([-1, 1]))
-            if column + side not in dead_columns:
-                track(int(y), column + side, 2)
-    hot_y, hot_x = np.nonzero(hot)
-    for index in rng.choice(len(hot_y), min(40, len(hot_y)), replace=False):
-        dy, dx = [(0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1)][int(rng.integers(6))]
-        hit(int(hot_y[index] + dy), int(hot_x[index] + dx), 3)
-    for position in rng.integers(0, min(ny, nx), 10):
-        for y, x in ((0, position), (ny - 1, position), (position, 0), (position, nx - 1)):
-            hit(int(y), int(x), 4)
-    ordinary = np.flatnonzero(~saturated)
-    for index in rng.choice(ordinary, min(60, ordinary.size), replace=False):
-        angle = rng.uniform(0, 2 * np.pi)
-        radius = rng.uniform(2.0, 3.0) * sigma + 1.0
-        y, x = int(round(ys[index] + radius * np.sin(angle))), int(round(xs[index] + radius * np.cos(angle)))
-        hit(y, x, 5)
-        hit(y + int(rng.integers(-1, 2)), x + int(rng.integers(-1, 2)), 5)
-    for index in np.flatnonzero(saturated):
-        for _ in range(3):
-            angle = rng.uniform(0, 2 * np.pi)
-            radius = rng.uniform(9.0, 11.0)
-            track(int(round(ys[index] + radius * np.sin(angle))), int(round(xs[index] + radius * np.cos(angle))), 6)
-    for _ in range(random_tracks):
-        track(int(rng.integers(0, ny)), int(rng.integers(0, nx)), 1)
-
-    raw = expose(truth * true_flat + dark_e)
-    raw += charge / np.float32(gain)
-    np.clip(raw, 0, SATURATION_ADU, out=raw)
-    raw = np.rint(raw).astype(np.float32)
-    return DefectScene(raw=raw, dark=dark, flat=flat, n_darks=n_darks, n_flats=n_flats, flat_levels_adu=levels,
-                       bad=bad, truth_e=truth, cosmic=place > 0, cosmic_place=place, stars=stars,
-                       true_flat=true_flat, gain=gain, read_noise_e=read_noise_e, sky_e=sky_e, exptime=exptime,
-                       dark_e_per_s=dark_e_per_s)
