@@ -19,7 +19,6 @@ leaves a mix of two solutions.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -161,7 +160,13 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
     return command
 
 
-MIN_LISTED_SOURCES = 20  # a shorter SOURCES list (clouds, a tiny frame): solve-field extracts from the image
+# A shorter SOURCES list (clouds, small or sparse frames) is not handed to solve-field: it extracts from
+# the image instead. Measured on the 512² transit test night (83 listed stars, positions exact to 0.003
+# px): solve-field's SIP tweak of a list solve left 0.28 px residuals against its own 26 matches, while
+# the image solve of the same frame (28 matches) gave 0.01 px; on 4096² frames (thousands of stars) and
+# the 1024² test frames the list solve is within 0.1 px (0.002 px on the bench night). Cause not found
+# yet (README "Plate solving from the source list"); until it is, sparse lists take the image path.
+MIN_LISTED_SOURCES = 200
 
 
 def write_xylist(table: np.ndarray, path: Path) -> None:
@@ -215,14 +220,13 @@ def _tail(text: str) -> str:
     return " | ".join(lines[-3:])[-_OUTPUT_TAIL_CHARS:]
 
 
-def _die_with_parent() -> None:
-    """In the child: ask the kernel for SIGKILL when astep-cal dies (even by SIGKILL), so a crashed
-    service never leaves ``solve-field`` running in its own session, orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+# solve-field is started through util-linux's ``setpriv --pdeathsig KILL``: the kernel kills it when
+# astep-cal dies (even by SIGKILL), so a crashed service never leaves it running in its own session,
+# orphaned. Not with a ``preexec_fn`` calling prctl: Python code between fork and exec in a threaded
+# process can deadlock — the solve thread forked while the main thread was inside an OpenBLAS call
+# (quality's background map), OpenBLAS's fork handler waited for it, and ``once`` hung for good (seen
+# on the transit test night). Without a preexec_fn, subprocess uses vfork, which runs no fork handlers.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 
 
 def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
@@ -230,9 +234,9 @@ def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | No
     environment = dict(os.environ, TMPDIR=str(work_dir))
     log_path = work_dir / "solve-field.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+        process = subprocess.Popen([*_DIE_WITH_PARENT, *command], stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+                                   start_new_session=True)
         with _running_lock:
             _running.add(process)
         checkpoint("solve_running")
