@@ -269,14 +269,16 @@ def test_interrupted_run_resumes(archive, by_once):
                str(config)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(_calibrated(ledger_path)) < 3:
-        time.sleep(0.05)
+    # interrupted as soon as one frame is recorded: calibrating is ~0.4 s a frame now, so waiting for
+    # more left too little of the 9-frame run for the signal to land in (the run ended first, exit 0)
+    while time.monotonic() < deadline and len(_calibrated(ledger_path)) < 1:
+        time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     recorded = _calibrated(ledger_path)
-    assert 3 <= len(recorded) < 9, f"{len(recorded)} frames recorded before the interrupt"
+    assert 1 <= len(recorded) < 9, f"{len(recorded)} frames recorded before the interrupt"
     before = mtimes(archive)
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -304,7 +306,9 @@ def test_interrupt_ends_the_workers_solve_fields(tmp_path):
     """Ctrl-C while a worker's solve-field runs: the run stops (130) once the running tasks end, without a
     traceback, and no solve-field outlives it."""
     root = tmp_path / "root"
-    make_night(root, small_spec(), truth_dir=tmp_path / "truth")
+    # 8 frames: the first solve-field seen must not be the night's last (a run that ends before the
+    # signal lands exits 0)
+    make_night(root, small_spec(n_science=8), truth_dir=tmp_path / "truth")
     # solve-field is given an xylist in its work directory (no path under the root): the work
     # directories are put under tmp_path to tell this run's solves from any other's
     work = tmp_path / "tmp"
