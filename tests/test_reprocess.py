@@ -262,12 +262,20 @@ def _transitions(dask_scheduler, key: str) -> list[str]:
     return [entry[2] for entry in dask_scheduler.transition_log if entry[0] == key]
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default in the command under test: a test run started in the background by a
+    non-interactive shell (``.ci/run &``) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_run_resumes(archive, by_once):
     config = no_solve_config(archive.parent)
     ledger_path = archive / ".astep-cal" / "ledger.json"
     command = [sys.executable, "-m", "astep_cal.cli", "reprocess", str(archive), "--workers", "2", "--config",
                str(config)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
     # interrupted as soon as one frame is recorded: calibrating is ~0.4 s a frame now, so waiting for
     # more left too little of the 9-frame run for the signal to land in (the run ended first, exit 0)
@@ -315,7 +323,7 @@ def test_interrupt_ends_the_workers_solve_fields(tmp_path):
     work.mkdir()
     process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "reprocess", str(root), "--workers", "2"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, TMPDIR=str(work)))
+                               env=dict(os.environ, TMPDIR=str(work)), preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
     sessions: set[int] = set()
     while time.monotonic() < deadline and not sessions and process.poll() is None:
