@@ -19,6 +19,7 @@ leaves a mix of two solutions.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -220,13 +221,22 @@ def _tail(text: str) -> str:
     return " | ".join(lines[-3:])[-_OUTPUT_TAIL_CHARS:]
 
 
-# solve-field is started through util-linux's ``setpriv --pdeathsig KILL``: the kernel kills it when
-# astep-cal dies (even by SIGKILL), so a crashed service never leaves it running in its own session,
-# orphaned. Not with a ``preexec_fn`` calling prctl: Python code between fork and exec in a threaded
-# process can deadlock — the solve thread forked while the main thread was inside an OpenBLAS call
-# (quality's background map), OpenBLAS's fork handler waited for it, and ``once`` hung for good (seen
-# on the transit test night). Without a preexec_fn, subprocess uses vfork, which runs no fork handlers.
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+def _die_with_parent() -> None:
+    """In the child: ask the kernel for SIGKILL when astep-cal dies (even by SIGKILL), so a crashed
+    service never leaves ``solve-field`` running in its own session, orphaned.
+
+    This preexec_fn makes subprocess fork (not vfork), which runs the fork handlers of the libraries
+    loaded: OpenBLAS's waits for its thread pool, and a fork from the solve thread while the main
+    thread was inside an OpenBLAS call hung ``once`` for good (seen on the transit test night). The
+    package therefore keeps OpenBLAS to one thread (``astep_cal/__init__.py``): no pool, nothing to wait
+    for. (util-linux ``setpriv --pdeathsig`` would avoid the preexec_fn, but is refused under the
+    service's systemd hardening: "activate capabilities: Operation not permitted".)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
@@ -234,9 +244,9 @@ def _run(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | No
     environment = dict(os.environ, TMPDIR=str(work_dir))
     log_path = work_dir / "solve-field.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([*_DIE_WITH_PARENT, *command], stdin=subprocess.DEVNULL, stdout=log_file,
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
         with _running_lock:
             _running.add(process)
         checkpoint("solve_running")
