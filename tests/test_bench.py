@@ -46,7 +46,7 @@ def test_state_bench_on_a_tiny_archive(tmp_path):
     assert list(bench_state.check_targets(results).values()) == [True, False, True, True]
 
 
-def _round(steady_s: float, cosmic_cpu_s: float) -> dict:
+def _round(steady_s: float, cosmic_cpu_s: float, without_photometry_s: float = 3.6, radec_max: float = 0.15) -> dict:
     frames = {"stage_read_cpu_s": 0.1, "stage_cosmic_rays_cpu_s": cosmic_cpu_s, "cpu_per_frame_s": 3.0,
               "cosmic_step_cpu_s": cosmic_cpu_s, "bare_astroscrappy_cpu_s": 10.0, "bare_astroscrappy_wall_s": 6.0,
               "cosmic_over_bare_cpu": cosmic_cpu_s / 10.0, "removed_ours": 0.999, "removed_bare": 0.77,
@@ -58,7 +58,11 @@ def _round(steady_s: float, cosmic_cpu_s: float) -> dict:
             "floor": {"wall_s": 7.0, "peak_rss_mb": 800.0, "astroscrappy_s": 5.0},
             "astep_cal": {"wall_s": 45.0, "peak_rss_mb": 1200.0, "calibrate_per_frame_s": 3.0, "solve_per_frame_s": 0.3,
                           "solved": 5, "masters_s": 30.0, "mask_s": 0.2, "steady_frame_s": steady_s,
-                          "wcs_error_px": 0.002},
+                          "wcs_error_px": 0.002, "catalogue_per_frame_s": 0.09, "lightcurve_per_frame_s": 0.01,
+                          "cat_bright_stars": 900, "cat_offset_median_px": 0.01, "cat_offset_p95_px": 0.03,
+                          "cat_offset_max_px": 0.06, "cat_radec_median_arcsec": 0.02, "cat_radec_p95_arcsec": 0.05,
+                          "cat_radec_max_arcsec": radec_max},
+            "no_photometry": {"wall_s": 44.0, "peak_rss_mb": 1200.0, "steady_frame_s": without_photometry_s},
             "frames": frames}
 
 
@@ -72,9 +76,14 @@ def test_issue_targets_are_checked_on_the_medians_and_printed(capsys):
     slow = summarise([_round(9.5, 3.5)], 5, 2.0)["targets"]
     assert not slow["issue 14: steady cadence <= 1.1 x 8.23 s"] and not slow["issue 15: steady cadence <= 4.0 s"]
     assert not slow["issue 15: cosmic-ray step <= 30 % of bare astroscrappy's CPU"]
+    assert targets["issue 16: steady cadence grows <= 15 % with the catalogue"]  # 3.9 against 3.6
+    assert targets["issue 16: RA/Dec within 0.2\" of the Tycho-2 place (every one)"]
+    grown = summarise([_round(3.9, 1.8, without_photometry_s=3.3, radec_max=0.25)], 5, 2.0)["targets"]
+    assert not grown["issue 16: steady cadence grows <= 15 % with the catalogue"]  # 3.9 against 3.3: +18 %
+    assert not grown["issue 16: RA/Dec within 0.2\" of the Tycho-2 place (every one)"]
     print_table(summary)
     out = capsys.readouterr().out
-    assert "cosmic_rays 1.90" in out and "MET     issue 14" in out
+    assert "cosmic_rays 1.90" in out and "MET     issue 14" in out and "900 bright isolated stars" in out
 
 
 def test_star_core_false_hits_count_clean_core_pixels_of_unsaturated_stars():

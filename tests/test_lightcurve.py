@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from astep_cal import lightcurve
 from astep_cal.config import Target
+from astep_cal.devtools.evaluate import CatalogueAccuracy, catalogue_accuracy
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.devtools.transit import TransitSpec
 from astep_cal.lightcurve_time import bjd_and_airmass
@@ -171,18 +172,6 @@ def test_products_are_small_and_in_the_summary_and_report(night, capsys):
     assert "light curves:" in out and "SYN-1:" in out and "lightcurve_SYN-1.csv" in out
 
 
-def isolated_bright(stars, cat, fwhm_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Catalogue rows of bright unflagged stars with no neighbour above 1 % of their flux within 3 FWHM,
-    the truth row of each and the distance (px)."""
-    x, y, flux = (np.asarray(stars[k], float) for k in ("x", "y", "flux_e"))
-    tree = cKDTree(np.column_stack([x, y]))
-    distance, index = tree.query(np.column_stack([cat["x"], cat["y"]]))
-    alone = np.array([sum(flux[j] > 0.01 * flux[k] for j in tree.query_ball_point([x[k], y[k]], 3 * fwhm_px)) == 1
-                      for k in index])
-    chosen = (flux[index] > 1e5) & (np.asarray(cat["flags"]) == 0) & alone & (distance < 1)
-    return np.flatnonzero(chosen), index[chosen], distance[chosen]
-
-
 def test_catalogue_positions_and_sky_places(night):
     root, truth, _, _ = night
     fwhm_px = SPEC.fwhm_arcsec / SPEC.pixel_scale_arcsec
@@ -190,15 +179,12 @@ def test_catalogue_positions_and_sky_places(night):
     for raw in truth.science_files:
         cat, header = read_catalogue(cal_dir(root) / raw.name.replace(".fits", "_CAT.fits"))
         assert header["ASTCWCS"] == "solved" and {"flux_1", "flux_err_4", "background", "peak"} <= set(cat.colnames)
-        stars = truth.stars(raw.name)
-        rows, truth_rows, distance = isolated_bright(stars, cat, fwhm_px)
-        offsets += list(distance)
-        ra, dec = np.asarray(cat["ra"])[rows], np.asarray(cat["dec"])[rows]
-        separations += list(3600 * np.hypot((ra - np.asarray(stars["ra"])[truth_rows]) * np.cos(np.deg2rad(dec)),
-                                            dec - np.asarray(stars["dec"])[truth_rows]))
-    offsets, separations = np.array(offsets), np.array(separations)
-    print(f"{len(offsets)} bright stars: offset median {np.median(offsets):.4f} max {offsets.max():.4f} px; "
-          f"RA/Dec median {np.median(separations):.3f}\" p95 {np.percentile(separations, 95):.3f}\"")
+        accuracy = catalogue_accuracy(cat, truth.stars(raw.name), fwhm_px)
+        offsets += list(accuracy.offsets_px)
+        separations += list(accuracy.separations_arcsec)
+    accuracy = CatalogueAccuracy(np.array(offsets), np.array(separations))
+    print(accuracy.describe())
+    offsets, separations = accuracy.offsets_px, accuracy.separations_arcsec
     assert len(offsets) >= 300 and offsets.max() < 0.1
     # 0.2" on ASTEP's 0.93"/px; on these 7.2"/px frames the solved WCS itself is good to ~0.05 px:
     assert np.median(separations) < 0.2

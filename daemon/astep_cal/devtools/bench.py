@@ -122,6 +122,9 @@ def run_measured(argv: list[str], env: dict[str, str] | None = None,
     return wall, usage.ru_maxrss / 1024.0, output
 
 
+BENCH_FWHM_PX = 3.5 / 0.93  # the bench night's seeing, in pixels at every --size
+
+
 def make_bench_night(root: Path, n_science: int, size: int = 4096) -> Path:
     """ASTEP's night: 4096² frames of 0.93"/px (``size`` < 4096: the same 1° field, coarser, for a quick
     check of the bench itself; its figures are not the benchmark's)."""
@@ -129,7 +132,7 @@ def make_bench_night(root: Path, n_science: int, size: int = 4096) -> Path:
 
     scale = size / 4096
     spec = NightSpec(shape=(size, size), pixel_scale_arcsec=0.93 / scale, n_science=n_science, n_darks=20,
-                     n_flats=20, n_flat_darks=20, fwhm_arcsec=3.5 / scale, n_cosmic_rays=round(600 * scale ** 2),
+                     n_flats=20, n_flat_darks=20, fwhm_arcsec=BENCH_FWHM_PX * 0.93 / scale, n_cosmic_rays=round(600 * scale ** 2),
                      n_hot_pixels=round(2000 * scale ** 2), dead_column=round(1200 * scale))
     truth = make_night(root, spec)
     return truth.night_dir
@@ -205,7 +208,55 @@ def photometry_cost(root: Path) -> dict[str, float | None]:
             "lightcurve_per_frame_s": (time.perf_counter() - start) / len(frames)}
 
 
-def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
+def catalogue_positions(root: Path, truth_dir: Path, fwhm_px: float) -> dict[str, float | None]:
+    """Issue 16's position targets at ASTEP's own scale: bright isolated stars of every frame's ``CAT``
+    against the truth (pixels) and their true places (the Tycho-2 RA/Dec, arcseconds)."""
+    import numpy as np
+
+    from ..products import read_catalogue
+    from .evaluate import CatalogueAccuracy, catalogue_accuracy
+    from .synthetic import load_truth
+
+    truth = load_truth(truth_dir)
+    parts = [catalogue_accuracy(read_catalogue(path)[0], truth.stars(path.name.removesuffix("_CAT.fits") + ".fits"), fwhm_px)
+             for path in sorted(root.glob("*/*-CAMS_CAL/*_CAT.fits"))]
+    accuracy = CatalogueAccuracy(np.concatenate([p.offsets_px for p in parts] or [np.zeros(0)]),
+                                 np.concatenate([p.separations_arcsec for p in parts] or [np.zeros(0)]))
+    if not len(accuracy.offsets_px):
+        return {"cat_bright_stars": 0}
+    sep = accuracy.separations_arcsec
+    return {"cat_bright_stars": len(sep), "cat_offset_median_px": float(np.median(accuracy.offsets_px)),
+            "cat_offset_p95_px": float(np.percentile(accuracy.offsets_px, 95)),
+            "cat_offset_max_px": float(accuracy.offsets_px.max()),
+            "cat_radec_median_arcsec": float(np.nanmedian(sep)),
+            "cat_radec_p95_arcsec": float(np.nanpercentile(sep, 95)), "cat_radec_max_arcsec": float(np.nanmax(sep))}
+
+
+def run_astep_once(night_dir: Path, work: Path, mem_limit: float, config: Path | None
+                   ) -> tuple[Path, Path, dict[str, Any]]:
+    """``astep-cal once`` on a fresh copy of the night: (root, log, wall/RSS/ledger/log figures)."""
+    root = work / "astep-root"
+    shutil.copytree(night_dir, root / night_dir.name)
+    log_path = work / "astep-cal.log"
+    json_logs = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    argv = [sys.executable, "-m", "astep_cal.cli", "once", str(root), "--mem-limit", str(mem_limit)]
+    wall, rss, _ = run_measured(argv + (["--config", str(config)] if config else []), env=json_logs,
+                                log_path=log_path)
+    return root, log_path, {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root), **astep_cadence(log_path)}
+
+
+def without_photometry(work: Path, night_dir: Path, mem_limit: float) -> dict[str, Any]:
+    """The same night with ``[photometry] enabled = false`` (no catalogue, no light curve): the cadence
+    issue 16's step is measured against, in the same round."""
+    config = work / "no-photometry.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[photometry]\nenabled = false\n")
+    root, _, figures = run_astep_once(night_dir, work, mem_limit, config)
+    shutil.rmtree(root)
+    return figures
+
+
+def one_round(night_dir: Path, work: Path, mem_limit: float, index: int = 0) -> dict[str, Any]:
     result: dict[str, Any] = {}
     baseline_out = work / "baseline-out"
     wall, rss, out = run_measured([sys.executable, "-c", BASELINE_SCRIPT, str(night_dir), str(baseline_out)])
@@ -213,16 +264,15 @@ def one_round(night_dir: Path, work: Path, mem_limit: float) -> dict[str, Any]:
     first_cal = sorted(baseline_out.glob("*_CAL.fits"))[0]
     wall, rss, out = run_measured([sys.executable, "-c", FLOOR_SCRIPT, str(first_cal)])
     result["floor"] = {"wall_s": wall, "peak_rss_mb": rss, **json.loads(out.strip().splitlines()[-1])}
-    root = work / "astep-root"
-    shutil.copytree(night_dir, root / night_dir.name)
-    log_path = work / "astep-cal.log"
-    json_logs = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-    wall, rss, _ = run_measured([sys.executable, "-m", "astep_cal.cli", "once", str(root),
-                                 "--mem-limit", str(mem_limit)], env=json_logs, log_path=log_path)
+    if index % 2:  # the two astep-cal runs swap places every round: neither always runs first
+        result["no_photometry"] = without_photometry(work / "no-photometry", night_dir, mem_limit)
+    root, log_path, figures = run_astep_once(night_dir, work, mem_limit, None)
+    if not index % 2:
+        result["no_photometry"] = without_photometry(work / "no-photometry", night_dir, mem_limit)
     truth_dir = night_dir.parent / ".truth" / night_dir.name
     errors = wcs_errors_px(root, truth_dir)
-    result["astep_cal"] = {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root), **astep_cadence(log_path),
-                           "wcs_error_px": statistics.median(errors) if errors else None, **photometry_cost(root)}
+    result["astep_cal"] = {**figures, "wcs_error_px": statistics.median(errors) if errors else None,
+                           **photometry_cost(root), **catalogue_positions(root, truth_dir, BENCH_FWHM_PX)}
     _, _, out = run_measured([sys.executable, "-m", "astep_cal.devtools.bench_frames", str(root), str(truth_dir)])
     frames = json.loads(out.strip().splitlines()[-1])
     result["frames"] = {**{f"stage_{k}_cpu_s": v for k, v in frames.pop("cpu_per_stage_s").items()}, **frames}
@@ -261,6 +311,11 @@ TARGETS = {  # checked on the medians of one run; m: medians, r: ratios, p: the 
     "issue 16: catalogue + light curve < 1 s / frame": lambda m, r, p: (m["astep_cal"].get("catalogue_per_frame_s")
                                                                        or 0) + (m["astep_cal"].get(
         "lightcurve_per_frame_s") or 0) < 1.0,
+    "issue 16: steady cadence grows <= 15 % with the catalogue": lambda m, r, p: r["cadence_with_over_without_photometry"]
+    <= 1.15,
+    "issue 16: bright stars within 0.1 px of truth (every one)": lambda m, r, p: m["astep_cal"]["cat_offset_max_px"] < 0.1,
+    "issue 16: RA/Dec within 0.2\" of the Tycho-2 place (every one)": lambda m, r, p: m["astep_cal"][
+        "cat_radec_max_arcsec"] < 0.2,
 }
 
 
@@ -269,7 +324,7 @@ def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, si
         values = [r[path[0]].get(path[1]) for r in rounds if r[path[0]].get(path[1]) is not None]
         return statistics.median(values) if values else None
 
-    keys = {name: sorted({k for r in rounds for k in r[name]}) for name in ("baseline", "floor", "astep_cal", "frames")}
+    keys = {name: sorted({k for r in rounds for k in r[name]}) for name in ("baseline", "floor", "astep_cal", "no_photometry", "frames")}
     medians = {name: {k: med((name, k)) for k in ks} for name, ks in keys.items()}
     floor = medians["floor"]["astroscrappy_s"]
     astep = medians["astep_cal"]
@@ -278,6 +333,7 @@ def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, si
         "baseline_over_astep_end_to_end": medians["baseline"]["wall_s"] / astep["wall_s"],
         "astep_steady_frame_over_floor": steady / floor,
         "astep_calibrate_over_floor": (astep["calibrate_per_frame_s"] or 0) / floor,
+        "cadence_with_over_without_photometry": steady / (medians["no_photometry"].get("steady_frame_s") or steady),
         "baseline_mask_over_astep_mask": medians["baseline"]["ccdmask_s"] / max(astep.get("mask_s") or 0.01, 0.01),
     }
     summary = {
@@ -314,6 +370,13 @@ def print_table(summary: dict[str, Any]) -> None:
     row("WCS error vs truth (px)", None, a.get("wcs_error_px"), fmt=".3f")
     row("catalogue / frame (s)", None, a.get("catalogue_per_frame_s"), fmt=".3f")
     row("light curve / frame (s)", None, a.get("lightcurve_per_frame_s"), fmt=".3f")
+    row("cadence without photometry (s)", None, m["no_photometry"].get("steady_frame_s"))
+    row("end to end without photometry (s)", None, m["no_photometry"].get("wall_s"), fmt=".1f")
+    if a.get("cat_bright_stars"):
+        print(f"catalogue, {a['cat_bright_stars']:.0f} bright isolated stars: offset from truth median"
+              f" {a['cat_offset_median_px']:.4f} px, p95 {a['cat_offset_p95_px']:.4f}, max {a['cat_offset_max_px']:.4f};"
+              f" RA/Dec from the Tycho-2 place median {a['cat_radec_median_arcsec']:.3f}\","
+              f" p95 {a['cat_radec_p95_arcsec']:.3f}\", max {a['cat_radec_max_arcsec']:.3f}\"")
     print("\nCPU seconds per frame (all threads; solve includes solve-field), medians over the frames:")
     stages = [k for k in fr if k.startswith("stage_")]
     print("  " + ", ".join(f"{k[6:-6]} {fr[k]:.2f}" for k in stages) + f"; total {fr['cpu_per_frame_s']:.2f}")
@@ -327,6 +390,7 @@ def print_table(summary: dict[str, Any]) -> None:
     r = summary["ratios"]
     print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x")
     print(f"astep-cal steady frame / astroscrappy floor: {r['astep_steady_frame_over_floor']:.2f}")
+    print(f"steady cadence with / without the catalogue: {r['cadence_with_over_without_photometry']:.3f}")
     print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h")
     for name, met in summary["targets"].items():
         print(f"  {'MET   ' if met else 'MISSED'}  {name}")
@@ -347,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds = []
         for index in range(args.repeats):
             print(f"round {index + 1}/{args.repeats} ...", flush=True)
-            rounds.append(one_round(night_dir, work / f"round-{index}", args.mem_limit))
+            rounds.append(one_round(night_dir, work / f"round-{index}", args.mem_limit, index))
     summary = summarise(rounds, args.science, args.mem_limit, args.size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,47 @@ def solved_wcs_of(header: fits.Header) -> WCS | None:
         return WCS(header)
 
 
+@dataclass
+class CatalogueAccuracy:
+    """Bright, isolated, unflagged catalogue stars against their truth (issue 16's acceptance)."""
+
+    offsets_px: np.ndarray  # centroid to the true position
+    separations_arcsec: np.ndarray  # catalogue RA/Dec to the true (Tycho-2) place
+
+    def describe(self) -> str:
+        if not len(self.offsets_px):
+            return "no bright isolated star"
+        return (f"{len(self.offsets_px)} bright stars: offset median {np.median(self.offsets_px):.4f} max "
+                f"{self.offsets_px.max():.4f} px; RA/Dec median {np.median(self.separations_arcsec):.3f}\" "
+                f"p95 {np.percentile(self.separations_arcsec, 95):.3f}\" max {self.separations_arcsec.max():.3f}\"")
+
+
+def catalogue_accuracy(cat: "Table", stars: "Table", fwhm_px: float, min_flux_e: float = 1e5) -> CatalogueAccuracy:
+    """Positions of the catalogue's bright stars against the truth table of the same frame.
+
+    A star counts when it holds ``min_flux_e`` electrons or more, has no neighbour above 1 % of its flux
+    within 3 FWHM (a blend's centroid is not the star's), carries no flag, and its nearest true star is
+    within 1 px (a match, not a neighbour). RA/Dec only when the frame solved (NaN otherwise).
+    """
+    from scipy.spatial import cKDTree
+
+    x, y, flux = (np.asarray(stars[k], float) for k in ("x", "y", "flux_e"))
+    if not len(x) or not len(cat):
+        return CatalogueAccuracy(np.zeros(0), np.zeros(0))
+    tree = cKDTree(np.column_stack([x, y]))
+    distance, index = tree.query(np.column_stack([np.asarray(cat["x"], float), np.asarray(cat["y"], float)]))
+    chosen = (flux[index] >= min_flux_e) & (np.asarray(cat["flags"]) == 0) & (distance < 1)
+    for row in np.flatnonzero(chosen):
+        k = index[row]
+        neighbours = tree.query_ball_point([x[k], y[k]], 3 * fwhm_px)
+        chosen[row] = sum(flux[j] > 0.01 * flux[k] for j in neighbours) == 1  # itself only
+    rows, truth_rows = np.flatnonzero(chosen), index[chosen]
+    ra, dec = np.asarray(cat["ra"], float)[rows], np.asarray(cat["dec"], float)[rows]
+    true_ra, true_dec = np.asarray(stars["ra"], float)[truth_rows], np.asarray(stars["dec"], float)[truth_rows]
+    separation = 3600 * np.hypot((ra - true_ra) * np.cos(np.deg2rad(true_dec)), dec - true_dec)
+    return CatalogueAccuracy(distance[chosen], separation)
+
+
 def wcs_error_of(cal_path: Path, truth) -> float | None:
     """Median WCS error (px) of a solved CAL file against the truth of its raw frame (header only:
     cheap enough for 4096² benchmarks); None when unsolved."""
