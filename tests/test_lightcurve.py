@@ -308,3 +308,103 @@ def test_a_long_night_of_products_fits_the_satellite_budget():
     size += len(json.dumps(record["binned"]))
     assert size < 300 * 1024
     assert len(record["binned"]["rows"]) == pytest.approx(n * 70 / 600, abs=2)
+
+
+# --- the bad cases through the real ``once`` (a second, short night) ------------------------------
+
+BAD_SPEC = dataclasses.replace(SPEC, n_science=8, seed=7, cloud_frames=(),
+                               transit=TransitSpec(name="FAR-1", mid_time="2026-07-01T20:15:00", duration_h=0.5))
+
+
+def brightest_star(truth) -> dict:
+    """The brightest true star of the first frame well inside it (it saturates on these frames)."""
+    stars = truth.stars(truth.science_files[0].name)
+    height, width = BAD_SPEC.shape
+    inside = (stars["x"] > 40) & (stars["x"] < width - 40) & (stars["y"] > 40) & (stars["y"] < height - 40)
+    star = stars[inside][int(np.argmax(np.asarray(stars["flux_e"])[inside]))]
+    return {"ra": float(star["ra"]), "dec": float(star["dec"])}
+
+
+def photometry_of(root: Path) -> dict:
+    return json.loads((root / ".astep-cal" / "nights" / f"{DATE}.json").read_text())["photometry"]["targets"]
+
+
+@pytest.fixture(scope="module")
+def bad_night(tmp_path_factory):
+    """Run 1: three targets on an 8-frame night: FAR-1 (the frames' OBJECT) given a place 2 degrees
+    away, BRIGHT on the field's brightest (saturated) star, GOOD on the star the frames point at."""
+    root = tmp_path_factory.mktemp("bad-cases")
+    truth = make_night(root, BAD_SPEC)
+    bright = brightest_star(truth)
+    config = root / "targets.toml"
+    config.write_text(
+        '[logging]\nformat = "json"\n[photometry]\ntargets = [\n'
+        f'  {{ name = "FAR-1", ra = {truth.target["ra"]!r}, dec = {truth.target["dec"] + 2.0!r} }},\n'
+        f'  {{ name = "BRIGHT", ra = {bright["ra"]!r}, dec = {bright["dec"]!r} }},\n'
+        f'  {{ name = "GOOD", ra = {truth.target["ra"]!r}, dec = {truth.target["dec"]!r} }},\n]\n')
+    return root, truth, config, run_cli_subprocess("once", root, "--config", config)
+
+
+def test_off_frame_and_saturated_targets_are_events_not_failures(bad_night, capsys):
+    root, truth, config, completed = bad_night
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    events = parse_events(completed.stderr)
+    names = [e["event"] for e in events]
+    assert "photometry_failed" not in names and "frame_failed" not in names
+    off = [e for e in events if e["event"] == "lightcurve_target_off_frame"]
+    assert len(off) == BAD_SPEC.n_science and {e["target"] for e in off} == {"FAR-1"}
+    assert [e["target"] for e in events if e["event"] == "lightcurve_target_saturated"] == ["BRIGHT"]
+    assert [e["target"] for e in events if e["event"] == "lightcurve_written"] == ["GOOD"]
+    statuses = {name: record["status"] for name, record in photometry_of(root).items()}
+    assert statuses == {"FAR-1": "off_frame", "BRIGHT": "target_saturated", "GOOD": "ok"}
+    document = json.loads((cal_dir(root) / "summary.json").read_text())
+    assert {name: section["status"] for name, section in document["photometry"].items()} == statuses
+    from astep_cal import cli
+
+    capsys.readouterr()
+    assert cli.main(["report", DATE, str(root), "--config", str(config)]) == 0  # nothing needs attention
+    out = capsys.readouterr().out
+    assert "FAR-1:" in out and "off_frame" in out and "target_saturated" in out
+
+
+def blank_copy(raw: Path, destination: Path, when: dt.datetime) -> None:
+    """The frame under a thick cloud: no star left, only the sky's level and noise (a solve must fail)."""
+    with fits.open(raw) as hdul:
+        data = hdul[0].data.astype(np.float64)
+        level = float(np.median(data))
+        noise = 1.4826 * float(np.median(np.abs(data - level)))
+        hdul[0].data = (level + np.random.default_rng(3).normal(0, noise, data.shape)).astype(hdul[0].data.dtype)
+        hdul[0].header["DATE-OBS"] = when.isoformat(timespec="milliseconds")
+        hdul.writeto(destination)
+
+
+def test_no_comparison_and_a_failed_solve_leave_the_night_done(bad_night):
+    """Run 2: every catalogue of the night reduced to GOOD and stars far too faint to compare with (a
+    field too sparse), then a late frame under a thick cloud (its solve really fails): the night is
+    closed again; GOOD has no comparison star, said once, and nothing failed but that frame's solve."""
+    root, truth, config, first = bad_night
+    assert first.returncode == 0
+    for path in sorted(cal_dir(root).glob("*_CAT.fits")):
+        with fits.open(path) as hdul:
+            table = hdul["CAT"].data
+            ra, dec = np.asarray(table["ra"], float), np.asarray(table["dec"], float)
+            distance = np.hypot(ra - truth.target["ra"], dec - truth.target["dec"])
+            keep = (distance == np.nanmin(distance)) | (table["flux_3"] < 1e-3 * np.nanmax(table["flux_3"]))
+            hdul["CAT"].data = table[keep]
+            hdul.writeto(path, overwrite=True)
+    last = truth.science_files[-1]
+    with fits.open(last) as hdul:
+        late = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=BAD_SPEC.cadence_s)
+    late_name = f"{late.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits"
+    blank_copy(last, last.parent / late_name, late)
+    completed = run_cli_subprocess("once", root, "--config", config)
+    events = parse_events(completed.stderr)
+    names = [e["event"] for e in events]
+    assert "photometry_failed" not in names
+    failed = [e for e in events if e["event"] == "frame_failed"]
+    assert [(e["frame"], e["stage"]) for e in failed] == [(late_name, "astrometry")]
+    assert [e["target"] for e in events if e["event"] == "lightcurve_no_comparison"] == ["GOOD"]
+    assert photometry_of(root)["GOOD"]["status"] == "no_comparison"
+    assert completed.returncode == 1  # the failed solve needs attention (status says so), the night is done
+    night = json.loads((root / ".astep-cal" / "nights" / f"{DATE}.json").read_text())
+    assert night["frames"][late_name]["calibrate"]["status"] == "ok"
