@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-state bench-compression soak soak-short clean install \
+.PHONY: all system-deps venv demo test test-faults bench bench-state bench-photometry bench-compression soak soak-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -65,6 +65,10 @@ soak: system-deps venv
 
 soak-short: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
+
+# Closing a winter night's light curves: 1400 catalogues of 4000 sources, time and peak RSS (~1 min).
+bench-photometry: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.bench_photometry $(BENCH_PHOTOMETRY_ARGS)
 
 # Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
 bench-compression: system-deps venv

@@ -24,6 +24,7 @@ caller to log (``pipeline.write_night_photometry`` writes the files). The method
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,32 @@ CLOUD_LEVEL = 0.5
 
 @dataclass(frozen=True)
 class FrameCatalogue:
-    """One frame's catalogue (``<name>_CAT.fits``: the table and its header)."""
+    """One frame's catalogue (``<name>_CAT.fits``: the table and its header).
+
+    ``table`` may be left None with a ``load`` that reads it: a winter night's catalogues (1400 x 4000
+    sources, ~460 MB) are then read one at a time, and only the followed stars' rows are kept (see
+    :func:`match_all`). ``load`` returns None when the file cannot be read (the caller has said why).
+    """
 
     name: str
-    table: Table
+    table: Table | None
     header: fits.Header
+    load: Callable[[], Table | None] | None = None
+
+    def rows(self) -> Table | None:
+        """The whole table: the one held, else read now (and not kept)."""
+        if self.table is not None or self.load is None:
+            return self.table
+        return self.load()
+
+    def held(self) -> "FrameCatalogue":
+        """This catalogue with its table in memory (the reference frame, read once)."""
+        return self if self.table is not None else FrameCatalogue(self.name, self.rows(), self.header)
+
+    @property
+    def n_sources(self) -> int:
+        """Sources in the table, from the header when it was not read (a table's NAXIS2)."""
+        return len(self.table) if self.table is not None else int(self.header.get("NAXIS2", 0))
 
     @property
     def solved(self) -> bool:
@@ -113,7 +135,8 @@ def frames_of_target(frames: list[FrameCatalogue], target: Target, events: list)
 def reference_frame(frames: list[FrameCatalogue]) -> FrameCatalogue | None:
     """The solved frame with the most sources: the clearest (None when no frame of the target solved)."""
     solved = [f for f in frames if f.solved]
-    return max(solved, key=lambda f: len(f.table)) if solved else None
+    best = max(solved, key=lambda f: f.n_sources) if solved else None
+    return best.held() if best is not None else None
 
 
 def followed_stars(table: Table, target_row: int) -> np.ndarray:
@@ -133,20 +156,30 @@ def followed_stars(table: Table, target_row: int) -> np.ndarray:
 
 
 def match_all(frames: list[FrameCatalogue], reference: FrameCatalogue, vote_xy: np.ndarray, radius: float,
-              events: list) -> tuple[np.ndarray, np.ndarray]:
-    """(n frames, n reference stars) rows of each star in each frame (-1: absent) and per-frame flags."""
+              events: list) -> tuple[list[FrameCatalogue], np.ndarray, np.ndarray]:
+    """Each frame matched to the reference's stars: the frames cut down to the matched rows (in the
+    reference's order; a night's full catalogues are never all in memory), the (n frames, n reference
+    stars) row of each star in its cut-down frame (-1: absent) and per-frame flags."""
     ref_xy, ref_wcs = reference.xy(), reference.wcs()
-    rows, flags = [], []
+    kept, rows, flags = [], [], []
     for frame in frames:
-        sky = (np.asarray(frame.table["ra"], float), np.asarray(frame.table["dec"], float)) if frame.solved else None
-        matched, how = crossmatch.match_frame(ref_xy, frame.xy(), sky, ref_wcs, radius, vote_xy)
+        table = frame.rows()
+        if table is None or not len(table):
+            matched, how = np.full(len(ref_xy), -1, int), "none"
+        else:
+            whole = FrameCatalogue(frame.name, table, frame.header)
+            sky = (np.asarray(table["ra"], float), np.asarray(table["dec"], float)) if frame.solved else None
+            matched, how = crossmatch.match_frame(ref_xy, whole.xy(), sky, ref_wcs, radius, vote_xy)
         if how == "none":
             events.append(("warning", "lightcurve_frame_unmatched", {"frame": frame.name}))
         elif how == "shift":
             events.append(("info", "lightcurve_frame_unsolved", {"frame": frame.name, "matched": int((matched >= 0).sum())}))
-        rows.append(matched)
+        found = matched >= 0
+        cut = table[matched[found]] if found.any() else None
+        kept.append(FrameCatalogue(frame.name, cut, frame.header))
+        rows.append(np.where(found, np.cumsum(found) - 1, -1))
         flags.append(SHIFTED if how == "shift" else 0)
-    return np.array(rows), np.array(flags)
+    return kept, np.array(rows).reshape(len(frames), len(ref_xy)), np.array(flags)
 
 
 def gather(frames: list[FrameCatalogue], rows: np.ndarray, column: str, fill: float = np.nan) -> np.ndarray:
@@ -154,7 +187,8 @@ def gather(frames: list[FrameCatalogue], rows: np.ndarray, column: str, fill: fl
     out = np.full(rows.shape, fill, float)
     for i, frame in enumerate(frames):
         found = rows[i] >= 0
-        out[i, found] = np.asarray(frame.table[column], float)[rows[i, found]]
+        if found.any():
+            out[i, found] = np.asarray(frame.table[column], float)[rows[i, found]]
     return out
 
 
@@ -283,7 +317,7 @@ def _measure(result: LightCurve, frames: list[FrameCatalogue], reference: FrameC
     stars, vote_xy = followed_stars(reference.table, target_row), reference.xy()
     reference = FrameCatalogue(reference.name, reference.table[stars], reference.header)
     target_row = int(np.searchsorted(stars, target_row))
-    rows, frame_flags = match_all(frames, reference, vote_xy, radius, result.events)
+    frames, rows, frame_flags = match_all(frames, reference, vote_xy, radius, result.events)
     n_apertures = sum(1 for name in reference.table.colnames if name.startswith("flux_err_"))
     flags = gather(frames, rows, "flags", 0.0)
     fluxes = [gather(frames, rows, f"flux_{k}") for k in range(1, n_apertures + 1)]

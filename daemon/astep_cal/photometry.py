@@ -8,21 +8,27 @@ light curves always hold every frame calibrated so far.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import entries, names, products
 from .config import Settings
 from .lightcurve import FrameCatalogue, light_curve
 from .lightcurve_products import write_light_curve
 
+if TYPE_CHECKING:
+    from astropy.table import Table
+
 
 def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[FrameCatalogue]:
     """The catalogues of the night's calibrated frames (named by their raw frame, as in the ledger).
 
-    A frame whose catalogue step failed is left out (a file there is an older one); a frame without a
-    catalogue record (a ledger rebuilt from the CAL files) uses the file if there is one. A catalogue
-    that cannot be read is logged (``catalogue_unreadable``) and left out.
+    Only the headers are read here; each table is read when a light curve needs it, one frame at a
+    time (a winter night's catalogues held at once would be ~460 MB). A frame whose catalogue step
+    failed is left out (a file there is an older one); a frame without a catalogue record (a ledger
+    rebuilt from the CAL files) uses the file if there is one. A catalogue that cannot be read is
+    logged (``catalogue_unreadable``) and left out.
     """
     frames = []
     for name, entry in sorted(night.get("frames", {}).items()):
@@ -32,12 +38,21 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
         if "catalogue" not in entry and not path.is_file():
             continue
         try:
-            table, header = products.read_catalogue(path)
+            header = products.read_catalogue_header(path)
         except Exception as error:  # noqa: BLE001 - one bad file must not cost the night's light curves
             log.warning("catalogue_unreadable", frame=name, error=f"{type(error).__name__}: {error}")
             continue
-        frames.append(FrameCatalogue(name, table, header))
+        frames.append(FrameCatalogue(name, None, header, load=functools.partial(_read_table, path, name, log)))
     return frames
+
+
+def _read_table(path: Path, name: str, log: Any) -> Table | None:
+    """A catalogue's table, or None (logged) when its header was readable but its rows are not."""
+    try:
+        return products.read_catalogue(path)[0]
+    except Exception as error:  # noqa: BLE001 - a truncated file loses one point, not the light curve
+        log.warning("catalogue_unreadable", frame=name, error=f"{type(error).__name__}: {error}")
+        return None
 
 
 def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings: Settings,

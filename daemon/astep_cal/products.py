@@ -203,6 +203,12 @@ def read_catalogue(path: Path) -> "tuple[Table, fits.Header]":
         return Table(hdul["CAT"].data), hdul["CAT"].header.copy()
 
 
+def read_catalogue_header(path: Path) -> fits.Header:
+    """The ``CAT`` header alone (its ``NAXIS2`` is the number of sources): the rows are not read."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return hdul["CAT"].header.copy()
+
+
 def add_catalogue_wcs(path: Path, wcs_header: fits.Header) -> int:
     """Give a catalogue its sources' RA/Dec and the frame's WCS (rewritten atomically; a few kB).
 
