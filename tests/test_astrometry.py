@@ -124,6 +124,36 @@ def test_a_short_source_list_falls_back_to_the_image(raw_night, tmp_path):
     assert astrometry.listed_sources(tmp_path / "missing.fits") is None  # unreadable: the image path reports it
 
 
+def test_a_loose_list_solve_is_redone_from_the_image(raw_night, tmp_path):
+    """A list whose positions are off (here every other star moved 1.5 px, as blends the single-star
+    test missed would be): solve-field still solves it, but its matches sit far from the index stars;
+    the frame is solved again from the image, and that solution kept (without the check, the list's
+    was kept: 0.28 px off on the 512² transit night)."""
+    raw = raw_night.science_files[0]
+    data, header = fits.getdata(raw, header=True)
+    sources = measure_frame(data.astype(np.float32), np.zeros(data.shape, np.uint8)).sources
+    moved = Sources(sources.x + np.where(np.arange(len(sources)) % 2, 1.5, 0.0), sources.y, sources.flux)
+    path = tmp_path / raw.name.replace(".fits", "_CAL.fits")
+    fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header), sources_hdu(moved)]).writeto(path)
+    result = astrometry.solve(path, fits.getheader(path), SETTINGS, tmp_root=tmp_path)
+    assert result.solved and not result.from_list and "--fits-image" in result.command
+    astrometry.merge_wcs(path, result.wcs_header, {})
+    assert _error_px(path, raw_night, raw.name) < 0.05
+    assert list(tmp_path.glob("astep-solve-*")) == []
+
+
+def test_only_single_stars_are_listed(raw_night, tmp_path):
+    raw = raw_night.science_files[1]
+    data, header = fits.getdata(raw, header=True)
+    sources = measure_frame(data.astype(np.float32), np.zeros(data.shape, np.uint8)).sources
+    assert sources.single is not None and 0 < np.count_nonzero(~sources.single) < len(sources)
+    path = tmp_path / "listed.fits"
+    fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header), sources_hdu(sources)]).writeto(path)
+    listed = astrometry.listed_sources(path)
+    assert len(listed) == np.count_nonzero(sources.single)
+    assert np.array_equal(listed["X"], sources.x[sources.single] + 1.0)
+
+
 def test_merging_twice_leaves_one_solution(raw_night, tmp_path):
     raw = raw_night.science_files[1]
     cal = _cal_like(raw, tmp_path)

@@ -223,6 +223,32 @@ def test_source_list_holds_the_stars_brightest_first_at_their_true_places():
     assert nearest == 35  # the brightest star listed first
 
 
+def test_blends_are_not_single_and_stars_beside_defects_are_placed():
+    """What the plate solve is given: a star with a fainter neighbour 4 px away (one segment, its
+    centroid a pixel off either) is marked not ``single``: the solve is not given it; a star beside a
+    hot pixel and a star across a masked column (values filled from their neighbours) keep exact, single
+    positions (the segment's centroid of the second was cut short by the masked column)."""
+    shape, sigma = (200, 300), 3.0 * SIGMA_PER_FWHM
+    rng = np.random.default_rng(5)
+    image = np.full(shape, SKY_E, np.float32)
+    stars = np.array([[60.3, 100.6, 4e5], [64.3, 100.6, 1.3e5], [150.2, 100.3, 3e5], [240.7, 99.8, 3e5]])
+    render_stars(image, stars[:, 0], stars[:, 1], stars[:, 2], sigma)
+    data = rng.poisson(image).astype(np.float32) + rng.normal(0, READ_NOISE_E, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[102, 152] = MaskBit.BAD  # a hot pixel on the second star's wing, filled like calibrate does
+    data[102, 152] = 0.5 * (data[101, 152] + data[103, 152])
+    mask[:, 241] = MaskBit.BAD  # a dead column through the third star, filled from its neighbours
+    data[:, 241] = 0.5 * (data[:, 240] + data[:, 242])
+    sources = measure_frame(data, mask).sources
+    placed = {}
+    for k, (x, y, _) in enumerate(stars):
+        distance = np.hypot(sources.x - x, sources.y - y)
+        placed[k] = (float(distance.min()), bool(sources.single[distance.argmin()]))
+    assert not placed[0][1]  # the blend
+    assert placed[2][0] < 0.1 and placed[2][1]
+    assert placed[3][0] < 0.1 and placed[3][1]
+
+
 def test_chunked_gaussian_is_scipys():
     from scipy import ndimage
 

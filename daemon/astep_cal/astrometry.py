@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import numpy as np
 from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from . import keywords as kw
 from .config import AstrometrySettings
@@ -161,13 +162,13 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
     return command
 
 
-# A shorter SOURCES list (clouds, small or sparse frames) is not handed to solve-field: it extracts from
-# the image instead. Measured on the 512² transit test night (83 listed stars, positions exact to 0.003
-# px): solve-field's SIP tweak of a list solve left 0.28 px residuals against its own 26 matches, while
-# the image solve of the same frame (28 matches) gave 0.01 px; on 4096² frames (thousands of stars) and
-# the 1024² test frames the list solve is within 0.1 px (0.002 px on the bench night). Cause not found
-# yet (README "Plate solving from the source list"); until it is, sparse lists take the image path.
-MIN_LISTED_SOURCES = 200
+# A list of fewer single stars (clouds, small or sparse frames) is not handed to solve-field: it extracts
+# from the image instead (solve-field itself needs a dozen; below this the image holds few more). The
+# list's positions are windowed centroids about each segment's brightest pixel, and blends are left out
+# (``quality.source_list``): with segment centroids, the 512² transit night's blends (two stars in a
+# segment, centroid between them) gave list solves 0.28 px off against the truth (image solves 0.01 px).
+# What the single-star test misses is caught by the solve's own residual (``MAX_LIST_RESIDUAL_PX``).
+MIN_LISTED_SOURCES = 30
 
 
 def write_xylist(table: np.ndarray, path: Path) -> None:
@@ -184,6 +185,8 @@ def listed_sources(image: Path) -> np.ndarray | None:
         table = read_sources(image)
     except (OSError, ValueError, TypeError):
         return None
+    if table is not None and "SINGLE" in (table.dtype.names or ()):
+        table = table[table["SINGLE"] > 0]  # blends and sources at the edge out (older files: no column)
     if table is None or len(table) < MIN_LISTED_SOURCES:
         return None
     return table
@@ -315,51 +318,96 @@ def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
 
 def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
           tmp_root: Path | None = None) -> SolveResult:
-    """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set."""
+    """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set.
+
+    From the CAL file's ``SOURCES`` list when it holds enough single stars (0.1 s instead of ~2 s: no
+    extraction); then from the image when that failed or its matches sit further than
+    ``MAX_LIST_RESIDUAL_PX`` from the index stars (a list spoiled by blends the single-star test
+    missed), keeping the list's solution if the image gives none.
+    """
     started = time.monotonic()
     pointing = pointing_from_header(header) if settings.use_header_pointing else None
     executable = shutil.which(settings.solve_field)
     if executable is None:
         return SolveResult(False, error=f"solve-field not found: {settings.solve_field!r}",
                            hinted=pointing is not None)
+    width, height = header.get("NAXIS1"), header.get("NAXIS2")
+    table = listed_sources(image) if isinstance(width, int) and isinstance(height, int) else None
+    listed = None
+    if table is not None:
+        listed = _solve_in(tmp_root, lambda work_dir: _list_command(table, work_dir, settings, pointing,
+                                                                    (height, width)), executable, settings)
+        if listed.solved and not _loose(listed):
+            return replace(listed, duration_s=time.monotonic() - started, from_list=True)
+    from_image = _solve_in(tmp_root, lambda work_dir: _image_command(image, header, work_dir, settings, pointing),
+                           executable, settings)
+    best = listed if listed is not None and listed.solved and not from_image.solved else from_image
+    return replace(best, duration_s=time.monotonic() - started, from_list=best is listed)
+
+
+MAX_LIST_RESIDUAL_PX = 0.1  # rms of a list solve's matches; a good one's is ~0.005 px, an image solve's ~0.02
+
+
+def _loose(result: SolveResult) -> bool:
+    """Whether a solve's matches are further from the index stars than a good list solve's."""
+    if result.residual_arcsec is None or result.wcs_header is None:
+        return False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        scale_arcsec = float(np.mean(proj_plane_pixel_scales(WCS(result.wcs_header).celestial))) * 3600
+    return result.residual_arcsec > MAX_LIST_RESIDUAL_PX * scale_arcsec
+
+
+def _list_command(table: np.ndarray, work_dir: Path, settings: AstrometrySettings,
+                  pointing: tuple[float, float] | None, shape: tuple[int, int]) -> list[str]:
+    write_xylist(table, work_dir / "sources.xyls")
+    return build_command(work_dir / "sources.xyls", work_dir, settings, pointing, xylist_shape=shape)
+
+
+def _image_command(image: Path, header: fits.Header, work_dir: Path, settings: AstrometrySettings,
+                   pointing: tuple[float, float] | None) -> list[str]:
+    if has_wcs(header) or _tile_compressed(image):
+        image = _copy_without_wcs(image, work_dir)
+    width = header.get("NAXIS1")
+    return build_command(image, work_dir, settings, pointing, width if isinstance(width, int) else None)
+
+
+def _solve_in(tmp_root: Path | None, make_command: Any, executable: str, settings: AstrometrySettings) -> SolveResult:
+    """One ``solve-field`` run in its own temporary directory (``make_command(work_dir)`` prepares it)."""
     with tempfile.TemporaryDirectory(prefix="astep-solve-", dir=tmp_root) as work_text:
         work_dir = Path(work_text)
-        width, height = header.get("NAXIS1"), header.get("NAXIS2")
-        table = listed_sources(image) if isinstance(width, int) and isinstance(height, int) else None
-        if table is not None:
-            write_xylist(table, work_dir / "sources.xyls")
-            command = build_command(work_dir / "sources.xyls", work_dir, settings, pointing,
-                                    xylist_shape=(height, width))
-        else:
-            if has_wcs(header) or _tile_compressed(image):
-                image = _copy_without_wcs(image, work_dir)
-            command = build_command(image, work_dir, settings, pointing, width if isinstance(width, int) else None)
+        command = make_command(work_dir)
         command[0] = executable
+        return _run_solve(command, work_dir, settings)
 
-        def result(**fields: Any) -> SolveResult:
-            return SolveResult(duration_s=time.monotonic() - started, hinted=pointing is not None,
-                               command=command, from_list=table is not None, **fields)
 
-        try:
-            code, output = _run(command, settings.timeout_s, work_dir)
-        except OSError as error:
-            return result(solved=False, error=f"solve-field could not start: {error}")
-        if code is None:
-            return result(solved=False, error=f"solve-field timed out after {settings.timeout_s:g} s")
-        wcs_path = work_dir / "solution.wcs"
-        if code != 0:
-            return result(solved=False, error=f"solve-field exited with {code}: {_tail(output)}")
-        if not (work_dir / "solution.solved").is_file() or not wcs_path.is_file():
-            reason = "no index file" if "no index files" in output.lower() else "field not solved"
-            return result(solved=False, error=f"{reason} (scale {settings.scale_low_deg:g}-"
-                                              f"{settings.scale_high_deg:g} deg, "
-                                              f"{'hinted' if pointing else 'blind'})")
-        try:
-            wcs_header = clean_wcs_header(fits.getheader(wcs_path))
-        except (OSError, ValueError) as error:
-            return result(solved=False, error=f"unreadable solution: {error}")
-        n_matched, residual = _match_statistics(work_dir / "solution.corr")
-        return result(solved=True, wcs_header=wcs_header, n_matched=n_matched, residual_arcsec=residual)
+def _run_solve(command: list[str], work_dir: Path, settings: AstrometrySettings) -> SolveResult:
+    hinted = "--ra" in command
+
+    def result(**fields: Any) -> SolveResult:
+        return SolveResult(hinted=hinted, command=command, **fields)
+
+    try:
+        code, output = _run(command, settings.timeout_s, work_dir)
+    except OSError as error:
+        return result(solved=False, error=f"solve-field could not start: {error}")
+    if code is None:
+        return result(solved=False, error=f"solve-field timed out after {settings.timeout_s:g} s")
+    wcs_path = work_dir / "solution.wcs"
+    if code != 0:
+        return result(solved=False, error=f"solve-field exited with {code}: {_tail(output)}")
+    if not (work_dir / "solution.solved").is_file() or not wcs_path.is_file():
+        reason = "no index file" if "no index files" in output.lower() else "field not solved"
+        return result(solved=False, error=f"{reason} (scale {settings.scale_low_deg:g}-"
+                                          f"{settings.scale_high_deg:g} deg, {'hinted' if hinted else 'blind'})")
+    try:
+        wcs_header = clean_wcs_header(fits.getheader(wcs_path))
+    except (OSError, ValueError) as error:
+        return result(solved=False, error=f"unreadable solution: {error}")
+    n_matched, residual = _match_statistics(work_dir / "solution.corr")
+    return result(solved=True, wcs_header=wcs_header, n_matched=n_matched, residual_arcsec=residual)
 
 
 def clean_wcs_header(raw: fits.Header) -> fits.Header:

@@ -87,11 +87,14 @@ def sources_hdu(sources: Sources) -> fits.BinTableHDU:
     """The ``SOURCES`` table: the stars the quality step detected, brightest first, in the FITS pixel
     convention (the centre of the first pixel is 1, 1), which is solve-field's xylist's: the plate
     solve hands it over as it is (``astrometry``)."""
-    hdu = fits.BinTableHDU.from_columns([
+    columns = [
         fits.Column("X", "D", unit="pix", array=np.asarray(sources.x, np.float64) + 1.0),
         fits.Column("Y", "D", unit="pix", array=np.asarray(sources.y, np.float64) + 1.0),
         fits.Column("FLUX", "E", unit="electron", array=np.asarray(sources.flux, np.float32)),
-    ], name=SOURCES_EXTENSION)
+    ]
+    if sources.single is not None:  # 1: one star, position refined (what the plate solve is given)
+        columns.append(fits.Column("SINGLE", "B", array=np.asarray(sources.single, np.uint8)))
+    hdu = fits.BinTableHDU.from_columns(columns, name=SOURCES_EXTENSION)
     hdu.header["COMMENT"] = "Stars detected by astep-cal's quality step, brightest first; X, Y 1-based (FITS)."
     return hdu
 
