@@ -321,9 +321,11 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
     """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set.
 
     From the CAL file's ``SOURCES`` list when it holds enough single stars (0.1 s instead of ~2 s: no
-    extraction); then from the image when that failed or its matches sit further than
+    extraction); then from the image when the list's solution has its matches further than
     ``MAX_LIST_RESIDUAL_PX`` from the index stars (a list spoiled by blends the single-star test
-    missed), keeping the list's solution if the image gives none.
+    missed), keeping the list's solution if the image gives none. A list solve that fails is the
+    answer (as an image solve's failure would be): a second run after a timeout or a shutdown's kill
+    would only be killed again.
     """
     started = time.monotonic()
     pointing = pointing_from_header(header) if settings.use_header_pointing else None
@@ -337,7 +339,7 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
     if table is not None:
         listed = _solve_in(tmp_root, lambda work_dir: _list_command(table, work_dir, settings, pointing,
                                                                     (height, width)), executable, settings)
-        if listed.solved and not _loose(listed):
+        if not listed.solved or not _loose(listed):
             return replace(listed, duration_s=time.monotonic() - started, from_list=True)
     from_image = _solve_in(tmp_root, lambda work_dir: _image_command(image, header, work_dir, settings, pointing),
                            executable, settings)
