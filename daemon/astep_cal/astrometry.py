@@ -43,7 +43,7 @@ from .config import AstrometrySettings
 from .faults import checkpoint
 from .fitsio import atomic_write_hdul
 from .night import image_hdu
-from .products import cal_header_for_update, read_sources
+from .products import SOURCES_SINGLE, cal_header_for_update, read_sources
 
 # Keys of a celestial WCS (with SIP) that a new solution replaces.
 _WCS_KEY = re.compile(
@@ -185,8 +185,8 @@ def listed_sources(image: Path) -> np.ndarray | None:
         table = read_sources(image)
     except (OSError, ValueError, TypeError):
         return None
-    if table is not None and "SINGLE" in (table.dtype.names or ()):
-        table = table[table["SINGLE"] > 0]  # blends and sources at the edge out (older files: no column)
+    if table is not None and SOURCES_SINGLE in (table.dtype.names or ()):
+        table = table[table[SOURCES_SINGLE] > 0]  # blends and sources at the edge out (older files: no column)
     if table is None or len(table) < MIN_LISTED_SOURCES:
         return None
     return table

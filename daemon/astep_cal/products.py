@@ -81,6 +81,7 @@ def _err_hdu(error: np.ndarray) -> fits.ImageHDU:
 
 
 SOURCES_EXTENSION = "SOURCES"
+SOURCES_SINGLE = "SINGLE"  # the SOURCES column marking the single stars the plate solve is given
 
 
 def sources_hdu(sources: Sources) -> fits.BinTableHDU:
@@ -93,7 +94,7 @@ def sources_hdu(sources: Sources) -> fits.BinTableHDU:
         fits.Column("FLUX", "E", unit="electron", array=np.asarray(sources.flux, np.float32)),
     ]
     if sources.single is not None:  # 1: one star, position refined (what the plate solve is given)
-        columns.append(fits.Column("SINGLE", "B", array=np.asarray(sources.single, np.uint8)))
+        columns.append(fits.Column(SOURCES_SINGLE, "B", array=np.asarray(sources.single, np.uint8)))
     hdu = fits.BinTableHDU.from_columns(columns, name=SOURCES_EXTENSION)
     hdu.header["COMMENT"] = "Stars detected by astep-cal's quality step, brightest first; X, Y 1-based (FITS)."
     return hdu
