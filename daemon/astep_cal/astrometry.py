@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -354,8 +355,6 @@ def _loose(result: SolveResult) -> bool:
     """Whether a solve's matches are further from the index stars than a good list solve's."""
     if result.residual_arcsec is None or result.wcs_header is None:
         return False
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         scale_arcsec = float(np.mean(proj_plane_pixel_scales(WCS(result.wcs_header).celestial))) * 3600
@@ -414,8 +413,6 @@ def _run_solve(command: list[str], work_dir: Path, settings: AstrometrySettings)
 
 def clean_wcs_header(raw: fits.Header) -> fits.Header:
     """Only the WCS (TAN-SIP) keys of a ``solve-field`` ``.wcs`` header, as astropy writes them."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(raw, relax=True)

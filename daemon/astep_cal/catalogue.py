@@ -34,7 +34,6 @@ from astropy.wcs import WCS
 from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
 
 from .calibrate import REPLACED_ERR
-from . import centroids
 from .centroids import gather, refine as refine_centroids
 from .masters import MaskBit
 
@@ -42,7 +41,7 @@ EDGE = 16  # an aperture or the background annulus reaches beyond the frame
 NO_SKY = 32  # fewer than MIN_SKY_PIXELS usable annulus pixels
 MIN_SKY_PIXELS = 20
 DEFAULT_FWHM_PX = 2.5  # when the frame's FWHM could not be measured (the camera's typical seeing)
-REPLACED = centroids.REPLACED  # pixels whose value is not a measurement
+REPLACED = MaskBit.BAD | MaskBit.COSMIC | MaskBit.SATURATED  # pixels whose value is not a measurement
 
 
 def radii(fwhm_px: float, factors: Sequence[float]) -> list[float]:
@@ -141,7 +140,7 @@ def measure_catalogue(data: np.ndarray, error: np.ndarray, mask: np.ndarray, sou
     # The annulus is placed about the nearest pixel: a refined centroid rarely moves it, never by more
     # than a pixel, so the sky is measured once, before the centroids are refined.
     sky, sky_rms, sky_pixels = local_background(data, mask, xy, inner, outer)
-    xy = refine_centroids(data, xy, np.nan_to_num(sky), fwhm)
+    xy, _ = refine_centroids(data, xy, np.nan_to_num(sky), fwhm)
     table["id"] = np.arange(1, len(xy) + 1, dtype=np.int32)
     table["x"], table["y"] = xy[:, 0], xy[:, 1]
     table["ra"], table["dec"] = np.full(len(xy), np.nan), np.full(len(xy), np.nan)

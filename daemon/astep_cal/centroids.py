@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masters import MaskBit
-
 CENTROID_WINDOW_FWHM = 1.5  # half-size of the centroiding window, in FWHM
 CENTROID_ITERATIONS = 2
-REPLACED = MaskBit.BAD | MaskBit.COSMIC | MaskBit.SATURATED  # pixels whose value is not a measurement
 
 
 def gather(image: np.ndarray, xy: np.ndarray, offsets: tuple[np.ndarray, np.ndarray],
@@ -33,12 +30,7 @@ def gather(image: np.ndarray, xy: np.ndarray, offsets: tuple[np.ndarray, np.ndar
     return np.where(inside, values, fill)
 
 
-def refine(data: np.ndarray, xy: np.ndarray, sky: np.ndarray, fwhm_px: float) -> np.ndarray:
-    """:func:`refine_where` without the flags."""
-    return refine_where(data, xy, sky, fwhm_px)[0]
-
-
-def refine_where(data: np.ndarray, xy: np.ndarray, sky: np.ndarray, fwhm_px: float) -> tuple[np.ndarray, np.ndarray]:
+def refine(data: np.ndarray, xy: np.ndarray, sky: np.ndarray, fwhm_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Intensity-weighted centroids in a window of ±``CENTROID_WINDOW_FWHM`` FWHM about ``xy``, sky
     removed.
 

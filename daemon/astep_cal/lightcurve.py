@@ -93,10 +93,15 @@ class FrameCatalogue:
             return WCS(self.header).celestial
 
     def xy(self) -> np.ndarray:
-        return np.column_stack([np.asarray(self.table["x"], float), np.asarray(self.table["y"], float)])
+        return positions(self.table)
 
     def inside(self, x: float, y: float) -> bool:
         return bool(-0.5 <= x < self.header["IMWIDTH"] - 0.5 and -0.5 <= y < self.header["IMHEIGHT"] - 0.5)
+
+
+def positions(table: Table) -> np.ndarray:
+    """(n, 2) x/y of a catalogue's sources (0-based pixels)."""
+    return np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)])
 
 
 @dataclass
@@ -167,9 +172,8 @@ def match_all(frames: list[FrameCatalogue], reference: FrameCatalogue, vote_xy: 
         if table is None or not len(table):
             matched, how = np.full(len(ref_xy), -1, int), "none"
         else:
-            whole = FrameCatalogue(frame.name, table, frame.header)
             sky = (np.asarray(table["ra"], float), np.asarray(table["dec"], float)) if frame.solved else None
-            matched, how = crossmatch.match_frame(ref_xy, whole.xy(), sky, ref_wcs, radius, vote_xy)
+            matched, how = crossmatch.match_frame(ref_xy, positions(table), sky, ref_wcs, radius, vote_xy)
         if how == "none":
             events.append(("warning", "lightcurve_frame_unmatched", {"frame": frame.name}))
         elif how == "shift":

@@ -9,6 +9,7 @@ light curves always hold every frame calibrated so far.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,20 +38,24 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
         path = names.cat_path(cal_dir / names.cal_name(name))
         if "catalogue" not in entry and not path.is_file():
             continue
-        try:
-            header = products.read_catalogue_header(path)
-        except Exception as error:  # noqa: BLE001 - one bad file must not cost the night's light curves
-            log.warning("catalogue_unreadable", frame=name, error=f"{type(error).__name__}: {error}")
-            continue
-        frames.append(FrameCatalogue(name, None, header, load=functools.partial(_read_table, path, name, log)))
+        header = _read_or_log(products.read_catalogue_header, path, name, log)
+        if header is not None:
+            frames.append(FrameCatalogue(name, None, header, load=functools.partial(_read_table, path, name, log)))
     return frames
 
 
 def _read_table(path: Path, name: str, log: Any) -> Table | None:
-    """A catalogue's table, or None (logged) when its header was readable but its rows are not."""
+    """A catalogue's table, or None when its header was readable but its rows are not (one point lost)."""
+    catalogue = _read_or_log(products.read_catalogue, path, name, log)
+    return catalogue[0] if catalogue is not None else None
+
+
+def _read_or_log(read: Callable[[Path], Any], path: Path, name: str, log: Any) -> Any:
+    """``read(path)``, or None with ``catalogue_unreadable`` logged: one bad file must not cost the
+    night's light curves."""
     try:
-        return products.read_catalogue(path)[0]
-    except Exception as error:  # noqa: BLE001 - a truncated file loses one point, not the light curve
+        return read(path)
+    except Exception as error:  # noqa: BLE001 - any reading error is this file's, not the night's
         log.warning("catalogue_unreadable", frame=name, error=f"{type(error).__name__}: {error}")
         return None
 

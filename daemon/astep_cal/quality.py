@@ -219,19 +219,32 @@ def _linear_weights(size: int, n_mesh: int, mesh_pixels: int) -> np.ndarray:
     return weights
 
 
-def _labels_where(segments: np.ndarray, mask: np.ndarray, bits: int) -> np.ndarray:
-    """The segment labels found under pixels with any of the MASK ``bits`` set (0: the sky included)."""
-    return np.unique(segments.ravel()[np.flatnonzero(mask & np.uint8(bits))])
+@dataclass(frozen=True)
+class MaskedLabels:
+    """The segment label and MASK bits of every masked pixel: one pass over the frame, then asked
+    per bit (which detections touch bad, saturated, cosmic-ray pixels) at the cost of the masked few."""
+
+    labels: np.ndarray
+    bits: np.ndarray
+
+    @classmethod
+    def of(cls, segments: np.ndarray, mask: np.ndarray) -> "MaskedLabels":
+        flagged = np.flatnonzero(mask)
+        return cls(segments.ravel()[flagged], mask.ravel()[flagged])
+
+    def under(self, bits: int) -> np.ndarray:
+        """The segment labels found under pixels with any of ``bits`` set (0: the sky included)."""
+        return np.unique(self.labels[(self.bits & np.uint8(bits)) != 0])
 
 
-def _fit_candidates(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray, noise: float,
+def _fit_candidates(catalog: SourceCatalog, segments: np.ndarray, masked: MaskedLabels, noise: float,
                     half: int, limit: int) -> np.ndarray:
     """Indices (into ``catalog``) of the brightest stars fit for a clean FWHM: bright, unsaturated,
     whole (not on an edge or on masked pixels), and alone in their fitting box."""
     ny, nx = segments.shape
     x, y = np.asarray(catalog.x_centroid), np.asarray(catalog.y_centroid)
     peak = np.asarray(catalog.max_value)
-    spoiled = _labels_where(segments, mask, UNUSABLE)
+    spoiled = masked.under(UNUSABLE)
     ok = (peak > FIT_MIN_SNR * noise) & ~np.isin(catalog.labels, spoiled)
     ok &= (x >= half) & (x < nx - half - 1) & (y >= half) & (y < ny - half - 1)
     chosen = []
@@ -245,10 +258,9 @@ def _fit_candidates(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarr
     return np.asarray(chosen, dtype=int)
 
 
-def _touching_replaced(catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per detection: does it touch a pixel whose value was replaced (BAD or COSMIC)?"""
-    replaced = _labels_where(segments, mask, MaskBit.BAD | MaskBit.COSMIC)
-    return np.isin(catalog.labels, replaced)
+def _touching(catalog: SourceCatalog, masked: MaskedLabels, bits: int) -> np.ndarray:
+    """Per detection: does it touch a pixel with any of the MASK ``bits``?"""
+    return np.isin(catalog.labels, masked.under(bits))
 
 
 def typical_moment_fwhm(catalog: SourceCatalog, touching: np.ndarray) -> float:
@@ -258,17 +270,18 @@ def typical_moment_fwhm(catalog: SourceCatalog, touching: np.ndarray) -> float:
     return float(np.nanmedian(clean)) if np.isfinite(clean).any() else float("nan")
 
 
-def star_like(catalog: SourceCatalog, touching: np.ndarray) -> np.ndarray:
+def star_like(catalog: SourceCatalog, touching: np.ndarray, typical_fwhm: float) -> np.ndarray:
     """Per detection: does it look like a star, not a sharp residue of a masked bad pixel or hit?
 
     A detection touching BAD or COSMIC pixels and sharper than ``SHARP_FRACTION`` of the clean
     detections is what is left around a replaced hit or a dead column, not a star (on a synthetic
-    4096² frame: 16 of 111 detections, all of them such residues).
+    4096² frame: 16 of 111 detections, all of them such residues). ``typical_fwhm``:
+    :func:`typical_moment_fwhm`.
     """
     if len(catalog) == 0:
         return np.zeros(0, bool)
     fwhm = np.asarray(catalog.fwhm.value)
-    sharp = ~(fwhm >= SHARP_FRACTION * typical_moment_fwhm(catalog, touching))  # NaN is sharp too
+    sharp = ~(fwhm >= SHARP_FRACTION * typical_fwhm)  # NaN is sharp too
     return ~(touching & sharp)
 
 
@@ -291,14 +304,15 @@ def source_list(catalog: SourceCatalog, keep: np.ndarray, image: np.ndarray, fwh
     keep = keep & np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
     order = np.flatnonzero(keep)[np.argsort(-flux[keep], kind="stable")]
     fwhm = fwhm_px if np.isfinite(fwhm_px) and fwhm_px > 0 else 2.5
-    refined, ok = centroids.refine_where(image, peak[order], np.zeros(len(order)), fwhm)
+    refined, ok = centroids.refine(image, peak[order], np.zeros(len(order)), fwhm)
     flat_top = saturated[order] if saturated is not None else np.zeros(len(order), bool)  # no one peak pixel
     single = ok & ((np.hypot(x[order] - peak[order, 0], y[order] - peak[order, 1]) <= MAX_PEAK_OFFSET_PX) | flat_top)
     return Sources(refined[:, 0], refined[:, 1], flux[order], single)
 
 
 def star_shapes(image: np.ndarray, catalog: SourceCatalog, segments: np.ndarray, mask: np.ndarray,
-                noise: float, limit: int, guess: float) -> tuple[float | None, float | None, int]:
+                masked: MaskedLabels, noise: float, limit: int,
+                guess: float) -> tuple[float | None, float | None, int]:
     """Median FWHM (px, from a pixel-integrated Gaussian fit) and ellipticity of the best stars.
 
     ``guess`` (the typical moment FWHM) starts the fit and sizes its box (±1.5 FWHM).
@@ -306,7 +320,7 @@ def star_shapes(image: np.ndarray, catalog: SourceCatalog, segments: np.ndarray,
     if len(catalog) == 0 or not np.isfinite(guess) or guess <= 0:
         return None, None, 0
     half = int(np.clip(np.ceil(1.5 * guess), 2, 15))
-    chosen = _fit_candidates(catalog, segments, mask, noise, half, limit)
+    chosen = _fit_candidates(catalog, segments, masked, noise, half, limit)
     if not len(chosen):
         return None, None, 0
     xy = np.column_stack([np.asarray(catalog.x_centroid)[chosen], np.asarray(catalog.y_centroid)[chosen]])
@@ -340,11 +354,12 @@ def measure_frame(data: np.ndarray, mask: np.ndarray, detect_sigma: float = 5.0,
     if segments is None:
         return FrameQuality(sky, noise, 0, None, None, 0, masked_fraction)
     catalog = SourceCatalog(image, segments)
-    touching = _touching_replaced(catalog, segments.data, mask)
-    fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, noise, max_fit_stars,
-                                          typical_moment_fwhm(catalog, touching))
-    stars = star_like(catalog, touching)
-    guess = fwhm if fwhm is not None else typical_moment_fwhm(catalog, touching)
+    masked = MaskedLabels.of(segments.data, mask)
+    touching = _touching(catalog, masked, MaskBit.BAD | MaskBit.COSMIC)  # replaced pixels
+    typical = typical_moment_fwhm(catalog, touching)
+    fwhm, ellipticity, used = star_shapes(image, catalog, segments.data, mask, masked, noise, max_fit_stars,
+                                          typical)
+    stars = star_like(catalog, touching, typical)
     return FrameQuality(sky, noise, int(np.count_nonzero(stars)), fwhm, ellipticity, used, masked_fraction,
-                        source_list(catalog, stars, image, guess,
-                                    np.isin(catalog.labels, _labels_where(segments.data, mask, MaskBit.SATURATED))))
+                        source_list(catalog, stars, image, fwhm if fwhm is not None else typical,
+                                    _touching(catalog, masked, MaskBit.SATURATED)))
