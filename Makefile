@@ -27,12 +27,26 @@ system-deps:
 
 venv: $(BIN)/.installed
 
+# LOCKED_INSTALL(venv, lock files): install exactly the lock files into a venv, immune to what the index
+# holds on the day (README "Set-up"). First the locked pip, setuptools and wheel (requirements-bootstrap.lock),
+# so that nothing depends on the pip the interpreter ships (Debian bookworm's venv brings pip 23.0.1, which
+# resolves extras such as dask[array] against the index). Then every locked distribution with --no-deps:
+# no resolver runs, so nothing outside the lock can be chosen; --require-hashes checks each file and
+# --no-build-isolation builds the few sdists with the locked setuptools instead of the index's newest.
+# `pip check` then proves the lock is closed (every requirement of every installed distribution met).
+PIP_QUIET := -q --disable-pip-version-check --no-input
+define LOCKED_INSTALL
+	$(1)/bin/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r requirements-bootstrap.lock
+	$(1)/bin/python -m pip install $(PIP_QUIET) --require-hashes --no-deps --no-build-isolation $(foreach f,$(2),-r $(f))
+	$(1)/bin/python -m pip check
+endef
+
 # Exactly the versions of the lock files (the ones the bundle ships), checked against their hashes; then
 # the project itself, editable, without resolving anything more.
-$(BIN)/.installed: pyproject.toml requirements.lock requirements-test.lock | system-deps
+$(BIN)/.installed: pyproject.toml requirements-bootstrap.lock requirements.lock requirements-test.lock | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --require-hashes -r requirements.lock -r requirements-test.lock
-	$(BIN)/pip install -q --no-deps -e .
+	$(call LOCKED_INSTALL,$(VENV),requirements.lock requirements-test.lock)
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e .
 	touch $@
 
 # Regenerate the lock files from .venv (after changing the dependencies in pyproject.toml and installing
@@ -95,10 +109,10 @@ install-app:
 	@[ -x $(INSTALL_PYTHON) ] || { echo "make install: no $(INSTALL_PYTHON) (set INSTALL_PYTHON=...)" >&2; exit 2; }
 	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(APP_DIR)
 	@# The locked versions (those make test ran with and the bundle ships), then the project alone.
-	$(DESTDIR)$(APP_DIR)/bin/pip install -q --use-pep517 --require-hashes -r requirements.lock
+	$(call LOCKED_INSTALL,$(DESTDIR)$(APP_DIR),requirements.lock)
 	@# Built from a copy: pip's in-tree build would write into the (possibly read-only) source tree.
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && cp -r pyproject.toml README.md daemon "$$src"/ && \
-	  $(DESTDIR)$(APP_DIR)/bin/pip install -q --no-deps --upgrade "$$src"
+	  $(DESTDIR)$(APP_DIR)/bin/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation --upgrade "$$src"
 	@if [ -n "$(DESTDIR)" ]; then for f in $(DESTDIR)$(APP_DIR)/bin/*; do \
 	  [ -L "$$f" ] || sed -i "1s|^#!$(DESTDIR)|#!|" "$$f"; done; fi
 
