@@ -202,7 +202,7 @@ def python_wheels(lock: Path, cache: Path) -> list[Path]:
         if not any(out.glob("*.whl")):
             say(f"building a wheel of {path.name}")
             shutil.rmtree(out, ignore_errors=True)
-            run(pip("wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(path)))
+            run(pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(path)))
         wheels += sorted(out.glob("*.whl"))
     found = {wheel_name_version(w.name)[0] for w in wheels}
     missing = sorted(set(wanted) - found)
@@ -222,7 +222,7 @@ def project_wheel(source: Path, version: str, out: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         init = copy / "daemon/astep_cal/__init__.py"
         init.write_text(re.sub(r'^__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text(), flags=re.M))
-        run(pip("wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(copy)))
+        run(pip("wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(copy)))
     wheels = [w for w in out.glob("astep_cal-*.whl") if wheel_name_version(w.name)[1] == version]
     if len(wheels) != 1:
         raise BundleError(f"the project's wheel {version} was not built")

@@ -233,7 +233,7 @@ else
     "$INSTALL_PYTHON" -m venv "$partial"
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent LANG=C.UTF-8 PIP_CONFIG_FILE=/dev/null \
         "$partial/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check --no-index \
-        --find-links "$APP_DIR/wheels" --require-hashes -r "$HERE/wheels.lock" > "$APP_DIR/pip.log" 2>&1 \
+        --find-links "$APP_DIR/wheels" --no-deps --require-hashes -r "$HERE/wheels.lock" > "$APP_DIR/pip.log" 2>&1 \
         || die "pip install from the bundle's wheels failed: $(tail -5 "$APP_DIR/pip.log" | tr '\n' ';') (log: $APP_DIR/pip.log)"
     # A venv names its own path in its scripts: give them the final one, then move it into place.
     grep -rlF "$partial" "$partial/bin" | while read -r f; do sed -i "s|$partial|$release|g" "$f"; done

@@ -4,7 +4,9 @@ Every distribution astep-cal needs at run time (its requirements, followed throu
 metadata) goes to requirements.lock, pinned to the version installed in .venv, with the sha256 of the
 file pip fetches for it on this platform (a wheel, or the sdist of a package without one, such as
 systemd-python); pip itself is pinned there too (the bundle's venv is upgraded to it). What only the
-`test` extra adds goes to requirements-test.lock. Both are for `pip install --require-hashes`.
+`test` extra adds goes to requirements-test.lock. The installers (pip, setuptools, wheel) go to
+requirements-bootstrap.lock: `make venv` installs them first, so that no install depends on the pip the
+interpreter ships. All three are for `pip install --require-hashes --no-deps`.
 
 Run with the venv's interpreter: .venv/bin/python deploy/lock.py [--cache DIR]
 """
@@ -107,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     dists = installed()
     runtime = closure(dists, PROJECT) | {"pip"}
     test = closure(dists, PROJECT, ("test",)) - runtime
-    pins = {name: dists[name].version for name in runtime | test}
+    bootstrap = {"pip", "setuptools", "wheel"}
+    pins = {name: dists[name].version for name in runtime | test | bootstrap}
     hashes = fetch_hashes(pins, args.cache)
+    (args.out / "requirements-bootstrap.lock").write_text(render(
+        "The installers themselves: pip, and setuptools + wheel to build the few sdists of the lock (and the\n"
+        "# project) without fetching build tools from the index (--no-build-isolation)", bootstrap, dists, hashes))
     (args.out / "requirements.lock").write_text(
         render("Every Python distribution astep-cal needs at run time, and pip", runtime, dists, hashes))
     (args.out / "requirements-test.lock").write_text(
