@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from astep_cal import cli
 from astep_cal.devtools.harness import DaemonProcess, parse_events, read_ledger, tree_digest  # noqa: F401 (used by the tests)
 from astep_cal.devtools.synthetic import SMALL_FIELD, NightSpec, make_night
+from astep_cal.frontends import cli
 
 REPO = Path(__file__).resolve().parents[1]
 NO_SOLVE = "[astrometry]\nenabled = false\n"
@@ -29,7 +29,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, list[dict]]:
 
 def run_cli_subprocess(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real console command, in its own process."""
-    return subprocess.run([sys.executable, "-m", "astep_cal.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "astep_cal", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 

@@ -12,11 +12,11 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from astep_cal import astrometry
-from astep_cal.config import AstrometrySettings
 from astep_cal.devtools.synthetic import NightSpec, make_night
-from astep_cal.products import sources_hdu
-from astep_cal.quality import Sources, measure_frame
+from astep_cal.engine import astrometry
+from astep_cal.formats.products import sources_hdu
+from astep_cal.science.quality import Sources, measure_frame
+from astep_cal.support.config import AstrometrySettings
 
 SETTINGS = AstrometrySettings()
 

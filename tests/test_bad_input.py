@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-
-from astep_cal.night import inspect_frame
-from astep_cal.names import cal_dir, cal_name, name_from_header
-from astep_cal.frame_steps import read_whole_frame
-from astep_cal.stages import FrameBlocked
-from astep_cal.devtools.synthetic import make_night
-
 from conftest import REPO, daemon_config, no_solve_config, parse_events, read_ledger, run_cli, small_spec, tree_digest
+
+from astep_cal.devtools.synthetic import make_night
+from astep_cal.engine.frame_steps import read_whole_frame
+from astep_cal.engine.stages import FrameBlocked
+from astep_cal.formats.names import cal_dir, cal_name, name_from_header
+from astep_cal.formats.raw_night import inspect_frame
 
 DATE = "2026-07-01"
 
@@ -260,7 +259,7 @@ def bad_root(tmp_path_factory):
     foreign_bytes = expected[[b.kind for b in BAD_INPUTS].index("foreign file at an output's name in _CAL")][1].read_bytes()
     raw_before = tree_digest(_cams(root))
     config = no_solve_config(base)
-    command = [*NO_DAC, sys.executable, "-m", "astep_cal.cli", "once", str(root), "--config", str(config)]
+    command = [*NO_DAC, sys.executable, "-m", "astep_cal", "once", str(root), "--config", str(config)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     return root, truth, expected, completed, raw_before, foreign_bytes
 
@@ -439,6 +438,6 @@ def test_daemon_handles_every_bad_input_once_and_goes_on(tmp_path, daemons):
 
 
 def _status(root: Path) -> tuple[int, str, str]:
-    done = subprocess.run([sys.executable, "-m", "astep_cal.cli", "status", str(root)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "astep_cal", "status", str(root)], capture_output=True,
                           text=True, timeout=60, cwd=REPO)
     return done.returncode, done.stdout, done.stderr

@@ -7,12 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import run_cli, small_spec
 
-from astep_cal import names, products
 from astep_cal.devtools.evaluate import score_frame
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import run_cli, small_spec
+from astep_cal.formats import names, products
 
 FITSVERIFY = shutil.which("fitsverify")
 FUNPACK = shutil.which("funpack")
@@ -104,8 +103,8 @@ def test_quantisation_noise_is_small_next_to_the_sky_noise(compressed_night, tmp
                                      hdul["ERR"].data, hdul["MASK"].data)
     clean = mask == 0
     sky_noise = float(np.median(error[clean]))
-    from astep_cal.calibrate import CalibratedFrame
-    from astep_cal.config import OutputSettings
+    from astep_cal.science.calibrate import CalibratedFrame
+    from astep_cal.support.config import OutputSettings
 
     frame = CalibratedFrame(data=(data + 0.0).astype(np.float32), mask=mask, n_cosmic=0, n_saturated=0,
                             sky_e=float(header["SKYLEVEL"]), error=error)
@@ -122,7 +121,7 @@ def test_quantisation_noise_is_small_next_to_the_sky_noise(compressed_night, tmp
 def test_wcs_merge_leaves_compressed_pixels_untouched(compressed_night, tmp_path):
     """Merging the WCS (and marking a failed solve) rewrites only the header: through astropy's
     compressed-image HDU the image would be quantised a second time."""
-    from astep_cal import astrometry
+    from astep_cal.engine import astrometry
 
     root, _, _ = compressed_night
     path = tmp_path / "copy_CAL.fits"

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astep_cal.calibrate import CalibrationError, calibrate_frame
-from astep_cal.cosmics import _LEAKY_DILATE5, dilate5_without_leak
-from astep_cal.config import CosmicSettings
-from astep_cal.masters import MaskBit
+from astep_cal.science.calibrate import CalibrationError, calibrate_frame
+from astep_cal.science.cosmics import _LEAKY_DILATE5, dilate5_without_leak
+from astep_cal.science.masters import MaskBit
+from astep_cal.support.config import CosmicSettings
 
 RNG = np.random.default_rng(7)
 
@@ -79,7 +79,7 @@ def test_banded_cosmic_detection_matches_whole_frame():
 def test_ring_is_the_3x3_dilation_minus_flagged_and_excluded():
     from scipy.ndimage import binary_dilation
 
-    from astep_cal.cosmic_checks import _ring
+    from astep_cal.science.cosmic_checks import _ring
 
     rng = np.random.default_rng(5)
     flagged = rng.random((60, 50)) < 0.02
@@ -102,7 +102,7 @@ def test_cosmic_ray_step_does_not_leak_a_frame_per_call(monkeypatch):
     """astroscrappy 1.3.0 loses nx*ny bytes in every detect_cosmics call (its dilate5 scratch array):
     fatal to a daemon calibrating 1000 frames of 4096² a night. 20 frames of 512² would leak 5.4 MB.
     The whole-frame path is forced (the screened one hands astroscrappy a mosaic of a few kB only)."""
-    from astep_cal import cosmics
+    from astep_cal.science import cosmics
 
     monkeypatch.setattr(cosmics, "MOSAIC_MAX_FRACTION", 0.0)
     raw, dark, flat, _ = _scene(shape=(512, 512))

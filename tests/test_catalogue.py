@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from astep_cal import catalogue, crossmatch, quality
-from astep_cal.config import ConfigError, Target, settings_from_dict
-from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.devtools.defect_scene import defect_scene
-from astep_cal.lightcurve import broeg_weights
-from astep_cal.masters import MaskBit
+from astep_cal.devtools.evaluate import calibrate_scene
+from astep_cal.science import catalogue, crossmatch, quality
+from astep_cal.science.lightcurve import broeg_weights
+from astep_cal.science.masters import MaskBit
+from astep_cal.support.config import ConfigError, Target, settings_from_dict
 
 FACTORS, ANNULUS = (1.0, 1.5, 2.0, 2.5), (4.0, 6.0)
 

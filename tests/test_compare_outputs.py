@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import REPO
 
 from astep_cal.devtools.compare_outputs import Tree, compare, make_fixed_night, run_frontend
 from astep_cal.devtools.output_digest import build_manifest, diff_manifests
-
-from conftest import REPO
 
 CAL = "2026-07-01/2026-07-01-CAMS_CAL"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from astep_cal.config import ConfigError, Settings, load_settings, settings_from_dict
+from astep_cal.support.config import ConfigError, Settings, load_settings, settings_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

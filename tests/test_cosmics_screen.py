@@ -10,10 +10,10 @@ import astroscrappy.astroscrappy as core
 import numpy as np
 import pytest
 
-from astep_cal import cosmics
-from astep_cal.calibrate import fill_bad_pixels, first_pass, sky_level
-from astep_cal.config import CosmicSettings
 from astep_cal.devtools.defect_scene import defect_scene
+from astep_cal.science import cosmics
+from astep_cal.science.calibrate import fill_bad_pixels, first_pass, sky_level
+from astep_cal.support.config import CosmicSettings
 
 SETTINGS = CosmicSettings()
 

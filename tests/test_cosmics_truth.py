@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from astep_cal.calibrate import fill_bad_pixels
-from astep_cal.devtools.evaluate import calibrate_scene
-from astep_cal.masters import MaskBit
 from astep_cal.devtools.defect_scene import COSMIC_PLACES, defect_scene
+from astep_cal.devtools.evaluate import calibrate_scene
+from astep_cal.science.calibrate import fill_bad_pixels
+from astep_cal.science.masters import MaskBit
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from conftest import REPO, parse_events, read_ledger, run_cli, small_spec, tree_digest
 
-from astep_cal.astrometry import wcs_error_px
-from astep_cal.faults import KILL_VARIABLE
-from astep_cal.names import cal_dir, cal_name
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import REPO, parse_events, run_cli, small_spec, tree_digest, read_ledger
+from astep_cal.engine.astrometry import wcs_error_px
+from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.support.faults import KILL_VARIABLE
 
 DATE = "2026-07-01"
 
@@ -52,7 +51,7 @@ def _once(root: Path, kill_at: str | None = None) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if k != KILL_VARIABLE}
     if kill_at:
         env[KILL_VARIABLE] = kill_at
-    return subprocess.run([sys.executable, "-m", "astep_cal.cli", "once", str(root)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "astep_cal", "once", str(root)], capture_output=True,
                           text=True, timeout=600, cwd=REPO, env=env)
 
 
@@ -106,7 +105,7 @@ def _solve_fields_running(marker: str) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmdline and "solve" in cmdline and "astep_cal.cli" not in cmdline:
+        if marker in cmdline and "solve" in cmdline and "astep_cal.frontends.cli" not in cmdline:
             found.append(cmdline)
     return found
 
@@ -138,7 +137,7 @@ def test_kill_during_reload_then_restart(source, tmp_path):
     config.write_text('[daemon]\nsettle_seconds = 3600.0\n[logging]\nformat = "json"\n')
     env = dict(os.environ, **{KILL_VARIABLE: "daemon:reload"})
     log = open(tmp_path / "daemon.log", "w+")
-    daemon = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config), "--root",
+    daemon = subprocess.Popen([sys.executable, "-m", "astep_cal", "run", "--config", str(config), "--root",
                                str(root)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 60
@@ -164,7 +163,7 @@ def processed(tmp_path_factory):
     root = tmp_path_factory.mktemp("ledger-loss") / "data"
     make_night(root, small_spec(n_science=2))
     (root.parent / "no-solve.toml").write_text("[astrometry]\nenabled = false\n")
-    assert subprocess.run([sys.executable, "-m", "astep_cal.cli", "once", str(root), "--config",
+    assert subprocess.run([sys.executable, "-m", "astep_cal", "once", str(root), "--config",
                            str(root.parent / "no-solve.toml")], capture_output=True, cwd=REPO).returncode == 0
     return root
 

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 from astropy.io import fits
-
-from astep_cal.calibrate import REPLACED_ERR
-from astep_cal.devtools.evaluate import calibrate_scene
-from astep_cal.masters import MaskBit, combine_variance_factor
-from astep_cal.devtools.defect_scene import defect_scene
-from astep_cal.devtools.synthetic import make_night
-
 from conftest import no_solve_config, run_cli, small_spec
+
+from astep_cal.devtools.defect_scene import defect_scene
+from astep_cal.devtools.evaluate import calibrate_scene
+from astep_cal.devtools.synthetic import make_night
+from astep_cal.science.calibrate import REPLACED_ERR
+from astep_cal.science.masters import MaskBit, combine_variance_factor
 
 
 def _clean_sky_z(scene, result):

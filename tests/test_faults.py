@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from astropy.io import fits
+from conftest import daemon_config as _config
+from conftest import no_solve_config, read_ledger, run_cli, small_spec, tree_digest
 
 from astep_cal.devtools.harness import rss_mb
-from astep_cal.names import cal_dir
 from astep_cal.devtools.synthetic import NightSpec, make_night
-
-from conftest import no_solve_config, run_cli, small_spec, tree_digest, read_ledger
-from conftest import daemon_config as _config
+from astep_cal.formats.names import cal_dir
 
 DATE = "2026-07-01"
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.fitsio import atomic_write_hdul, iter_row_bands
-from astep_cal.storage import TEMP_MARKER, remove_stale_temporaries
+from astep_cal.formats.fitsio import atomic_write_hdul, iter_row_bands
+from astep_cal.support.storage import TEMP_MARKER, remove_stale_temporaries
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
@@ -40,8 +40,8 @@ def test_a_fits_write_fails_cleanly_and_a_full_disk_is_told_apart(tmp_path, monk
     StorageUnavailable; another error on a disk with room stays what it is."""
     import errno
 
-    from astep_cal import storage
-    from astep_cal.fitsio import atomic_write_hdul
+    from astep_cal.formats.fitsio import atomic_write_hdul
+    from astep_cal.support import storage
 
     hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((64, 64), np.float32))])
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from astep_cal import entries, keywords as kw, names
+from astep_cal.formats import keywords as kw
+from astep_cal.formats import names
+from astep_cal.state import entries
 
 
 def _all_keywords() -> list[kw.Keyword]:

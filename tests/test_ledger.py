@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from astep_cal.ledger import SCHEMA_VERSION, Ledger, LedgerLocked, RootLock, night_text, night_totals
+from astep_cal.state.ledger import SCHEMA_VERSION, Ledger, LedgerLocked, RootLock, night_text, night_totals
 
 
 def _state_files(path):

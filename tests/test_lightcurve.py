@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import SMALL, parse_events, run_cli_subprocess
 from scipy.spatial import cKDTree
 
-from astep_cal import lightcurve
-from astep_cal.config import Target
 from astep_cal.devtools.evaluate import CatalogueAccuracy, catalogue_accuracy
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.devtools.transit import TransitSpec
-from astep_cal.lightcurve_time import bjd_and_airmass
-from astep_cal.masters import MaskBit
-from astep_cal.products import read_catalogue
-from conftest import SMALL, parse_events, run_cli_subprocess
+from astep_cal.formats.products import read_catalogue
+from astep_cal.science import lightcurve
+from astep_cal.science.lightcurve_time import bjd_and_airmass
+from astep_cal.science.masters import MaskBit
+from astep_cal.support.config import Target
 
 DATE = "2026-07-01"
 CLOUD_FRAME = 5
@@ -85,7 +85,7 @@ def fit_transit(curve: np.ndarray) -> tuple[float, float, float]:
 def true_mid_bjd(truth) -> float:
     from astropy.time import Time
 
-    from astep_cal.lightcurve_time import CONCORDIA
+    from astep_cal.science.lightcurve_time import CONCORDIA
 
     mid = Time([dt.datetime.fromisoformat(SPEC.transit.mid_time)], scale="utc", location=CONCORDIA)
     return float(bjd_and_airmass(mid, truth.target["ra"], truth.target["dec"])[0][0])
@@ -171,7 +171,7 @@ def test_products_are_small_and_in_the_summary_and_report(night, capsys):
     assert section["status"] == "ok" and section["csv"] == "lightcurve_SYN-1.csv"
     assert len(section["binned"]["rows"]) >= 10 and section["rms"] < 0.002
     assert document["photometry"]["ELSEWHERE"]["status"] == "not_observed"
-    from astep_cal import cli
+    from astep_cal.frontends import cli
 
     assert cli.main(["report", DATE, str(root), "--config", str(config)]) in (0, 1)
     out = capsys.readouterr().out
@@ -298,7 +298,7 @@ def test_a_long_night_of_products_fits_the_satellite_budget():
     """1400 frames (a winter night at 60 s + read-out): CSV + PNG + the summary's binned curve < 300 KB."""
     from astropy.table import Table
 
-    from astep_cal.lightcurve_products import csv_bytes, render_png
+    from astep_cal.formats.lightcurve_products import csv_bytes, render_png
 
     n, rng = 1400, np.random.default_rng(1)
     columns = {"bjd_tdb": 2461223.2 + np.arange(n) * 70 / 86400, "rel_flux": 1 + rng.normal(0, 1e-3, n),
@@ -362,7 +362,7 @@ def test_off_frame_and_saturated_targets_are_events_not_failures(bad_night, caps
     assert statuses == {"FAR-1": "off_frame", "BRIGHT": "target_saturated", "GOOD": "ok"}
     document = json.loads((cal_dir(root) / "summary.json").read_text())
     assert {name: section["status"] for name, section in document["photometry"].items()} == statuses
-    from astep_cal import cli
+    from astep_cal.frontends import cli
 
     capsys.readouterr()
     assert cli.main(["report", DATE, str(root), "--config", str(config)]) == 0  # nothing needs attention

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from astep_cal.config import CalibrationSettings
-from astep_cal.masters import (DarkLibrary, MaskBit, bad_pixel_mask, band_height, combine_files,
-                               combine_stack, combine_stack_threaded, flat_from_files, normalise)
+from astep_cal.science.masters import (
+    DarkLibrary,
+    MaskBit,
+    bad_pixel_mask,
+    band_height,
+    combine_files,
+    combine_stack,
+    combine_stack_threaded,
+    flat_from_files,
+    normalise,
+)
+from astep_cal.support.config import CalibrationSettings
 
 RNG = np.random.default_rng(3)
 

@@ -5,8 +5,7 @@ import itertools
 import numpy as np
 from astropy.io import fits
 
-from astep_cal.night import discover_nights, inspect_frame, is_temporary, kind_from_name, take_inventory
-
+from astep_cal.formats.raw_night import discover_nights, inspect_frame, is_temporary, kind_from_name, take_inventory
 
 _MINUTES = itertools.count()
 
@@ -85,7 +84,7 @@ def test_inspect_frame_refuses_non_images(tmp_path):
 def test_gzip_check_is_redone_when_the_file_changes(tmp_path):
     import gzip
 
-    from astep_cal.night import RawFrame, Problem
+    from astep_cal.formats.raw_night import Problem, RawFrame
 
     plain = _frame(tmp_path / "plain.fits", shape=(200, 300))
     packed = tmp_path / "2026-07-01_20.00.00_SCIENCE.fits.gz"

@@ -10,9 +10,9 @@ import tracemalloc
 import pytest
 import structlog
 
-from astep_cal import photometry
-from astep_cal.config import PhotometrySettings, Settings, Target
 from astep_cal.devtools.bench_photometry import DATE, TARGET_DEC, TARGET_RA, build_night
+from astep_cal.engine import photometry
+from astep_cal.support.config import PhotometrySettings, Settings, Target
 
 SETTINGS = Settings(photometry=PhotometrySettings(targets=(Target("BENCH", TARGET_RA, TARGET_DEC),)))
 

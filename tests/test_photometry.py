@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from astropy.table import vstack
 
-from astep_cal.devtools.evaluate import aperture_fidelity, calibrate_scene
 from astep_cal.devtools.defect_scene import defect_scene
+from astep_cal.devtools.evaluate import aperture_fidelity, calibrate_scene
 
 
 def calibrated_scene(seed: int, size: int = 512):

@@ -10,24 +10,29 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from structlog.testing import capture_logs
 from astropy.io import fits
+from conftest import mtimes, no_solve_config, read_ledger, run_cli, small_spec, tree_digest
+from structlog.testing import capture_logs
 
-from astep_cal.config import Settings
 from astep_cal.devtools.evaluate import score_frame
-from astep_cal.logs import get_logger
-from astep_cal.masters import MaskBit
-from astep_cal.night import take_inventory
-from astep_cal.names import cal_dir, cal_name, masters_dir
-from astep_cal.storage import fingerprint
-from astep_cal.ledger import Ledger
-from astep_cal.frame_steps import solve_record
-from astep_cal.night_masters import build_masters
-from astep_cal.pipeline import NightRun
-from astep_cal.rules import calibration_fingerprint, clear_failures, needs_calibration, needs_solve, night_has_work
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import mtimes, no_solve_config, run_cli, small_spec, tree_digest, read_ledger
+from astep_cal.engine.frame_steps import solve_record
+from astep_cal.engine.night_masters import build_masters
+from astep_cal.engine.pipeline import NightRun
+from astep_cal.engine.rules import (
+    calibration_fingerprint,
+    clear_failures,
+    needs_calibration,
+    needs_solve,
+    night_has_work,
+)
+from astep_cal.formats.names import cal_dir, cal_name, masters_dir
+from astep_cal.formats.raw_night import take_inventory
+from astep_cal.science.masters import MaskBit
+from astep_cal.state.ledger import Ledger
+from astep_cal.support.config import Settings
+from astep_cal.support.logs import get_logger
+from astep_cal.support.storage import fingerprint
 
 
 def _scores(root, truth):

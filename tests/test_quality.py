@@ -12,14 +12,13 @@ import time
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import read_ledger, small_spec
 
-from astep_cal.masters import MaskBit
-from astep_cal.names import cal_dir, cal_name
-from astep_cal.quality import measure_frame
 from astep_cal.devtools.sky import render_stars
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import small_spec, read_ledger
+from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.science.masters import MaskBit
+from astep_cal.science.quality import measure_frame
 
 SKY_E, READ_NOISE_E = 1000.0, 9.0
 SIGMA_PER_FWHM = 1 / (2 * np.sqrt(2 * np.log(2)))
@@ -129,7 +128,7 @@ def small_night(tmp_path_factory):
 
 
 def run_cli_plain(*args) -> int:
-    from astep_cal import cli
+    from astep_cal.frontends import cli
 
     return cli.main([str(a) for a in args])
 
@@ -191,10 +190,10 @@ def test_solved_frames_give_fwhm_with_the_solved_scale_and_a_small_residual(solv
 
 def test_a_frame_the_metrics_cannot_measure_is_recorded_not_raised(capsys):
     """frame_quality's fallback: metrics are for people; an error in them never fails the frame."""
-    from astep_cal.calibrate import CalibratedFrame
-    from astep_cal.config import load_settings
-    from astep_cal.logs import configure, get_logger
-    from astep_cal.frame_steps import frame_quality
+    from astep_cal.engine.frame_steps import frame_quality
+    from astep_cal.science.calibrate import CalibratedFrame
+    from astep_cal.support.config import load_settings
+    from astep_cal.support.logs import configure, get_logger
 
     configure("json", "info")
     odd = CalibratedFrame(data=np.ones((64, 64), np.float32), mask=np.zeros((32, 32), np.uint8),  # shapes differ
@@ -252,7 +251,7 @@ def test_blends_are_not_single_and_stars_beside_defects_are_placed():
 def test_chunked_gaussian_is_scipys():
     from scipy import ndimage
 
-    from astep_cal.quality import gaussian_smooth
+    from astep_cal.science.quality import gaussian_smooth
 
     rng = np.random.default_rng(2)
     for shape in [(5, 9), (130, 70), (300, 257)]:

@@ -18,18 +18,17 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from conftest import REPO, mtimes, no_solve_config, read_ledger, run_cli, small_spec
 from distributed import Client, LocalCluster
 
-from astep_cal.config import ConfigError, load_settings
-from astep_cal.storage import TEMP_MARKER
-from astep_cal.ledger import Ledger, RootLock
-from astep_cal.logs import configure
-from astep_cal.night import take_inventory
-from astep_cal.names import cal_dir, cal_name
-from astep_cal.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import REPO, mtimes, no_solve_config, run_cli, small_spec, read_ledger
+from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.raw_night import take_inventory
+from astep_cal.frontends.reprocess import needs_recalibration, parse_night_range, reprocess_root
+from astep_cal.state.ledger import Ledger, RootLock
+from astep_cal.support.config import ConfigError, load_settings
+from astep_cal.support.logs import configure
+from astep_cal.support.storage import TEMP_MARKER
 
 NIGHTS = ("2026-07-01", "2026-07-02", "2026-07-03")
 VOLATILE = {"duration_s", "mtime_ns", "updated", "retry_after"}  # times, not results
@@ -55,7 +54,7 @@ def by_once(pristine, tmp_path_factory) -> Path:
     """The reference: the same archive processed by ``astep-cal once`` (no astrometry)."""
     base = tmp_path_factory.mktemp("once")
     root = shutil.copytree(pristine, base / "root")
-    completed = subprocess.run([sys.executable, "-m", "astep_cal.cli", "once", root, "--config",
+    completed = subprocess.run([sys.executable, "-m", "astep_cal", "once", root, "--config",
                                 no_solve_config(base)], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     return root
@@ -272,7 +271,7 @@ def _ctrl_c_as_at_a_terminal() -> None:
 def test_interrupted_run_resumes(archive, by_once):
     config = no_solve_config(archive.parent)
     ledger_path = archive / ".astep-cal" / "ledger.json"
-    command = [sys.executable, "-m", "astep_cal.cli", "reprocess", str(archive), "--workers", "2", "--config",
+    command = [sys.executable, "-m", "astep_cal", "reprocess", str(archive), "--workers", "2", "--config",
                str(config)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=_ctrl_c_as_at_a_terminal)
@@ -321,7 +320,7 @@ def test_interrupt_ends_the_workers_solve_fields(tmp_path):
     # directories are put under tmp_path to tell this run's solves from any other's
     work = tmp_path / "tmp"
     work.mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "reprocess", str(root), "--workers", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "astep_cal", "reprocess", str(root), "--workers", "2"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, TMPDIR=str(work)), preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120

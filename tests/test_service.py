@@ -9,10 +9,11 @@ import signal
 import time
 from pathlib import Path
 
-from astep_cal.names import cal_dir
-from astep_cal.devtools.synthetic import make_night
+from conftest import daemon_config as _config
+from conftest import read_ledger, small_spec
 
-from conftest import daemon_config as _config, read_ledger, small_spec
+from astep_cal.devtools.synthetic import make_night
+from astep_cal.formats.names import cal_dir
 
 
 def _cal_files(root: Path, date: str) -> list[Path]:
@@ -145,8 +146,8 @@ def test_a_night_copied_with_its_old_mtimes_is_not_settled_while_files_arrive(tm
     arrives with hours-old files. Its files landing in -CAMS change that directory's mtime, not the
     night directory's: readiness must see the arrivals there, or the night is processed half-copied
     (masters from the first darks, the rest "alone")."""
-    from astep_cal.config import DaemonSettings
-    from astep_cal.watcher import night_readiness
+    from astep_cal.frontends.watcher import night_readiness
+    from astep_cal.support.config import DaemonSettings
 
     source = tmp_path / "source"
     truth = make_night(source, small_spec(n_science=1, n_darks=2, n_flats=0, n_flat_darks=0))
@@ -177,7 +178,7 @@ def test_the_worker_hands_a_night_s_freed_memory_back():
 
     import numpy as np
 
-    from astep_cal.worker import release_free_memory
+    from astep_cal.frontends.worker import release_free_memory
 
     def anonymous_kb() -> int:
         gc.collect()

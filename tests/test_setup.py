@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
 from test_bundle import fake_wheel, lock_pins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +33,12 @@ def debian_pip_version() -> str:
 def test_make_venv_from_a_clean_clone_ignores_newer_releases_on_the_index(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    # The working tree's lock and Makefile, committed or not (the test checks this tree, not HEAD).
+    # The working tree's set-up files and package, committed or not (the test checks this tree, not HEAD).
     for name in ("Makefile", "requirements-bootstrap.lock", "requirements.lock", "requirements-test.lock",
                  "pyproject.toml"):
         shutil.copy2(REPO / name, clone / name)
+    shutil.rmtree(clone / "daemon")
+    shutil.copytree(REPO / "daemon", clone / "daemon", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     newer = tmp_path / "newer-releases"
     newer.mkdir()
     fake_wheel(newer, "dask", "2099.1.0")

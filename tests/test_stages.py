@@ -5,10 +5,21 @@ import errno
 import pytest
 from structlog.testing import capture_logs
 
-from astep_cal.logs import get_logger
-from astep_cal.stages import (CALIBRATE_STEP, FRAME_STEP, MASTER_STEP, MASTERS_STEP, QUALITY_STEP, SUMMARY_STEP, FrameBlocked,
-                              StageFailed, StepSkipped, run_stage, stage)
-from astep_cal.storage import StorageUnavailable
+from astep_cal.engine.stages import (
+    CALIBRATE_STEP,
+    FRAME_STEP,
+    MASTER_STEP,
+    MASTERS_STEP,
+    QUALITY_STEP,
+    SUMMARY_STEP,
+    FrameBlocked,
+    StageFailed,
+    StepSkipped,
+    run_stage,
+    stage,
+)
+from astep_cal.support.logs import get_logger
+from astep_cal.support.storage import StorageUnavailable
 
 
 def test_a_step_that_works_logs_its_event_with_its_fields_and_duration():

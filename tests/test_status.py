@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from astep_cal.config import Settings
-from astep_cal.status import night_row, night_row_of
+from astep_cal.frontends.status import night_row, night_row_of
+from astep_cal.support.config import Settings
 
 
 def _night(*frames, science=None, problems=0):
@@ -52,7 +52,7 @@ def test_retries_count_only_solves_with_tries_left_and_problems_need_attention()
 
 
 def test_row_from_index_totals_equals_row_from_the_night():
-    from astep_cal.ledger import night_totals
+    from astep_cal.state.ledger import night_totals
 
     night = _night(SOLVED, SOLVE_FAILED_1, BLOCKED, problems=1)
     night["masters"] = {"darks": {"60": {}, "5": {}}, "flat": {"night": "2026-06-30", "borrowed": True}}

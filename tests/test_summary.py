@@ -12,14 +12,13 @@ import json
 import shutil
 
 import pytest
+from conftest import mtimes, read_ledger, run_cli, small_spec
 from PIL import Image
 
-from astep_cal.config import Settings
-from astep_cal.names import cal_dir
-from astep_cal.summary import (FRAME_COLUMNS, METRICS, SCHEMA_VERSION, build_summary, frame_rows, render_png)
 from astep_cal.devtools.synthetic import make_night
-
-from conftest import mtimes, run_cli, small_spec, read_ledger
+from astep_cal.formats.names import cal_dir
+from astep_cal.formats.summary import FRAME_COLUMNS, METRICS, SCHEMA_VERSION, build_summary, frame_rows, render_png
+from astep_cal.support.config import Settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SENDABLE_BYTES = 300 * 1024
@@ -27,7 +26,7 @@ NO_SOLVE_7_2 = "[astrometry]\nenabled = false\n[quality]\npixel_scale_arcsec = 7
 
 
 def cli_main(*args) -> int:
-    from astep_cal import cli
+    from astep_cal.frontends import cli
 
     return cli.main([str(a) for a in args])
 
@@ -102,7 +101,7 @@ def test_summary_written_updated_for_late_frames_and_not_rewritten(tmp_path, cap
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     """A processed 512² night (no solve), shared by the read-only tests below."""
-    from astep_cal import cli
+    from astep_cal.frontends import cli
 
     root = tmp_path_factory.mktemp("summary")
     truth = make_night(root, small_spec())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from astep_cal.config import Settings, load_settings
+from astep_cal.support.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "service" / "astep-cal.service"

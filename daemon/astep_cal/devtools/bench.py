@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import entries
+from astep_cal.state import entries
 
 BASELINE_SCRIPT = r'''
 import json, subprocess, sys, time, tempfile, warnings
@@ -128,7 +128,7 @@ BENCH_FWHM_PX = 3.5 / 0.93  # the bench night's seeing, in pixels at every --siz
 def make_bench_night(root: Path, n_science: int, size: int = 4096) -> Path:
     """ASTEP's night: 4096² frames of 0.93"/px (``size`` < 4096: the same 1° field, coarser, for a quick
     check of the bench itself; its figures are not the benchmark's)."""
-    from .synthetic import NightSpec, make_night
+    from astep_cal.devtools.synthetic import NightSpec, make_night
 
     scale = size / 4096
     spec = NightSpec(shape=(size, size), pixel_scale_arcsec=0.93 / scale, n_science=n_science, n_darks=20,
@@ -178,8 +178,8 @@ def astep_cadence(log_path: Path) -> dict[str, float | None]:
 
 def wcs_errors_px(root: Path, truth_dir: Path) -> list[float]:
     """WCS error (px, median over the frame) against the synthetic truth of every solved CAL file."""
-    from .evaluate import wcs_error_of
-    from .synthetic import load_truth
+    from astep_cal.devtools.evaluate import wcs_error_of
+    from astep_cal.devtools.synthetic import load_truth
 
     truth = load_truth(truth_dir)
     errors = [wcs_error_of(cal, truth) for cal in sorted(root.glob("*/*-CAMS_CAL/*_CAL.fits"))]
@@ -190,9 +190,9 @@ def photometry_cost(root: Path) -> dict[str, float | None]:
     """Issue 16's cost per frame: the catalogue step (median of the ledger's ``catalogue`` durations, run
     inside ``once``) and the night's light curve over these frames' catalogues, timed here with the
     middle star of the reference catalogue as the target (what closing the night adds), per frame."""
-    from ..config import Target
-    from ..lightcurve import FrameCatalogue, light_curve
-    from ..products import read_catalogue
+    from astep_cal.formats.products import read_catalogue
+    from astep_cal.science.lightcurve import FrameCatalogue, light_curve
+    from astep_cal.support.config import Target
 
     nights = [json.loads(p.read_text()) for p in sorted((root / ".astep-cal" / "nights").glob("*.json"))]
     durations = [entries.catalogue(f)["duration_s"] for n in nights for f in n["frames"].values()
@@ -214,9 +214,9 @@ def catalogue_positions(root: Path, truth_dir: Path, fwhm_px: float) -> dict[str
     against the truth (pixels) and their true places (the Tycho-2 RA/Dec, arcseconds)."""
     import numpy as np
 
-    from ..products import read_catalogue
-    from .evaluate import CatalogueAccuracy, catalogue_accuracy
-    from .synthetic import load_truth
+    from astep_cal.devtools.evaluate import CatalogueAccuracy, catalogue_accuracy
+    from astep_cal.devtools.synthetic import load_truth
+    from astep_cal.formats.products import read_catalogue
 
     truth = load_truth(truth_dir)
     parts = []
@@ -242,7 +242,7 @@ def run_astep_once(night_dir: Path, work: Path, mem_limit: float, config: Path |
     shutil.copytree(night_dir, root / night_dir.name)
     log_path = work / "astep-cal.log"
     json_logs = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-    argv = [sys.executable, "-m", "astep_cal.cli", "once", str(root), "--mem-limit", str(mem_limit)]
+    argv = [sys.executable, "-m", "astep_cal", "once", str(root), "--mem-limit", str(mem_limit)]
     wall, rss, _ = run_measured(argv + (["--config", str(config)] if config else []), env=json_logs,
                                 log_path=log_path)
     return root, log_path, {"wall_s": wall, "peak_rss_mb": rss, **astep_stage_split(root), **astep_cadence(log_path)}

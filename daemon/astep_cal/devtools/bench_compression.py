@@ -2,7 +2,7 @@
 
 One calibrated frame of a :func:`astep_cal.devtools.defect_scene.defect_scene` (a grid of isolated stars with
 dead columns, hot pixels, cosmic rays, saturated stars; masters from simulated raw frames) is written
-with :func:`astep_cal.products.calibrated_hdul` plain and at each quantisation level, then read back.
+with :func:`astep_cal.formats.products.calibrated_hdul` plain and at each quantisation level, then read back.
 Per form: bytes per frame, write and read time (median of ``--repeats``), the noise the quantisation
 adds (rms of compressed - plain on unmasked pixels) relative to the sky noise, and the photometric
 change on the same stars (:func:`astep_cal.devtools.evaluate.aperture_fidelity` on both: median of the flux
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from .. import products
-from ..calibrate import CalibratedFrame
-from ..config import OutputSettings
-from .evaluate import aperture_fidelity, calibrate_scene
-from .defect_scene import DefectScene, defect_scene
+from astep_cal.devtools.defect_scene import DefectScene, defect_scene
+from astep_cal.devtools.evaluate import aperture_fidelity, calibrate_scene
+from astep_cal.formats import products
+from astep_cal.science.calibrate import CalibratedFrame
+from astep_cal.support.config import OutputSettings
 
 
 def _calibrated(size: int, seed: int) -> tuple[DefectScene, CalibratedFrame]:

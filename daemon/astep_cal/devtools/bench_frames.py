@@ -29,15 +29,16 @@ from typing import Any
 import astroscrappy
 import numpy as np
 
-from .. import astrometry, products, quality
-from ..calibrate import first_pass, calibrate_frame, fill_bad_pixels, sky_level
-from ..config import AstrometrySettings, CosmicSettings
-from ..cosmics import lacosmic_mask, lacosmic_parameters
-from ..fitsio import read_image
-from ..masters import MaskBit
-from .evaluate import cosmic_removed_fraction
-from .synthetic import load_truth
-from .. import names
+from astep_cal.devtools.evaluate import cosmic_removed_fraction
+from astep_cal.devtools.synthetic import load_truth
+from astep_cal.engine import astrometry
+from astep_cal.formats import names, products
+from astep_cal.formats.fitsio import read_image
+from astep_cal.science import quality
+from astep_cal.science.calibrate import calibrate_frame, fill_bad_pixels, first_pass, sky_level
+from astep_cal.science.cosmics import lacosmic_mask, lacosmic_parameters
+from astep_cal.science.masters import MaskBit
+from astep_cal.support.config import AstrometrySettings, CosmicSettings
 
 GAIN, READ_NOISE_E, SATURATION_ADU = 2.0, 9.0, 65535.0  # the bench night's (synthetic defaults)
 

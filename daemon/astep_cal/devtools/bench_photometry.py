@@ -29,8 +29,8 @@ CHILD = r'''
 import json, resource, sys, time
 from pathlib import Path
 import structlog
-from astep_cal import photometry
-from astep_cal.config import Settings, PhotometrySettings, Target
+from astep_cal.engine import photometry
+from astep_cal.support.config import Settings, PhotometrySettings, Target
 cal_dir, night_path, ra, dec = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 night = json.loads(night_path.read_text())
 settings = Settings(photometry=PhotometrySettings(targets=(Target("BENCH", ra, dec),)))
@@ -95,7 +95,7 @@ def catalogue_cards(index: int, size: int) -> dict[str, tuple]:
 
 def build_night(work: Path, n_frames: int, n_sources: int, size: int) -> tuple[Path, Path]:
     """The night's catalogues and its ledger record (every frame calibrated, catalogued, solved)."""
-    from .. import names, products
+    from astep_cal.formats import names, products
 
     cal_dir = work / DATE / f"{DATE}-CAMS_CAL"
     cal_dir.mkdir(parents=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 def make_archive(root: Path, nights: int, frames: int, size: int) -> None:
-    from .synthetic import NightSpec, make_night
+    from astep_cal.devtools.synthetic import NightSpec, make_night
 
     scale = 3.6 * 1024 / size  # a 1-degree field whatever the size
     for index in range(nights):
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         make_archive(pristine, args.nights, args.frames, args.size)
         config = base / "config.toml"
         config.write_text("[astrometry]\nenabled = false\n" if args.no_solve else "")
-        cli = [sys.executable, "-m", "astep_cal.cli"]
+        cli = [sys.executable, "-m", "astep_cal"]
         copy = base / "copy"
         rows = [("once", timed(pristine, copy, [*cli, "once", str(copy), "--config", str(config)]))]
         for workers in args.workers:

@@ -1,7 +1,7 @@
 """``make bench-state``: what the state costs when the ledger holds a whole archive.
 
 Synthetic ledgers of 150 and 500 nights × 1000 frames (entries shaped like real ones, ~1.2 KB a
-frame) are built through the real :class:`~astep_cal.ledger.Ledger`, then measured:
+frame) are built through the real :class:`~astep_cal.state.ledger.Ledger`, then measured:
 
 - **recording one frame**: a new 1000-frame night recorded frame by frame (a calibration save and a
   solve save per frame, as the pipeline does), each ``save`` timed; median and the slowest, at the end
@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ..config import Settings
-from .harness import rss_mb
-from ..storage import fingerprint
-from ..ledger import Ledger, RootLock
-from ..night import raw_listing
-from ..rules import calibration_fingerprint
-from ..names import cal_name
+from astep_cal.devtools.harness import rss_mb
+from astep_cal.engine.rules import calibration_fingerprint
+from astep_cal.formats.names import cal_name
+from astep_cal.formats.raw_night import raw_listing
+from astep_cal.state.ledger import Ledger, RootLock
+from astep_cal.support.config import Settings
+from astep_cal.support.storage import fingerprint
 
 TARGETS = {"record_ms": 50.0, "status_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
 
@@ -192,7 +192,7 @@ def time_command(args: list[str], repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "astep_cal.cli", *args], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "astep_cal", *args], capture_output=True, text=True,
                               timeout=600)
         times.append(time.perf_counter() - start)
         if done.returncode not in (0, 1):
@@ -208,7 +208,7 @@ def run_daemon(root: Path, state: Path, seconds: float, reconcile_s: float = 600
                       f'[daemon]\nreconcile_interval_s = {reconcile_s}\n[logging]\nformat = "json"\n')
     log = config.with_suffix(".log")
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "astep_cal.cli", "run", "--config", str(config), "--root",
+        process = subprocess.Popen([sys.executable, "-m", "astep_cal", "run", "--config", str(config), "--root",
                                     str(root)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -241,7 +241,7 @@ def time_once_idle(root: Path, state: Path) -> tuple[float, int]:
     """``astep-cal once`` on a finished archive: seconds, and how many files it changed (must be 0)."""
     before = file_times(root, state)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "astep_cal.cli", "once", str(root), "--ledger",
+    done = subprocess.run([sys.executable, "-m", "astep_cal", "once", str(root), "--ledger",
                            str(state / "ledger.json")], capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - start
     if done.returncode != 0:

@@ -2,7 +2,7 @@
 
 ``python -m astep_cal.devtools.compare_outputs --frontends once daemon reprocess [--tree A --tree B]
 [--out DIR]`` builds one fixed synthetic archive (:func:`make_fixed_night`), runs each front-end of
-each code tree on a fresh copy of it as a real subprocess (``python -m astep_cal.cli`` with the tree's
+each code tree on a fresh copy of it as a real subprocess (``python -m astep_cal.frontends.cli`` with the tree's
 ``daemon/`` on ``PYTHONPATH``), digests the outputs (:mod:`astep_cal.devtools.output_digest`) and
 compares every (tree, front-end) with the first one. Exit code 1 when anything differs.
 
@@ -41,10 +41,16 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from .harness import DaemonProcess
-from .output_digest import (CONTROL_FILES, build_manifest, diff_manifests, group_differences, load_manifest,
-                            save_manifest)
-from .synthetic import SMALL_FIELD, NightSpec, make_night
+from astep_cal.devtools.harness import DaemonProcess
+from astep_cal.devtools.output_digest import (
+    CONTROL_FILES,
+    build_manifest,
+    diff_manifests,
+    group_differences,
+    load_manifest,
+    save_manifest,
+)
+from astep_cal.devtools.synthetic import SMALL_FIELD, NightSpec, make_night
 
 FRONTENDS = ("once", "daemon", "reprocess")
 NIGHTS = ("2026-07-01", "2026-07-02")
@@ -92,6 +98,10 @@ class Tree:
         """Where the subprocess imports astep_cal from (proof that the tree, not the venv's, runs)."""
         return subprocess.run([sys.executable, "-c", "import astep_cal; print(astep_cal.__file__)"],
                               capture_output=True, text=True, env=self.env(), cwd=self.path.parent).stdout.strip()
+
+    def cli_module(self) -> str:
+        """The command's module in this tree: trees before the layer sub-packages had `astep_cal/cli.py`."""
+        return "astep_cal.cli" if (self.path / "daemon/astep_cal/cli.py").exists() else "astep_cal"
 
     def frozen(self, where: Path) -> Tree:
         """A copy of the tree's ``daemon/`` as it is now: a checkout being edited during the comparison
@@ -173,7 +183,7 @@ def _cli(tree: Tree, work: Path, *args: str) -> int:
     """One ``astep-cal`` command of ``tree`` as a subprocess; its output kept in ``work``."""
     log = work / f"{args[0]}-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "astep_cal.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+        code = subprocess.run([sys.executable, "-m", tree.cli_module(), *args], stdout=out, stderr=subprocess.STDOUT,
                               env=tree.env(), cwd=work, timeout=RUN_TIMEOUT_S).returncode
     if code not in (0, 1):  # 1: frames unsolved/failed, a result; anything else is a broken run
         raise RuntimeError(f"{tree.label}: astep-cal {' '.join(args)} exited {code}\n{log.read_text()[-3000:]}")

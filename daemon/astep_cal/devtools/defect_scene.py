@@ -10,8 +10,9 @@ import numpy as np
 from astropy.table import Table
 from scipy.special import erf
 
-from .sensor import SATURATION_ADU
-from .sky import render_stars
+from astep_cal.devtools.sensor import SATURATION_ADU
+from astep_cal.devtools.sky import render_stars
+
 
 @dataclass
 class DefectScene:
@@ -63,7 +64,7 @@ def defect_scene(shape: tuple[int, int] = (512, 512), *, seed: int = 3, sky_e: f
                  fwhm_px: float = 2.5, star_spacing: int = 24, n_saturated: int = 4,
                  random_tracks: int = 60, combine_sigma: float = 3.0) -> DefectScene:
     """Build a :class:`DefectScene` (see there); every random draw comes from ``seed``."""
-    from ..masters import combine_stack, normalise
+    from astep_cal.science.masters import combine_stack, normalise
 
     rng = np.random.default_rng([seed, shape[0], shape[1], 14])
     ny, nx = shape

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..config import Settings
-from .evaluate import score_frame
-from ..ledger import Ledger, RootLock
-from ..logs import configure
-from ..names import cal_dir, cal_name
-from ..pipeline import process_root
-from .synthetic import NightSpec, make_night
+from astep_cal.devtools.evaluate import score_frame
+from astep_cal.devtools.synthetic import NightSpec, make_night
+from astep_cal.engine.pipeline import process_root
+from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.state.ledger import Ledger, RootLock
+from astep_cal.support.config import Settings
+from astep_cal.support.logs import configure
 
 
 def run_demo(directory: Path | None = None) -> int:

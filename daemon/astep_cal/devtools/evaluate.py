@@ -15,16 +15,16 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .. import keywords as kw
-from ..astrometry import wcs_error_px
-from ..masters import MaskBit
-from ..products import cal_image_hdu, read_cal_header
+from astep_cal.engine.astrometry import wcs_error_px
+from astep_cal.formats import keywords as kw
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
+from astep_cal.science.masters import MaskBit
 
 if TYPE_CHECKING:
     from astropy.table import Table
 
-    from ..calibrate import CalibratedFrame
-    from .defect_scene import DefectScene
+    from astep_cal.devtools.defect_scene import DefectScene
+    from astep_cal.science.calibrate import CalibratedFrame
 
 
 @dataclass
@@ -224,9 +224,9 @@ def calibrate_scene(scene: "DefectScene", with_master_noise: bool = True) -> "Ca
     """A :class:`astep_cal.devtools.defect_scene.DefectScene` calibrated as the pipeline would: its masters' noise
     from the same functions (``flat_noise_cards``, ``master_noise``) the pipeline feeds from the masters'
     headers. ``with_master_noise=False``: the error map as if the masters were exact."""
-    from ..calibrate import calibrate_frame
-    from ..config import CalibrationSettings, CosmicSettings
-    from ..masters import DarkLibrary, flat_noise_cards, master_noise
+    from astep_cal.science.calibrate import calibrate_frame
+    from astep_cal.science.masters import DarkLibrary, flat_noise_cards, master_noise
+    from astep_cal.support.config import CalibrationSettings, CosmicSettings
 
     sigma = CalibrationSettings().combine_sigma
     library = DarkLibrary.build({scene.exptime: scene.dark}, None)

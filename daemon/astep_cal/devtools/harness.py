@@ -81,7 +81,7 @@ class DaemonProcess:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         self.log_file = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "astep_cal.cli", "run", "--config", str(self.config_path), "--root",
+            [*prefix, sys.executable, "-m", "astep_cal", "run", "--config", str(self.config_path), "--root",
              str(root)], stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     def pump(self) -> None:

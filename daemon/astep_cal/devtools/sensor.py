@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .synthetic import NightSpec
+    from astep_cal.devtools.synthetic import NightSpec
 
 SATURATION_ADU = 65535
 _ROW_BAND = 256  # rows per band when drawing noise: bounds the int64 Poisson temporaries

@@ -17,7 +17,7 @@ from astropy.wcs import WCS
 from scipy.special import erf
 
 if TYPE_CHECKING:
-    from .synthetic import NightSpec
+    from astep_cal.devtools.synthetic import NightSpec
 
 INDEX_DIR = Path("/usr/share/astrometry")
 TYCHO2_INDEXES = ("index-tycho2-07.littleendian.fits", "index-tycho2-08.littleendian.fits",

@@ -45,11 +45,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import entries
-from .harness import DaemonProcess, open_fds, parse_events, read_ledger, rss_mb
-from .soak_checks import Check, lifetime_trends, render, verify
-from .soak_plan import MIN_NIGHTS, N_SCIENCE, NightPlan, plan_nights
-from .synthetic import SMALL_FIELD, NightSpec, make_night
+from astep_cal.devtools.harness import DaemonProcess, open_fds, parse_events, read_ledger, rss_mb
+from astep_cal.devtools.soak_checks import Check, lifetime_trends, render, verify
+from astep_cal.devtools.soak_plan import MIN_NIGHTS, N_SCIENCE, NightPlan, plan_nights
+from astep_cal.devtools.synthetic import SMALL_FIELD, NightSpec, make_night
+from astep_cal.state import entries
 
 CRASH_PERCENT = 25  # chance that one solve-field run dies of SIGSEGV
 MAX_TRIES = 8  # 0.25**8: about one valid frame in 65000 would exhaust its tries by bad luck alone

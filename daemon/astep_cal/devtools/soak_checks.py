@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from astropy.io import fits
 
-from .. import entries, keywords as kw
-from ..names import cal_dir, cal_name
-from .harness import tree_digest
-from .soak_plan import MIN_NIGHTS, N_SCIENCE, lender
+from astep_cal.devtools.harness import tree_digest
+from astep_cal.devtools.soak_plan import MIN_NIGHTS, N_SCIENCE, lender
+from astep_cal.formats import keywords as kw
+from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.state import entries
 
 if TYPE_CHECKING:
-    from .soak import Soak
+    from astep_cal.devtools.soak import Soak
 
 RSS_GROWTH_MB = 30.0  # allowed growth over one process lifetime, last night against first
 FD_GROWTH = 5
@@ -125,7 +126,7 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
     soak.injected["bad_files_logged"] = bad_logged
     bad_ok = all(seen == [expected[name[:10]]["bad"][name]] for name, seen in bad_logged.items())
 
-    status = subprocess.run([sys.executable, "-m", "astep_cal.cli", "status", str(root), "--json", "--config",
+    status = subprocess.run([sys.executable, "-m", "astep_cal", "status", str(root), "--json", "--config",
                              str(soak.daemon.config_path)], capture_output=True, text=True, timeout=120)
     rows = json.loads(status.stdout)["nights"] if status.stdout.strip().startswith("{") else []
     needing_operator = [r["night"] for r in rows if r["state"] != "done"]

@@ -39,9 +39,9 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .sensor import Sensor, dark_electrons, frame_rng, make_sensor, to_raw
-from .sky import ZERO_POINT_MAG, cosmic_rays, field_stars, psf_sigma_px, render_stars, true_wcs
-from .transit import TransitSpec, choose_target, transit_factor, transparency
+from astep_cal.devtools.sensor import Sensor, dark_electrons, frame_rng, make_sensor, to_raw
+from astep_cal.devtools.sky import ZERO_POINT_MAG, cosmic_rays, field_stars, psf_sigma_px, render_stars, true_wcs
+from astep_cal.devtools.transit import TransitSpec, choose_target, transit_factor, transparency
 
 INSTRUMENT = "ASTEP400 (synthetic)"
 FILTER_NAME = "RC"

@@ -1,0 +1,340 @@
+"""One science frame's steps: calibrate (with its quality metrics) and plate-solve.
+
+Shared by every front-end: ``once`` and the daemon run them in-process (``pipeline.NightRun``),
+``reprocess`` in Dask tasks. Each returns or fills the frame's ledger record; ``calibrate_entry`` runs
+inside the stage runner (``stages.stage``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from astep_cal import __version__
+from astep_cal.engine import astrometry
+from astep_cal.engine.night_masters import Masters, memory_budget
+from astep_cal.engine.rules import calibration_fingerprint
+from astep_cal.engine.stages import (
+    CALIBRATE_STEP,
+    CATALOGUE_STEP,
+    QUALITY_STEP,
+    SOLVE_STEP,
+    FrameBlocked,
+    run_stage,
+    stage,
+)
+from astep_cal.formats import keywords as kw
+from astep_cal.formats import names, products
+from astep_cal.formats.fitsio import read_image
+from astep_cal.formats.names import masters_dir
+from astep_cal.formats.raw_night import RawFrame, make_output_dirs
+from astep_cal.science import catalogue, quality
+from astep_cal.science.calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
+from astep_cal.science.masters import master_noise
+from astep_cal.state.recovery import raw_fingerprint_card
+from astep_cal.support.config import Settings
+from astep_cal.support.faults import checkpoint
+from astep_cal.support.storage import StorageUnavailable, fingerprint
+
+
+def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
+    """A positive numeric header value, or the configured default (and which one was used)."""
+    try:
+        value = float(header[key])
+        if value > 0 and np.isfinite(value):
+            return value, "header"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return default, "default"
+
+
+def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
+    """Pixels astroscrappy may take at once: what the memory limit leaves after masters and frame copies."""
+    # raw, dark choice, its dark current (error map), data, the flat used, cleaned output
+    resident = masters.resident_bytes() + 6 * raw.nbytes
+    return int(memory_budget(settings, resident) // COSMIC_BYTES_PER_PIXEL)
+
+
+def read_whole_frame(frame: RawFrame) -> tuple[np.ndarray, fits.Header]:
+    """The raw pixels, refusing a file that changed while it was read and a frame with no signal.
+
+    A file still being written when read gives a frame that is half old, half new: it is left
+    (blocked) for the next run, which sees a new fingerprint and calibrates the finished file.
+    """
+    before = fingerprint(frame.path)
+    raw, header = read_image(frame.path, frame.hdu)
+    if fingerprint(frame.path) != before:
+        raise FrameBlocked("the raw file changed while it was read (still being written?)")
+    finite = np.isfinite(raw)
+    if not finite.any() or not np.any(raw[finite]):
+        raise CalibrationError("the frame holds no signal (every pixel is 0 or NaN)")
+    return raw, header
+
+
+def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
+    """A file at our output's name that astep-cal did not write (no ASTCVER) is moved aside, not lost:
+    e.g. a product of the old pipeline. Its new name is recorded in the frame's ledger entry."""
+    if not cal_path.is_file():
+        return
+    try:
+        ours = kw.VERSION.name in fits.getheader(cal_path)
+    except Exception:  # unreadable: certainly not ours
+        ours = False
+    if not ours:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = cal_path.with_name(f"{cal_path.name}.foreign-{stamp}")
+        cal_path.rename(aside)
+        record["foreign_kept_as"] = aside.name
+        log.warning("foreign_output_kept", path=str(cal_path), kept_as=aside.name)
+
+
+def frame_quality(result: Any, settings: Settings,
+                  log: Any) -> tuple[dict[str, tuple], dict[str, Any], quality.FrameQuality | None]:
+    """Header cards and ledger record of the frame's quality metrics, and the measurement itself: its
+    star list (``sources``) feeds the plate solve and the catalogue, which detect nothing again.
+
+    Metrics are for people, not for the data: a frame they cannot be measured on (no sky, odd
+    content) is still a good calibrated frame, so a failure here is logged (``quality_failed``) and
+    recorded by the stage runner, not raised.
+    """
+    scale = settings.quality.pixel_scale_arcsec
+    cards: dict[str, tuple] = {}
+    measured: quality.FrameQuality | None = None
+    with run_stage("quality", log, QUALITY_STEP) as record:
+        measured = quality.measure_frame(result.data, result.mask, settings.quality.detect_sigma,
+                                         settings.quality.fwhm_stars)
+        record.update(measured.record(scale))
+        cards = measured.header_cards(scale, "nominal")
+    if record["status"] == "ok":
+        del record["status"]  # the ledger's quality record holds the metrics (and duration_s) only
+    return cards, record, measured if record.get("status") != "failed" else None
+
+
+def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
+                   record: dict[str, Any], log: Any) -> "Calibrated":
+    if masters.flat is None or masters.mask is None:
+        raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
+    dark = masters.library.dark_for(frame.exptime)
+    if dark is None:
+        raise FrameBlocked("no master dark")
+    raw, header = read_whole_frame(frame)
+    gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
+    read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    flat_record = masters.record["flat"]
+    root = cal_path.parents[2]
+    noise = master_noise(masters.library, dark,
+                         products.master_header(masters_dir(root, cal_path.parents[1].name)
+                                                / names.dark_file_name(dark.source_exptime)),
+                         products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
+    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
+                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
+                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
+    quality_cards, quality_record, measured = frame_quality(result, settings, log)
+    provenance = dict([
+        kw.DARK.card(names.dark_file_name(dark.source_exptime)),
+        kw.DARK_SCALE.card(round(dark.scale, 6)),
+        kw.BIAS_ORIGIN.card(dark.bias_origin),
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (README)
+        kw.FLAT_NIGHT.card(flat_record["night"]),
+        kw.GAIN.card(gain, f"{kw.GAIN.comment} ({gain_source})"),
+        # What the ledger needs to be rebuilt from this file alone (recovery.py):
+        kw.RAW.card(names.header_name(frame.name)),
+        kw.RAW_FINGERPRINT.card(raw_fingerprint_card(fingerprint(frame.path))),
+        kw.CONFIG.card(calibration_fingerprint(settings)),
+    ])
+    provenance.update(quality_cards)
+    make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
+    keep_foreign_file(cal_path, record, log)
+    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
+                                                                       measured.sources if measured else None))
+    record.update(
+        output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
+        dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
+        flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
+        gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
+        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
+    )
+    return Calibrated(result, measured, header, gain, read_noise)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What the catalogue step needs of a frame just calibrated, while it is still in memory."""
+
+    frame: CalibratedFrame
+    measured: quality.FrameQuality | None
+    header: fits.Header
+    gain: float
+    read_noise_e: float
+
+
+# Header cards of the frame copied into its catalogue (what a light curve needs without the CAL file).
+_CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
+
+
+def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
+    """Measure the frame's catalogue from the quality step's detections and write it beside the CAL file.
+
+    Runs in the stage runner (``CATALOGUE_STEP``): a catalogue that cannot be made is recorded and logged
+    (``catalogue_failed``), never raised — the calibrated frame is good without it; storage trouble goes up.
+    """
+    measured, data = made.measured, made.frame
+    found = measured.sources if measured is not None else None
+    sources = found.positions()[:settings.photometry.max_sources] if found is not None else np.zeros((0, 2))
+    table = catalogue.measure_catalogue(
+        data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
+        data.mask, sources, measured.fwhm_px if measured else None, settings.photometry.aperture_factors,
+        settings.photometry.annulus_factors, made.read_noise_e)
+    path = names.cat_path(cal_path)
+    products.write_catalogue(path, table, catalogue_cards(made, measured, cal_path))
+    record.update(file=path.name, n_sources=len(table), fwhm_px=table.meta["FWHMUSED"])
+
+
+def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
+    """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
+    cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
+    ny, nx = made.frame.data.shape
+    cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
+                 IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
+                 GAIN=(made.gain, "[e-/ADU] gain applied"), RDNOISE=(made.read_noise_e, "[e-] read noise"),
+                 SKYLEVEL=(round(made.frame.sky_e, 2), "[e-] median sky level"),
+                 **dict([kw.WCS_STATUS.card("pending")]))
+    if measured is not None:
+        cards["SKYNOISE"] = (round(measured.sky_noise_e, 2), "[e-] robust rms of the sky per pixel")
+        if measured.fwhm_px is not None:
+            cards["FWHMPIX"] = (round(measured.fwhm_px, 3), "[px] median stellar FWHM")
+    return cards
+
+
+def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
+    """After a solve: RA/Dec into the frame's catalogue. The outcome for the astrometry record:
+    ``ok``, ``missing`` (no catalogue: photometry off when calibrated) or ``failed: why``."""
+    path = names.cat_path(cal_path)
+    if not path.is_file():
+        return "missing"
+    try:
+        products.add_catalogue_wcs(path, astrometry.clean_wcs_header(wcs_header))
+    except StorageUnavailable:
+        raise
+    except Exception as error:  # noqa: BLE001 - the solve itself is good: recorded, not raised
+        return f"failed: {type(error).__name__}: {error}"
+    return "ok"
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
+    """The pixel scale (arcsec/px) of a solution, which makes FWHM in arcsec exact; None if unknown."""
+    if not result.solved or result.wcs_header is None:
+        return None
+    try:
+        return quality.pixel_scale_arcsec(result.wcs_header)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
+    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
+    header = products.read_cal_header(cal_path)
+    result = astrometry.solve(cal_path, header, settings.astrometry)
+    checkpoint("stage:solve_returned")
+    if result.solved and result.wcs_header is not None:
+        extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
+        if result.residual_arcsec is not None:
+            extra.update([kw.WCS_RESIDUAL.card(round(result.residual_arcsec, 3))])
+        scale = solved_pixel_scale(result)
+        if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
+            extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
+        astrometry.merge_wcs(cal_path, result.wcs_header, extra)
+    else:
+        astrometry.mark_unsolved(cal_path, result.error or "no solution")
+    return result
+
+
+def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: Settings, cal_path: Path,
+                    entry: dict[str, Any], log: Any, root: Path | None = None) -> str:
+    """Calibrate one frame and record it in its ledger ``entry``; returns the stage status.
+
+    The one per-frame calibration step of ``once``, the daemon and ``reprocess`` (a Dask task calls it on
+    a copy of the entry and sends the entry back). ``masters`` is called only when the frame really is
+    calibrated, so a night with nothing to calibrate never builds or reads its masters.
+    """
+    entry["raw"] = fingerprint(frame.path)
+    entry.pop("astrometry", None)  # a new CAL file needs a new solution
+    entry.pop("catalogue", None)
+    made = None
+    with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
+        made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
+    checkpoint("stage:frame_calibrated")
+    if made is not None and settings.photometry.enabled:
+        with stage(entry, "catalogue", log, root, CATALOGUE_STEP) as record:
+            catalogue_step(made, cal_path, settings, record, log)
+    return entry["calibrate"]["status"]
+
+
+def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
+    """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
+
+    ``tries`` counts this attempt. Runs through the stage runner (an error, e.g. the CAL file vanished,
+    is a failed solve); only :class:`StorageUnavailable` is raised (the merge could not be written: the
+    frame stays pending and no try is counted). Shared by ``once`` (in its solve thread) and
+    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`).
+    """
+    with run_stage("astrometry", None, SOLVE_STEP) as step:
+        step["result"] = solve_and_merge(cal_path, settings)
+    if step["status"] == "failed":
+        return solve_record(step["error"], tries, settings)
+    record = solve_record(step["result"], tries, settings)
+    if record["status"] == "solved" and settings.photometry.enabled:
+        record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
+    return record
+
+
+def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Settings) -> dict[str, Any]:
+    """The ledger's astrometry record (``result`` is the solve's, or the error that stopped it); a failure
+    gets its retry time (exponential back-off) while tries remain."""
+    backoff = settings.astrometry.retry_backoff_s * 2 ** (tries - 1)
+    retry = {"retry_after": round(time.time() + backoff, 1)} if tries < settings.astrometry.max_tries else {}
+    if isinstance(result, str):
+        return {"status": "failed", "tries": tries, "error": result, **retry}
+    record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
+                              "duration_s": round(result.duration_s, 2), "hinted": result.hinted,
+                              "input": "sources" if result.from_list else "image"}
+    if result.solved:
+        record["n_matched"] = result.n_matched
+        if result.residual_arcsec is not None:
+            record["residual_arcsec"] = round(result.residual_arcsec, 3)
+        scale = solved_pixel_scale(result)
+        if scale is not None:
+            record["pixel_scale_arcsec"] = round(scale, 4)
+    else:
+        record.update(error=result.error, **retry)
+    return record
+
+
+def record_solve(entry: dict[str, Any], record: dict[str, Any], cal_path: Path) -> None:
+    """A finished solve into the frame's ledger entry: its record, and the CAL file's new fingerprint
+    (the WCS merge rewrote the file)."""
+    entry["astrometry"] = record
+    if cal_path.is_file():
+        entry["output"] = fingerprint(cal_path)
+
+
+def log_solve(log: Any, record: dict[str, Any]) -> None:
+    """The log line of one finished solve (the ledger record has everything it says)."""
+    if record["status"] == "solved":
+        log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
+        if str(record.get("catalogue", "")).startswith("failed"):
+            log.warning("catalogue_failed", stage="sky positions", error=record["catalogue"])
+    else:
+        log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])

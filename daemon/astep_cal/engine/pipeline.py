@@ -1,0 +1,282 @@
+"""One night through the stages: inventory -> masters -> calibrate each frame -> solve each frame.
+
+This is the imperative shell around the science functions: it takes the inventory, plans the frames to
+do (``rules``), has the masters made or read back (``night_masters``), runs each frame's steps
+(``frame_steps``, inside the stage runner of ``stages``), records the results in the ledger, and writes
+the nightly summary. A failing frame is recorded in the ledger with its reason and the night goes on.
+
+Astrometry of frame N runs in a worker thread (solve-field is a separate process) while frame N+1 is
+being calibrated, so both cores are busy. Only the calling thread touches the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astep_cal.engine import astrometry, photometry
+from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
+from astep_cal.engine.night_masters import Masters, ensure_masters
+from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
+from astep_cal.engine.stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
+from astep_cal.formats import names, summary
+from astep_cal.formats.names import cal_dir, masters_dir
+from astep_cal.formats.raw_night import (
+    NightInventory,
+    RawFrame,
+    discover_nights,
+    make_output_dirs,
+    problem_record,
+    raw_listing,
+    take_inventory,
+)
+from astep_cal.state import entries
+from astep_cal.state.ledger import Ledger
+from astep_cal.support.config import Settings
+from astep_cal.support.faults import checkpoint
+from astep_cal.support.logs import get_logger
+from astep_cal.support.storage import StorageUnavailable, ensure_root, remove_stale_temporaries, root_present
+
+ProgressCallback = Callable[[str, int, int], None]  # (night, frames finished, frames to do)
+
+
+def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: str, root: Path, log: Any) -> None:
+    """Problems, notes and counts of the inventory into the night's record (``once``, the daemon and
+    ``reprocess`` alike). A problem is logged only when new: a bad file is reported once per version,
+    however often the night is looked at; notes only when the raw files changed."""
+    known = night.get("problems", [])
+    problems = [problem_record(p, root) for p in inventory.problems]
+    for problem, record in zip(inventory.problems, problems):
+        if record not in known:
+            log.warning(problem.event, path=str(problem.path), error=problem.reason)
+    if night.get("listing") != listing:
+        for note in inventory.notes:
+            log.info(note.event, path=str(note.path), reason=note.reason)
+    problems += [p for p in entries.masters_record(night).get("problems", []) if p not in problems]
+    night["problems"] = problems
+    night["listing"] = listing
+    night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
+                          "biases": len(inventory.biases), "flats": len(inventory.flats)}
+
+
+# --- a night: the steps every front-end shares ------------------------------------------------------
+
+FrameRule = Callable[[dict[str, Any], RawFrame, Path, Settings], bool]  # does this frame need calibrating?
+
+
+def open_night(root: Path, date: str, ledger: Ledger, force: bool) -> tuple[NightInventory, str]:
+    """Start a night: forget it when forced, take the listing then the inventory (a file arriving in
+    between shows as a changed listing next time), sweep temporaries left by a crash."""
+    if force:
+        ledger.forget_night(date)
+    listing = raw_listing(root, date)
+    inventory = take_inventory(root, date)
+    checkpoint("stage:inventory_taken")
+    remove_stale_temporaries(inventory.cal_dir)
+    remove_stale_temporaries(masters_dir(root, date))
+    return inventory, listing
+
+
+def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
+                 recalibrate: FrameRule = needs_calibration) -> list[tuple[RawFrame, bool]]:
+    """The night's science frames that need work, in name order, each with whether it is calibrated
+    (else only solved). ``reprocess`` passes its own rule (it also redoes other versions' frames)."""
+    todo = []
+    for frame in sorted(inventory.science, key=lambda f: f.name):
+        entry = ledger.frame(inventory.date, frame.name)
+        calibrate = recalibrate(entry, frame, inventory.cal_dir / names.cal_name(frame.name), settings)
+        if calibrate or needs_solve(entry, settings):
+            todo.append((frame, calibrate))
+    return todo
+
+
+def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Ledger, settings: Settings,
+                result: "NightResult", log: Any, summarise: bool = True) -> None:
+    """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the nightly summary
+    written (when frames were processed or it is missing), the night dropped from memory."""
+    date = inventory.date
+    night = ledger.night(date)  # asked for now: what is changed now is saved now
+    record_inventory(night, inventory, listing, root, log)
+    remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
+    if remake:  # new frames (late ones too): the light curves are made again, then the summary
+        write_night_photometry(root, date, night, settings, log)
+    ledger.save()
+    if result.to_do:
+        log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
+    if remake:
+        write_night_summary(root, date, night, settings, log)
+    ledger.release(date)
+
+
+def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
+    """summary.json + summary.png for the night, through the stage runner: a failure is logged
+    (``summary_failed``), never raised (the night is done); storage trouble goes up like any step's."""
+    if not night.get("frames"):
+        return
+    with run_stage("summary", log, SUMMARY_STEP, root=root) as step:
+        make_output_dirs(root, date)  # refuses a _CAL directory that links out of the root
+        written = summary.write_summary(root, date, night, settings)
+        if written is None:
+            raise StepSkipped("nothing to summarise")
+        step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
+
+
+def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
+    """The light curve of every configured target from the night's catalogues, written beside the
+    summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
+    a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
+    if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
+        return
+    with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
+        make_output_dirs(root, date)
+        step.update(photometry.night_light_curves(cal_dir(root, date), date, night, settings, log))
+    night["photometry"] = step
+
+
+# --- a night in this process (``once``, the daemon) ----------------------------------------------
+
+@dataclass
+class NightResult:
+    date: str
+    to_do: int = 0
+    calibrated: int = 0
+    solved: int = 0
+    failed: int = 0
+    blocked: int = 0
+
+
+class NightRun:
+    """Processes one night; holds what is shared between its frames for the duration of the run."""
+
+    def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
+                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False):
+        self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
+        self.force, self.progress, self.should_stop = force, progress, should_stop
+        self.log = get_logger(night=date)
+        self.result = NightResult(date)
+        self.inventory: NightInventory | None = None  # taken when the run starts
+        self.masters: Masters | None = None
+        self._masters_error: Exception | None = None
+
+    def run(self) -> NightResult:
+        """Process the night; raises :class:`StorageUnavailable` (nothing recorded) when the data root
+        is full or gone, so the caller can wait and run the night again."""
+        if not root_present(self.root):
+            raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
+        try:
+            return self._run()
+        except OSError as error:
+            ensure_root(self.root, error)
+            raise
+
+    def _run(self) -> NightResult:
+        self.inventory, listing = open_night(self.root, self.date, self.ledger, self.force)
+        frames = [frame for frame, _ in frames_to_do(self.inventory, self.ledger, self.settings)]
+        self.result.to_do = len(frames)
+        if frames:
+            self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
+            self._process(frames)
+        close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result, self.log,
+                    summarise=not self.should_stop())
+        return self.result
+
+    def _ensure_masters(self) -> Masters:
+        if self.masters is not None:
+            return self.masters
+        if self._masters_error is not None:
+            raise self._masters_error  # tried once this run already: don't rebuild for every frame
+        night = self.ledger.night(self.date)
+        try:
+            self.masters = ensure_masters(self.root, self.inventory, self.settings, entries.masters_record(night),
+                                          self.log)
+        except StorageUnavailable:
+            raise  # not the night's fault: nothing cached, built again when the storage is back
+        except Exception as error:  # logged and recorded by the stage runner; each frame records it
+            self._masters_error = error
+            raise
+        checkpoint("stage:masters_built")
+        night["masters"] = self.masters.record
+        self.ledger.save()
+        return self.masters
+
+    def _process(self, frames: list[RawFrame]) -> None:
+        pending: list[tuple[str, Future]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
+            for index, frame in enumerate(frames, start=1):
+                if self.should_stop():
+                    self.log.info("night_interrupted", remaining=len(frames) - index + 1)
+                    for _, future in pending:
+                        future.cancel()
+                    astrometry.terminate_running_solves()
+                    break
+                self._calibrate(frame)
+                entry = self.ledger.frame(self.date, frame.name)
+                if needs_solve(entry, self.settings):
+                    cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
+                    tries = entries.solve_tries(entry) + 1
+                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
+                pending = self._collect(pending, wait=False)
+                if self.progress:
+                    self.progress(self.date, index, len(frames))
+            self._collect(pending, wait=True)
+
+    def _calibrate(self, frame: RawFrame) -> None:
+        entry = self.ledger.frame(self.date, frame.name)
+        cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
+        if not needs_calibration(entry, frame, cal_path, self.settings):
+            return
+        log = self.log.bind(frame=frame.name)
+        status = calibrate_entry(frame, self._ensure_masters, self.settings, cal_path, entry, log, self.root)
+        if status == "ok":
+            self.result.calibrated += 1
+        elif status == "blocked":
+            self.result.blocked += 1
+        else:
+            self.result.failed += 1
+        self.ledger.save(lazy_index=True)
+
+    def _collect(self, pending: list[tuple[str, Future]], wait: bool) -> list[tuple[str, Future]]:
+        """Record finished solves in the ledger (from this thread only); return those still running."""
+        still = []
+        for name, future in pending:
+            if not wait and not future.done():
+                still.append((name, future))
+                continue
+            self._record_solve(name, future)
+        return still
+
+    def _record_solve(self, name: str, future: Future) -> None:
+        if future.cancelled():
+            return  # never started (shutdown): the frame stays pending
+        record = future.result()  # only StorageUnavailable is raised: it stops the night, nothing recorded
+        if record["status"] != "solved" and self.should_stop():
+            return  # ended by a shutdown, not a failure: stays pending, no try counted
+        record_solve(self.ledger.frame(self.date, name), record, self.inventory.cal_dir / names.cal_name(name))
+        if record["status"] == "solved":
+            self.result.solved += 1
+        else:
+            self.result.failed += 1
+        log_solve(self.log.bind(frame=name), record)
+        self.ledger.save(lazy_index=True)
+
+
+def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
+                 force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
+    """Process every night under ``root`` (or only ``nights``), oldest first.
+
+    A night with nothing to do (:func:`night_has_work`) is not opened: a run over a finished archive
+    costs a listing and a stat per file, and writes nothing.
+    """
+    log = get_logger()
+    found, problems = discover_nights(root)
+    for problem in problems:
+        log.warning(problem.event, path=str(problem.path), error=problem.reason)
+    ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
+    selected = [d for d in found if nights is None or d in nights]
+    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected
+               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)]
+    ledger.save()
+    return results

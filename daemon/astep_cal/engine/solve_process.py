@@ -1,0 +1,91 @@
+"""solve-field as a process: its own session and process group, killed whole on a timeout or at
+shutdown, and killed by the kernel if astep-cal itself dies (so no orphan keeps a core busy)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from astep_cal.support.faults import checkpoint
+
+_OUTPUT_TAIL_CHARS = 400
+
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def _kill_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_running_solves(grace_s: float = 2.0) -> int:
+    """End every ``solve-field`` process group started by :func:`solve` (service shutdown).
+
+    SIGTERM first, SIGKILL after ``grace_s``. Returns how many were running.
+    """
+    with _running_lock:
+        processes = list(_running)
+    for process in processes:
+        _kill_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_group(process, signal.SIGKILL)
+    return len(processes)
+
+
+def output_tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[-_OUTPUT_TAIL_CHARS:]
+
+
+def _die_with_parent() -> None:
+    """In the child: ask the kernel for SIGKILL when astep-cal dies (even by SIGKILL), so a crashed
+    service never leaves ``solve-field`` running in its own session, orphaned.
+
+    This preexec_fn makes subprocess fork (not vfork), which runs the fork handlers of the libraries
+    loaded: OpenBLAS's waits for its thread pool, and a fork from the solve thread while the main
+    thread was inside an OpenBLAS call hung ``once`` for good (seen on the transit test night). The
+    package therefore keeps OpenBLAS to one thread (``astep_cal/__init__.py``): no pool, nothing to wait
+    for. (util-linux ``setpriv --pdeathsig`` would avoid the preexec_fn, but is refused under the
+    service's systemd hardening: "activate capabilities: Operation not permitted".)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def run_solve_field(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
+    """Run in a new session; on timeout kill the whole group. Returns (exit code or None, output)."""
+    environment = dict(os.environ, TMPDIR=str(work_dir))
+    log_path = work_dir / "solve-field.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
+                                   start_new_session=True, preexec_fn=_die_with_parent)
+        with _running_lock:
+            _running.add(process)
+        checkpoint("solve_running")
+        try:
+            code: int | None = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process, signal.SIGKILL)
+            process.wait()
+            code = None
+        finally:
+            _kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
+            with _running_lock:
+                _running.discard(process)
+    return code, log_path.read_text(errors="replace")

@@ -1,0 +1,57 @@
+"""FITS I/O at the edge of the pipeline: atomic FITS writes, whole-image and band reads.
+
+The file-level pieces (atomic writes, fingerprints, storage errors) live in ``storage``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from astep_cal.support.storage import atomic_write
+
+
+def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True) -> None:
+    """Write an HDUList atomically (checksums included), straight into the temporary file."""
+    atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
+
+
+def read_image(path: Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
+    """The image of HDU ``hdu`` as float32 (BZERO/BSCALE applied, decompressed) and its header.
+
+    For an fpack file the image header is the compressed HDU's; the primary header's cards that the
+    image header lacks (acquisition keywords are often written there) are added to it.
+    """
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[hdu].header.copy()
+        if hdu:
+            for card in hdul[0].header.cards:
+                if card.keyword not in header and card.keyword not in ("SIMPLE", "EXTEND", "NAXIS", "BITPIX"):
+                    header.append(card)
+        data = np.asarray(hdul[hdu].data, dtype=np.float32)
+    return data, header
+
+
+def iter_row_bands(paths: list[Path], rows: int, band_height: int,
+                   hdus: list[int] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(row slice, stack)`` with ``stack[i]`` the rows of ``paths[i]``, as float32.
+
+    Reading bands through ``HDU.section`` keeps memory at ``len(paths) * band_height * width``
+    values instead of whole frames: this is what bounds the master-combine step by ``--mem-limit``.
+    The files are opened once and kept open for the whole iteration; ``hdus`` gives the image HDU of
+    each file (1 for fpack-compressed files, whose ``section`` decompresses only the tiles it needs).
+    """
+    indexes = hdus or [0] * len(paths)
+    handles = [fits.open(path, memmap=False, lazy_load_hdus=True) for path in paths]
+    try:
+        for start in range(0, rows, band_height):
+            band = slice(start, min(start + band_height, rows))
+            stack = np.stack([np.asarray(h[i].section[band, :], dtype=np.float32)
+                              for h, i in zip(handles, indexes)])
+            yield band, stack
+    finally:
+        for handle in handles:
+            handle.close()

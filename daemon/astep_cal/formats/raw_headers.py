@@ -1,0 +1,75 @@
+"""What astep-cal reads from a raw frame's header: frame type, exposure, time, CCD temperature, and where
+the image is. Each reader returns None for a value that is absent or malformed (never raises): the
+inventory turns a None it needs into a per-frame problem.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from astropy.io import fits
+
+_HEADER_TYPES = {
+    "LIGHT": "SCIENCE",
+    "LIGHT FRAME": "SCIENCE",
+    "SCIENCE": "SCIENCE",
+    "OBJECT": "SCIENCE",
+    "DARK": "DARK",
+    "DARK FRAME": "DARK",
+    "BIAS": "BIAS",
+    "BIAS FRAME": "BIAS",
+    "ZERO": "BIAS",
+    "FLAT": "SKYFLAT",
+    "FLAT FIELD": "SKYFLAT",
+    "FLAT FRAME": "SKYFLAT",
+    "SKYFLAT": "SKYFLAT",
+    "SKY FLAT": "SKYFLAT",
+}
+
+
+def kind_from_header(header: fits.Header) -> str | None:
+    for key in ("ACQTYPE", "IMAGETYP"):
+        value = header.get(key)
+        if isinstance(value, str) and value.strip().upper() in _HEADER_TYPES:
+            return _HEADER_TYPES[value.strip().upper()]
+    return None
+
+
+def read_exptime(header: fits.Header) -> float | None:
+    """EXPTIME (or EXPOSURE) as a non-negative finite float, else None."""
+    for key in ("EXPTIME", "EXPOSURE"):
+        if key in header:
+            try:
+                value = float(header[key])
+            except (TypeError, ValueError):
+                return None
+            return value if value >= 0 and math.isfinite(value) else None
+    return None
+
+
+def read_date_obs(header: fits.Header) -> str | None:
+    """DATE-OBS when it is an ISO date-time (the summary's time axis); None when absent or garbage."""
+    value = header.get("DATE-OBS")
+    if not isinstance(value, str):
+        return None
+    try:
+        dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return value.strip()
+
+
+def read_ccd_temp(header: fits.Header) -> float | None:
+    try:
+        value = float(header["CCD-TEMP"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def image_hdu(hdul: fits.HDUList) -> int:
+    """Index of the image: the primary HDU, or the first tile-compressed one (fpack puts it in HDU 1)."""
+    if hdul[0].header.get("NAXIS", 0) == 0 and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
+        return 1
+    return 0

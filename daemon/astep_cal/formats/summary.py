@@ -1,0 +1,360 @@
+"""The nightly summary: what an astronomer in the north needs to decide whether last night was usable.
+
+Only small products leave Concordia by satellite, so a night is summed up in two files written next
+to its CAL frames, together well under 300 KB:
+
+* ``summary.json``: counts, the masters used and where they came from, failures with their reasons,
+  and the quality metrics of every frame (schema below, ``SCHEMA_VERSION``);
+* ``summary.png``: sky, FWHM, star count and WCS residual against time, failures marked, and a
+  thumbnail of the master flat.
+
+Both are built from the ledger alone (the ledger already holds every metric), so the summary, the
+``astep-cal report`` text and the status table can never disagree. The pipeline rewrites the two files
+only when the summary's content changed, so a run with nothing to do writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import statistics
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astep_cal import __version__
+from astep_cal.formats.lightcurve_products import summary_section
+from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
+from astep_cal.formats.png import as_palette_png
+from astep_cal.frontends.status import night_row_of
+from astep_cal.state import entries
+from astep_cal.support.config import Settings
+from astep_cal.support.storage import atomic_write_bytes
+
+SCHEMA_VERSION = 1
+
+
+FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
+FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
+                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched")
+METRICS = ("sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec", "ellipticity", "n_cosmic", "masked_fraction",
+           "wcs_residual_arcsec")
+
+
+def summary_path(directory: Path) -> Path:
+    return directory / SUMMARY_JSON
+
+
+# --- per-frame metrics from the ledger ------------------------------------------------------------
+
+def frame_time(name: str, entry: dict[str, Any]) -> str | None:
+    """ISO time of the exposure: ``DATE-OBS`` as recorded, else the time in the file name."""
+    recorded = entries.calibration(entry).get("date_obs")
+    if recorded:
+        return str(recorded)[:19]  # to the second: the summary has no use for milliseconds
+    try:
+        return dt.datetime.strptime(name[:19], "%Y-%m-%d_%H.%M.%S").isoformat()
+    except ValueError:
+        return None
+
+
+def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dict[str, Any]:
+    """One frame's row of the summary, from its ledger entry (``solving``: astrometry is enabled).
+
+    FWHM in arcsec uses the solved WCS's pixel scale when the frame is solved, else the nominal scale
+    recorded at calibration.
+    """
+    calibrate = entries.calibration(entry)
+    solve = entries.solve(entry)
+    measured = calibrate.get("quality", {})
+    fwhm = measured.get("fwhm_arcsec")
+    if measured.get("fwhm_px") is not None and solve.get("pixel_scale_arcsec"):
+        fwhm = round(measured["fwhm_px"] * solve["pixel_scale_arcsec"], 3)
+    return {
+        "frame": name,
+        "time": frame_time(name, entry),
+        "calibrate": calibrate.get("status", "pending"),
+        "astrometry": solve.get("status", _unsolved_state(calibrate.get("status"), solving)),
+        "sky_e": calibrate.get("sky_e"),
+        "sky_noise_e": measured.get("sky_noise_e"),
+        "n_stars": measured.get("n_stars"),
+        "fwhm_arcsec": fwhm,
+        "fwhm_px": measured.get("fwhm_px"),
+        "ellipticity": measured.get("ellipticity"),
+        "n_cosmic": calibrate.get("n_cosmic"),
+        "masked_fraction": measured.get("masked_fraction"),
+        "wcs_residual_arcsec": solve.get("residual_arcsec"),
+        "wcs_matched": solve.get("n_matched"),
+    }
+
+
+def _unsolved_state(calibrated: str | None, solving: bool) -> str:
+    if not solving:
+        return "off"
+    return "pending" if calibrated == "ok" else "none"
+
+
+def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
+    return round(float(statistics.median(values)), 3) if values else None
+
+
+def night_frames(night: dict[str, Any], solving: bool = True) -> list[dict[str, Any]]:
+    """Every frame's metrics row, in time order."""
+    rows = [frame_metrics(name, entry, solving) for name, entry in night.get("frames", {}).items()]
+    return sorted(rows, key=lambda row: (row["time"] or "", row["frame"]))
+
+
+def retry_pending(entry: dict[str, Any], max_tries: int) -> bool:
+    """A failed solve that a later run will try again (not yet ``max_tries`` tries)."""
+    solve = entries.solve(entry)
+    return solve.get("status") == "failed" and solve.get("tries", 0) < max_tries
+
+
+# --- the summary document -------------------------------------------------------------------------
+
+def _masters(record: dict[str, Any]) -> dict[str, Any]:
+    flat = record.get("flat")
+    if not flat:
+        flat_summary: dict[str, Any] = {"origin": "none"}
+    else:
+        flat_summary = {"origin": "borrowed" if flat.get("borrowed") else "own", "night": flat.get("night"),
+                        "file": flat.get("file"), "n_inputs": len(flat.get("inputs", [])) or None}
+    darks = {f"{float(t):g}": {"file": d.get("file"), "n_inputs": len(d.get("inputs", []))}
+             for t, d in sorted(record.get("darks", {}).items(), key=lambda item: float(item[0]))}
+    bias = record.get("bias")
+    return {
+        "bias": {"file": bias.get("file"), "n_inputs": len(bias.get("inputs", []))} if bias else None,
+        "bias_origin": record.get("bias_origin"),
+        "darks": darks,
+        "flat": flat_summary,
+        "bad_pixels": record.get("mask", {}).get("n_bad"),
+    }
+
+
+def _failures(night: dict[str, Any], max_tries: int) -> list[dict[str, Any]]:
+    """Failed and blocked frames grouped by stage and reason: a night where every solve failed for one
+    reason is one entry (with its frames listed), not 800 copies of the same sentence."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for name, entry in sorted(night.get("frames", {}).items()):
+        for stage in ("calibrate", "astrometry"):
+            record = entry.get(stage, {})
+            if record.get("status") not in ("failed", "blocked"):
+                continue
+            key = (stage, record["status"], str(record.get("error")))
+            group = groups.setdefault(key, {"stage": stage, "status": record["status"], "error": key[2],
+                                            "n_frames": 0, "retries_pending": 0, "frames": []})
+            group["n_frames"] += 1
+            group["retries_pending"] += stage == "astrometry" and retry_pending(entry, max_tries)
+            group["frames"].append(name)
+    return sorted(groups.values(), key=lambda g: -g["n_frames"])
+
+
+def frame_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-frame rows as one table (column names once): 812 frames make ~120 KB instead of ~270 KB."""
+    return {"columns": list(FRAME_COLUMNS), "rows": [[row.get(c) for c in FRAME_COLUMNS] for row in rows]}
+
+
+def frame_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-frame rows of a summary document as dictionaries (the inverse of :func:`frame_table`)."""
+    table = document["frames"]
+    return [dict(zip(table["columns"], row)) for row in table["rows"]]
+
+
+def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The summary document of one night, from its ledger record (pure: no file is read)."""
+    row = night_row_of(date, night, settings)
+    frames = night_frames(night, settings.astrometry.enabled)
+    return {
+        "schema": SCHEMA_VERSION,
+        "night": date,
+        "software": __version__,
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "state": row["state"],
+        "attention": row["attention"],
+        "counts": {key: row[key] for key in ("frames", "calibrated", "solved", "failed", "blocked",
+                                             "retries_pending", "problems")},
+        "medians": {key: median_of(frames, key) for key in METRICS},
+        "masters": _masters(entries.masters_record(night)),
+        "failures": _failures(night, settings.astrometry.max_tries),
+        "problems": night.get("problems", []),
+        "frames": frame_table(frames),
+        "photometry": summary_section(entries.photometry_record(night)),
+    }
+
+
+def _without_time(document: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key != "generated"}
+
+
+def _same_content(document: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` already holds ``document`` (the generation time aside)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    fresh = json.loads(json.dumps(document))  # as it would read back (tuples become lists ...)
+    return isinstance(old, dict) and _without_time(old) == _without_time(fresh)
+
+
+REQUIRED_KEYS = ("schema", "night", "state", "attention", "counts", "medians", "masters", "failures", "problems",
+                 "frames")
+
+
+def is_summary(document: Any) -> bool:
+    """Whether a JSON document is a summary this version can read (``report`` on a received file)."""
+    return (isinstance(document, dict) and all(key in document for key in REQUIRED_KEYS)
+            and document["schema"] == SCHEMA_VERSION)
+
+
+@dataclass
+class Written:
+    json_path: Path
+    png_path: Path
+    json_kb: float
+    png_kb: float
+
+
+def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settings) -> Written | None:
+    """Write summary.png then summary.json (atomically) unless unchanged; None when nothing was written.
+
+    The PNG goes first: a summary.json on disk always describes the PNG beside it.
+    """
+    directory = cal_dir(root, date)
+    document = build_summary(date, night, settings)
+    json_path, png_path = directory / SUMMARY_JSON, directory / SUMMARY_PNG
+    if png_path.is_file() and _same_content(document, json_path):
+        return None
+    png = render_png(document, flat_preview(root, entries.masters_record(night)))
+    payload = json.dumps(document, separators=(",", ":")).encode()
+    atomic_write_bytes(png_path, png, make_parents=False)
+    atomic_write_bytes(json_path, payload, make_parents=False)
+    return Written(json_path, png_path, round(len(payload) / 1024, 1), round(len(png) / 1024, 1))
+
+
+# --- the picture --------------------------------------------------------------------------------
+
+def flat_preview(root: Path, masters: dict[str, Any]) -> np.ndarray | None:
+    """The master flat block-averaged to at most FLAT_PREVIEW_PIXELS a side; None if there is none."""
+    from astropy.io import fits
+
+    flat = masters.get("flat")
+    if not flat or not flat.get("file"):
+        return None
+    try:
+        data = fits.getdata(root / flat["file"]).astype(np.float32)
+    except (OSError, ValueError):
+        return None
+    factor = max(1, int(np.ceil(max(data.shape) / FLAT_PREVIEW_PIXELS)))
+    rows, cols = data.shape[0] // factor * factor, data.shape[1] // factor * factor
+    return data[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
+
+
+def _times(frames: list[dict[str, Any]]) -> list[Any]:
+    """Frame times as datetimes (naive UTC) for the x axis; the frame index when a time is unknown."""
+    times = []
+    for frame in frames:
+        try:
+            times.append(dt.datetime.fromisoformat(frame["time"]).replace(tzinfo=None))
+        except (TypeError, ValueError):
+            return list(range(len(frames)))
+    return times
+
+
+_PANELS = (("sky_e", "sky (e-)"), ("fwhm_arcsec", "FWHM (\u2033)"), ("n_stars", "stars"),
+           ("wcs_residual_arcsec", "WCS rms (\u2033)"))
+
+
+def render_png(document: dict[str, Any], flat: np.ndarray | None) -> bytes:
+    """The night at a glance, as a small palette PNG (~40 KB): four metrics against time and the flat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in the worker thread
+
+    frames = frame_rows(document)
+    times = _times(frames)
+    figure = Figure(figsize=(9.6, 6.4), dpi=72)
+    grid = figure.add_gridspec(len(_PANELS), 2, width_ratios=(2.3, 1), hspace=0.15, wspace=0.25,
+                               left=0.08, right=0.97, top=0.9, bottom=0.08)
+    axes = [figure.add_subplot(grid[0, 0])]
+    axes += [figure.add_subplot(grid[i, 0], sharex=axes[0]) for i in range(1, len(_PANELS))]
+    for ax, (key, label) in zip(axes, _PANELS):
+        _plot_metric(ax, times, frames, key, label)
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    if times and isinstance(times[0], dt.datetime):
+        import matplotlib.dates as mdates
+
+        pad = max((max(times) - min(times)) * 0.03, dt.timedelta(minutes=1))
+        axes[-1].set_xlim(min(times) - pad, max(times) + pad)  # also when only failures are drawn
+        locator = mdates.AutoDateLocator(maxticks=8)
+        axes[-1].xaxis.set_major_locator(locator)
+        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        axes[-1].set_xlabel("UTC")
+    else:
+        axes[-1].set_xlabel("frame")
+    _draw_flat(figure.add_subplot(grid[:3, 1]), flat, document["masters"]["flat"])
+    _draw_counts(figure.add_subplot(grid[3, 1]), document, frames)
+    counts = document["counts"]
+    figure.suptitle(f"ASTEP {document['night']} \u2014 {document['state']} \u2014 {counts['frames']} frames, "
+                    f"{counts['calibrated']} calibrated, {counts['solved']} solved, {counts['failed']} failed",
+                    fontsize=12)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # tick-locator notes on odd time spans are not news
+        warnings.simplefilter("ignore", UserWarning)
+        figure.savefig(buffer, format="png", dpi=72)
+    return as_palette_png(buffer.getvalue())
+
+
+def _plot_metric(ax: Any, times: list[Any], frames: list[dict[str, Any]], key: str, label: str) -> None:
+    good = [(t, f[key]) for t, f in zip(times, frames) if isinstance(f.get(key), (int, float))]
+    if good:
+        ax.plot([t for t, _ in good], [v for _, v in good], ".-", color="tab:blue", ms=4, lw=0.8)
+    for t, frame in zip(times, frames):  # failures: a red line across the panel, blocked: orange
+        if "failed" in (frame["calibrate"], frame["astrometry"]):
+            ax.axvline(t, color="tab:red", lw=1.0, alpha=0.7)
+        elif frame["calibrate"] == "blocked":
+            ax.axvline(t, color="tab:orange", lw=1.0, alpha=0.7)
+    if good:  # from zero: a 1 % wobble must not look like a bad night
+        ax.set_ylim(0, 1.15 * max(max(v for _, v in good), 1e-3))
+    else:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax.set_ylabel(label, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _draw_flat(ax: Any, flat: np.ndarray | None, origin: dict[str, Any]) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if flat is None:
+        ax.text(0.5, 0.5, "no master flat", transform=ax.transAxes, ha="center", va="center")
+        return
+    low, high = np.percentile(flat, [1, 99])
+    image = ax.imshow(flat, cmap="gray", origin="lower", vmin=low, vmax=high, interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
+    where = "own" if origin.get("origin") == "own" else f"from {origin.get('night')}"
+    ax.set_title(f"master flat ({where})", fontsize=9)
+
+
+def _draw_counts(ax: Any, document: dict[str, Any], frames: list[dict[str, Any]]) -> None:
+    ax.axis("off")
+    medians, counts = document["medians"], document["counts"]
+    lines = [f"median FWHM {fmt(medians['fwhm_arcsec'], '.2f')}\u2033",
+             f"median sky {fmt(medians['sky_e'], '.0f')} e- (\u03c3 {fmt(medians['sky_noise_e'], '.1f')})",
+             f"median stars {fmt(medians['n_stars'], '.0f')}",
+             f"median WCS rms {fmt(medians['wcs_residual_arcsec'], '.2f')}\u2033",
+             f"blocked {counts['blocked']}, retries {counts['retries_pending']}, problems {counts['problems']}"]
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", fontsize=9, family="monospace")
+    if any(f["calibrate"] == "failed" or f["astrometry"] == "failed" for f in frames):
+        ax.text(0.0, 0.0, "red lines: failed frames", va="bottom", fontsize=8, color="tab:red")
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

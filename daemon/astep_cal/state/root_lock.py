@@ -1,0 +1,53 @@
+"""The data root's lock: one astep-cal process at a time works on a data root's state."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from astep_cal.support.storage import remove_stale_temporaries
+
+NIGHTS_DIR = "nights"  # the ledger's per-night files, beside the index
+
+
+class LedgerLocked(RuntimeError):
+    """Another astep-cal process holds the data root."""
+
+
+class RootLock:
+    """An exclusive, non-blocking ``flock`` on ``<ledger dir>/lock``.
+
+    The daemon writes its PID into the file (``astep-cal rescan``/``retry`` signal it); a batch run
+    leaves the file empty and untouched, so a run with nothing to do modifies no file at all.
+    """
+
+    def __init__(self, ledger_path: Path, record_pid: bool = False):
+        self.path = Path(ledger_path).parent / "lock"
+        self.record_pid = record_pid
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RootLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerLocked(f"another astep-cal process is working on {self.path.parent}") from None
+        # Only the lock holder may sweep: a reader (``status``) must never remove a live write.
+        remove_stale_temporaries(self.path.parent)  # a ledger write cut short by a crash
+        if (self.path.parent / NIGHTS_DIR).is_dir():
+            remove_stale_temporaries(self.path.parent / NIGHTS_DIR)
+        if self.record_pid:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        elif os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)  # a stale PID of a daemon that has stopped
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
