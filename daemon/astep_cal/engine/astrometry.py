@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from astep_cal.engine.solve_process import output_tail, run_solve_field, terminate_running_solves  # noqa: F401 (re-exported)
 from astep_cal.formats.products import SOURCES_SINGLE, read_sources
+from astep_cal.formats.header_profile import DEFAULT_PROFILE, HeaderProfile, read_frame_header
 from astep_cal.formats.raw_headers import image_hdu
 from astep_cal.formats.wcs_cards import WCS_KEY, clean_wcs_header, mark_unsolved, merge_wcs, without_wcs  # noqa: F401 (re-exported)
 from astep_cal.support.config import AstrometrySettings
@@ -57,37 +57,13 @@ class SolveResult:
 
 # --- pointing hints -----------------------------------------------------------------------------
 
-def _as_degrees(value: Any, unit: str) -> float | None:
-    """A header value as degrees: a number is degrees, a string is sexagesimal in ``unit``."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            degrees = float(value)
-        else:
-            text = str(value).strip()
-            try:
-                degrees = float(text)
-            except ValueError:
-                degrees = Angle(text, unit=unit).degree
-    except (ValueError, TypeError):
-        return None
-    return degrees if np.isfinite(degrees) else None
+def pointing_from_header(header: fits.Header, profile: HeaderProfile = DEFAULT_PROFILE) -> tuple[float, float] | None:
+    """Telescope pointing (RA, Dec in degrees) through the header profile (``formats/header_profile.py``):
+    ``RA``/``DEC``, ``OBJCTRA``/``OBJCTDEC``, else ASTEP's ``SCIDCRD``, and what the configuration adds.
 
-
-def pointing_from_header(header: fits.Header) -> tuple[float, float] | None:
-    """Telescope pointing (RA, Dec in degrees) from ``RA``/``DEC`` or ``OBJCTRA``/``OBJCTDEC``.
-
-    Returns None when neither pair is present and sane, in which case the solve is blind.
+    Returns None when none is present and sane, in which case the solve is blind.
     """
-    candidates = ((header.get("RA"), "deg", header.get("DEC")),
-                  (header.get("OBJCTRA"), "hourangle", header.get("OBJCTDEC")))
-    for ra_value, ra_unit, dec_value in candidates:
-        ra = _as_degrees(ra_value, ra_unit)
-        dec = _as_degrees(dec_value, "deg")
-        if ra is not None and dec is not None and 0 <= ra < 360 and -90 <= dec <= 90:
-            return ra, dec
-    return None
+    return read_frame_header(header, profile).pointing
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -227,7 +203,7 @@ def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
 
 
 def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
-          tmp_root: Path | None = None) -> SolveResult:
+          tmp_root: Path | None = None, profile: HeaderProfile = DEFAULT_PROFILE) -> SolveResult:
     """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set.
 
     From the CAL file's ``SOURCES`` list when it holds enough single stars (0.1 s instead of ~2 s: no
@@ -238,7 +214,7 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
     would only be killed again.
     """
     started = time.monotonic()
-    pointing = pointing_from_header(header) if settings.use_header_pointing else None
+    pointing = pointing_from_header(header, profile) if settings.use_header_pointing else None
     executable = shutil.which(settings.solve_field)
     if executable is None:
         return SolveResult(False, error=f"solve-field not found: {settings.solve_field!r}",

@@ -33,6 +33,7 @@ from astep_cal.engine.stages import (
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.fitsio import read_image
+from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
 from astep_cal.science import catalogue, quality
@@ -125,6 +126,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     if dark is None:
         raise FrameBlocked("no master dark")
     raw, header = read_whole_frame(frame)
+    described = described_frame(header, settings, record, log)
     gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
     read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
     flat_record = masters.record["flat"]
@@ -159,9 +161,23 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
         gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
-        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
+        sky_e=round(result.sky_e, 2), date_obs=described.exposure_start, quality=quality_record,
     )
-    return Calibrated(result, measured, header, gain, read_noise)
+    return Calibrated(result, measured, header, gain, read_noise, described)
+
+
+def described_frame(header: fits.Header, settings: Settings, record: dict[str, Any], log: Any) -> FrameHeader:
+    """The raw header read through the header profile; its malformed values logged
+    (``header_value_invalid``) and kept in the frame's record (``header_problems``), its target recorded."""
+    described = read_frame_header(header, HeaderProfile.configured(settings.headers))
+    for problem in described.problems:
+        log.warning("header_value_invalid", keyword=problem.keyword, value=problem.value, error=problem.reason)
+    if described.problems:
+        record["header_problems"] = [problem.record() for problem in described.problems]
+    if described.target is not None:
+        target = described.target
+        record["target"] = {"name": target.name, "ra": target.ra, "dec": target.dec, "source": target.source}
+    return described
 
 
 @dataclass(frozen=True)
@@ -173,10 +189,28 @@ class Calibrated:
     header: fits.Header
     gain: float
     read_noise_e: float
+    described: FrameHeader | None = None
 
 
 # Header cards of the frame copied into its catalogue (what a light curve needs without the CAL file).
 _CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
+
+
+def target_cards(described: FrameHeader | None) -> dict[str, tuple]:
+    """The CAT header's copy of what the header profile read: the exposure start as ``DATE-OBS`` (the light
+    curves' time), the filter, and the science target (``TARGNAME``, ``TARGRA``, ``TARGDEC``, ``TARGSRC``)."""
+    if described is None:
+        return {}
+    cards: dict[str, tuple] = {}
+    if described.exposure_start is not None:
+        cards["DATE-OBS"] = (described.exposure_start, "exposure start (header profile)")
+    if described.filter is not None:
+        cards["FILTER"] = (described.filter, "filter (header profile)")
+    target = described.target
+    if target is not None:
+        cards.update([kw.TARGET_NAME.card(target.name), kw.TARGET_RA.card(target.ra), kw.TARGET_DEC.card(target.dec),
+                      kw.TARGET_SOURCE.card(target.source)])
+    return cards
 
 
 def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
@@ -200,6 +234,7 @@ def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record:
 def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
     """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
     cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
+    cards.update(target_cards(made.described))
     ny, nx = made.frame.data.shape
     cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
                  IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
@@ -228,11 +263,6 @@ def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
     return "ok"
 
 
-def _text_or_none(value: Any) -> str | None:
-    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
     """The pixel scale (arcsec/px) of a solution, which makes FWHM in arcsec exact; None if unknown."""
     if not result.solved or result.wcs_header is None:
@@ -246,7 +276,7 @@ def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
 def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
     """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
     header = products.read_cal_header(cal_path)
-    result = astrometry.solve(cal_path, header, settings.astrometry)
+    result = astrometry.solve(cal_path, header, settings.astrometry, profile=HeaderProfile.configured(settings.headers))
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])

@@ -125,10 +125,11 @@ def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: 
 
 
 def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """The light curve of every configured target from the night's catalogues, written beside the
+    """The light curve of every target (configured, or named by the frames) from the night's catalogues, written beside the
     summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
     a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
-    if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
+    wanted = settings.photometry
+    if not wanted.enabled or not (wanted.targets or wanted.frame_targets) or not night.get("frames"):
         return
     with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
         make_output_dirs(root, date)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 
 from astropy.io import fits
 
@@ -73,3 +74,22 @@ def image_hdu(hdul: fits.HDUList) -> int:
     if hdul[0].header.get("NAXIS", 0) == 0 and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
         return 1
     return 0
+
+
+# Keys of a WCS (with SIP): a solve-field solution replaces them all (``wcs_cards``).
+WCS_KEY = re.compile(
+    r"^(WCSAXES|CRPIX\d|CRVAL\d|CTYPE\d|CUNIT\d|CDELT\d|CD\d_\d|PC\d_\d|CROTA\d|LONPOLE|LATPOLE|"
+    r"RADESYS|EQUINOX|WCSNAME|MJDREF|DATEREF|(A|B|AP|BP)_(ORDER|DMAX|\d_\d))$"
+)
+_CELESTIAL_TYPES = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT")
+
+
+def pseudo_wcs_keys(header: fits.Header) -> list[str]:
+    """The WCS keys of a header whose axes are not on the sky (a camera's ``CTYPE1 = 'PIXEL'``,
+    ``CRVAL1 = 512`` ...): a CAL file must not carry them, they would read as a (wrong) solution.
+    A celestial WCS (both ``CTYPEn`` on the sky) is kept: empty list."""
+    keys = [key for key in header.keys() if WCS_KEY.match(key)]
+    types = [str(header.get(f"CTYPE{axis}", "")).upper() for axis in (1, 2)]
+    if keys and all(t.startswith(_CELESTIAL_TYPES) for t in types):
+        return []
+    return keys
