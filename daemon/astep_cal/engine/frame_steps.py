@@ -21,6 +21,7 @@ from astep_cal import __version__
 from astep_cal.engine import astrometry
 from astep_cal.engine.night_masters import Masters, memory_budget
 from astep_cal.engine.rules import calibration_fingerprint
+from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import (
     CALIBRATE_STEP,
     CATALOGUE_STEP,
@@ -273,10 +274,15 @@ def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
         return None
 
 
-def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
-    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
+def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | None = None) -> astrometry.SolveResult:
+    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it; the
+    night's ``solving`` gives the hints and learns the outcome (``solve_budget``)."""
     header = products.read_cal_header(cal_path)
-    result = astrometry.solve(cal_path, header, settings.astrometry, profile=HeaderProfile.configured(settings.headers))
+    result = astrometry.solve(cal_path, header, settings.astrometry, profile=HeaderProfile.configured(settings.headers),
+                              hints=solving.hints() if solving is not None else ())
+    if solving is not None:
+        shape = (header.get("NAXIS2"), header.get("NAXIS1"))
+        solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
@@ -312,16 +318,20 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     return entry["calibrate"]["status"]
 
 
-def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
+def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSolving | None = None) -> dict[str, Any]:
     """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
 
     ``tries`` counts this attempt. Runs through the stage runner (an error, e.g. the CAL file vanished,
     is a failed solve); only :class:`StorageUnavailable` is raised (the merge could not be written: the
     frame stays pending and no try is counted). Shared by ``once`` (in its solve thread) and
-    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`).
+    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`). With the night's
+    ``solving`` (``once``, the daemon) a solve is not run once the night's budget of failed solving is spent:
+    the record is ``deferred`` (no try counted).
     """
+    if solving is not None and solving.spent():
+        return solving.defer(tries - 1)
     with run_stage("astrometry", None, SOLVE_STEP) as step:
-        step["result"] = solve_and_merge(cal_path, settings)
+        step["result"] = solve_and_merge(cal_path, settings, solving)
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
@@ -340,6 +350,8 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
                               "duration_s": round(result.duration_s, 2), "hinted": result.hinted,
                               "input": "sources" if result.from_list else "image"}
+    if result.from_hint:
+        record["hint"] = "earlier solution"
     if result.solved:
         record["n_matched"] = result.n_matched
         if result.residual_arcsec is not None:

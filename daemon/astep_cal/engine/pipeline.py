@@ -21,6 +21,7 @@ from astep_cal.engine import astrometry, photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
+from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
 from astep_cal.formats import names, summary
 from astep_cal.formats.names import cal_dir, masters_dir
@@ -81,14 +82,15 @@ def open_night(root: Path, date: str, ledger: Ledger, force: bool) -> tuple[Nigh
 
 
 def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
-                 recalibrate: FrameRule = needs_calibration) -> list[tuple[RawFrame, bool]]:
+                 recalibrate: FrameRule = needs_calibration, deferred: bool = False) -> list[tuple[RawFrame, bool]]:
     """The night's science frames that need work, in name order, each with whether it is calibrated
-    (else only solved). ``reprocess`` passes its own rule (it also redoes other versions' frames)."""
+    (else only solved). ``reprocess`` passes its own rule (it also redoes other versions' frames);
+    ``deferred``: solves deferred by a night's budget are work too."""
     todo = []
     for frame in sorted(inventory.science, key=lambda f: f.name):
         entry = ledger.frame(inventory.date, frame.name)
         calibrate = recalibrate(entry, frame, inventory.cal_dir / names.cal_name(frame.name), settings)
-        if calibrate or needs_solve(entry, settings):
+        if calibrate or needs_solve(entry, settings, deferred):
             todo.append((frame, calibrate))
     return todo
 
@@ -147,15 +149,19 @@ class NightResult:
     solved: int = 0
     failed: int = 0
     blocked: int = 0
+    deferred: int = 0
 
 
 class NightRun:
     """Processes one night; holds what is shared between its frames for the duration of the run."""
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
-                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False):
+                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
+                 retry_deferred: bool = False):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
+        self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
+        self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
         self.result = NightResult(date)
         self.inventory: NightInventory | None = None  # taken when the run starts
@@ -175,7 +181,8 @@ class NightRun:
 
     def _run(self) -> NightResult:
         self.inventory, listing = open_night(self.root, self.date, self.ledger, self.force)
-        frames = [frame for frame, _ in frames_to_do(self.inventory, self.ledger, self.settings)]
+        frames = [frame for frame, _ in frames_to_do(self.inventory, self.ledger, self.settings,
+                                                     deferred=self.retry_deferred)]
         self.result.to_do = len(frames)
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
@@ -215,14 +222,18 @@ class NightRun:
                     break
                 self._calibrate(frame)
                 entry = self.ledger.frame(self.date, frame.name)
-                if needs_solve(entry, self.settings):
+                if needs_solve(entry, self.settings, self.retry_deferred):
                     cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
                     tries = entries.solve_tries(entry) + 1
-                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
+                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries,
+                                                              self.solving)))
                 pending = self._collect(pending, wait=False)
                 if self.progress:
                     self.progress(self.date, index, len(frames))
             self._collect(pending, wait=True)
+        if self.result.deferred:
+            self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
+                             night_budget_s=self.settings.astrometry.night_budget_s)
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)
@@ -256,6 +267,9 @@ class NightRun:
         if record["status"] != "solved" and self.should_stop():
             return  # ended by a shutdown, not a failure: stays pending, no try counted
         record_solve(self.ledger.frame(self.date, name), record, self.inventory.cal_dir / names.cal_name(name))
+        if record["status"] == "deferred":
+            self.result.deferred += 1  # logged once for the night (solve_deferred), saved with the next change
+            return
         if record["status"] == "solved":
             self.result.solved += 1
         else:
@@ -266,7 +280,8 @@ class NightRun:
 
 def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
                  force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
-    """Process every night under ``root`` (or only ``nights``), oldest first.
+    """Process every night under ``root`` (or only ``nights``), oldest first. Solves an earlier run deferred
+    (a night's budget of failed solving spent) are tried again, under this run's budget.
 
     A night with nothing to do (:func:`night_has_work`) is not opened: a run over a finished archive
     costs a listing and a stat per file, and writes nothing.
@@ -277,7 +292,8 @@ def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
     ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
     selected = [d for d in found if nights is None or d in nights]
-    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected
-               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)]
+    results = [NightRun(root, date, settings, ledger, force, progress, retry_deferred=True).run() for date in selected
+               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True,
+                                          deferred=True)]
     ledger.save()
     return results
