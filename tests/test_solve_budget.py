@@ -122,11 +122,12 @@ def test_a_solution_is_a_tight_hint_for_the_same_pointing_only():
                           "CD2_2": 0.002})
     hint = hint_from_wcs(header, (512, 512))
     assert hint.ra == pytest.approx(150.0) and hint.dec == pytest.approx(-60.0) and hint.scale_arcsec == pytest.approx(7.2)
+    assert hint.half_diagonal_deg == pytest.approx(7.2 * 512 * 2 ** 0.5 / 2 / 3600)
     assert choose_hint((hint,), (150.3, -60.2), settings) == hint
     assert choose_hint((hint,), (10.0, 20.0), settings) is None  # another pointing: solved as without
     assert choose_hint((hint,), None, settings) == hint and choose_hint((), None, settings) is None
     arguments = hint_arguments(hint, settings)
-    assert arguments[arguments.index("--scale-low") + 1] == "6.84" and arguments[arguments.index("--radius") + 1] == "0.25"
+    assert arguments[arguments.index("--scale-low") + 1] == "6.84" and arguments[arguments.index("--radius") + 1] == "0.9741"
 
 
 def test_the_night_budget_counts_failed_solving_only():
