@@ -15,9 +15,11 @@ from conftest import SMALL, parse_events, read_ledger, run_cli_subprocess
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.devtools.transit import TransitSpec
 from astep_cal.engine import astrometry
+from astep_cal.formats import products
 from astep_cal.formats.header_profile import HeaderProfile, parse_ra_dec, read_frame_header
+from astep_cal.science.calibrate import CalibratedFrame
 from astep_cal.science.targets import frame_targets, merge_targets
-from astep_cal.support.config import ConfigError, HeaderSettings, Target, settings_from_dict
+from astep_cal.support.config import ConfigError, HeaderSettings, OutputSettings, Target, settings_from_dict
 
 DATE = "2026-07-01"
 # The transit night of test_lightcurve, shorter, with ASTEP's headers (a 1 % transit on a real Tycho-2 star).
@@ -129,3 +131,15 @@ def test_the_frames_target_gets_its_light_curve_without_configuration(astep_nigh
     csv = (root / DATE / f"{DATE}-CAMS_CAL" / "lightcurve_SYN-1.csv").read_text().splitlines()
     rows = np.genfromtxt([line for line in csv if not line.startswith("#")], delimiter=",", names=True)
     assert len(rows) == SPEC.n_science and np.count_nonzero(rows["flag"] == 0) >= SPEC.n_science - 2
+
+
+def test_a_cameras_pixel_pseudo_wcs_never_reaches_the_cal_file_but_a_sky_wcs_does(tmp_path):
+    frame = CalibratedFrame(np.ones((8, 8), np.float32), np.zeros((8, 8), np.uint8), 0, 0, 1.0)
+    pseudo = fits.Header({"CTYPE1": "PIXEL", "CTYPE2": "PIXEL", "CRVAL1": 512.0, "CRVAL2": 512.0, "CRPIX1": 1.0,
+                          "CDELT1": 1.0, "SCIDCRD": "148.37737--45.71622"})
+    for compress in (False, True):
+        header = products.calibrated_hdul(pseudo, frame, {}, OutputSettings(compress=compress))[int(compress)].header
+        assert not any(key in header for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CDELT1"))
+        assert header["SCIDCRD"] == "148.37737--45.71622"
+    sky = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": -60.0})
+    assert products.calibrated_hdul(sky, frame, {})[0].header["CRVAL1"] == 150.0

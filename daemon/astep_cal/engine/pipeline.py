@@ -131,12 +131,18 @@ def write_night_photometry(root: Path, date: str, night: dict[str, Any], setting
     summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
     a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
     wanted = settings.photometry
-    if not wanted.enabled or not (wanted.targets or wanted.frame_targets) or not night.get("frames"):
+    if not wanted.enabled or not night.get("frames") or not (
+            wanted.targets or (wanted.frame_targets and _frames_name_a_target(night))):
         return
     with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
         make_output_dirs(root, date)
         step.update(photometry.night_light_curves(cal_dir(root, date), date, night, settings, log))
     night["photometry"] = step
+
+
+def _frames_name_a_target(night: dict[str, Any]) -> bool:
+    """Whether a frame's header named a science target (its calibration record says which)."""
+    return any(entries.calibration(entry).get("target") for entry in night.get("frames", {}).values())
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
