@@ -5,11 +5,12 @@ inventory turns a None it needs into a per-frame problem.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 
 from astropy.io import fits
+
+from astep_cal.formats.header_profile import DEFAULT_PROFILE, read_frame_header
 
 _HEADER_TYPES = {
     "LIGHT": "SCIENCE",
@@ -50,15 +51,9 @@ def read_exptime(header: fits.Header) -> float | None:
 
 
 def read_date_obs(header: fits.Header) -> str | None:
-    """DATE-OBS when it is an ISO date-time (the summary's time axis); None when absent or garbage."""
-    value = header.get("DATE-OBS")
-    if not isinstance(value, str):
-        return None
-    try:
-        dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    return value.strip()
+    """The exposure start as an ISO date-time (the summary's time axis), through the built-in header profile
+    (``BEGINOBS``, else ``DATE-OBS``); None when absent or garbage."""
+    return read_frame_header(header, DEFAULT_PROFILE).exposure_start
 
 
 def read_ccd_temp(header: fits.Header) -> float | None:
