@@ -123,13 +123,14 @@ def test_a_solution_is_a_tight_hint_for_the_same_pointing_only():
                           "CRPIX1": 256.5, "CRPIX2": 256.5, "CD1_1": -0.002, "CD1_2": 0.0, "CD2_1": 0.0,
                           "CD2_2": 0.002})
     hint = hint_from_wcs(header, (512, 512))
-    assert hint.ra == pytest.approx(150.0) and hint.dec == pytest.approx(-60.0) and hint.scale_arcsec == pytest.approx(7.2)
+    assert (hint.ra, hint.dec, hint.scale_arcsec) == pytest.approx((150.0, -60.0, 7.2))
     assert hint.half_diagonal_deg == pytest.approx(7.2 * 512 * 2 ** 0.5 / 2 / 3600)
     assert choose_hint((hint,), (150.3, -60.2), settings) == hint
     assert choose_hint((hint,), (10.0, 20.0), settings) is None  # another pointing: solved as without
     assert choose_hint((hint,), None, settings) == hint and choose_hint((), None, settings) is None
     arguments = hint_arguments(hint, settings)
-    assert arguments[arguments.index("--scale-low") + 1] == "6.84" and arguments[arguments.index("--radius") + 1] == "0.9741"
+    value = {key: arguments[arguments.index(key) + 1] for key in ("--scale-low", "--scale-high", "--radius")}
+    assert value == {"--scale-low": "6.84", "--scale-high": "7.56", "--radius": "0.9741"}  # 0.25° + half diagonal
 
 
 def test_the_night_budget_counts_failed_solving_only():
@@ -140,4 +141,5 @@ def test_the_night_budget_counts_failed_solving_only():
     solving.learn(failed, None)
     assert not solving.spent()
     solving.learn(failed, None)
-    assert solving.spent() and solving.defer(2) == {"status": "deferred", "tries": 2, "reason": solving.defer(2)["reason"]}
+    record = solving.defer(2)
+    assert solving.spent() and (record["status"], record["tries"], solving.deferred) == ("deferred", 2, 1)

@@ -236,8 +236,10 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
         left = started + settings.frame_budget_s - time.monotonic()
         if left < 1.0:
             break
-        budget = replace(settings, timeout_s=min(settings.timeout_s, left), cpulimit_s=max(1, min(settings.cpulimit_s, int(left))))
-        result = replace(_solve_pointed(image, header, budget, pointing, tight, executable, tmp_root), from_hint=tight is not None)
+        budget = replace(settings, timeout_s=min(settings.timeout_s, left),
+                         cpulimit_s=max(1, min(settings.cpulimit_s, int(left))))
+        result = replace(_solve_pointed(image, header, budget, pointing, tight, executable, tmp_root),
+                         from_hint=tight is not None)
         if result.solved:
             break
     if result is None:

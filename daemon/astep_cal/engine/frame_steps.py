@@ -34,7 +34,7 @@ from astep_cal.engine.stages import (
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.fitsio import read_image
-from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, read_frame_header
+from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, catalogue_cards, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
 from astep_cal.science import catalogue, quality
@@ -197,23 +197,6 @@ class Calibrated:
 _CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
 
 
-def target_cards(described: FrameHeader | None) -> dict[str, tuple]:
-    """The CAT header's copy of what the header profile read: the exposure start as ``DATE-OBS`` (the light
-    curves' time), the filter, and the science target (``TARGNAME``, ``TARGRA``, ``TARGDEC``, ``TARGSRC``)."""
-    if described is None:
-        return {}
-    cards: dict[str, tuple] = {}
-    if described.exposure_start is not None:
-        cards["DATE-OBS"] = (described.exposure_start, "exposure start (header profile)")
-    if described.filter is not None:
-        cards["FILTER"] = (described.filter, "filter (header profile)")
-    target = described.target
-    if target is not None:
-        cards.update([kw.TARGET_NAME.card(target.name), kw.TARGET_RA.card(target.ra), kw.TARGET_DEC.card(target.dec),
-                      kw.TARGET_SOURCE.card(target.source)])
-    return cards
-
-
 def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
     """Measure the frame's catalogue from the quality step's detections and write it beside the CAL file.
 
@@ -235,7 +218,8 @@ def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record:
 def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
     """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
     cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
-    cards.update(target_cards(made.described))
+    if made.described is not None:
+        cards.update(catalogue_cards(made.described))
     ny, nx = made.frame.data.shape
     cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
                  IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),

@@ -127,9 +127,9 @@ def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: 
 
 
 def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """The light curve of every target (configured, or named by the frames) from the night's catalogues, written beside the
-    summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
-    a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
+    """The light curve of every target (configured, or named by the frames) from the night's catalogues,
+    written beside the summary and recorded in ``night["photometry"]`` (summary.json shows it), through the
+    stage runner: a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
     wanted = settings.photometry
     if not wanted.enabled or not night.get("frames") or not (
             wanted.targets or (wanted.frame_targets and _frames_name_a_target(night))):

@@ -81,7 +81,8 @@ def hint_arguments(hint: SolveHint, settings: AstrometrySettings) -> list[str]:
     solve-field applies ``--radius`` to the star quads it matches, which lie anywhere in the field, not to the
     field's centre: with 0.25° alone a 1° field solved in 0.15 s with 1° failed (6 s to its end). So the
     radius given is ``hint_radius_deg`` (how far the field may have moved) plus the field's half diagonal."""
-    low, high = hint.scale_arcsec * (1 - settings.hint_scale_tolerance), hint.scale_arcsec * (1 + settings.hint_scale_tolerance)
+    tolerance = settings.hint_scale_tolerance
+    low, high = hint.scale_arcsec * (1 - tolerance), hint.scale_arcsec * (1 + tolerance)
     radius = settings.hint_radius_deg + hint.half_diagonal_deg
     return ["--scale-units", "arcsecperpix", "--scale-low", f"{low:.5g}", "--scale-high", f"{high:.5g}",
             "--ra", f"{hint.ra:.6f}", "--dec", f"{hint.dec:.6f}", "--radius", f"{radius:.4g}"]

@@ -35,6 +35,8 @@ from typing import Any
 
 from astropy.io import fits
 
+from astep_cal.formats import keywords as kw
+
 BUILT_IN = {
     "target_coordinates": ("SCIDCRD",),
     "target_name": ("SCINAME",),
@@ -214,3 +216,19 @@ def read_frame_header(header: fits.Header, profile: HeaderProfile = DEFAULT_PROF
     if pointing is None and coordinates is not None:
         pointing, pointing_key = coordinates, coordinates_key
     return FrameHeader(pointing, pointing_key, target, start, filter_name, tuple(reader.problems))
+
+
+def catalogue_cards(described: FrameHeader) -> dict[str, tuple]:
+    """A frame's catalogue (``CAT``) header cards of what the profile read: the exposure start as
+    ``DATE-OBS`` (the light curves' time), the filter, and the science target (``TARGNAME``, ``TARGRA``,
+    ``TARGDEC``, ``TARGSRC``: ``science.targets`` reads them back)."""
+    cards: dict[str, tuple] = {}
+    if described.exposure_start is not None:
+        cards["DATE-OBS"] = (described.exposure_start, "exposure start (header profile)")
+    if described.filter is not None:
+        cards["FILTER"] = (described.filter, "filter (header profile)")
+    target = described.target
+    if target is not None:
+        cards.update([kw.TARGET_NAME.card(target.name), kw.TARGET_RA.card(target.ra), kw.TARGET_DEC.card(target.dec),
+                      kw.TARGET_SOURCE.card(target.source)])
+    return cards
