@@ -143,3 +143,13 @@ def test_the_night_budget_counts_failed_solving_only():
     solving.learn(failed, None)
     record = solving.defer(2)
     assert solving.spent() and (record["status"], record["tries"], solving.deferred) == ("deferred", 2, 1)
+
+
+def test_after_calibration_solves_get_only_the_time_left():
+    settings = AstrometrySettings(frame_budget_s=60.0)
+    solving = NightSolving(budget_s=300.0)
+    assert solving.budgeted(settings) == settings and not solving.spent()
+    solving.close_after(10.0)
+    assert 8.0 < solving.budgeted(settings).frame_budget_s <= 10.0 and not solving.spent()
+    solving.close_after(0.5)
+    assert solving.spent() and "wait for solves is over" in solving.defer(0)["reason"]

@@ -262,7 +262,8 @@ def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | 
     """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it; the
     night's ``solving`` gives the hints and learns the outcome (``solve_budget``)."""
     header = products.read_cal_header(cal_path)
-    result = astrometry.solve(cal_path, header, settings.astrometry, profile=HeaderProfile.configured(settings.headers),
+    budgeted = solving.budgeted(settings.astrometry) if solving is not None else settings.astrometry
+    result = astrometry.solve(cal_path, header, budgeted, profile=HeaderProfile.configured(settings.headers),
                               hints=solving.hints() if solving is not None else ())
     if solving is not None:
         shape = (header.get("NAXIS2"), header.get("NAXIS1"))

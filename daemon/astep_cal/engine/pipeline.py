@@ -11,6 +11,7 @@ being calibrated, so both cores are busy. Only the calling thread touches the le
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -218,6 +219,7 @@ class NightRun:
 
     def _process(self, frames: list[RawFrame]) -> None:
         pending: list[tuple[str, Future]] = []
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
             for index, frame in enumerate(frames, start=1):
                 if self.should_stop():
@@ -236,6 +238,8 @@ class NightRun:
                 pending = self._collect(pending, wait=False)
                 if self.progress:
                     self.progress(self.date, index, len(frames))
+            if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
+                self.solving.close_after(self.settings.astrometry.wait_fraction * (time.monotonic() - started))
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),

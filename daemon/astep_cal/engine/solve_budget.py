@@ -9,6 +9,10 @@ search; a night of 1000 of them once held the service for days, and every later 
   the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
   counted, so a clear night is not slowed;
+* solving runs beside calibration; once the night's frames are calibrated, solving may hold the night
+  ``wait_fraction`` (10 %) of the time the calibration took: each solve started then is given only the
+  time left, and those left over are deferred too (the solve running when calibration ended keeps its own
+  ``frame_budget_s``; a pass that calibrated nothing, e.g. the daemon's idle retry, has no such limit);
 * once a frame is solved, the night's later frames of the same pointing (header pointing within
   ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within
   ``hint_radius_deg`` of its centre, pixel scale within ``hint_scale_tolerance``.
@@ -20,8 +24,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +93,9 @@ def hint_arguments(hint: SolveHint, settings: AstrometrySettings) -> list[str]:
             "--ra", f"{hint.ra:.6f}", "--dec", f"{hint.dec:.6f}", "--radius", f"{radius:.4g}"]
 
 
+MIN_SOLVE_S = 1.0  # a solve given less than this is not started (``astrometry.solve`` gives up below it too)
+
+
 @dataclass
 class NightSolving:
     """A night run's solutions and failed-solve time (see the module)."""
@@ -95,12 +103,28 @@ class NightSolving:
     budget_s: float
     failed_s: float = 0.0
     deferred: int = 0
+    deadline: float | None = None  # monotonic time by which solving must end (close_after)
     solutions: list[SolveHint] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spent(self) -> bool:
+        """Whether the next solve is to be deferred: failed solving used the budget, or the wait is over."""
         with self._lock:
-            return self.failed_s >= self.budget_s
+            return self.failed_s >= self.budget_s or (self.deadline is not None
+                                                      and time.monotonic() > self.deadline - MIN_SOLVE_S)
+
+    def close_after(self, wait_s: float) -> None:
+        """The night's frames are calibrated: solving may go on for ``wait_s`` more, no longer."""
+        with self._lock:
+            self.deadline = time.monotonic() + wait_s
+
+    def budgeted(self, settings: AstrometrySettings) -> AstrometrySettings:
+        """The settings of the next solve: its frame budget cut to the time left before the deadline."""
+        with self._lock:
+            if self.deadline is None:
+                return settings
+            return replace(settings, frame_budget_s=max(MIN_SOLVE_S, min(settings.frame_budget_s,
+                                                                         self.deadline - time.monotonic())))
 
     def hints(self) -> tuple[SolveHint, ...]:
         with self._lock:
@@ -121,5 +145,7 @@ class NightSolving:
         """The ledger record of a solve not run: the night's budget is spent (no try counted)."""
         with self._lock:
             self.deferred += 1
-        return {"status": "deferred", "tries": tries_so_far,
-                "reason": f"the night's budget of failed solving ({self.budget_s:g} s) is spent"}
+            over = self.failed_s >= self.budget_s
+        reason = (f"the night's budget of failed solving ({self.budget_s:g} s) is spent" if over
+                  else "the night was calibrated and its wait for solves is over")
+        return {"status": "deferred", "tries": tries_so_far, "reason": reason}

@@ -75,6 +75,7 @@ class AstrometrySettings:
     retry_backoff_s: float = 300.0  # wait before retry n is retry_backoff_s * 2**(n-1)
     frame_budget_s: float = 60.0  # wall time one frame's solving may take in all (list, then image solve)
     night_budget_s: float = 300.0  # failed solving a night may spend in one pass; then its solves are deferred
+    wait_fraction: float = 0.1  # once calibrated, a night waits for its solves this fraction of that time at most
     hint_radius_deg: float = 0.25  # search radius around a solution of the same pointing earlier in the night
     hint_scale_tolerance: float = 0.05  # ... and the pixel scale allowed, as a fraction around that solution's
 
@@ -286,9 +287,9 @@ def validate(settings: Settings) -> None:
     a = settings.astrometry
     if not 0 < a.scale_low_deg <= a.scale_high_deg:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
-    if min(a.frame_budget_s, a.night_budget_s, a.hint_radius_deg, a.hint_scale_tolerance) <= 0:
-        raise ConfigError("astrometry frame_budget_s, night_budget_s, hint_radius_deg and hint_scale_tolerance "
-                          "must be positive")
+    if min(a.frame_budget_s, a.night_budget_s, a.hint_radius_deg, a.hint_scale_tolerance, a.wait_fraction) <= 0:
+        raise ConfigError("astrometry frame_budget_s, night_budget_s, wait_fraction, hint_radius_deg and "
+                          "hint_scale_tolerance must be positive")
     if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 0:
         raise ConfigError("astrometry timeout_s, cpulimit_s and max_tries must be positive, downsample 0 "
                           "(automatic) or more")
