@@ -153,3 +153,4 @@ def test_after_calibration_solves_get_only_the_time_left():
     assert 8.0 < solving.budgeted(settings).frame_budget_s <= 10.0 and not solving.spent()
     solving.close_after(0.5)
     assert solving.spent() and "wait for solves is over" in solving.defer(0)["reason"]
+    assert solving.budgeted(settings).frame_budget_s == 1.0  # never less than a solve needs to start

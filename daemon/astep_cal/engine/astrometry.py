@@ -234,7 +234,7 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
     result = None
     for tight in ([hint] if hint is not None else []) + [None]:
         left = started + settings.frame_budget_s - time.monotonic()
-        if left < 1.0:
+        if result is not None and left < 1.0:  # no time for the second attempt
             break
         budget = replace(settings, timeout_s=min(settings.timeout_s, left),
                          cpulimit_s=max(1, min(settings.cpulimit_s, int(left))))

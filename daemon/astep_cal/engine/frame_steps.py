@@ -34,7 +34,7 @@ from astep_cal.engine.stages import (
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.fitsio import read_image
-from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, catalogue_cards, read_frame_header
+from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, profile_cards, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
 from astep_cal.science import catalogue, quality
@@ -219,7 +219,7 @@ def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal
     """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
     cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
     if made.described is not None:
-        cards.update(catalogue_cards(made.described))
+        cards.update(profile_cards(made.described))
     ny, nx = made.frame.data.shape
     cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
                  IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
@@ -315,11 +315,14 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
     """
     if solving is not None and solving.spent():
         return solving.defer(tries - 1)
+    cut = solving is not None and solving.budgeted(settings.astrometry) != settings.astrometry
     with run_stage("astrometry", None, SOLVE_STEP) as step:
         step["result"] = solve_and_merge(cal_path, settings, solving)
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
+    if cut and record["status"] == "failed":  # given only the night's wait: not a try, deferred
+        return solving.defer(tries - 1)
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
     return record

@@ -239,7 +239,9 @@ class NightRun:
                 if self.progress:
                     self.progress(self.date, index, len(frames))
             if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
-                self.solving.close_after(self.settings.astrometry.wait_fraction * (time.monotonic() - started))
+                astrometry_settings = self.settings.astrometry
+                self.solving.close_after(max(astrometry_settings.wait_fraction * (time.monotonic() - started),
+                                             astrometry_settings.frame_budget_s))
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),

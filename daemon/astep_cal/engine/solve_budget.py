@@ -10,9 +10,10 @@ search; a night of 1000 of them once held the service for days, and every later 
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
   counted, so a clear night is not slowed;
 * solving runs beside calibration; once the night's frames are calibrated, solving may hold the night
-  ``wait_fraction`` (10 %) of the time the calibration took: each solve started then is given only the
-  time left, and those left over are deferred too (the solve running when calibration ended keeps its own
-  ``frame_budget_s``; a pass that calibrated nothing, e.g. the daemon's idle retry, has no such limit);
+  ``wait_fraction`` (10 %) of the time the calibration took, or one ``frame_budget_s`` if that is more: each
+  solve started then is given only the time left (one that fails so cut is deferred, not a try), and those
+  left over are deferred too (a pass that calibrated nothing, e.g. the daemon's idle retry, has no such
+  limit);
 * once a frame is solved, the night's later frames of the same pointing (header pointing within
   ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within
   ``hint_radius_deg`` of its centre, pixel scale within ``hint_scale_tolerance``.
@@ -93,7 +94,7 @@ def hint_arguments(hint: SolveHint, settings: AstrometrySettings) -> list[str]:
             "--ra", f"{hint.ra:.6f}", "--dec", f"{hint.dec:.6f}", "--radius", f"{radius:.4g}"]
 
 
-MIN_SOLVE_S = 1.0  # a solve given less than this is not started (``astrometry.solve`` gives up below it too)
+MIN_SOLVE_S = 1.0  # a solve given less than this is not started
 
 
 @dataclass

@@ -218,7 +218,7 @@ def read_frame_header(header: fits.Header, profile: HeaderProfile = DEFAULT_PROF
     return FrameHeader(pointing, pointing_key, target, start, filter_name, tuple(reader.problems))
 
 
-def catalogue_cards(described: FrameHeader) -> dict[str, tuple]:
+def profile_cards(described: FrameHeader) -> dict[str, tuple]:
     """A frame's catalogue (``CAT``) header cards of what the profile read: the exposure start as
     ``DATE-OBS`` (the light curves' time), the filter, and the science target (``TARGNAME``, ``TARGRA``,
     ``TARGDEC``, ``TARGSRC``: ``science.targets`` reads them back)."""
