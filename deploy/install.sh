@@ -89,7 +89,10 @@ if [ "$mode" = rollback ]; then
     # SCHEMA_VERSION (it sets a newer one aside as corrupt and rebuilds it from the CAL files).
     ledger=$(sed -n 's/^ledger *= *"\(.*\)".*/\1/p' "$CONF_DIR/astep-cal.toml" 2>/dev/null | head -1)
     ledger=${ledger:-$STATE_DIR/ledger.json}
-    reads=$(sed -n 's/^SCHEMA_VERSION = \([0-9]*\).*/\1/p' "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/ledger.py 2>/dev/null | head -1)
+    # state/ledger.py since the layer sub-packages; ledger.py at the package root before them.
+    reads=$(cat "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/state/ledger.py \
+                "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/ledger.py 2>/dev/null \
+            | sed -n 's/^SCHEMA_VERSION = \([0-9]*\).*/\1/p' | head -1 || true)
     schema=$(grep -o '"schema": *[0-9]*' "$ledger" 2>/dev/null | head -1 | grep -o '[0-9]*$' || true)
     if [ -n "$reads" ] && [ -n "$schema" ] && [ "$schema" -gt "$reads" ] && [ -z "$force" ]; then
         die "the ledger $ledger has schema $schema (written by astep-cal $(basename "$cur")); astep-cal $(basename "$prev") reads schemas up to $reads and would set it aside and rebuild it from the CAL files. Roll back anyway: --rollback --force"

@@ -43,7 +43,7 @@ def record_hash(data: bytes) -> str:
 
 def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] = (), schema: int = 2) -> Path:
     """A pure-Python wheel; `astep-cal` gets a console script printing `astep-cal VERSION` and an
-    astep_cal/ledger.py reading ledger schemas up to `schema`."""
+    astep_cal/state/ledger.py (where the package keeps it) reading ledger schemas up to `schema`."""
     dist = name.replace("-", "_")
     module = f"{dist}_fake"
     info = f"{dist}-{version}.dist-info"
@@ -55,7 +55,7 @@ def fake_wheel(where: Path, name: str, version: str, requires: tuple[str, ...] =
     }
     if name == "astep-cal":
         files[f"{info}/entry_points.txt"] = f"[console_scripts]\nastep-cal = {module}:main\n"
-        files["astep_cal/ledger.py"] = f"SCHEMA_VERSION = {schema}\n"
+        files["astep_cal/state/ledger.py"] = f"SCHEMA_VERSION = {schema}\n"
     record = "".join(f"{path},{record_hash(text.encode())},{len(text.encode())}\n" for path, text in files.items())
     path = where / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as wheel:
