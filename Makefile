@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
-	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin
+	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin gnupg gpgv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -134,7 +134,9 @@ install-activate:
 BUNDLE_CACHE ?= $(shell [ -w /var/cache ] && echo /var/cache/astep-cal-bundle || echo .bundle-cache)
 BUNDLE_OUT ?= dist
 VERSION ?=
-BUNDLE := $(BIN)/python deploy/bundle.py --cache '$(BUNDLE_CACHE)' --out '$(BUNDLE_OUT)' $(if $(VERSION),--version '$(VERSION)')
+# SIGN_KEY=<gpg key id>: sign the archive (ARCHIVE.sig, and the public key as bundle-signing-key.gpg).
+SIGN_KEY ?=
+BUNDLE := $(BIN)/python deploy/bundle.py --cache '$(BUNDLE_CACHE)' --out '$(BUNDLE_OUT)' $(if $(VERSION),--version '$(VERSION)') $(if $(SIGN_KEY),--sign-key '$(SIGN_KEY)')
 
 bundle: system-deps venv
 	@$(BUNDLE)
