@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-state bench-photometry bench-compression soak soak-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression soak soak-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -59,6 +59,10 @@ demo: system-deps venv
 
 test: system-deps venv
 	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor is an error.
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
 test-faults: system-deps venv
@@ -151,4 +155,4 @@ print-debian-packages:
 	@echo $(DEBIAN_PACKAGES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist
+	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist site
