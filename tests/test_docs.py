@@ -1,10 +1,12 @@
 """The documentation cannot drift from the code: the site builds without a warning (broken links and
 missing anchors are warnings, and ``--strict`` fails on them), the configuration keys and log events it
-documents are exactly those of the code, the README's links resolve and the README stays a front page.
+documents are exactly those of the code, the command lines and make targets it shows exist, the README's
+links resolve and the README stays a front page.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import importlib.util
@@ -243,3 +245,50 @@ def test_every_header_keyword_is_explained():
     defined = {value.name for value in vars(keywords).values() if isinstance(value, keywords.Keyword)}
     missing = sorted(name for name in defined if f"`{name}`" not in page)
     assert defined and not missing, f"keywords of formats/keywords.py not in docs/data-products.md: {missing}"
+
+
+# --- the examples still run: every command line shown is accepted, every make target exists ------------
+
+def shown_commands() -> list[tuple[str, str]]:
+    """``astep-cal ...`` lines of the shell blocks of README.md and docs/ (comments cut off)."""
+    found = []
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), re.M | re.S):
+            for line in block.splitlines():
+                command = re.sub(r"\s+#.*$", "", line).strip()
+                if command.startswith("astep-cal "):
+                    found.append((page.name, command))
+    return found
+
+
+def test_every_command_line_shown_is_accepted():
+    from astep_cal.frontends.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shown, wrong = shown_commands(), []
+    assert len(shown) > 10
+    for page, command in shown:
+        words = command.split()
+        sub = commands.get(words[1])
+        if sub is None:
+            wrong.append(f"{page}: {command}: no command {words[1]!r}")
+        elif "[" in command or "|" in command:  # a synopsis: its options must exist
+            unknown = [o for o in re.findall(r"--[a-z][a-z-]*", command) if o not in sub._option_string_actions]
+            wrong += [f"{page}: {command}: unknown option {o}" for o in unknown]
+        else:
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit:
+                wrong.append(f"{page}: {command}: refused by the argument parser")
+    assert not wrong, wrong
+
+
+def test_every_make_target_named_exists():
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, re.M))
+    named = set()
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        named |= set(re.findall(r"`make ([a-z][a-z0-9-]*)", page.read_text()))
+        named |= set(re.findall(r"^make ([a-z][a-z0-9-]*)", page.read_text(), re.M))
+    assert named and not named - targets, f"make targets named in the docs but not in the Makefile: {sorted(named - targets)}"
