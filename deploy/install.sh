@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# install.sh — install or upgrade astep-cal from this bundle, without any network (README "Deploying
-# the service"). Run as root from the extracted bundle:
+# install.sh — install or upgrade astep-cal from this bundle, without any network (docs/operations.md,
+# "Installing at the station"). Run as root from the extracted bundle:
 #
 #   ./install.sh               install (a full bundle) or upgrade (an upgrade bundle); run again: no change
 #   ./install.sh --check       only verify the bundle against this machine (checksums, release, base)

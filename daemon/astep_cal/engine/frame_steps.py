@@ -141,7 +141,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
         kw.DARK_SCALE.card(round(dark.scale, 6)),
         kw.BIAS_ORIGIN.card(dark.bias_origin),
-        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (README)
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (docs/data-products.md)
         kw.FLAT_NIGHT.card(flat_record["night"]),
         kw.GAIN.card(gain, f"{kw.GAIN.comment} ({gain_source})"),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):

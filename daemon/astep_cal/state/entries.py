@@ -2,7 +2,7 @@
 
 Every reader (rules, status rows, summary, recovery, reprocess, the tools) goes through these instead
 of spelling the layout again (``entry.get("calibrate", {}).get("status")`` in five modules drifted).
-The layout (README "The ledger")::
+The layout (docs/data-products.md, "The ledger")::
 
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
