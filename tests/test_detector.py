@@ -1,0 +1,137 @@
+"""The detector measured every night from its own frames (issue 23, first part).
+
+A camera unlike the configuration (read noise 20 e-, gain 1.5 e-/ADU; defaults left at 9 e- and
+2.0 e-/ADU) whose frames carry no GAIN/RDNOISE cards: the night's biases/darks and sky flats measure
+both, and ERR, the cosmic-ray step and the catalogue use the measured values. On the old code
+(defaults assumed) ERR was ~1.6x too small and the cosmic-ray step flagged ~1 % of the frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import read_ledger, run_cli, small_spec
+from scipy.ndimage import binary_dilation
+
+from astep_cal.devtools.synthetic import make_night
+from astep_cal.formats import keywords as kw
+from astep_cal.formats import names
+from astep_cal.science import detector
+from astep_cal.science.masters import MaskBit
+
+TRUE_READ_NOISE_E, TRUE_GAIN = 20.0, 1.5
+TRIM = 12
+
+
+def _robust_std(values: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """A dark-sky 512² night of that camera, calibrated by the real ``once`` (no solve)."""
+    tmp = tmp_path_factory.mktemp("detector")
+    root = tmp / "data"
+    spec = small_spec(n_science=2, gain=TRUE_GAIN, read_noise_e=TRUE_READ_NOISE_E, write_gain_header=False,
+                      sky_e_per_s=3.0, n_cosmic_rays=60)
+    truth = make_night(root, spec)
+    config = tmp / "config.toml"
+    config.write_text(f"[calibration]\ntrim = {TRIM}\n[astrometry]\nenabled = false\n")
+    return root, truth, config
+
+
+def test_night_measures_its_detector_and_calibrates_with_it(night, capsys):
+    root, truth, config = night
+    code, _, events = run_cli(capsys, "once", root, "--config", config)
+    assert code == 0
+    measured = [e for e in events if e.get("event") == "detector_measured"]
+    assert len(measured) == 1
+    mismatch = {(e["quantity"], e["source"]) for e in events if e.get("event") == "detector_mismatch"}
+    assert mismatch == {("gain", "configured"), ("read_noise_e", "configured")}
+
+    ledger = read_ledger(root)["nights"][truth.spec.date]
+    record = ledger["masters"]["detector"]
+    assert record["gain"] == pytest.approx(TRUE_GAIN, rel=0.10)
+    assert record["read_noise_e"] == pytest.approx(TRUE_READ_NOISE_E, rel=0.10)
+    assert record["read_noise_adu"] == pytest.approx(TRUE_READ_NOISE_E / TRUE_GAIN, rel=0.10)
+    assert record["gain_pairs"] >= 2 and record["read_noise_pairs"] >= 2
+    assert record["dark_current_e_s"] == pytest.approx(truth.spec.dark_e_per_s, abs=0.1)
+
+    frames = [truth.science_files[i].name for i in range(truth.spec.n_science)]
+    for name in frames:
+        entry = ledger["frames"][name]["calibrate"]
+        assert entry["gain_source"] == entry["read_noise_source"] == "measured"
+        cal = next(root.rglob(name.replace(".fits", "_CAL.fits")))
+        with fits.open(cal) as hdul:
+            header, data = hdul[0].header, hdul[0].data.astype(np.float64)
+            err, mask = hdul["ERR"].data.astype(np.float64), hdul["MASK"].data
+        assert header[kw.GAIN_SOURCE.name] == header[kw.READ_NOISE_SOURCE.name] == "measured"
+        assert header[kw.GAIN.name] == pytest.approx(TRUE_GAIN, rel=0.10)
+        assert header[kw.READ_NOISE.name] == pytest.approx(TRUE_READ_NOISE_E, rel=0.10)
+        assert header[kw.GAIN_MEASURED.name] == pytest.approx(record["gain"])
+        _check_border(mask)
+        sky = truth.sky_e(name).astype(np.float64)
+        level = float(np.median(sky))
+        hits = truth.cosmic_mask(name)
+        # ERR against truth: unit spread on clean sky
+        clean = (mask == 0) & ~hits & (sky - level < 0.1 * np.sqrt(level))
+        z = (data[clean] - sky[clean]) / err[clean]
+        assert z.size > 100_000
+        assert _robust_std(z) == pytest.approx(1.0, abs=0.10)
+        # false cosmic rays: flagged, >= 2 px from any injected hit, outside stars
+        stars = binary_dilation(sky - level > 0.5 * np.sqrt(level + TRUE_READ_NOISE_E ** 2), iterations=2)
+        near_hit = binary_dilation(hits, iterations=2)
+        false = ((mask & MaskBit.COSMIC) > 0) & ~near_hit & ~stars
+        assert false.sum() <= 0.0005 * false.size, false.sum()
+        # the catalogue's header tells the same noise model
+        cat = fits.getheader(names.cat_path(cal), 1)
+        assert cat["RDNOISE"] == pytest.approx(header[kw.READ_NOISE.name], rel=1e-4)
+
+
+def _check_border(mask: np.ndarray) -> None:
+    """The configured trim is flagged BORDER in MASK (not cropped), and nothing inside it."""
+    border = detector.border_mask(mask.shape, TRIM)
+    assert mask.shape == (512, 512)
+    assert np.all(mask[border] & MaskBit.BORDER) and not np.any(mask[~border] & MaskBit.BORDER)
+
+
+# ---------------------------------------------------------------------------------- the pure functions
+
+def _frames(rng, shape, gain, read_noise_e, electrons):
+    return [((rng.poisson(e) + rng.normal(0, read_noise_e, shape)) / gain + 1000.0).astype(np.float32)
+            for e in electrons]
+
+
+def test_read_noise_from_a_pair_ignores_fixed_pattern_and_hot_pixels():
+    rng = np.random.default_rng(3)
+    shape = (512, 512)
+    pattern = rng.normal(0, 5, shape).astype(np.float32)
+    hot = np.zeros(shape, np.float32)
+    hot.reshape(-1)[rng.integers(0, hot.size, 500)] = 5000.0
+    a, b = (f + pattern for f in _frames(rng, shape, 2.5, 12.0, [hot, hot]))
+    before = a.copy()
+    found = detector.read_noise_adu([(a, b)])
+    assert found.value == pytest.approx(12.0 / 2.5, rel=0.02) and found.n_pairs == 1
+    assert np.array_equal(a, before)  # inputs never changed
+
+
+def test_gain_from_flats_of_different_levels_with_a_vignetted_flat():
+    rng = np.random.default_rng(4)
+    shape = (512, 512)
+    response = (np.linspace(0.75, 1.05, shape[1])[None, :] * rng.normal(1, 0.01, shape)).astype(np.float32)
+    levels_e = [20000.0, 35000.0, 50000.0]
+    flats = [f - 1000.0 for f in _frames(rng, shape, 2.5, 12.0, [response * level for level in levels_e])]
+    found = detector.gain_e_per_adu([(flats[0], flats[1]), (flats[1], flats[2])], 12.0 / 2.5)
+    assert found.value == pytest.approx(2.5, rel=0.03) and found.n_pairs == 2
+
+
+def test_noise_model_prefers_header_then_measurement_then_default():
+    model = detector.resolve_noise(None, None, 1.5, 13.0, 2.0, 9.0)
+    assert (model.gain, model.gain_source, model.read_noise_source) == (1.5, "measured", "measured")
+    assert model.read_noise_e == pytest.approx(19.5)
+    model = detector.resolve_noise(3.0, 7.0, 1.5, 13.0, 2.0, 9.0)
+    assert (model.gain, model.read_noise_e, model.gain_source, model.read_noise_source) == (3.0, 7.0, "header", "header")
+    model = detector.resolve_noise(None, None, None, None, 2.0, 9.0)
+    assert (model.gain, model.read_noise_e, model.gain_source) == (2.0, 9.0, "default")
+    assert detector.mismatch(2.0, 1.5) and not detector.mismatch(1.6, 1.5) and not detector.mismatch(2.0, None)
