@@ -99,6 +99,46 @@ def test_detector_measured_recorded_and_used_by_every_step(night):
     assert summary["masters"]["detector"]["used"]["gain"] == {"measured": len(truth.science_files)}
 
 
+def test_header_gain_wins_and_its_mismatch_is_logged(tmp_path):
+    """A camera writing a wrong GAIN (2.0, truly 1.5) and no RDNOISE, with biases: the header's gain is
+    used (the rule), logged as a mismatch; the read noise comes from the biases, in the header gain's
+    electrons. A night without sky flats measures no gain (the defaults or header serve)."""
+    root = tmp_path / "data"
+    truth = make_night(root, small_spec(n_science=1, gain=TRUE_GAIN, read_noise_e=TRUE_READ_NOISE_E, header_gain=2.0,
+                                        write_rdnoise_header=False, n_bias=3, n_cosmic_rays=10))
+    config = tmp_path / "config.toml"
+    config.write_text("[astrometry]\nenabled = false\n[logging]\nformat = \"json\"\n")
+    completed = run_cli_subprocess("once", root, "--config", config)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    mismatch = {(e["quantity"], e["source"]) for e in parse_events(completed.stderr)
+                if e.get("event") == "detector_mismatch"}
+    assert mismatch == {("gain", "header"), ("gain", "configured"), ("read_noise_e", "configured")}
+    night = read_ledger(root)["nights"][truth.spec.date]
+    record = night["masters"]["detector"]
+    assert record["read_noise_from"] == "biases" and record["read_noise_pairs"] == 2
+    assert record["read_noise_adu"] == pytest.approx(TRUE_READ_NOISE_E / TRUE_GAIN, rel=0.05)
+    entry = night["frames"][truth.science_files[0].name]["calibrate"]
+    assert (entry["gain"], entry["gain_source"], entry["read_noise_source"]) == (2.0, "header", "measured")
+    assert entry["read_noise_e"] == pytest.approx(record["read_noise_adu"] * 2.0, rel=1e-3)
+
+
+def test_measure_night_says_why_a_figure_is_missing(tmp_path):
+    """One dark and no flats: nothing to pair. The record says why; the defaults will serve."""
+    from astep_cal.engine.night_detector import frame_noise, measure_night
+    from astep_cal.formats.raw_night import take_inventory
+    from astep_cal.science.masters import DarkLibrary
+    from astep_cal.support.config import CalibrationSettings
+
+    truth = make_night(tmp_path, small_spec(n_science=1, n_darks=1, n_flats=0, n_flat_darks=0, write_gain_header=False))
+    inventory = take_inventory(tmp_path, truth.spec.date)
+    dark = np.zeros(truth.spec.shape, np.float32)
+    record = measure_night(inventory, truth.spec.shape, DarkLibrary.build({60.0: dark}, None), [], CalibrationSettings())
+    assert "read_noise_adu" not in record and "gain" not in record
+    assert "two biases" in record["read_noise_unmeasured"] and "sky flats" in record["gain_unmeasured"]
+    model = frame_noise({}, record, CalibrationSettings())
+    assert (model.gain, model.read_noise_e, model.gain_source, model.read_noise_source) == (2.0, 9.0, "default", "default")
+
+
 def _check_border(mask: np.ndarray) -> None:
     """The configured trim is flagged BORDER in MASK (not cropped), and nothing inside it."""
     border = detector.border_mask(mask.shape, TRIM)
