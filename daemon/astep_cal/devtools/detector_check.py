@@ -36,7 +36,8 @@ def robust_std(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
-def err_spread(data: np.ndarray, err: np.ndarray, mask: np.ndarray, sky: np.ndarray, hits: np.ndarray) -> tuple[float, int]:
+def err_spread(data: np.ndarray, err: np.ndarray, mask: np.ndarray, sky: np.ndarray,
+               hits: np.ndarray) -> tuple[float, int]:
     """Robust std of (CAL - truth) / ERR over clean sky pixels (no MASK bit but the border, no injected
     hit, star light under a tenth of the sky's photon noise), and how many pixels."""
     level = float(np.median(sky))

@@ -106,10 +106,9 @@ def measure_night(inventory: NightInventory, shape: tuple[int, int], library: Da
     is measured then). A figure that cannot be measured says why instead (``*_unmeasured``).
     """
     cut = window(shape, settings.trim)
-    of_shape = [f for f in (*inventory.biases, *inventory.darks, *inventory.flats) if f.shape == shape]
-    biases = [f for f in of_shape if f in inventory.biases]
-    darks = [f for f in of_shape if f in inventory.darks]
-    flats = [f for f in of_shape if f in inventory.flats and f.name in set(flat_inputs)]
+    biases = [f for f in inventory.biases if f.shape == shape]
+    darks = [f for f in inventory.darks if f.shape == shape]
+    flats = [f for f in inventory.flats if f.shape == shape and f.name in set(flat_inputs)]
     record: dict[str, Any] = {"trim": settings.trim, "window": [cut[0].stop - cut[0].start, cut[1].stop - cut[1].start]}
     noise = _measure_read_noise(record, biases, darks, cut)
     assumed = settings.default_read_noise / settings.default_gain

@@ -182,7 +182,8 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
                     noise: MasterNoise | None = None, timings: dict[str, float] | None = None,
                     trim: int = 0) -> CalibratedFrame:
     """Dark, flat, gain, bad pixels, cosmic rays and the error map for one frame; no file or state is
-    touched. The ``trim`` outermost pixels of each edge are flagged ``BORDER`` (calibrated, not cropped). ``noise`` describes the masters' own noise for the error map (None: masters taken as exact).
+    touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact).
+    The ``trim`` outermost pixels of each edge are flagged ``BORDER`` (calibrated, not cropped).
     ``timings``, when given, receives the CPU seconds of the steps (``arithmetic``, ``cosmic_rays``,
     ``error_map``): what ``make bench`` reports per stage."""
     if raw.shape != dark.shape or raw.shape != flat.shape or raw.shape != pixel_mask.shape:
