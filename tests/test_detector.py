@@ -19,6 +19,7 @@ from astep_cal.devtools.detector_check import CAMERA, camera_spec, judge
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names
+from astep_cal.formats.report import render_report
 from astep_cal.science import detector
 from astep_cal.science.masters import MaskBit
 
@@ -83,6 +84,8 @@ def test_detector_measured_recorded_and_used_by_every_step(night):
     summary = json.loads(next(root.rglob("summary.json")).read_text())
     assert summary["masters"]["detector"]["gain"] == record["gain"]
     assert summary["masters"]["detector"]["used"]["gain"] == {"measured": len(truth.science_files)}
+    line = next(text for text in render_report(summary).splitlines() if text.startswith("detector:"))
+    assert f"gain {record['gain']:.3f} e-/ADU" in line and "read_noise from measured 2" in line
 
 
 def test_header_gain_wins_and_its_mismatch_is_logged(tmp_path):
