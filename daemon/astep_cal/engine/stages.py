@@ -54,6 +54,10 @@ CALIBRATE_STEP = StageEvents(done="frame_calibrated", failed="frame_failed", iso
                              done_fields=("duration_s", "n_cosmic"))
 QUALITY_STEP = StageEvents(done=None, failed="quality_failed", isolate=True, failed_level="warning")
 MASTER_STEP = StageEvents(done="master_built", failed="masters_failed", isolate=False)  # one master
+# The night's detector (read noise, gain, dark current): without it the configured defaults serve.
+DETECTOR_STEP = StageEvents(done="detector_measured", failed="detector_failed", isolate=True, failed_level="warning",
+                            done_fields=("read_noise_adu", "read_noise_e", "read_noise_pairs", "gain", "gain_pairs",
+                                         "dark_current_adu_s", "duration_s"))
 MASTERS_STEP = StageEvents(done=None, failed="masters_failed", isolate=False)  # all of a night's masters
 SUMMARY_STEP = StageEvents(done="summary_written", failed="summary_failed", isolate=True)
 CATALOGUE_STEP = StageEvents(done=None, failed="catalogue_failed", isolate=True, failed_level="warning")

@@ -36,6 +36,13 @@ BIAS_ORIGIN = Keyword("ASTCBORG", "bias used when scaling the dark")
 FLAT = Keyword("ASTCFLAT", "")  # a path relative to the data root: no room left for a comment
 FLAT_NIGHT = Keyword("ASTCFNIT", "night the master flat was made from")
 GAIN = Keyword("ASTCGAIN", "[e-/ADU] gain applied")
+GAIN_SOURCE = Keyword("ASTCGSRC", "gain from: header, measured or default")
+READ_NOISE = Keyword("ASTCRDN", "[e-] read noise of the noise model")
+READ_NOISE_SOURCE = Keyword("ASTCRSRC", "read noise from: header, measured or default")
+GAIN_MEASURED = Keyword("ASTCGMEA", "[e-/ADU] gain measured from the night's flats")
+READ_NOISE_MEASURED = Keyword("ASTCRMEA", "[ADU] read noise measured from the night")
+DARK_CURRENT = Keyword("ASTCDCUR", "[ADU/s] median dark current of the night")
+TRIM = Keyword("ASTCTRIM", "[px] edge flagged BORDER in MASK")
 
 # CAL files: what the ledger needs to be rebuilt from the file alone (recovery.py)
 RAW = Keyword("ASTCRAW", "raw frame calibrated")

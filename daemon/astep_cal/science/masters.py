@@ -36,6 +36,7 @@ class MaskBit(IntFlag):
     SATURATED = 2  # raw value at or above the saturation level
     COSMIC = 4  # cosmic-ray hit found by L.A.Cosmic: value replaced by astroscrappy
     LOW_FLAT = 8  # flat response below calibration.low_flat_level: divided, but noisy
+    BORDER = 16  # within calibration.trim of an edge: calibrated, but the camera's edge is not trusted
 
 
 MIN_FRAMES_FOR_CLIPPING = 5  # below this a median rejects outliers better than sigma clipping

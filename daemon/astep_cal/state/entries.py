@@ -38,7 +38,9 @@ class CalibrateRecord(StepRecord, total=False):
     dark: dict[str, Any]   # exptime, scale, bias_origin of the master dark used
     flat: dict[str, Any]   # night, borrowed
     gain: float
-    gain_source: str       # header or default
+    gain_source: str       # header, measured (the night's sky flats) or default
+    read_noise_e: float    # the read noise of the noise model (ERR, cosmic rays, catalogue)
+    read_noise_source: str  # header, measured (the night's biases or darks) or default
     n_cosmic: int
     n_saturated: int
     sky_e: float
