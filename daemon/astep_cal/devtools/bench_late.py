@@ -70,7 +70,7 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     root = work / form / "root"
     night = root / night_dir.name
     shutil.copytree(night_dir, night)
-    raws = sorted(p for p in night.iterdir() if p.is_file())
+    raws = sorted(p for p in night.rglob("*") if p.is_file())
     raw_bytes = _tree_bytes(raws)
     science = sorted(p for p in raws if "science" in p.name.lower() or p.name.lower().startswith("sci"))
     late = (science or raws)[-1]
@@ -82,7 +82,7 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     held.rename(late)
     second = _run_once(root, config, work / form / "late.log", mem_limit)
     work_s = frame_work_s(root, night_dir.name, late.name)
-    written = [p for p in root.rglob("*") if p.is_file() and p.parent != night]
+    written = [p for p in root.rglob("*") if p.is_file() and p not in set(raws)]
     cal = [p for p in written if p.name.endswith("_CAL.fits")]
     result = {
         "night_wall_s": first["wall_s"], **astep_cadence(work / form / "first.log"),
