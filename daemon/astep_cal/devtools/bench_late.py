@@ -97,25 +97,28 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
 
 
 def late_frame_round(night_dir: Path, work: Path, mem_limit: float, index: int = 0) -> dict[str, Any]:
-    """Both forms on the same night, their order swapped every other round; the ratio of their cadences."""
+    """Both forms on the same night, their order swapped every other round, as one flat record
+    (``<form>_<figure>``, what ``bench.summarise`` takes medians of); the ratio of their cadences."""
     order = list(FORMS) if not index % 2 else list(FORMS)[::-1]
-    result = {form: one_form(night_dir, work, form, mem_limit) for form in order}
-    plain, packed = result["plain"].get("steady_frame_s"), result["compressed"].get("steady_frame_s")
+    result = {f"{form}_{key}": value for form in order
+              for key, value in one_form(night_dir, work, form, mem_limit).items()}
+    plain, packed = result.get("plain_steady_frame_s"), result.get("compressed_steady_frame_s")
     result["cadence_compressed_over_plain"] = packed / plain if plain and packed else None
     return result
 
 
 def print_late(result: dict[str, Any]) -> None:
+    """The table of docs/compression.md from a (median) flat record."""
+    nan = float("nan")
     print("| form | steady cadence (s) | late frame: wall (s) | CPU (s) | its frame work (s) | wall / work "
           "| bytes written / raw byte | CAL MB / frame |")
     print("|---|---|---|---|---|---|---|---|")
     for form in FORMS:
-        r = result[form]
-        ratio = r["late_wall_over_work"]
-        print(f"| {form} | {r['steady_frame_s'] or float('nan'):.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
-              f"{r['late_frame_work_s']:.2f} | {ratio if ratio else float('nan'):.2f} | "
+        r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
+        print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
+              f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
               f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
-    if result["cadence_compressed_over_plain"]:
+    if result.get("cadence_compressed_over_plain"):
         print(f"steady cadence compressed / plain: {result['cadence_compressed_over_plain']:.3f}")
 
 

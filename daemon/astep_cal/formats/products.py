@@ -22,11 +22,12 @@ from astep_cal.formats.names import header_name
 from astep_cal.formats.raw_headers import image_hdu
 from astep_cal.science.calibrate import REPLACED_ERR, CalibratedFrame
 from astep_cal.science.masters import MaskBit
-from astep_cal.science.quality import Sources
 from astep_cal.support.config import OutputSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # photutils (quality) is imported where frames are measured, not by every reader
     from astropy.table import Table
+
+    from astep_cal.science.quality import Sources
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -84,7 +85,7 @@ SOURCES_EXTENSION = "SOURCES"
 SOURCES_SINGLE = "SINGLE"  # the SOURCES column marking the single stars the plate solve is given
 
 
-def sources_hdu(sources: Sources) -> fits.BinTableHDU:
+def sources_hdu(sources: "Sources") -> fits.BinTableHDU:
     """The ``SOURCES`` table: the stars the quality step detected, brightest first, in the FITS pixel
     convention (the centre of the first pixel is 1, 1), which is solve-field's xylist's: the plate
     solve hands it over as it is (``astrometry``)."""
@@ -110,7 +111,7 @@ def read_sources(path: Path) -> np.ndarray | None:
 
 
 def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance: dict[str, tuple],
-                    output: OutputSettings | None = None, sources: Sources | None = None) -> fits.HDUList:
+                    output: OutputSettings | None = None, sources: "Sources | None" = None) -> fits.HDUList:
     """The CAL file: float32 electrons with the raw header kept, provenance cards, an ``ERR`` HDU
     (float32, electrons, 1 sigma), a ``MASK`` HDU (uint8) and, when given, the ``SOURCES`` table
     (:func:`sources_hdu`).
