@@ -67,6 +67,22 @@ def test_lost_ledger_is_rebuilt_from_compressed_cal_files(compressed_night, caps
     assert not any(e["event"] in ("frame_calibrated", "frame_solved") for e in events)
 
 
+def test_compressed_cal_files_redone_in_place_not_kept_aside_as_foreign(compressed_night, capsys, tmp_path):
+    """Recalibrating (``--force``) over a compressed CAL file: it is astep-cal's own (its ASTCVER is in
+    the compressed HDU's header, not the empty primary's), so it is replaced, not moved aside as a
+    foreign file (which would keep every old file: a disk leak)."""
+    root, truth, config = compressed_night
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy, symlinks=True)
+    assert run_cli(capsys, "once", copy, "--config", config)[0] == 0  # whatever ran before: processed
+    assert len(list(copy.rglob("*_CAL.fits"))) == len(truth.science_files)
+    code, _, events = run_cli(capsys, "once", copy, "--config", config, "--force")
+    assert code == 0
+    assert sum(e["event"] == "frame_calibrated" for e in events) == len(truth.science_files)
+    assert not any(e["event"] == "foreign_output_kept" for e in events)
+    assert not list(copy.rglob("*.foreign-*"))
+
+
 @pytest.mark.skipif(FITSVERIFY is None or FUNPACK is None, reason="fitsverify/funpack (Debian) not installed")
 def test_cfitsio_tools_accept_compressed_cal_files_and_masters(compressed_night, tmp_path):
     root, _, _ = compressed_night
