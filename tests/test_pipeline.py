@@ -201,7 +201,7 @@ def test_night_without_flats_borrows_earlier_flat(tmp_path, capsys):
     assert code == 0
     assert [e["from_night"] for e in events if e["event"] == "flat_borrowed"] == ["2026-07-01"]
     path = cal_dir(tmp_path, "2026-07-03") / cal_name(late.science_files[0].name)
-    assert fits.getval(path, "ASTCFNIT") == "2026-07-01"
+    assert read_cal_header(path)["ASTCFNIT"] == "2026-07-01"
     score = score_frame(path, late, late.science_files[0].name)
     assert score.flat_residual < 0.01
     code, out, _ = run_cli(capsys, "status", tmp_path, "--config", config)
