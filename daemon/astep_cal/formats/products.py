@@ -140,7 +140,7 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
         return fits.HDUList([fits.PrimaryHDU(frame.data, header), err_hdu, mask_hdu, *tables])
     for key in ("SIMPLE", "EXTEND", "EXTNAME"):
         header.remove(key, ignore_missing=True)
-    noise = sky_noise(frame.error, frame.mask)
+    noise = sky_noise(frame.data, frame.mask)
     tiles = dict(compression_type="RICE_1", tile_shape=(min(output.tile_rows, frame.data.shape[0]),
                                                         frame.data.shape[1]))
     return fits.HDUList([
@@ -152,27 +152,31 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     ])
 
 
-NOISE_PERCENTILE = 5.0  # the quantisation step is set on the quietest pixels' noise (see sky_noise)
-_NOISE_SAMPLING = 8  # every 8th row and column: 1/64 of the pixels is plenty for a percentile
+_NOISE_SAMPLING = 8  # every 8th row: 1/8 of the pixel pairs is plenty for a median
 
 
-def sky_noise(error: np.ndarray | None, mask: np.ndarray) -> float | None:
-    """The noise (electrons, 1 sigma) that sets the quantisation step of a compressed CAL file: the
-    5th percentile of ``ERR`` over unmasked pixels, so that for 95 % of the pixels the step is at most
-    ``1/quantize_level`` of their own noise (sky, read and photon noise; larger on stars). None when
-    there is no error map or no clean pixel: cfitsio's own per-tile estimate is then used.
+def sky_noise(data: np.ndarray, mask: np.ndarray) -> float | None:
+    """The noise (electrons, 1 sigma) that sets the quantisation steps of a compressed CAL file,
+    measured on the image itself: the median absolute deviation of the differences of neighbouring
+    unmasked pixels along every 8th row, divided by sqrt(2) (cfitsio's own estimator, once per image
+    rather than on every pixel of every tile). Stars and gradients hardly move a median of
+    differences: it is the sky noise. None when too few pixels are clean (cfitsio's per-tile
+    estimate is then used).
 
-    One step for the whole image (cfitsio's "absolute" quantisation, a negative ``ZVAL1``) rather than
-    cfitsio's estimate of each tile's noise: the estimate (medians of pixel differences, row by row)
-    was 80 % of the compression CPU (measured, docs/compression.md), and ``ERR`` already holds the noise.
+    One step for the whole image (cfitsio's "absolute" quantisation, a negative ``NOISEBIT``) instead
+    of cfitsio's estimate of each tile's noise: that estimate was 80 % of the compressor's CPU
+    (docs/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
+    on the image alone (a frame calibrated again gives the same file even if its ``ERR`` differs).
     """
-    if error is None:
+    rows, bad = data[::_NOISE_SAMPLING], mask[::_NOISE_SAMPLING] != 0
+    differences = np.diff(rows, axis=1)
+    clean = ~(bad[:, 1:] | bad[:, :-1]) & np.isfinite(differences)
+    values = differences[clean]
+    if values.size < 100:
         return None
-    sample = error[::_NOISE_SAMPLING, ::_NOISE_SAMPLING][mask[::_NOISE_SAMPLING, ::_NOISE_SAMPLING] == 0]
-    sample = sample[np.isfinite(sample) & (sample > 0) & (sample < REPLACED_ERR)]
-    if sample.size == 0:
-        return None
-    return float(np.percentile(sample, NOISE_PERCENTILE))
+    deviation = float(np.median(np.abs(values - np.median(values))))
+    noise = 1.4826 * deviation / np.sqrt(2.0)
+    return noise if noise > 0 else None
 
 
 def _lossy(noise: float | None, level: float) -> dict[str, object]:
