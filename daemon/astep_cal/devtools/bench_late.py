@@ -9,7 +9,10 @@ night) is paid by that one frame. For each output form (the default, tile-compre
 2. the last frame arrives; ``astep-cal once`` again, timed (wall and CPU of the process): its
    **marginal wall time over its frame work** (the ledger's calibration, catalogue and solve seconds
    of that frame);
-3. **bytes written per raw byte**: every file astep-cal wrote under the root (CAL, CAT, masters,
+3. the same in the daemon (``astep-cal run``, imports paid once): the daemon started and idle, a new
+   frame arrives (a copy of the last one, one cadence later); from its arrival to the night's summary
+   rewritten, less the daemon's ``settle_seconds``, over that frame's work;
+4. **bytes written per raw byte**: every file astep-cal wrote under the root (CAL, CAT, masters,
    summaries, light curves, ledger) over the raw night's bytes; the CAL files alone beside it.
 
 ``python -m astep_cal.devtools.bench_late --size 1024`` on its own; ``make bench`` runs it in each round.
@@ -18,6 +21,7 @@ night) is paid by that one frame. For each output form (the default, tile-compre
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -59,6 +63,46 @@ def frame_work_s(root: Path, date: str, raw_name: str) -> float:
     return float(sum(p for p in parts if p))
 
 
+DAEMON_SETTLE_S = 0.5
+
+
+def _next_frame(late: Path, held: Path) -> Path:
+    """A copy of ``late`` observed one cadence later (DATE-OBS and name 90 s on), written to ``held``;
+    returns the name it will have in the night."""
+    from astropy.io import fits
+
+    with fits.open(late) as hdul:
+        when = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=90)
+        hdul[0].header["DATE-OBS"] = when.isoformat(timespec="milliseconds")
+        hdul.writeto(held)
+    return late.with_name(f"{when.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits")
+
+
+def daemon_late(root: Path, work: Path, form: str, late: Path) -> tuple[float, float]:
+    """A new frame (:func:`_next_frame`) arriving in a processed night a daemon watches: seconds from
+    its arrival to the night's summary rewritten, less the daemon's ``settle_seconds`` (a deliberate
+    wait for the transfer to end, not work), and the frame's work from the ledger."""
+    from astep_cal.devtools.harness import DaemonProcess
+
+    config = f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\n[logging]\nformat = \"json\"\n"
+    held = work / form / "next-frame.fits"
+    arriving = _next_frame(late, held)
+    daemon = DaemonProcess(work / form, root, config)
+    try:
+        daemon.wait_message("READY=1", timeout=120)
+        time.sleep(3.0)  # its start-up scan of the night finds nothing to do
+        before = daemon.count("summary_written")
+        arrived = time.time()
+        held.rename(arriving)
+        daemon.wait_for(lambda: daemon.count("summary_written") > before, 600, "the new frame's summary")
+        written = [e for e in daemon.events() if e["event"] == "summary_written"][-1]
+        done = dt.datetime.fromisoformat(written["timestamp"].replace("Z", "+00:00")).timestamp()
+        daemon.stop(60)
+    finally:
+        daemon.close()
+    return done - arrived - DAEMON_SETTLE_S, frame_work_s(root, late.parent.parent.name, arriving.name)
+
+
 def _tree_bytes(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
@@ -84,12 +128,15 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     work_s = frame_work_s(root, night_dir.name, late.name)
     written = [p for p in root.rglob("*") if p.is_file() and p not in set(raws)]
     cal = [p for p in written if p.name.endswith("_CAL.fits")]
+    written_bytes = _tree_bytes(written)
+    daemon_s, daemon_work_s = daemon_late(root, work, form, late)
     result = {
         "night_wall_s": first["wall_s"], **astep_cadence(work / form / "first.log"),
         "late_wall_s": second["wall_s"], "late_cpu_s": second["cpu_s"], "late_frame_work_s": work_s,
         "late_wall_over_work": second["wall_s"] / work_s if work_s else None,
-        "raw_bytes": raw_bytes, "written_bytes": _tree_bytes(written),
-        "written_per_raw_byte": _tree_bytes(written) / raw_bytes,
+        "daemon_late_wall_s": daemon_s, "daemon_late_frame_work_s": daemon_work_s,
+        "daemon_late_wall_over_work": daemon_s / daemon_work_s if daemon_work_s else None,
+        "raw_bytes": raw_bytes, "written_bytes": written_bytes, "written_per_raw_byte": written_bytes / raw_bytes,
         "cal_bytes_per_frame": _tree_bytes(cal) / max(1, len(cal)),
     }
     shutil.rmtree(root)
@@ -110,13 +157,14 @@ def late_frame_round(night_dir: Path, work: Path, mem_limit: float, index: int =
 def print_late(result: dict[str, Any]) -> None:
     """The table of docs/compression.md from a (median) flat record."""
     nan = float("nan")
-    print("| form | steady cadence (s) | late frame: wall (s) | CPU (s) | its frame work (s) | wall / work "
-          "| bytes written / raw byte | CAL MB / frame |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| form | steady cadence (s) | late frame (`once`): wall (s) | CPU (s) | its frame work (s) | wall / work "
+          "| late frame in the daemon: wall (s) | wall / work | bytes written / raw byte | CAL MB / frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for form in FORMS:
         r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
         print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
               f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
+              f"{r['daemon_late_wall_s']:.2f} | {r.get('daemon_late_wall_over_work') or nan:.2f} | "
               f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
     if result.get("cadence_compressed_over_plain"):
         print(f"steady cadence compressed / plain: {result['cadence_compressed_over_plain']:.3f}")
