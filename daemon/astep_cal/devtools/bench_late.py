@@ -177,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--science", type=int, default=4, help="science frames, the last one arriving late")
     parser.add_argument("--mem-limit", type=float, default=2.0)
+    parser.add_argument("--plain-first", action="store_true", help="run the plain form first (default: last)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/late_frame.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="astep-bench-late-") as tmp:
         night_dir = make_bench_night(Path(tmp) / "night-root", args.science, args.size)
-        result = late_frame_round(night_dir, Path(tmp) / "work", args.mem_limit)
+        result = late_frame_round(night_dir, Path(tmp) / "work", args.mem_limit, index=int(args.plain_first))
     print_late(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
