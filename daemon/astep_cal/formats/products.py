@@ -164,7 +164,7 @@ def sky_noise(data: np.ndarray, mask: np.ndarray) -> float | None:
     estimate is then used).
 
     One step for the whole image (cfitsio's "absolute" quantisation, a negative ``NOISEBIT``) instead
-    of cfitsio's estimate of each tile's noise: that estimate was 80 % of the compressor's CPU
+    of cfitsio's estimate of each tile's noise: that estimate was ~70 % of the compressor's CPU
     (docs/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
     on the image alone (a frame calibrated again gives the same file even if its ``ERR`` differs).
     """
