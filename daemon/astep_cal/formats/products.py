@@ -166,7 +166,8 @@ def sky_noise(data: np.ndarray, mask: np.ndarray) -> float | None:
     One step for the whole image (cfitsio's "absolute" quantisation, a negative ``NOISEBIT``) instead
     of cfitsio's estimate of each tile's noise: that estimate was ~70 % of the compressor's CPU
     (docs/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
-    on the image alone (a frame calibrated again gives the same file even if its ``ERR`` differs).
+    on the image alone (test_crash: a run restarted after a kill gave other image bytes when the step
+    came from ``ERR``).
     """
     rows, bad = data[::_NOISE_SAMPLING], mask[::_NOISE_SAMPLING] != 0
     differences = np.diff(rows, axis=1)
