@@ -82,6 +82,8 @@ class NightSpec:
     fwhm_arcsec: float = 9.0
     n_cosmic_rays: int = 150  # tracks per science frame (and a few per dark/flat too)
     write_gain_header: bool = True  # GAIN / RDNOISE header keywords present?
+    header_gain: float | None = None  # the GAIN card's value (None: the true gain): a camera that misreports
+    write_rdnoise_header: bool = True  # RDNOISE written (when write_gain_header): GAIN alone when False
     write_pointing_header: bool = True  # RA/DEC (deg) and OBJCTRA/OBJCTDEC (sexagesimal) present?
     start_time: str = "2026-07-01T20:00:00"  # DATE-OBS of the first science frame (UTC)
     cadence_s: float = 90.0
@@ -166,8 +168,9 @@ def raw_header(spec: NightSpec, plan: _Plan) -> fits.Header:
     header["FILTER"] = (FILTER_NAME, "filter")
     header["INSTRUME"] = (INSTRUMENT, "instrument")
     if spec.write_gain_header:
-        header["GAIN"] = (float(spec.gain), "[e-/ADU] detector gain")
-        header["RDNOISE"] = (float(spec.read_noise_e), "[e-] read noise")
+        header["GAIN"] = (float(spec.gain if spec.header_gain is None else spec.header_gain), "[e-/ADU] detector gain")
+        if spec.write_rdnoise_header:
+            header["RDNOISE"] = (float(spec.read_noise_e), "[e-] read noise")
     if spec.transit is not None and kind == "SCIENCE":
         header["OBJECT"] = (spec.transit.name, "target")
     if spec.write_pointing_header and kind == "SCIENCE":

@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 
 from astep_cal import __version__
+from astep_cal.engine.night_detector import detector_step, first_science_header, frame_noise
 from astep_cal.engine.stages import MASTER_STEP, MASTERS_STEP, FrameBlocked, StepSkipped, run_stage
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
@@ -229,15 +230,15 @@ def _night_flat(root: Path, inventory: NightInventory, shape: tuple[int, int], l
     return replace(borrowed, problems=own.problems)
 
 
-def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, settings: Settings, out: Path,
-                log: Any) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """The bad-pixel mask (from the dark current and the flat) and its ledger record; none without a flat."""
+def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, gain: float, settings: Settings,
+                out: Path, log: Any) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The bad-pixel mask (from the dark current, in electrons with the night's ``gain``, and the flat)
+    and its ledger record; none without a flat."""
     if flat is None:
         return None, None
     with _master_step("mask", log, out.parents[2]) as step:
         rate = library.dark_rate()
-        mask = bad_pixel_mask(None if rate is None else rate[0], flat, settings.calibration.default_gain,
-                              settings.calibration)
+        mask = bad_pixel_mask(None if rate is None else rate[0], flat, gain, settings.calibration)
         products.write_master(out / names.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
         step["n_bad"] = int(np.count_nonzero(mask & MaskBit.BAD))
     return mask, {"file": names.PIXEL_MASK, "n_bad": step["n_bad"],
@@ -246,11 +247,16 @@ def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, settin
 
 def _with_flat_and_mask(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,
                         log: Any) -> tuple[Masters, list[Problem]]:
-    """``masters`` completed with the night's flat (own or borrowed) and the mask made from it."""
+    """``masters`` completed with the night's flat (own or borrowed), the detector measured from the
+    night's frames (once) and the mask made from the flat, hot pixels judged in the night's electrons."""
     out = masters_dir(root, inventory.date)
     found = _night_flat(root, inventory, masters.shape, masters.library, masters.resident_bytes(), settings, out, log)
-    mask, mask_record = _build_mask(inventory.date, masters.library, found.flat, settings, out, log)
     record = dict(masters.record)
+    if "detector" not in record:
+        record["detector"] = detector_step(root, inventory, masters.shape, masters.library, found.record,
+                                           settings.calibration, log)
+    gain = frame_noise(first_science_header(inventory), record["detector"], settings.calibration).gain
+    mask, mask_record = _build_mask(inventory.date, masters.library, found.flat, gain, settings, out, log)
     if found.record is not None:
         record["flat"] = found.record
     if mask_record is not None:
@@ -334,6 +340,9 @@ def ensure_masters(root: Path, inventory: NightInventory, settings: Settings, re
             log.warning("masters_reload_failed", error=str(error))
         else:
             if masters.flat is not None:
+                if "detector" not in masters.record:  # masters made before the detector was measured
+                    masters.record["detector"] = detector_step(root, inventory, masters.shape, masters.library,
+                                                               masters.record.get("flat"), settings.calibration, log)
                 return masters
             with run_stage("masters", log, MASTERS_STEP, root=root):
                 completed, problems = _with_flat_and_mask(root, inventory, masters, settings, log)

@@ -10,12 +10,37 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
 
 from astep_cal.support.storage import atomic_write
+
+
+CARD_LENGTH = 80
+_VALUE_END = 30  # "KEYWORD = " and a value field of at least 20 characters
+
+
+def card_entry(key: str, value: Any, comment: str) -> tuple[Any, str]:
+    """``(value, comment)`` for a header card, the comment left out when it does not fit beside the value.
+
+    astropy would cut such a comment itself and print ``VerifyWarning: Card is too long, comment will be
+    truncated`` on the console for every file written (a long plate-solve failure reason, a long raw file
+    name): noise in an operator's terminal and journal. The value is what matters; every keyword's
+    meaning is documented (docs/data-products.md). A string too long for one card is continued (CONTINUE
+    cards), and astropy then places the comment on the last one itself.
+    """
+    image = fits.Card(key, value).image
+    if len(image) > CARD_LENGTH:
+        return value, comment
+    used = max(len(image.rstrip()), _VALUE_END)
+    return (value, comment) if not comment or used + 3 + len(comment) <= CARD_LENGTH else (value, "")
+
+
+def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+    """``header[key] = (value, comment)``, without a comment that does not fit (:func:`card_entry`)."""
+    header[key] = card_entry(key, value, comment)
 
 
 def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True) -> None:

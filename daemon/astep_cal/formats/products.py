@@ -17,7 +17,7 @@ from astropy.io import fits
 
 from astep_cal import __version__
 from astep_cal.formats import keywords as kw
-from astep_cal.formats.fitsio import atomic_write_hdul
+from astep_cal.formats.fitsio import atomic_write_hdul, set_card
 from astep_cal.formats.names import header_name
 from astep_cal.formats.raw_headers import image_hdu
 from astep_cal.science.calibrate import REPLACED_ERR, CalibratedFrame
@@ -131,7 +131,7 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     header[kw.N_SATURATED.name] = (frame.n_saturated, kw.N_SATURATED.comment)
     header[kw.SKY_LEVEL.name] = (round(frame.sky_e, 2), kw.SKY_LEVEL.comment)
     for key, (value, comment) in provenance.items():
-        header[key] = (value, comment)
+        set_card(header, key, value, comment)  # a long raw name leaves no room for a comment
     header[kw.WCS_STATUS.name] = ("pending", kw.WCS_STATUS.comment)
     error = frame.error if frame.error is not None else np.full(frame.data.shape, REPLACED_ERR, np.float32)
     mask_hdu, err_hdu = _mask_hdu(frame.mask), _err_hdu(error)
@@ -233,7 +233,7 @@ def write_catalogue(path: Path, table: "Table", cards: dict[str, tuple]) -> None
     for key, value in table.meta.items():
         hdu.header[key] = value
     for key, (value, comment) in cards.items():
-        hdu.header[key] = (value, comment)
+        set_card(hdu.header, key, value, comment)  # CALFILE: a long name leaves no room for a comment
     hdu.header["ASTCVER"] = (__version__, "astep-cal version")
     atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(), hdu]), make_parents=False)
 

@@ -256,6 +256,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir) if args.dir else None)
 
 
+def _reader_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    """The options of the commands that only read the state (`status`, `report`)."""
+    parser.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("--config")
+    parser.add_argument("--ledger")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astep-cal", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,18 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="one row per night, and the daemon's activity; exit 1 if "
                                                 "something needs attention")
-    status.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
-    status.add_argument("--json", action="store_true", help="machine-readable output (for monitoring)")
-    status.add_argument("--config")
-    status.add_argument("--ledger")
+    _reader_options(status, json_help="machine-readable output (for monitoring)")
     status.set_defaults(func=cmd_status)
 
     report = commands.add_parser("report", help="print one night's summary (frames, masters, metrics, failures)")
     report.add_argument("night", metavar="DATE", help="YYYY-MM-DD, or the path of a night's summary.json")
-    report.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
-    report.add_argument("--json", action="store_true", help="the summary document as JSON")
-    report.add_argument("--config")
-    report.add_argument("--ledger")
+    _reader_options(report, json_help="the summary document as JSON")
     report.set_defaults(func=cmd_report)
 
     run = commands.add_parser("run", help="the long-running service: watch the data root and process nights")

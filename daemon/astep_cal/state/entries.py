@@ -2,7 +2,7 @@
 
 Every reader (rules, status rows, summary, recovery, reprocess, the tools) goes through these instead
 of spelling the layout again (``entry.get("calibrate", {}).get("status")`` in five modules drifted).
-The layout (README "The ledger")::
+The layout (docs/data-products.md, "The ledger")::
 
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
@@ -38,7 +38,9 @@ class CalibrateRecord(StepRecord, total=False):
     dark: dict[str, Any]   # exptime, scale, bias_origin of the master dark used
     flat: dict[str, Any]   # night, borrowed
     gain: float
-    gain_source: str       # header or default
+    gain_source: str       # header, measured (the night's sky flats) or default
+    read_noise_e: float    # the read noise of the noise model (ERR, cosmic rays, catalogue)
+    read_noise_source: str  # header, measured (the night's biases or darks) or default
     n_cosmic: int
     n_saturated: int
     sky_e: float

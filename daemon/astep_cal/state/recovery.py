@@ -67,7 +67,9 @@ def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dic
     calibrate = {
         "status": "ok", "output": cal_name, "config": header[kw.CONFIG.name], "software": header[kw.VERSION.name],
         "flat": {"night": flat_night, "borrowed": flat_night != date},
-        "gain": header.get(kw.GAIN.name), "n_cosmic": header.get(kw.N_COSMIC.name, 0),
+        "gain": header.get(kw.GAIN.name), "gain_source": header.get(kw.GAIN_SOURCE.name),
+        "read_noise_e": header.get(kw.READ_NOISE.name), "read_noise_source": header.get(kw.READ_NOISE_SOURCE.name),
+        "n_cosmic": header.get(kw.N_COSMIC.name, 0),
         "n_saturated": header.get(kw.N_SATURATED.name, 0), "sky_e": header.get(kw.SKY_LEVEL.name), "recovered": True,
         "date_obs": header.get("DATE-OBS"), "quality": _quality_record(header),
     }

@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 class CalibrationSettings:
     """How masters are built and science frames calibrated (changing these redoes calibrated frames)."""
 
-    default_gain: float = 2.0  # e-/ADU when a frame has no GAIN keyword
-    default_read_noise: float = 9.0  # e- when a frame has no RDNOISE keyword
+    default_gain: float = 2.0  # e-/ADU when a frame has no GAIN keyword and the night's flats gave no measurement
+    default_read_noise: float = 9.0  # e- when a frame has no RDNOISE keyword and no biases/darks pair measured it
     saturation_adu: float = 65535.0  # raw level at and above which a pixel is saturated
     combine_sigma: float = 3.0  # sigma-clipping threshold when combining darks, biases and flats
     flat_max_age_days: int = 30  # how far back a night without sky flats may borrow a master flat
@@ -36,6 +36,7 @@ class CalibrationSettings:
     flat_min_level_adu: float = 2000.0  # a sky flat dimmer than this (dark-subtracted median) is left out
     flat_max_level_adu: float = 50000.0  # ... and one brighter than this (near saturation) too
     dark_temp_tolerance_c: float = 3.0  # darks whose CCD-TEMP is further than this from the science frames'
+    trim: int = 0  # px of each edge flagged BORDER in MASK (not cropped) and left out of the detector measurement
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,8 @@ def validate(settings: Settings) -> None:
     if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:
         raise ConfigError("calibration: need 0 <= flat_min_level_adu < flat_max_level_adu and "
                           "dark_temp_tolerance_c > 0")
+    if c.trim < 0 or c.default_gain <= 0 or c.default_read_noise <= 0:
+        raise ConfigError("calibration: trim must be 0 or more, default_gain and default_read_noise positive")
     q = settings.quality
     if q.pixel_scale_arcsec <= 0 or q.detect_sigma <= 0 or q.fwhm_stars < 1:
         raise ConfigError("quality pixel_scale_arcsec, detect_sigma and fwhm_stars must be positive")
