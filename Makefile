@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression soak soak-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression bench-late soak soak-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -88,9 +88,13 @@ soak-short: system-deps venv
 bench-photometry: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_photometry $(BENCH_PHOTOMETRY_ARGS)
 
-# Plain against tile-compressed CAL files (docs/performance.md, "Compact files"): ~1 min at 2048².
+# Plain against tile-compressed CAL files (docs/compression.md): ~1 min at 2048².
 bench-compression: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_compression $(BENCH_COMPRESSION_ARGS)
+
+# A late frame's cost and the bytes a night writes, compressed (default) beside plain (docs/compression.md).
+bench-late: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.bench_late $(BENCH_LATE_ARGS)
 
 # --- deployment (docs/operations.md) ----------------------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

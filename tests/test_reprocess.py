@@ -29,6 +29,7 @@ from astep_cal.state.ledger import Ledger, RootLock
 from astep_cal.support.config import ConfigError, load_settings
 from astep_cal.support.logs import configure
 from astep_cal.support.storage import TEMP_MARKER
+from astep_cal.formats.products import cal_image_hdu
 
 NIGHTS = ("2026-07-01", "2026-07-02", "2026-07-03")
 VOLATILE = {"duration_s", "mtime_ns", "updated", "retry_after"}  # times, not results
@@ -115,7 +116,8 @@ def assert_same_outputs(root: Path, reference: Path, wcs_tolerance_px: float | N
                     differ = {key for key in differ if not _solution_key(key)}
                 assert not differ, (relative, differ)
             if wcs_tolerance_px is not None and relative.name.endswith("_CAL.fits"):
-                _assert_close_wcs(ours[0].header, theirs[0].header, wcs_tolerance_px)
+                _assert_close_wcs(ours[cal_image_hdu(ours)].header, theirs[cal_image_hdu(theirs)].header,
+                                  wcs_tolerance_px)
     solution = {"residual_arcsec", "n_matched"} if wcs_tolerance_px is not None else set()
     assert _ledger(root, solution) == _ledger(reference, solution)
     summaries = sorted(p.relative_to(reference) for p in reference.rglob("*_CAL/summary.json"))

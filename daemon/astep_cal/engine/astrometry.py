@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.coordinates import Angle
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
@@ -69,6 +68,8 @@ def _as_degrees(value: Any, unit: str) -> float | None:
             try:
                 degrees = float(text)
             except ValueError:
+                from astropy.coordinates import Angle  # ~0.6 s of import: only for a sexagesimal pointing
+
                 degrees = Angle(text, unit=unit).degree
     except (ValueError, TypeError):
         return None

@@ -74,7 +74,7 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
     if not cal_path.is_file():
         return
     try:
-        ours = kw.VERSION.name in fits.getheader(cal_path)
+        ours = kw.VERSION.name in products.read_cal_header(cal_path)  # plain or tile-compressed
     except Exception:  # unreadable: certainly not ours
         ours = False
     if not ours:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astep_cal.formats import names, products
-from astep_cal.formats.lightcurve_products import write_light_curve
-from astep_cal.science.lightcurve import FrameCatalogue, light_curve
 from astep_cal.state import entries
 from astep_cal.support.config import Settings
 
 if TYPE_CHECKING:
     from astropy.table import Table
+
+    from astep_cal.science.lightcurve import FrameCatalogue
 
 
 def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[FrameCatalogue]:
@@ -32,6 +32,8 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
     rebuilt from the CAL files) uses the file if there is one. A catalogue that cannot be read is
     logged (``catalogue_unreadable``) and left out.
     """
+    from astep_cal.science.lightcurve import FrameCatalogue  # astropy.coordinates (~0.6 s): only with targets
+
     frames = []
     for name, entry in sorted(night.get("frames", {}).items()):
         if entries.catalogue(entry).get("status", "ok") != "ok" or entries.calibration_status(entry) != "ok":
@@ -64,6 +66,9 @@ def _read_or_log(read: Callable[[Path], Any], path: Path, name: str, log: Any) -
 def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings: Settings,
                        log: Any) -> dict[str, Any]:
     """Every configured target's light curve for the night: files written, events logged; the record."""
+    from astep_cal.formats.lightcurve_products import write_light_curve
+    from astep_cal.science.lightcurve import light_curve
+
     frames = night_catalogues(cal_dir, night, log)
     records = {}
     for target in settings.photometry.targets:

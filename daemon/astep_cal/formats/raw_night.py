@@ -28,6 +28,7 @@ from astropy.io import fits
 
 from astep_cal.formats.names import FITS_SUFFIXES, cal_dir, cams_dir, fits_stem, masters_dir, skyflat_dir
 from astep_cal.formats.raw_headers import image_hdu, kind_from_header, read_ccd_temp, read_date_obs, read_exptime
+from astep_cal.formats.stat_memo import StatMemo
 from astep_cal.support.storage import TEMP_MARKER, fingerprint
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
@@ -329,6 +330,9 @@ def _place(frame: RawFrame, directory_role: str, inventory: NightInventory) -> N
     target.append(frame)
 
 
+inspect_known_frame: StatMemo[RawFrame | Problem] = StatMemo(inspect_frame)  # unchanged files: not read again
+
+
 def take_inventory(root: Path, date: str) -> NightInventory:
     """Classify every file of one night. Missing directories are problems, not errors."""
     inventory = NightInventory(date=date, night_dir=root / date)
@@ -346,7 +350,7 @@ def take_inventory(root: Path, date: str) -> NightInventory:
             if "_CAL" in fits_stem(path.name).upper():
                 inventory.notes.append(Problem(path, "file_ignored", "calibrated product in a raw directory"))
                 continue
-            result = inspect_frame(path)
+            result = inspect_known_frame(path)
             if isinstance(result, Problem):
                 inventory.problems.append(result)
             else:

@@ -80,8 +80,10 @@ class AstrometrySettings:
 class OutputSettings:
     """How CAL files are written (changing these does not redo calibrated frames)."""
 
-    compress: bool = False  # tile-compressed CAL files (RICE + subtractive dithering; see the README)
-    quantize_level: float = 16.0  # quantisation step = tile noise / quantize_level (fpack's -q)
+    compress: bool = True  # tile-compressed CAL files (RICE + subtractive dithering; docs/compression.md)
+    quantize_level: float = 16.0  # image quantisation step = the frame's sky noise / quantize_level
+    err_quantize_level: float = 64.0  # ERR quantisation step = the same sky noise / err_quantize_level
+    tile_rows: int = 64  # rows per compressed tile (whole-row bands; astropy's default is 1 row a tile)
 
 
 @dataclass(frozen=True)
@@ -283,8 +285,9 @@ def validate(settings: Settings) -> None:
     if q.pixel_scale_arcsec <= 0 or q.detect_sigma <= 0 or q.fwhm_stars < 1:
         raise ConfigError("quality pixel_scale_arcsec, detect_sigma and fwhm_stars must be positive")
     _validate_photometry(settings.photometry)
-    if settings.output.quantize_level <= 0:
-        raise ConfigError("output.quantize_level must be positive")
+    o = settings.output
+    if o.quantize_level <= 0 or o.err_quantize_level <= 0 or o.tile_rows < 1:
+        raise ConfigError("output.quantize_level and err_quantize_level must be positive, tile_rows >= 1")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:
