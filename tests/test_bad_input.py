@@ -30,8 +30,8 @@ from astep_cal.devtools.synthetic import make_night
 from astep_cal.engine.frame_steps import read_whole_frame
 from astep_cal.engine.stages import FrameBlocked
 from astep_cal.formats.names import cal_dir, cal_name, name_from_header
-from astep_cal.formats.raw_night import inspect_frame
 from astep_cal.formats.products import cal_image_hdu, read_cal_header
+from astep_cal.formats.raw_night import inspect_frame
 
 DATE = "2026-07-01"
 

@@ -15,11 +15,11 @@ import warnings
 
 import pytest
 from astropy.io import fits
+from conftest import REPO, small_spec
 
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats import keywords as kw
 from astep_cal.formats.fitsio import card_entry, set_card
-from conftest import REPO, small_spec
 
 # A raw name as long as a real one can be (an object and a filter in it) and not ASCII: percent-encoded
 # in ASTCRAW, it leaves no room for the card's comment.

@@ -26,8 +26,8 @@ from conftest import REPO, parse_events, read_ledger, run_cli, small_spec, tree_
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.engine.astrometry import wcs_error_px
 from astep_cal.formats.names import cal_dir, cal_name
-from astep_cal.support.faults import KILL_VARIABLE
 from astep_cal.formats.products import cal_image_hdu
+from astep_cal.support.faults import KILL_VARIABLE
 
 DATE = "2026-07-01"
 

@@ -8,9 +8,9 @@ from conftest import no_solve_config, run_cli, small_spec
 from astep_cal.devtools.defect_scene import defect_scene
 from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.devtools.synthetic import make_night
+from astep_cal.formats.products import cal_image_hdu
 from astep_cal.science.calibrate import REPLACED_ERR
 from astep_cal.science.masters import MaskBit, combine_variance_factor
-from astep_cal.formats.products import cal_image_hdu
 
 
 def _clean_sky_z(scene, result):

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from astropy.io import fits
 from conftest import daemon_config as _config
 from conftest import no_solve_config, read_ledger, run_cli, small_spec, tree_digest
 

@@ -27,13 +27,13 @@ from astep_cal.engine.rules import (
     night_has_work,
 )
 from astep_cal.formats.names import cal_dir, cal_name, masters_dir
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
 from astep_cal.formats.raw_night import take_inventory
 from astep_cal.science.masters import MaskBit
 from astep_cal.state.ledger import Ledger
 from astep_cal.support.config import Settings
 from astep_cal.support.logs import get_logger
 from astep_cal.support.storage import fingerprint
-from astep_cal.formats.products import cal_image_hdu, read_cal_header
 
 
 def _scores(root, truth):

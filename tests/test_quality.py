@@ -17,9 +17,9 @@ from conftest import read_ledger, small_spec
 from astep_cal.devtools.sky import render_stars
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
 from astep_cal.science.masters import MaskBit
 from astep_cal.science.quality import measure_frame
-from astep_cal.formats.products import cal_image_hdu, read_cal_header
 
 SKY_E, READ_NOISE_E = 1000.0, 9.0
 SIGMA_PER_FWHM = 1 / (2 * np.sqrt(2 * np.log(2)))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import astropy.units as u
@@ -93,6 +93,8 @@ class NightSpec:
     transparency_rms: float = 0.0  # per-frame starlight loss 1 - |N(0, rms)| (thin cirrus)
     cloud_frames: tuple[int, ...] = ()  # science frames (0-based) dimmed by a cloud ...
     cloud_dimming: float = 0.8  # ... losing this fraction of the starlight
+    header_style: str = "generic"  # "astep": ASTEP's keywords (SCIDCRD, SCINAME, BEGINOBS, INSTFILT), pixel
+    #                                pseudo-WCS cards, and no RA/DEC, OBJCTRA/OBJCTDEC or OBJECT
 
 
 @dataclass
@@ -155,8 +157,10 @@ def _sexagesimal(ra_deg: float, dec_deg: float) -> tuple[str, str]:
     return ra, dec
 
 
-def raw_header(spec: NightSpec, plan: _Plan) -> fits.Header:
+def raw_header(spec: NightSpec, plan: _Plan, target: dict | None = None) -> fits.Header:
     """The camera's keywords (no WCS: the pipeline has to solve for it)."""
+    if spec.header_style == "astep":
+        return _astep_header(spec, plan, target)
     kind = "DARK" if plan.kind == "FLATDARK" else plan.kind
     header = fits.Header()
     header["EXPTIME"] = (float(plan.exptime), "[s] exposure time")
@@ -179,6 +183,22 @@ def raw_header(spec: NightSpec, plan: _Plan) -> fits.Header:
         ra, dec = _sexagesimal(spec.ra_deg, spec.dec_deg)
         header["OBJCTRA"] = (ra, "telescope pointing RA (h m s)")
         header["OBJCTDEC"] = (dec, "telescope pointing Dec (d m s)")
+    return header
+
+
+def _astep_header(spec: NightSpec, plan: _Plan, target: dict | None) -> fits.Header:
+    """ASTEP's own keywords (``../shared/README.md``): the science target in ``SCINAME`` and ``SCIDCRD``
+    ('RA-DEC' in degrees: ``'148.37737--45.71622'``), the start in ``BEGINOBS``, the filter in ``INSTFILT``,
+    and the camera's pixel pseudo-WCS; no generic pointing or ``OBJECT`` card."""
+    header = raw_header(replace(spec, header_style="generic", write_pointing_header=False, transit=None), plan)
+    header.rename_keyword("FILTER", "INSTFILT")
+    header["BEGINOBS"] = (header["DATE-OBS"], "UTC start of exposure")
+    for axis, size in ((1, spec.shape[1]), (2, spec.shape[0])):
+        header[f"CTYPE{axis}"], header[f"CRPIX{axis}"], header[f"CRVAL{axis}"] = "PIXEL", 1.0, float(size // 2)
+    if plan.kind == "SCIENCE":
+        ra, dec = (target["ra"], target["dec"]) if target else (spec.ra_deg, spec.dec_deg)
+        header["SCIDCRD"] = (f"{ra:.5f}-{dec:.5f}", "science target RA-DEC (deg)")
+        header["SCINAME"] = (spec.transit.name if spec.transit else "SYN-FIELD", "science target name")
     return header
 
 
@@ -270,7 +290,7 @@ def _science_frame(spec: NightSpec, sensor: Sensor, plan: _Plan, truth_dir: Path
     _write_truth_frame(truth_dir / f"{plan.path.stem}_truth.fits", sky, crmask, stars, w)
     del crmask
     electrons = dark_electrons(spec, sensor, plan.exptime, sky)  # consumes sky
-    _write_raw(plan.path, to_raw(electrons, sensor, spec, rng, crs), raw_header(spec, plan))
+    _write_raw(plan.path, to_raw(electrons, sensor, spec, rng, crs), raw_header(spec, plan, target))
     return cards
 
 

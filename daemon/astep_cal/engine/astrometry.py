@@ -32,7 +32,9 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from astep_cal.engine.solve_budget import SolveHint, choose_hint, hint_arguments
 from astep_cal.engine.solve_process import output_tail, run_solve_field, terminate_running_solves  # noqa: F401 (re-exported)
+from astep_cal.formats.header_profile import DEFAULT_PROFILE, HeaderProfile, read_frame_header
 from astep_cal.formats.products import SOURCES_SINGLE, read_sources
 from astep_cal.formats.raw_headers import image_hdu
 from astep_cal.formats.wcs_cards import WCS_KEY, clean_wcs_header, mark_unsolved, merge_wcs, without_wcs  # noqa: F401 (re-exported)
@@ -52,43 +54,18 @@ class SolveResult:
     n_matched: int = 0  # stars matched between the image and the index (from the .corr file)
     residual_arcsec: float | None = None  # rms distance of those matches under the solved WCS
     from_list: bool = False  # solved from the CAL file's SOURCES table, not from the image
+    from_hint: bool = False  # solved around a solution earlier in the night (solve_budget), not the pointing
 
 
 # --- pointing hints -----------------------------------------------------------------------------
 
-def _as_degrees(value: Any, unit: str) -> float | None:
-    """A header value as degrees: a number is degrees, a string is sexagesimal in ``unit``."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            degrees = float(value)
-        else:
-            text = str(value).strip()
-            try:
-                degrees = float(text)
-            except ValueError:
-                from astropy.coordinates import Angle  # ~0.6 s of import: only for a sexagesimal pointing
+def pointing_from_header(header: fits.Header, profile: HeaderProfile = DEFAULT_PROFILE) -> tuple[float, float] | None:
+    """Telescope pointing (RA, Dec in degrees) through the header profile (``formats/header_profile.py``):
+    ``RA``/``DEC``, ``OBJCTRA``/``OBJCTDEC``, else ASTEP's ``SCIDCRD``, and what the configuration adds.
 
-                degrees = Angle(text, unit=unit).degree
-    except (ValueError, TypeError):
-        return None
-    return degrees if np.isfinite(degrees) else None
-
-
-def pointing_from_header(header: fits.Header) -> tuple[float, float] | None:
-    """Telescope pointing (RA, Dec in degrees) from ``RA``/``DEC`` or ``OBJCTRA``/``OBJCTDEC``.
-
-    Returns None when neither pair is present and sane, in which case the solve is blind.
+    Returns None when none is present and sane, in which case the solve is blind.
     """
-    candidates = ((header.get("RA"), "deg", header.get("DEC")),
-                  (header.get("OBJCTRA"), "hourangle", header.get("OBJCTDEC")))
-    for ra_value, ra_unit, dec_value in candidates:
-        ra = _as_degrees(ra_value, ra_unit)
-        dec = _as_degrees(dec_value, "deg")
-        if ra is not None and dec is not None and 0 <= ra < 360 and -90 <= dec <= 90:
-            return ra, dec
-    return None
+    return read_frame_header(header, profile).pointing
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -108,7 +85,7 @@ def downsample_factor(settings: AstrometrySettings, width: int | None) -> int:
 
 def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
                   pointing: tuple[float, float] | None, width: int | None = None,
-                  xylist_shape: tuple[int, int] | None = None) -> list[str]:
+                  xylist_shape: tuple[int, int] | None = None, hint: SolveHint | None = None) -> list[str]:
     """The ``solve-field`` argument list: scale limits, budgets, and every output but the WCS and
     the match list switched off or sent to ``work_dir``.
 
@@ -119,7 +96,9 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
     few hundred at most, and the solve is as exact without it: 0.002 px against the truth).
     For an image, ``--fits-image`` and ``--no-remove-lines`` each save a Python start-up (~0.4 s) per
     frame: the input is always our FITS CAL file, and the lines of false sources that ``removelines``
-    hunts (bad columns) are masked and filled from their neighbours before the solve."""
+    hunts (bad columns) are masked and filled from their neighbours before the solve.
+    ``hint``: a solution earlier in the night (``solve_budget``) replaces the scale limits and the pointing
+    by its own, tight ones."""
     if xylist_shape is not None:
         source = ["--width", str(xylist_shape[1]), "--height", str(xylist_shape[0]),
                   "--x-column", "X", "--y-column", "Y", "--sort-column", "FLUX", "--uniformize", "0"]
@@ -128,8 +107,9 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
     command = [
         settings.solve_field, str(image),
         "--dir", str(work_dir), "--out", "solution", *source, "--no-remove-lines",
-        "--scale-units", "degwidth",
-        "--scale-low", f"{settings.scale_low_deg:g}", "--scale-high", f"{settings.scale_high_deg:g}",
+        *(hint_arguments(hint, settings) if hint is not None else
+          ["--scale-units", "degwidth", "--scale-low", f"{settings.scale_low_deg:g}",
+           "--scale-high", f"{settings.scale_high_deg:g}"]),
         "--cpulimit", str(settings.cpulimit_s),
         "--tweak-order", "2", "--crpix-center",
         "--no-plots", "--overwrite",
@@ -141,7 +121,7 @@ def build_command(image: Path, work_dir: Path, settings: AstrometrySettings,
     ]
     if settings.config_file:
         command += ["--config", settings.config_file]
-    if pointing is not None:
+    if pointing is not None and hint is None:
         command += ["--ra", f"{pointing[0]:.6f}", "--dec", f"{pointing[1]:.6f}",
                     "--radius", f"{settings.search_radius_deg:g}"]
     return command
@@ -228,7 +208,8 @@ def _copy_without_wcs(image: Path, work_dir: Path) -> Path:
 
 
 def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
-          tmp_root: Path | None = None) -> SolveResult:
+          tmp_root: Path | None = None, profile: HeaderProfile = DEFAULT_PROFILE,
+          hints: tuple[SolveHint, ...] = ()) -> SolveResult:
     """Plate-solve ``image``. Never raises: every failure is a SolveResult with ``error`` set.
 
     From the CAL file's ``SOURCES`` list when it holds enough single stars (0.1 s instead of ~2 s: no
@@ -237,25 +218,51 @@ def solve(image: Path, header: fits.Header, settings: AstrometrySettings,
     missed), keeping the list's solution if the image gives none. A list solve that fails is the
     answer (as an image solve's failure would be): a second run after a timeout or a shutdown's kill
     would only be killed again.
+
+    With a solution of this pointing earlier in the night (``hints``, ``solve_budget.choose_hint``) the
+    solve is first tried around it (tight position and scale), then, if that fails, as without it. All of it
+    stops at ``settings.frame_budget_s`` of wall time (each solve-field run's CPU limit and timeout cut to
+    what is left).
     """
     started = time.monotonic()
-    pointing = pointing_from_header(header) if settings.use_header_pointing else None
+    pointing = pointing_from_header(header, profile) if settings.use_header_pointing else None
     executable = shutil.which(settings.solve_field)
     if executable is None:
         return SolveResult(False, error=f"solve-field not found: {settings.solve_field!r}",
                            hinted=pointing is not None)
+    hint = choose_hint(hints, pointing, settings)
+    result = None
+    for tight in ([hint] if hint is not None else []) + [None]:
+        left = started + settings.frame_budget_s - time.monotonic()
+        if result is not None and left < 1.0:  # no time for the second attempt
+            break
+        budget = replace(settings, timeout_s=min(settings.timeout_s, left),
+                         cpulimit_s=max(1, min(settings.cpulimit_s, int(left))))
+        result = replace(_solve_pointed(image, header, budget, pointing, tight, executable, tmp_root),
+                         from_hint=tight is not None)
+        if result.solved:
+            break
+    if result is None:
+        result = SolveResult(False, error=f"the frame's solve budget ({settings.frame_budget_s:g} s) is spent",
+                             hinted=pointing is not None)
+    return replace(result, duration_s=time.monotonic() - started)
+
+
+def _solve_pointed(image: Path, header: fits.Header, settings: AstrometrySettings, pointing: tuple[float, float] | None,
+                   hint: SolveHint | None, executable: str, tmp_root: Path | None) -> SolveResult:
+    """The list solve, then (see :func:`solve`) the image solve, with one pointing or hint."""
     width, height = header.get("NAXIS1"), header.get("NAXIS2")
     table = listed_sources(image) if isinstance(width, int) and isinstance(height, int) else None
     listed = None
     if table is not None:
         listed = _solve_in(tmp_root, lambda work_dir: _list_command(table, work_dir, settings, pointing,
-                                                                    (height, width)), executable, settings)
+                                                                    (height, width), hint), executable, settings)
         if not listed.solved or not _loose(listed):
-            return replace(listed, duration_s=time.monotonic() - started, from_list=True)
-    from_image = _solve_in(tmp_root, lambda work_dir: _image_command(image, header, work_dir, settings, pointing),
+            return replace(listed, from_list=True)
+    from_image = _solve_in(tmp_root, lambda work_dir: _image_command(image, header, work_dir, settings, pointing, hint),
                            executable, settings)
     best = listed if listed is not None and listed.solved and not from_image.solved else from_image
-    return replace(best, duration_s=time.monotonic() - started, from_list=best is listed)
+    return replace(best, from_list=best is listed)
 
 
 MAX_LIST_RESIDUAL_PX = 0.1  # rms of a list solve's matches; a good one's is ~0.005 px, an image solve's ~0.02
@@ -272,17 +279,17 @@ def _loose(result: SolveResult) -> bool:
 
 
 def _list_command(table: np.ndarray, work_dir: Path, settings: AstrometrySettings,
-                  pointing: tuple[float, float] | None, shape: tuple[int, int]) -> list[str]:
+                  pointing: tuple[float, float] | None, shape: tuple[int, int], hint: SolveHint | None) -> list[str]:
     write_xylist(table, work_dir / "sources.xyls")
-    return build_command(work_dir / "sources.xyls", work_dir, settings, pointing, xylist_shape=shape)
+    return build_command(work_dir / "sources.xyls", work_dir, settings, pointing, xylist_shape=shape, hint=hint)
 
 
 def _image_command(image: Path, header: fits.Header, work_dir: Path, settings: AstrometrySettings,
-                   pointing: tuple[float, float] | None) -> list[str]:
+                   pointing: tuple[float, float] | None, hint: SolveHint | None) -> list[str]:
     if has_wcs(header) or _tile_compressed(image):
         image = _copy_without_wcs(image, work_dir)
     width = header.get("NAXIS1")
-    return build_command(image, work_dir, settings, pointing, width if isinstance(width, int) else None)
+    return build_command(image, work_dir, settings, pointing, width if isinstance(width, int) else None, hint=hint)
 
 
 def _solve_in(tmp_root: Path | None, make_command: Any, executable: str, settings: AstrometrySettings) -> SolveResult:
@@ -311,8 +318,9 @@ def _run_solve(command: list[str], work_dir: Path, settings: AstrometrySettings)
         return result(solved=False, error=f"solve-field exited with {code}: {output_tail(output)}")
     if not (work_dir / "solution.solved").is_file() or not wcs_path.is_file():
         reason = "no index file" if "no index files" in output.lower() else "field not solved"
-        return result(solved=False, error=f"{reason} (scale {settings.scale_low_deg:g}-"
-                                          f"{settings.scale_high_deg:g} deg, {'hinted' if hinted else 'blind'})")
+        scale = "around an earlier solution" if "arcsecperpix" in command else \
+            f"scale {settings.scale_low_deg:g}-{settings.scale_high_deg:g} deg, {'hinted' if hinted else 'blind'}"
+        return result(solved=False, error=f"{reason} ({scale})")
     try:
         wcs_header = clean_wcs_header(fits.getheader(wcs_path))
     except (OSError, ValueError) as error:

@@ -22,6 +22,7 @@ from astep_cal.engine import astrometry
 from astep_cal.engine.night_detector import frame_noise, noise_cards
 from astep_cal.engine.night_masters import Masters, memory_budget
 from astep_cal.engine.rules import calibration_fingerprint
+from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import (
     CALIBRATE_STEP,
     CATALOGUE_STEP,
@@ -34,6 +35,7 @@ from astep_cal.engine.stages import (
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.fitsio import read_image
+from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, profile_cards, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
 from astep_cal.science import catalogue, quality
@@ -115,6 +117,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     if dark is None:
         raise FrameBlocked("no master dark")
     raw, header = read_whole_frame(frame)
+    described = described_frame(header, settings, record, log)
     measured = masters.record.get("detector", {})
     model = frame_noise(header, measured, settings.calibration)
     flat_record = masters.record["flat"]
@@ -152,9 +155,23 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
         gain=model.gain, gain_source=model.gain_source, read_noise_e=round(model.read_noise_e, 3),
         read_noise_source=model.read_noise_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
-        sky_e=round(result.sky_e, 2), date_obs=_text_or_none(header.get("DATE-OBS")), quality=quality_record,
+        sky_e=round(result.sky_e, 2), date_obs=described.exposure_start, quality=quality_record,
     )
-    return Calibrated(result, measured_quality, header, model.gain, model.read_noise_e)
+    return Calibrated(result, measured_quality, header, model.gain, model.read_noise_e, described)
+
+
+def described_frame(header: fits.Header, settings: Settings, record: dict[str, Any], log: Any) -> FrameHeader:
+    """The raw header read through the header profile; its malformed values logged
+    (``header_value_invalid``) and kept in the frame's record (``header_problems``), its target recorded."""
+    described = read_frame_header(header, HeaderProfile.configured(settings.headers))
+    for problem in described.problems:
+        log.warning("header_value_invalid", keyword=problem.keyword, value=problem.value, error=problem.reason)
+    if described.problems:
+        record["header_problems"] = [problem.record() for problem in described.problems]
+    if described.target is not None:
+        target = described.target
+        record["target"] = {"name": target.name, "ra": target.ra, "dec": target.dec, "source": target.source}
+    return described
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,7 @@ class Calibrated:
     header: fits.Header
     gain: float
     read_noise_e: float
+    described: FrameHeader | None = None
 
 
 # Header cards of the frame copied into its catalogue (what a light curve needs without the CAL file).
@@ -193,6 +211,8 @@ def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record:
 def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
     """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
     cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
+    if made.described is not None:
+        cards.update(profile_cards(made.described))
     ny, nx = made.frame.data.shape
     cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
                  IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
@@ -221,11 +241,6 @@ def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
     return "ok"
 
 
-def _text_or_none(value: Any) -> str | None:
-    """A header string for the ledger (JSON); anything else (missing, undefined, a number) is None."""
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
     """The pixel scale (arcsec/px) of a solution, which makes FWHM in arcsec exact; None if unknown."""
     if not result.solved or result.wcs_header is None:
@@ -236,10 +251,16 @@ def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
         return None
 
 
-def solve_and_merge(cal_path: Path, settings: Settings) -> astrometry.SolveResult:
-    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it."""
+def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | None = None) -> astrometry.SolveResult:
+    """Worker-thread job: plate-solve one CAL file and merge the WCS (or mark the failure) in it; the
+    night's ``solving`` gives the hints and learns the outcome (``solve_budget``)."""
     header = products.read_cal_header(cal_path)
-    result = astrometry.solve(cal_path, header, settings.astrometry)
+    budgeted = solving.budgeted(settings.astrometry) if solving is not None else settings.astrometry
+    result = astrometry.solve(cal_path, header, budgeted, profile=HeaderProfile.configured(settings.headers),
+                              hints=solving.hints() if solving is not None else ())
+    if solving is not None:
+        shape = (header.get("NAXIS2"), header.get("NAXIS1"))
+        solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
@@ -275,19 +296,26 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     return entry["calibrate"]["status"]
 
 
-def solve_frame(cal_path: Path, settings: Settings, tries: int) -> dict[str, Any]:
+def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSolving | None = None) -> dict[str, Any]:
     """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
 
     ``tries`` counts this attempt. Runs through the stage runner (an error, e.g. the CAL file vanished,
     is a failed solve); only :class:`StorageUnavailable` is raised (the merge could not be written: the
     frame stays pending and no try is counted). Shared by ``once`` (in its solve thread) and
-    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`).
+    ``reprocess`` (in the frame's task); the caller logs the outcome (:func:`log_solve`). With the night's
+    ``solving`` (``once``, the daemon) a solve is not run once the night's budget of failed solving is spent:
+    the record is ``deferred`` (no try counted).
     """
+    if solving is not None and solving.spent():
+        return solving.defer(tries - 1)
+    cut = solving is not None and solving.budgeted(settings.astrometry) != settings.astrometry
     with run_stage("astrometry", None, SOLVE_STEP) as step:
-        step["result"] = solve_and_merge(cal_path, settings)
+        step["result"] = solve_and_merge(cal_path, settings, solving)
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
+    if cut and record["status"] == "failed":  # given only the night's wait: not a try, deferred
+        return solving.defer(tries - 1)
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
     return record
@@ -303,6 +331,8 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
     record: dict[str, Any] = {"status": "solved" if result.solved else "failed", "tries": tries,
                               "duration_s": round(result.duration_s, 2), "hinted": result.hinted,
                               "input": "sources" if result.from_list else "image"}
+    if result.from_hint:
+        record["hint"] = "earlier solution"
     if result.solved:
         record["n_matched"] = result.n_matched
         if result.residual_arcsec is not None:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astep_cal.formats import names, products
+from astep_cal.science.targets import frame_targets, merge_targets
 from astep_cal.state import entries
-from astep_cal.support.config import Settings
+from astep_cal.support.config import Settings, Target
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -63,15 +64,28 @@ def _read_or_log(read: Callable[[Path], Any], path: Path, name: str, log: Any) -
         return None
 
 
+def night_targets(frames: list[FrameCatalogue], settings: Settings, log: Any) -> list[Target]:
+    """The configured targets and (``frame_targets``) those the frames' headers name, merged
+    (``science.targets``); each target that only the frames gave is logged (``target_from_frames``)."""
+    configured = list(settings.photometry.targets)
+    if not settings.photometry.frame_targets:
+        return configured
+    merged = merge_targets(configured, frame_targets(frame.header for frame in frames))
+    for target in merged[len(configured):]:
+        log.info("target_from_frames", target=target.name, ra=round(target.ra, 6), dec=round(target.dec, 6))
+    return merged
+
+
 def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings: Settings,
                        log: Any) -> dict[str, Any]:
-    """Every configured target's light curve for the night: files written, events logged; the record."""
+    """Every target's light curve for the night (:func:`night_targets`): files written, events logged; the
+    record."""
     from astep_cal.formats.lightcurve_products import write_light_curve
     from astep_cal.science.lightcurve import light_curve
 
     frames = night_catalogues(cal_dir, night, log)
     records = {}
-    for target in settings.photometry.targets:
+    for target in night_targets(frames, settings, log):
         curve = light_curve(frames, target, settings.photometry.bin_minutes)
         for level, event, fields in curve.events:
             getattr(log, level)(event, **fields)

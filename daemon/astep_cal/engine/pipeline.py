@@ -11,6 +11,7 @@ being calibrated, so both cores are busy. Only the calling thread touches the le
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from astep_cal.engine import astrometry, photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
+from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
 from astep_cal.formats import names, summary
 from astep_cal.formats.names import cal_dir, masters_dir
@@ -81,14 +83,15 @@ def open_night(root: Path, date: str, ledger: Ledger, force: bool) -> tuple[Nigh
 
 
 def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
-                 recalibrate: FrameRule = needs_calibration) -> list[tuple[RawFrame, bool]]:
+                 recalibrate: FrameRule = needs_calibration, deferred: bool = False) -> list[tuple[RawFrame, bool]]:
     """The night's science frames that need work, in name order, each with whether it is calibrated
-    (else only solved). ``reprocess`` passes its own rule (it also redoes other versions' frames)."""
+    (else only solved). ``reprocess`` passes its own rule (it also redoes other versions' frames);
+    ``deferred``: solves deferred by a night's budget are work too."""
     todo = []
     for frame in sorted(inventory.science, key=lambda f: f.name):
         entry = ledger.frame(inventory.date, frame.name)
         calibrate = recalibrate(entry, frame, inventory.cal_dir / names.cal_name(frame.name), settings)
-        if calibrate or needs_solve(entry, settings):
+        if calibrate or needs_solve(entry, settings, deferred):
             todo.append((frame, calibrate))
     return todo
 
@@ -125,15 +128,22 @@ def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: 
 
 
 def write_night_photometry(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """The light curve of every configured target from the night's catalogues, written beside the
-    summary and recorded in ``night["photometry"]`` (summary.json shows it), through the stage runner:
-    a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
-    if not settings.photometry.enabled or not settings.photometry.targets or not night.get("frames"):
+    """The light curve of every target (configured, or named by the frames) from the night's catalogues,
+    written beside the summary and recorded in ``night["photometry"]`` (summary.json shows it), through the
+    stage runner: a failure is logged (``photometry_failed``) and recorded, the night is done all the same."""
+    wanted = settings.photometry
+    if not wanted.enabled or not night.get("frames") or not (
+            wanted.targets or (wanted.frame_targets and _frames_name_a_target(night))):
         return
     with run_stage("photometry", log, PHOTOMETRY_STEP, root=root) as step:
         make_output_dirs(root, date)
         step.update(photometry.night_light_curves(cal_dir(root, date), date, night, settings, log))
     night["photometry"] = step
+
+
+def _frames_name_a_target(night: dict[str, Any]) -> bool:
+    """Whether a frame's header named a science target (its calibration record says which)."""
+    return any(entries.calibration(entry).get("target") for entry in night.get("frames", {}).values())
 
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
@@ -146,15 +156,19 @@ class NightResult:
     solved: int = 0
     failed: int = 0
     blocked: int = 0
+    deferred: int = 0
 
 
 class NightRun:
     """Processes one night; holds what is shared between its frames for the duration of the run."""
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
-                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False):
+                 progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
+                 retry_deferred: bool = False):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
+        self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
+        self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
         self.result = NightResult(date)
         self.inventory: NightInventory | None = None  # taken when the run starts
@@ -174,7 +188,8 @@ class NightRun:
 
     def _run(self) -> NightResult:
         self.inventory, listing = open_night(self.root, self.date, self.ledger, self.force)
-        frames = [frame for frame, _ in frames_to_do(self.inventory, self.ledger, self.settings)]
+        frames = [frame for frame, _ in frames_to_do(self.inventory, self.ledger, self.settings,
+                                                     deferred=self.retry_deferred)]
         self.result.to_do = len(frames)
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
@@ -204,6 +219,7 @@ class NightRun:
 
     def _process(self, frames: list[RawFrame]) -> None:
         pending: list[tuple[str, Future]] = []
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
             for index, frame in enumerate(frames, start=1):
                 if self.should_stop():
@@ -214,14 +230,22 @@ class NightRun:
                     break
                 self._calibrate(frame)
                 entry = self.ledger.frame(self.date, frame.name)
-                if needs_solve(entry, self.settings):
+                if needs_solve(entry, self.settings, self.retry_deferred):
                     cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
                     tries = entries.solve_tries(entry) + 1
-                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries)))
+                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries,
+                                                              self.solving)))
                 pending = self._collect(pending, wait=False)
                 if self.progress:
                     self.progress(self.date, index, len(frames))
+            if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
+                astrometry_settings = self.settings.astrometry
+                self.solving.close_after(max(astrometry_settings.wait_fraction * (time.monotonic() - started),
+                                             astrometry_settings.frame_budget_s))
             self._collect(pending, wait=True)
+        if self.result.deferred:
+            self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
+                             night_budget_s=self.settings.astrometry.night_budget_s)
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)
@@ -255,6 +279,9 @@ class NightRun:
         if record["status"] != "solved" and self.should_stop():
             return  # ended by a shutdown, not a failure: stays pending, no try counted
         record_solve(self.ledger.frame(self.date, name), record, self.inventory.cal_dir / names.cal_name(name))
+        if record["status"] == "deferred":
+            self.result.deferred += 1  # logged once for the night (solve_deferred), saved with the next change
+            return
         if record["status"] == "solved":
             self.result.solved += 1
         else:
@@ -265,7 +292,8 @@ class NightRun:
 
 def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
                  force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
-    """Process every night under ``root`` (or only ``nights``), oldest first.
+    """Process every night under ``root`` (or only ``nights``), oldest first. Solves an earlier run deferred
+    (a night's budget of failed solving spent) are tried again, under this run's budget.
 
     A night with nothing to do (:func:`night_has_work`) is not opened: a run over a finished archive
     costs a listing and a stat per file, and writes nothing.
@@ -276,7 +304,8 @@ def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
     ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
     selected = [d for d in found if nights is None or d in nights]
-    results = [NightRun(root, date, settings, ledger, force, progress).run() for date in selected
-               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True)]
+    results = [NightRun(root, date, settings, ledger, force, progress, retry_deferred=True).run() for date in selected
+               if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True,
+                                          deferred=True)]
     ledger.save()
     return results

@@ -34,12 +34,16 @@ def needs_calibration(entry: dict[str, Any], frame: RawFrame, cal_path: Path, se
                 and done.get("config") == calibration_fingerprint(settings))
 
 
-def needs_solve(entry: dict[str, Any], settings: Settings) -> bool:
+def needs_solve(entry: dict[str, Any], settings: Settings, deferred: bool = False) -> bool:
+    """A solve is due: never solved, its back-off over, tries left; a solve ``deferred`` by a night's
+    budget (``solve_budget``) only when ``deferred`` is asked (the daemon when idle, the next ``once``)."""
     if not settings.astrometry.enabled or entries.calibration_status(entry) != "ok":
         return False
     solved = entries.solve(entry)
     if solved.get("status") == "solved":
         return False
+    if solved.get("status") == "deferred":
+        return deferred
     if solved.get("retry_after", 0) > time.time():
         return False  # backing off after a failure
     return solved.get("tries", 0) < settings.astrometry.max_tries
@@ -67,7 +71,7 @@ def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
 
 
 def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool,
-                   new_settings_count: bool = False) -> bool:
+                   new_settings_count: bool = False, deferred: bool = False) -> bool:
     """Cheap check (directory listings and stat, no FITS read) for work left in a night.
 
     Work is: a night never looked at; raw files not seen as they are now (new, changed or removed
@@ -75,7 +79,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     without its frame entry), a solve due, a CAL file or the summary gone, and — when asked — blocked
     frames (``retry_blocked``: a calibration they lack may have appeared) and frames made with other
     calibration settings (``new_settings_count``: what ``once`` redoes; the daemon does not redo the
-    archive on a reload).
+    archive on a reload), and solves deferred by a night's budget (``deferred``: the daemon when idle, ``once``).
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
     cams = cams_dir(root, date)
@@ -100,7 +104,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
             return True
         if new_settings_count and status in ("ok", "failed") and calibrated.get("config") != config:
             return True
-        if status == "ok" and (needs_solve(entry, settings) or names.cal_name(name) not in outputs):
+        if status == "ok" and (needs_solve(entry, settings, deferred) or names.cal_name(name) not in outputs):
             return True
     return False
 

@@ -17,7 +17,6 @@ from astropy.io import fits
 
 from astep_cal.support.storage import atomic_write
 
-
 CARD_LENGTH = 80
 _VALUE_END = 30  # "KEYWORD = " and a value field of at least 20 characters
 

@@ -60,5 +60,11 @@ N_COSMIC = Keyword("NCOSMIC", "pixels replaced as cosmic-ray hits")
 N_SATURATED = Keyword("NSATUR", "saturated pixels")
 SKY_LEVEL = Keyword("SKYLEVEL", "[e-] median sky level")
 
+# Catalogues: the science target the raw header names (formats/header_profile.py), for the light curves
+TARGET_NAME = Keyword("TARGNAME", "science target named by the raw header")
+TARGET_RA = Keyword("TARGRA", "[deg] RA of that target (ICRS)")
+TARGET_DEC = Keyword("TARGDEC", "[deg] Dec of that target (ICRS)")
+TARGET_SOURCE = Keyword("TARGSRC", "raw header keywords the target was read from")
+
 # Written by astep-cal, to be read back by recovery (these must be in every CAL file)
 PROVENANCE_NEEDED = (VERSION, RAW, RAW_FINGERPRINT, CONFIG)

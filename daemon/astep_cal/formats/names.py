@@ -8,11 +8,15 @@ Layout of a data root (docs/data-products.md, "The data root")::
     ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_CAL/      *_CAL.fits, summary.json/png (astep-cal writes only here)
     ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_CAL/masters/
 
+The camera suffix is a parameter: a night key ``YYYY-MM-DD-CAMR`` (:func:`night_unit`) names the same
+directories with ``-CAMR`` for ASTEP+'s red camera; the plain date is the default camera, ``CAMS``.
+
 No numpy or astropy: the light commands (status, rescan, retry) and the watcher import it.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -25,16 +29,38 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_PNG = "summary.png"
 
 
+DEFAULT_CAMERA = "CAMS"  # ASTEP 400's one camera; ASTEP+ writes CAMB (blue) and CAMR (red)
+_CAMERA = re.compile(r"^(\d{4}-\d{2}-\d{2})-([A-Z0-9]+)$")
+
+
+def night_unit(date: str, camera: str = DEFAULT_CAMERA) -> str:
+    """The key of one camera's night (the unit of work): the date for the default camera, so single-camera
+    data roots and ledgers are unchanged, else ``DATE-CAMERA`` (``2024-09-06-CAMR``)."""
+    return date if camera == DEFAULT_CAMERA else f"{date}-{camera}"
+
+
+def split_unit(night: str) -> tuple[str, str]:
+    """``(date, camera)`` of a night key (:func:`night_unit`)."""
+    match = _CAMERA.match(night)
+    return (match.group(1), match.group(2)) if match else (night, DEFAULT_CAMERA)
+
+
+def _camera_dir(root: Path, night: str, what: str = "") -> Path:
+    date, camera = split_unit(night)
+    return root / date / f"{date}-{camera}{what}"
+
+
 def cams_dir(root: Path, date: str) -> Path:
-    return root / date / f"{date}-CAMS"
+    """The raw science (and dark, bias) directory of a night key: ``DATE/DATE-CAMS`` (``DATE-CAMR``...)."""
+    return _camera_dir(root, date)
 
 
 def skyflat_dir(root: Path, date: str) -> Path:
-    return root / date / f"{date}-CAMS_SKYFLAT"
+    return _camera_dir(root, date, "_SKYFLAT")
 
 
 def cal_dir(root: Path, date: str) -> Path:
-    return root / date / f"{date}-CAMS_CAL"
+    return _camera_dir(root, date, "_CAL")
 
 
 def masters_dir(root: Path, date: str) -> Path:

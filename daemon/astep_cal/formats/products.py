@@ -19,7 +19,7 @@ from astep_cal import __version__
 from astep_cal.formats import keywords as kw
 from astep_cal.formats.fitsio import atomic_write_hdul, set_card
 from astep_cal.formats.names import header_name
-from astep_cal.formats.raw_headers import image_hdu
+from astep_cal.formats.raw_headers import image_hdu, pseudo_wcs_keys
 from astep_cal.science.calibrate import REPLACED_ERR, CalibratedFrame
 from astep_cal.science.masters import MaskBit
 from astep_cal.support.config import OutputSettings
@@ -123,7 +123,7 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     ``MASK`` RICE-compressed losslessly. Readers find the image with :func:`cal_image_hdu`.
     """
     header = raw_header.copy()
-    for key in _SCALING_KEYS:
+    for key in (*_SCALING_KEYS, *pseudo_wcs_keys(header)):  # a camera's pixel "WCS" would read as a solution
         header.remove(key, ignore_missing=True, remove_all=True)
     header["BUNIT"] = ("electron", "calibrated data unit")
     header[kw.VERSION.name] = (__version__, kw.VERSION.comment)

@@ -5,10 +5,12 @@ inventory turns a None it needs into a per-frame problem.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
+import re
 
 from astropy.io import fits
+
+from astep_cal.formats.header_profile import DEFAULT_PROFILE, read_frame_header
 
 _HEADER_TYPES = {
     "LIGHT": "SCIENCE",
@@ -49,15 +51,9 @@ def read_exptime(header: fits.Header) -> float | None:
 
 
 def read_date_obs(header: fits.Header) -> str | None:
-    """DATE-OBS when it is an ISO date-time (the summary's time axis); None when absent or garbage."""
-    value = header.get("DATE-OBS")
-    if not isinstance(value, str):
-        return None
-    try:
-        dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    return value.strip()
+    """The exposure start as an ISO date-time (the summary's time axis), through the built-in header profile
+    (``BEGINOBS``, else ``DATE-OBS``); None when absent or garbage."""
+    return read_frame_header(header, DEFAULT_PROFILE).exposure_start
 
 
 def read_ccd_temp(header: fits.Header) -> float | None:
@@ -73,3 +69,22 @@ def image_hdu(hdul: fits.HDUList) -> int:
     if hdul[0].header.get("NAXIS", 0) == 0 and len(hdul) > 1 and isinstance(hdul[1], fits.CompImageHDU):
         return 1
     return 0
+
+
+# Keys of a WCS (with SIP): a solve-field solution replaces them all (``wcs_cards``).
+WCS_KEY = re.compile(
+    r"^(WCSAXES|CRPIX\d|CRVAL\d|CTYPE\d|CUNIT\d|CDELT\d|CD\d_\d|PC\d_\d|CROTA\d|LONPOLE|LATPOLE|"
+    r"RADESYS|EQUINOX|WCSNAME|MJDREF|DATEREF|(A|B|AP|BP)_(ORDER|DMAX|\d_\d))$"
+)
+_CELESTIAL_TYPES = ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT")
+
+
+def pseudo_wcs_keys(header: fits.Header) -> list[str]:
+    """The WCS keys of a header whose axes are not on the sky (a camera's ``CTYPE1 = 'PIXEL'``,
+    ``CRVAL1 = 512`` ...): a CAL file must not carry them, they would read as a (wrong) solution.
+    A celestial WCS (both ``CTYPEn`` on the sky) is kept: empty list."""
+    keys = [key for key in header.keys() if WCS_KEY.match(key)]
+    types = [str(header.get(f"CTYPE{axis}", "")).upper() for axis in (1, 2)]
+    if keys and all(t.startswith(_CELESTIAL_TYPES) for t in types):
+        return []
+    return keys

@@ -142,9 +142,10 @@ def raw_listing(root: Path, date: str) -> str:
     file is inspected (and logged) once per version, not at every check.
     """
     digest = hashlib.sha1()
-    for sub in (f"{date}-CAMS", f"{date}-CAMS_SKYFLAT"):
+    for directory in (cams_dir(root, date), skyflat_dir(root, date)):
+        sub = directory.name  # the digest is the same as when the names were spelt here
         try:
-            entries = sorted(os.scandir(root / date / sub), key=lambda e: e.name)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
             digest.update(f"{sub}: none\n".encode())
             continue

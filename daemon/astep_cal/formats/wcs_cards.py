@@ -4,7 +4,6 @@ file marked unsolved with the reason. Every rewrite is atomic."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astep_cal.formats import keywords as kw
 from astep_cal.formats.fitsio import atomic_write_hdul, set_card
 from astep_cal.formats.products import cal_header_for_update
-
-# Keys of a celestial WCS (with SIP) that a new solution replaces.
-WCS_KEY = re.compile(
-    r"^(WCSAXES|CRPIX\d|CRVAL\d|CTYPE\d|CUNIT\d|CDELT\d|CD\d_\d|PC\d_\d|CROTA\d|LONPOLE|LATPOLE|"
-    r"RADESYS|EQUINOX|WCSNAME|MJDREF|DATEREF|(A|B|AP|BP)_(ORDER|DMAX|\d_\d))$"
-)
+from astep_cal.formats.raw_headers import WCS_KEY
 
 
 def clean_wcs_header(raw: fits.Header) -> fits.Header:

@@ -145,7 +145,7 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
     cal_path = cal_dir(root_path, date) / names.cal_name(frame.name)
     if calibrate:
         calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path, entry, log)
-    if needs_solve(entry, settings):
+    if needs_solve(entry, settings, deferred=True):  # an archive rerun has no night budget: deferred solves too
         record_solve(entry, solve_frame(cal_path, settings, entries.solve_tries(entry) + 1), cal_path)
         log_solve(log, entry["astrometry"])
     return entry
@@ -215,7 +215,7 @@ class Reprocess:
 
     def _submit_night(self, date: str) -> list[Any]:
         inventory, listing = open_night(self.root, date, self.ledger, self.force)
-        todo = frames_to_do(inventory, self.ledger, self.settings, recalibrate=needs_recalibration)
+        todo = frames_to_do(inventory, self.ledger, self.settings, recalibrate=needs_recalibration, deferred=True)
         plan = NightPlan(inventory, NightResult(date, to_do=len(todo)), {f.name for f, _ in todo}, listing)
         self.plans[date] = plan
         if not todo:

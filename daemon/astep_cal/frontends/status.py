@@ -31,7 +31,8 @@ def night_row(date: str, totals: dict[str, Any], settings: Settings) -> dict[str
     flat = totals["flat"]
     flat_text = "none" if flat is None else ("own" if flat == "own" else f"from {flat}")
     return {"night": date, "frames": science, "calibrated": calibrated, "solved": solved, "failed": failed,
-            "retries_pending": retries, "blocked": blocked, "fwhm_arcsec": totals["fwhm_arcsec"],
+            "retries_pending": retries, "deferred": totals.get("solve_deferred", 0), "blocked": blocked,
+            "fwhm_arcsec": totals["fwhm_arcsec"],
             "darks": ",".join(f"{t}s" for t in totals["darks"]) or "none",
             "flat": flat_text, "state": state, "problems": problems, "attention": state != "done" or problems > 0}
 

@@ -97,6 +97,7 @@ class NightWorker:
         self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
+        self._deferred_rest: dict[str, float] = {}  # night -> no idle retry of its deferred solves before (monotonic)
         self.ledger = open_ledger(settings.ledger_path(root), root, log)
         self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
         self.thread = threading.Thread(target=self.run, name="worker", daemon=True)
@@ -112,6 +113,14 @@ class NightWorker:
             self.progress.heartbeat = time.monotonic()
             try:
                 night = self._next_night()
+                if night is None and not self.stop.is_set():
+                    night = self._deferred_night()
+                    if night is not None:
+                        before = self.ledger.totals(night).get("solve_deferred", 0)
+                        self._process(night, retry_deferred=True)
+                        if self.ledger.totals(night).get("solve_deferred", 0) >= before:  # no progress: not again soon
+                            self._deferred_rest[night] = time.monotonic() + self.settings.daemon.reconcile_interval_s
+                        continue
                 if night is None:
                     if self._storage_night is None:
                         self._storage_back()  # the data root is back and nothing failed on a write
@@ -204,7 +213,20 @@ class NightWorker:
                 return night
         return None
 
-    def _process(self, night: str) -> None:
+    def _deferred_night(self) -> str | None:
+        """When idle: the oldest night with solves deferred by its budget (``solve_budget``), to try again.
+        Each such pass is bounded by the same budget, so a night arriving meanwhile waits at most that."""
+        if not self.settings.astrometry.enabled:
+            return None
+        now = time.monotonic()
+        for night in self.ledger.dates():
+            if self.ledger.totals(night).get("solve_deferred", 0) and self._deferred_rest.get(night, 0) <= now:
+                self.log.info("deferred_solves_retried", night=night,
+                              frames=self.ledger.totals(night)["solve_deferred"])
+                return night
+        return None
+
+    def _process(self, night: str, retry_deferred: bool = False) -> None:
         progress = self.progress
         progress.night, progress.done, progress.total = night, 0, 0
         progress.calibrated = progress.solved = progress.failed = 0
@@ -216,7 +238,7 @@ class NightWorker:
             progress.heartbeat = time.monotonic()
 
         run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
-                       should_stop=self.stop.is_set)
+                       should_stop=self.stop.is_set, retry_deferred=retry_deferred)
         try:
             run.run()
         except StorageUnavailable:

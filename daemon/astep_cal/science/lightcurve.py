@@ -125,7 +125,7 @@ def frames_of_target(frames: list[FrameCatalogue], target: Target, events: list)
     """The frames that observed the target (see the module's docstring); reports named frames that miss it."""
     chosen = []
     for frame in frames:
-        named = same_name(frame.header.get("OBJECT"), target.name)
+        named = any(same_name(frame.header.get(key), target.name) for key in ("OBJECT", kw.TARGET_NAME.name))
         if frame.solved:
             x, y = frame.wcs().all_world2pix(target.ra, target.dec, 0, quiet=True)
             if frame.inside(float(x), float(y)):

@@ -87,6 +87,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "science": night.get("inventory", {}).get("science", len(frames)),
         "calibrated": calibrate["ok"], "cal_failed": calibrate["failed"], "blocked": calibrate["blocked"],
         "solved": solve_status["solved"], "solve_failed": solve_status["failed"],
+        "solve_deferred": solve_status["deferred"],
         "failed_solve_tries": dict(sorted(failed_tries.items())),
         "next_retry": min(retry_times) if retry_times else None,
         "fwhm_arcsec": _median_fwhm(frames),

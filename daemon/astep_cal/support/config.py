@@ -74,6 +74,11 @@ class AstrometrySettings:
     timeout_s: float = 180.0  # wall-clock limit; the whole process group is killed after it
     max_tries: int = 3  # a frame whose solve failed this many times needs an operator
     retry_backoff_s: float = 300.0  # wait before retry n is retry_backoff_s * 2**(n-1)
+    frame_budget_s: float = 60.0  # wall time one frame's solving may take in all (list, then image solve)
+    night_budget_s: float = 300.0  # failed solving a night may spend in one pass; then its solves are deferred
+    wait_fraction: float = 0.1  # once calibrated, a night waits for its solves this fraction of that time at most
+    hint_radius_deg: float = 0.25  # search radius around a solution of the same pointing earlier in the night
+    hint_scale_tolerance: float = 0.05  # ... and the pixel scale allowed, as a fraction around that solution's
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,19 @@ class QualitySettings:
     pixel_scale_arcsec: float = 0.93  # nominal scale for FWHM in arcsec until a solved WCS gives the real one
     detect_sigma: float = 5.0  # detection threshold, in sky sigmas of the smoothed frame
     fwhm_stars: int = 20  # brightest clean stars fitted for the FWHM (cost ~20 ms each)
+
+
+@dataclass(frozen=True)
+class HeaderSettings:
+    """Which raw header keywords say what (``formats/header_profile.py``). Each list is tried in order;
+    the keywords configured come first, the built-in ones (ASTEP's, then the generic ones) after them."""
+
+    target_coordinates: tuple[str, ...] = ()  # one card 'RA-DEC' in degrees; built in: SCIDCRD
+    target_name: tuple[str, ...] = ()  # the science target's name; built in: SCINAME
+    object_name: tuple[str, ...] = ()  # a name that, with the pointing, makes a target; built in: OBJECT
+    pointing: tuple[str, ...] = ()  # "RAKEY/DECKEY" pairs; built in: RA/DEC, OBJCTRA/OBJCTDEC
+    exposure_start: tuple[str, ...] = ()  # ISO UTC start of the exposure; built in: BEGINOBS, DATE-OBS
+    filter: tuple[str, ...] = ()  # built in: INSTFILT, FILTER
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,7 @@ class PhotometrySettings:
     bin_minutes: float = 10.0  # the binned light curve of summary.json
     max_sources: int = 4000  # the brightest detections measured per frame (0.2 ms each: < 1 s a frame)
     targets: tuple[Target, ...] = ()  # [{ name = "WASP-19", ra = 148.4167, dec = -45.659 }, ...]
+    frame_targets: bool = True  # also follow the science target the frames' headers name (header_profile)
 
 
 @dataclass(frozen=True)
@@ -168,6 +187,7 @@ class Settings:
     quality: QualitySettings = field(default_factory=QualitySettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
+    headers: HeaderSettings = field(default_factory=HeaderSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -187,6 +207,7 @@ _SECTIONS = {
     "quality": QualitySettings,
     "output": OutputSettings,
     "photometry": PhotometrySettings,
+    "headers": HeaderSettings,
     "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
@@ -195,7 +216,7 @@ _SECTIONS = {
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Check a TOML value against the type of its default (ints are accepted for floats)."""
     if isinstance(default, tuple):
-        return _coerce_list(name, value)
+        return _coerce_list(name, value, "" if name.startswith("headers.") else 0.0)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -210,8 +231,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _coerce_list(name: str, value: Any) -> tuple:
-    """The two list settings: ``targets`` (tables name/ra/dec) and the radius factors (numbers)."""
+def _coerce_list(name: str, value: Any, item_default: Any = 0.0) -> tuple:
+    """The list settings: ``targets`` (tables name/ra/dec), the radius factors (numbers) and the header
+    keyword lists (strings: ``item_default``)."""
     if not isinstance(value, list):
         raise ConfigError(f"{name}: expected a list, got {value!r}")
     if name.endswith("targets"):
@@ -222,7 +244,7 @@ def _coerce_list(name: str, value: Any) -> tuple:
                                   f"t0, period, duration_h), got {item!r}")
         return tuple(Target(**{key: _coerce(f"{name}.{key}", v, "" if key == "name" else 0.0)
                                for key, v in item.items()}) for item in value)
-    return tuple(_coerce(f"{name}[]", item, 0.0) for item in value)
+    return tuple(_coerce(f"{name}[]", item, item_default) for item in value)
 
 
 def _build(cls: type, table: dict[str, Any], prefix: str) -> Any:
@@ -268,6 +290,9 @@ def validate(settings: Settings) -> None:
     a = settings.astrometry
     if not 0 < a.scale_low_deg <= a.scale_high_deg:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
+    if min(a.frame_budget_s, a.night_budget_s, a.hint_radius_deg, a.hint_scale_tolerance, a.wait_fraction) <= 0:
+        raise ConfigError("astrometry frame_budget_s, night_budget_s, wait_fraction, hint_radius_deg and "
+                          "hint_scale_tolerance must be positive")
     if a.timeout_s <= 0 or a.cpulimit_s <= 0 or a.max_tries < 1 or a.downsample < 0:
         raise ConfigError("astrometry timeout_s, cpulimit_s and max_tries must be positive, downsample 0 "
                           "(automatic) or more")
@@ -288,6 +313,10 @@ def validate(settings: Settings) -> None:
     o = settings.output
     if o.quantize_level <= 0 or o.err_quantize_level <= 0 or o.tile_rows < 1:
         raise ConfigError("output.quantize_level and err_quantize_level must be positive, tile_rows >= 1")
+    h = settings.headers
+    keys = [k for f in dataclasses.fields(h) for k in getattr(h, f.name)]
+    if any(not k.strip() for k in keys) or any(len([p for p in k.split("/") if p.strip()]) != 2 for k in h.pointing):
+        raise ConfigError("headers: keywords must not be empty; pointing entries are \"RAKEY/DECKEY\"")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:

@@ -1,0 +1,152 @@
+"""What bounds a night's plate solving: the solutions already found (later frames of a pointing are solved
+around them, a tight hint), and the night's budget of failed solving (beyond it, solves are deferred).
+
+An unsolvable frame (frost, thin cloud with too few stars, a wrong scale setting) costs a whole solve-field
+search; a night of 1000 of them once held the service for days, and every later night behind it. So:
+
+* a frame's solving (list solve, then image solve) stops at ``frame_budget_s`` (``astrometry.solve``);
+* the time a night spends on solves that *fail* is counted; once it passes ``night_budget_s`` in one pass,
+  the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
+  service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
+  counted, so a clear night is not slowed;
+* solving runs beside calibration; once the night's frames are calibrated, solving may hold the night
+  ``wait_fraction`` (10 %) of the time the calibration took, or one ``frame_budget_s`` if that is more: each
+  solve started then is given only the time left (one that fails so cut is deferred, not a try), and those
+  left over are deferred too (a pass that calibrated nothing, e.g. the daemon's idle retry, has no such
+  limit);
+* once a frame is solved, the night's later frames of the same pointing (header pointing within
+  ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within
+  ``hint_radius_deg`` of its centre, pixel scale within ``hint_scale_tolerance``.
+
+One :class:`NightSolving` per night run, used by the run's single solve thread and read by its main thread.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from astep_cal.support.config import AstrometrySettings
+
+
+@dataclass(frozen=True)
+class SolveHint:
+    """A solution earlier in the night: the field centre (degrees), the pixel scale (arcsec/px) and the
+    field's half diagonal (degrees)."""
+
+    ra: float
+    dec: float
+    scale_arcsec: float
+    half_diagonal_deg: float = 0.0
+
+
+def hint_from_wcs(wcs_header: fits.Header, shape: tuple[int, int]) -> SolveHint | None:
+    """The centre and pixel scale of a solved frame of ``shape`` (rows, columns); None if not usable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(wcs_header).celestial
+            ra, dec = wcs.all_pix2world((shape[1] - 1) / 2, (shape[0] - 1) / 2, 0)
+            scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600
+    except Exception:  # noqa: BLE001 - a solution we cannot read gives no hint, the solve goes on unhinted
+        return None
+    values = (float(ra) % 360, float(dec), scale, scale * math.hypot(*shape) / 2 / 3600)
+    return SolveHint(*values) if all(math.isfinite(v) for v in values) and scale > 0 else None
+
+
+def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    ra1, dec1, ra2, dec2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((dec2 - dec1) / 2) ** 2 + math.cos(dec1) * math.cos(dec2) * math.sin((ra2 - ra1) / 2) ** 2
+    return math.degrees(2 * math.asin(math.sqrt(min(1.0, h))))
+
+
+def choose_hint(solutions: tuple[SolveHint, ...], pointing: tuple[float, float] | None,
+                settings: AstrometrySettings) -> SolveHint | None:
+    """The solution of this frame's pointing: the nearest to the header pointing within its search radius,
+    or, when the header has no pointing, the latest one (a night's frames follow one target)."""
+    if not solutions:
+        return None
+    if pointing is None:
+        return solutions[-1]
+    distance, nearest = min((separation_deg(s.ra, s.dec, *pointing), i) for i, s in enumerate(solutions))
+    return solutions[nearest] if distance <= settings.search_radius_deg else None
+
+
+def hint_arguments(hint: SolveHint, settings: AstrometrySettings) -> list[str]:
+    """solve-field's scale and position arguments for a tight hint.
+
+    solve-field applies ``--radius`` to the star quads it matches, which lie anywhere in the field, not to the
+    field's centre: with 0.25° alone a 1° field solved in 0.15 s with 1° failed (6 s to its end). So the
+    radius given is ``hint_radius_deg`` (how far the field may have moved) plus the field's half diagonal."""
+    tolerance = settings.hint_scale_tolerance
+    low, high = hint.scale_arcsec * (1 - tolerance), hint.scale_arcsec * (1 + tolerance)
+    radius = settings.hint_radius_deg + hint.half_diagonal_deg
+    return ["--scale-units", "arcsecperpix", "--scale-low", f"{low:.5g}", "--scale-high", f"{high:.5g}",
+            "--ra", f"{hint.ra:.6f}", "--dec", f"{hint.dec:.6f}", "--radius", f"{radius:.4g}"]
+
+
+MIN_SOLVE_S = 1.0  # a solve given less than this is not started
+
+
+@dataclass
+class NightSolving:
+    """A night run's solutions and failed-solve time (see the module)."""
+
+    budget_s: float
+    failed_s: float = 0.0
+    deferred: int = 0
+    deadline: float | None = None  # monotonic time by which solving must end (close_after)
+    solutions: list[SolveHint] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def spent(self) -> bool:
+        """Whether the next solve is to be deferred: failed solving used the budget, or the wait is over."""
+        with self._lock:
+            return self.failed_s >= self.budget_s or (self.deadline is not None
+                                                      and time.monotonic() > self.deadline - MIN_SOLVE_S)
+
+    def close_after(self, wait_s: float) -> None:
+        """The night's frames are calibrated: solving may go on for ``wait_s`` more, no longer."""
+        with self._lock:
+            self.deadline = time.monotonic() + wait_s
+
+    def budgeted(self, settings: AstrometrySettings) -> AstrometrySettings:
+        """The settings of the next solve: its frame budget cut to the time left before the deadline."""
+        with self._lock:
+            if self.deadline is None:
+                return settings
+            return replace(settings, frame_budget_s=max(MIN_SOLVE_S, min(settings.frame_budget_s,
+                                                                         self.deadline - time.monotonic())))
+
+    def hints(self) -> tuple[SolveHint, ...]:
+        with self._lock:
+            return tuple(self.solutions)
+
+    def learn(self, result: Any, shape: tuple[int, int] | None) -> None:
+        """Count a failed solve's time, or keep a solution as a hint for the frames after it."""
+        with self._lock:
+            if not result.solved:
+                self.failed_s += result.duration_s
+            elif result.wcs_header is not None and shape is not None:
+                hint = hint_from_wcs(result.wcs_header, shape)
+                if hint is not None:
+                    self.solutions.append(hint)
+                    del self.solutions[:-20]  # the recent pointings are enough
+
+    def defer(self, tries_so_far: int) -> dict[str, Any]:
+        """The ledger record of a solve not run: the night's budget is spent (no try counted)."""
+        with self._lock:
+            self.deferred += 1
+            over = self.failed_s >= self.budget_s
+        reason = (f"the night's budget of failed solving ({self.budget_s:g} s) is spent" if over
+                  else "the night was calibrated and its wait for solves is over")
+        return {"status": "deferred", "tries": tries_so_far, "reason": reason}
