@@ -93,6 +93,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "darks": sorted(masters.get("darks", {}), key=float),
         "flat": None if not flat else (flat["night"] if flat.get("borrowed") else "own"),
         "problems": len(night.get("problems", [])),
+        "stuck": entries.stuck_reason(night),
     }
 
 

@@ -144,6 +144,8 @@ class DaemonSettings:
     stall_timeout_s: float = 900.0  # no worker progress this long: stop the systemd watchdog pings
     stop_grace_s: float = 20.0  # on SIGTERM, how long the current frame may take to finish
     storage_retry_s: float = 60.0  # disk full or data root gone: how often to try again
+    stuck_retry_s: float = 60.0  # a night that could not be read (permissions, I/O) is tried again after
+    stuck_retry_max_s: float = 3600.0  # ... this, doubled at each failed try, up to this
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def validate(settings: Settings) -> None:
                           "(automatic) or more")
     d = settings.daemon
     if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
-            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s) <= 0:
+            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s, d.stuck_retry_s) <= 0 \
+            or d.stuck_retry_max_s < d.stuck_retry_s:
         raise ConfigError("daemon intervals must be positive")
     c = settings.calibration
     if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:
