@@ -6,6 +6,7 @@ from typing import Any
 
 from astep_cal.state.ledger import Ledger, night_totals
 from astep_cal.support.config import Settings
+from astep_cal.support.text import printable
 
 _COLUMNS = ("night", "frames", "calibrated", "solved", "failed", "retries", "blocked", "fwhm", "darks", "flat",
             "state")
@@ -69,8 +70,3 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     lines += [f"{row['night']} stuck: {printable(row['stuck_reason'])}" for row in rows if row.get("stuck_reason")]
     return "\n".join(lines)
 
-
-def printable(text: object) -> str:
-    """``text`` with control characters (terminal escapes) shown as ``\\x..`` escapes: a reason or a
-    name read from a file must not drive the operator's terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

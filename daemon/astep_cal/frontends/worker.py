@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,14 @@ def release_free_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _iso(mtime_ns: int) -> str:
+    """A file time as ISO 8601 UTC (any time a file system holds: year 30000 included)."""
+    try:
+        return dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{mtime_ns} ns after 1970"
 
 
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
@@ -123,6 +132,7 @@ class NightWorker:
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
         self.stuck: dict[str, Stuck] = {}  # nights that could not be worked on (permissions, I/O)
+        self._future_seen: set[tuple[str, int]] = set()  # files dated in the future, logged once each
         self.ledger = open_ledger(settings.ledger_path(root), root, log)
         self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
         self.thread = threading.Thread(target=self.run, name="worker", daemon=True)
@@ -211,6 +221,15 @@ class NightWorker:
         since = record.get("since") if isinstance(record, dict) else None
         return since if isinstance(since, (int, float)) else round(time.time(), 3)
 
+    def _log_future(self, night: str, future: tuple[tuple[Path, int], ...]) -> None:
+        """``file_in_future`` once per file version: its date is left out of the night's settling."""
+        for path, mtime_ns in future:
+            if (str(path), mtime_ns) not in self._future_seen:
+                if len(self._future_seen) >= 10_000:  # bounded for a long-lived daemon
+                    self._future_seen.clear()
+                self._future_seen.add((str(path), mtime_ns))
+                self.log.warning("file_in_future", night=night, path=str(path), mtime=_iso(mtime_ns))
+
     def _unstuck(self, night: str) -> None:
         if self.stuck.pop(night, None) is not None:
             self.progress.stuck.pop(night, None)
@@ -291,6 +310,7 @@ class NightWorker:
     def _ready_with_work(self, night: str, now: float) -> bool:
         """Whether the night is complete and has work (else it is looked at again later)."""
         readiness = night_readiness(self.root, night, self.settings.daemon)
+        self._log_future(night, readiness.future)
         if not readiness.ready:
             self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
             return False
