@@ -248,7 +248,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import signal
 
     from astep_cal.engine.rules import clear_failures
-    from astep_cal.frontends.control import RETRY_REQUEST, running_daemon_pid
+    from astep_cal.frontends.control import running_daemon_pid, write_retry_request
 
     settings = _settings(args)
     root = _root(args)
@@ -256,7 +256,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ledger_path = settings.ledger_path(root)
     pid = running_daemon_pid(ledger_path)
     if pid is not None:  # the daemon owns the ledger: leave it a request and wake it
-        (ledger_path.parent / RETRY_REQUEST).write_text(" ".join(nights or []))
+        write_retry_request(ledger_path, nights)
         os.kill(pid, signal.SIGHUP)
         print(f"retry requested from daemon pid {pid}")
         return EXIT_OK
