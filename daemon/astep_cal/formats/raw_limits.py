@@ -96,6 +96,33 @@ def _header_end(buffer: bytes, start: int) -> int | None:
     return None
 
 
+_BITPIX = {8, 16, 32, 64, -32, -64}
+MAX_AXIS = 1 << 31  # FITS axis lengths are 32-bit in practice; astropy loops over NAXIS axes
+
+
+def _structure_problem(header: bytes) -> str | None:
+    """A header whose structural cards no FITS file has: astropy would loop over ``NAXIS = 2**70``
+    axes (make fuzz found the daemon stuck there) or size arrays from them."""
+    values: dict[str, str] = {}
+    for offset in range(0, len(header), CARD):
+        key, equals, value = header[offset:offset + CARD].decode("ascii", "replace").partition("=")
+        key = key.strip()
+        if equals and (key in ("BITPIX", "NAXIS", "ZNAXIS", "ZBITPIX") or key.startswith(("NAXIS", "ZNAXIS"))):
+            values.setdefault(key, value.split("/")[0].strip())
+    for key, text in values.items():
+        try:
+            number = int(text)
+        except ValueError:
+            return f"{key} = {text[:20]!r} is not an integer"
+        if key in ("BITPIX", "ZBITPIX") and number not in _BITPIX:
+            return f"{key} = {number} is not a FITS pixel type"
+        if key in ("NAXIS", "ZNAXIS") and not 0 <= number <= 999:
+            return f"{key} = {number} is out of range (0..999)"
+        if key not in ("BITPIX", "ZBITPIX", "NAXIS", "ZNAXIS") and not 0 <= number < MAX_AXIS:
+            return f"{key} = {number} is out of range"
+    return None
+
+
 def _data_bytes(header: bytes) -> int:
     """Bytes of data (padded) after a header, from its BITPIX and NAXISn (0 when unreadable)."""
     values: dict[str, int] = {}
@@ -123,6 +150,8 @@ def check_headers(prefix: bytes, whole: bool) -> Refusal | None:
     if not prefix.startswith(FITS_MAGIC):
         return Refusal("file_unreadable", f"not a FITS file ({_describe(prefix)}): not opened")
     end = _header_end(prefix, 0)
+    if end is not None and (problem := _structure_problem(prefix[:end])) is not None:
+        return Refusal("file_unreadable", f"not a FITS header: {problem}")
     if end is None:
         if whole or len(prefix) >= MAX_HEADER_BYTES:
             return Refusal("header_too_large" if len(prefix) >= MAX_HEADER_BYTES else "file_truncated",
@@ -130,8 +159,11 @@ def check_headers(prefix: bytes, whole: bool) -> Refusal | None:
                            if len(prefix) >= MAX_HEADER_BYTES else "the primary header has no END card")
         return None
     if _data_bytes(prefix[:end]) == 0 and len(prefix) > end:
-        if _header_end(prefix, end) is None and len(prefix) >= end + MAX_HEADER_BYTES:
+        extension_end = _header_end(prefix, end)
+        if extension_end is None and len(prefix) >= end + MAX_HEADER_BYTES:
             return Refusal("header_too_large", f"the extension header does not end within {MAX_HEADER_BYTES} bytes")
+        if extension_end is not None and (problem := _structure_problem(prefix[end:extension_end])) is not None:
+            return Refusal("file_unreadable", f"not a FITS extension header: {problem}")
     return None
 
 

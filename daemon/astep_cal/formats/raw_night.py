@@ -256,6 +256,14 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         return Problem(path, "file_unreadable", f"cannot read as FITS: {type(error).__name__}: {error}")
     if size < needed:
         return Problem(path, "file_truncated", f"{size} bytes of data, {needed} needed")
+    try:  # astropy parses a card's value when it is first read: an unparsable one raises only now
+        return _classify(path, name_kind, header, shape, index)
+    except Exception as error:  # VerifyError, ValueError ...: none may escape (make fuzz found it)
+        return Problem(path, "file_unreadable", f"unreadable header card: {type(error).__name__}: {error}")
+
+
+def _classify(path: Path, name_kind: str | None, header: Any, shape: tuple[int, int], index: int) -> RawFrame | Problem:
+    """The frame's kind, exposure and times from its header (the name's type word wins)."""
     header_kind = kind_from_header(header)
     kind = name_kind or header_kind
     if kind is None:
