@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression bench-late soak soak-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression bench-late soak soak-short fuzz fuzz-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -83,6 +83,16 @@ soak: system-deps venv
 
 soak-short: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
+
+# Hostile input (docs/hostile-input.md): mutated FITS files, ledgers, summaries and configs through the
+# real commands, under a memory cap; fails on any traceback, hang or input not recorded exactly once.
+# Full: 10 000 inputs (~30 min); fuzz-short: 400 (~2 min, .ci/run).
+FUZZ_ARGS ?=
+fuzz: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.fuzz --count 10000 --out bench-results/fuzz.json $(FUZZ_ARGS)
+
+fuzz-short: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.fuzz --count 400 --out bench-results/fuzz-short.json $(FUZZ_ARGS)
 
 # Closing a winter night's light curves: 1400 catalogues of 4000 sources, time and peak RSS (~1 min).
 bench-photometry: system-deps venv

@@ -60,6 +60,7 @@ def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: 
     problems += [p for p in entries.masters_record(night).get("problems", []) if p not in problems]
     night["problems"] = problems
     night["listing"] = listing
+    night.pop(entries.STUCK, None)  # looked at whole: whatever kept the night from being read is gone
     night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
                           "biases": len(inventory.biases), "flats": len(inventory.flats)}
 

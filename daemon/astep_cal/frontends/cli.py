@@ -162,7 +162,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_table(rows))
     if activity and not args.json:
-        print(f"daemon (pid {activity['pid']}): {activity['activity']}")
+        from astep_cal.support.text import printable
+
+        print(f"daemon (pid {activity['pid']}): {printable(activity['activity'])}")
     return EXIT_ATTENTION if attention else EXIT_OK
 
 
@@ -173,12 +175,18 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
 
     given = Path(args.night)
     if not valid_date(args.night) and given.is_file():
+        from astep_cal.formats.summary_schema import summary_problem
+        from astep_cal.support.text import printable
+
         try:
             document = json.loads(given.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{given}: not a summary.json ({error})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise ConfigError(f"{printable(given)}: not a summary.json ({printable(error)})") from None
         if not is_summary(document):
-            raise ConfigError(f"{given}: not an astep-cal summary.json (schema 1)")
+            raise ConfigError(f"{printable(given)}: not an astep-cal summary.json (schema 1)")
+        problem = summary_problem(document)
+        if problem is not None:
+            raise ConfigError(f"{printable(given)}: not a valid summary.json: {printable(problem)}")
         return document
     if not valid_date(args.night):
         raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
@@ -198,7 +206,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if document is None:
         print(f"astep-cal: no processed frames for night {args.night}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(document, indent=1) if args.json else render_report(document))
+    from astep_cal.support.text import printable
+
+    # JSON escapes control characters itself; the text report shows them as escapes (a file name or an
+    # error message may hold a terminal escape sequence)
+    try:
+        text = json.dumps(document, indent=1) if args.json else printable(render_report(document), keep_newlines=True)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:  # a layout the check let by
+        print(f"astep-cal: cannot render this summary: {printable(type(error).__name__)}: {printable(error)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(text)
     return EXIT_ATTENTION if document.get("attention") else EXIT_OK
 
 
@@ -230,7 +248,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import signal
 
     from astep_cal.engine.rules import clear_failures
-    from astep_cal.frontends.control import RETRY_REQUEST, running_daemon_pid
+    from astep_cal.frontends.control import running_daemon_pid, write_retry_request
 
     settings = _settings(args)
     root = _root(args)
@@ -238,7 +256,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ledger_path = settings.ledger_path(root)
     pid = running_daemon_pid(ledger_path)
     if pid is not None:  # the daemon owns the ledger: leave it a request and wake it
-        (ledger_path.parent / RETRY_REQUEST).write_text(" ".join(nights or []))
+        write_retry_request(ledger_path, nights)
         os.kill(pid, signal.SIGHUP)
         print(f"retry requested from daemon pid {pid}")
         return EXIT_OK

@@ -23,6 +23,7 @@ CATALOGUE = "catalogue"
 ASTROMETRY = "astrometry"
 MASTERS = "masters"
 PHOTOMETRY = "photometry"
+STUCK = "stuck"  # a night the daemon could not look at (permissions, I/O): {"reason", "since", "tries", "retry_after"}
 
 
 class StepRecord(TypedDict, total=False):
@@ -114,3 +115,10 @@ def photometry_record(night: dict[str, Any]) -> dict[str, Any] | None:
 def masters_record(night: dict[str, Any]) -> dict[str, Any]:
     """The night's masters record ({} before its masters are made)."""
     return night.get(MASTERS, {})
+
+
+def stuck_reason(night: dict[str, Any]) -> str | None:
+    """Why the daemon could not work on the night (None when it could: the record is dropped by the
+    next inventory that succeeds)."""
+    record = night.get(STUCK)
+    return str(record.get("reason", "unknown")) if isinstance(record, dict) else None

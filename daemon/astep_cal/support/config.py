@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,8 @@ class DaemonSettings:
     stall_timeout_s: float = 900.0  # no worker progress this long: stop the systemd watchdog pings
     stop_grace_s: float = 20.0  # on SIGTERM, how long the current frame may take to finish
     storage_retry_s: float = 60.0  # disk full or data root gone: how often to try again
+    stuck_retry_s: float = 60.0  # a night that could not be read (permissions, I/O) is tried again after
+    stuck_retry_max_s: float = 3600.0  # ... this, doubled at each failed try, up to this
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # TOML has nan and inf: no setting means either
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -283,10 +288,69 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
     return settings
 
 
+YEAR_S = 366 * 86400.0
+# Every number's range (low, high, low excluded?): a value outside is refused, whatever the relations
+# checked after. The high bounds keep durations within what a wait accepts (threading refuses a
+# timeout of 1e300 s with OverflowError, from the worker thread) and counts within what makes sense.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "mem_limit_gb": (0.1, 65536.0, True),
+    "calibration.default_gain": (0, 1e4, True), "calibration.default_read_noise": (0, 1e5, False),
+    "calibration.saturation_adu": (0, 1e9, True), "calibration.combine_sigma": (0, 1e3, True),
+    "calibration.flat_max_age_days": (0, 3660, False), "calibration.hot_pixel_rate": (0, 1e9, False),
+    "calibration.hot_pixel_sigma": (0, 1e6, True), "calibration.dead_flat_level": (0, 1, False),
+    "calibration.low_flat_level": (0, 1, False), "calibration.flat_min_level_adu": (0, 1e9, False),
+    "calibration.flat_max_level_adu": (0, 1e9, True), "calibration.dark_temp_tolerance_c": (0, 1e3, True),
+    "cosmics.sigclip": (0, 1e3, True), "cosmics.sigfrac": (0, 1e3, True), "cosmics.objlim": (0, 1e3, True),
+    "cosmics.niter": (1, 100, False),
+    "astrometry.scale_low_deg": (0, 360, True), "astrometry.scale_high_deg": (0, 360, True),
+    "astrometry.search_radius_deg": (0, 180, True), "astrometry.downsample": (0, 64, False),
+    "astrometry.cpulimit_s": (0, YEAR_S, True), "astrometry.timeout_s": (0, YEAR_S, True),
+    "astrometry.max_tries": (1, 1000, False), "astrometry.retry_backoff_s": (0, YEAR_S, False),
+    "quality.pixel_scale_arcsec": (0, 3600, True), "quality.detect_sigma": (0, 1e3, True),
+    "quality.fwhm_stars": (1, 10_000, False),
+    "output.quantize_level": (0, 1e6, True),
+    "photometry.bin_minutes": (0, 1440, True), "photometry.max_sources": (1, 10_000_000, False),
+    "daemon.settle_seconds": (0, YEAR_S, False), "daemon.no_flat_wait_s": (0, YEAR_S, False),
+    "daemon.reconcile_interval_s": (0, YEAR_S, True), "daemon.poll_interval_s": (0, YEAR_S, True),
+    "daemon.stall_timeout_s": (0, YEAR_S, True), "daemon.stop_grace_s": (0, YEAR_S, False),
+    "daemon.storage_retry_s": (0, YEAR_S, True), "daemon.stuck_retry_s": (0, YEAR_S, True),
+    "daemon.stuck_retry_max_s": (0, YEAR_S, True),
+}
+
+
+def _numbers(settings: Settings) -> dict[str, Any]:
+    """Every number of the settings by its dotted name (lists and targets included)."""
+    found: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if dataclasses.is_dataclass(value):
+            for item in dataclasses.fields(value):
+                walk(f"{prefix}{item.name}" if not prefix else f"{prefix}.{item.name}", getattr(value, item.name))
+        elif isinstance(value, tuple):
+            for index, item in enumerate(value):
+                walk(f"{prefix}[{index}]", item)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[prefix] = value
+
+    walk("", settings)
+    return found
+
+
+def _check_ranges(settings: Settings) -> None:
+    for name, value in _numbers(settings).items():
+        if not math.isfinite(value):  # an override (--mem-limit nan) did not come through _coerce
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+        if name in _RANGES:
+            low, high, open_low = _RANGES[name]
+            if value > high or value < low or (open_low and value == low):
+                raise ConfigError(f"{name}: {value!r} is out of range ({'>' if open_low else '>='} {low:g}, "
+                                  f"<= {high:g})")
+
+
 def validate(settings: Settings) -> None:
-    """Refuse values that are well-typed but meaningless."""
-    if settings.mem_limit_gb <= 0.1:
-        raise ConfigError("mem_limit_gb must be more than 0.1")
+    """Refuse values that are well-typed but meaningless: non-finite numbers, numbers out of their
+    range (:data:`_RANGES`), and inconsistent pairs."""
+    _check_ranges(settings)
     a = settings.astrometry
     if not 0 < a.scale_low_deg <= a.scale_high_deg:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
@@ -298,7 +362,8 @@ def validate(settings: Settings) -> None:
                           "(automatic) or more")
     d = settings.daemon
     if min(d.settle_seconds, d.no_flat_wait_s, d.stop_grace_s) < 0 or min(
-            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s) <= 0:
+            d.reconcile_interval_s, d.poll_interval_s, d.stall_timeout_s, d.storage_retry_s, d.stuck_retry_s) <= 0 \
+            or d.stuck_retry_max_s < d.stuck_retry_s:
         raise ConfigError("daemon intervals must be positive")
     c = settings.calibration
     if not 0 <= c.flat_min_level_adu < c.flat_max_level_adu or c.dark_temp_tolerance_c <= 0:
@@ -355,5 +420,8 @@ def load_settings(path: Path | None) -> Settings:
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    """A copy with top-level values replaced (command-line options win over the file)."""
-    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    """A copy with top-level values replaced (command-line options win over the file), validated
+    like the file (``--mem-limit nan`` is refused as ``mem_limit_gb = nan`` would be)."""
+    changed = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    validate(changed)
+    return changed
