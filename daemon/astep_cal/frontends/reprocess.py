@@ -147,7 +147,7 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
         calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path, entry, log)
     if needs_solve(entry, settings):
         record_solve(entry, solve_frame(cal_path, settings, entries.solve_tries(entry) + 1), cal_path)
-        log_solve(log, entry["astrometry"])
+        log_solve(log, entry["astrometry"], entry.get("health"))
     return entry
 
 
