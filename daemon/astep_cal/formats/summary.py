@@ -184,6 +184,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
         "photometry": summary_section(entries.photometry_record(night)),
+        "health": night.get("health"),
     }
 
 

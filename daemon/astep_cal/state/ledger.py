@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal import __version__
-from astep_cal.state import entries
+from astep_cal.state import alerts, entries
 from astep_cal.state.root_lock import NIGHTS_DIR, LedgerLocked, RootLock  # noqa: F401 (the ledger's lock)
 from astep_cal.support.storage import atomic_write_bytes
 
@@ -58,7 +58,7 @@ def empty_night() -> dict[str, Any]:
     return {"masters": {}, "problems": [], "frames": {}}
 
 
-def _median_fwhm(frames: dict[str, Any]) -> float | None:
+def median_fwhm(frames: dict[str, Any]) -> float | None:
     """The night's median FWHM in arcsec; the solved pixel scale wins over the nominal one (as in the
     summary)."""
     values = []
@@ -89,10 +89,11 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "solved": solve_status["solved"], "solve_failed": solve_status["failed"],
         "failed_solve_tries": dict(sorted(failed_tries.items())),
         "next_retry": min(retry_times) if retry_times else None,
-        "fwhm_arcsec": _median_fwhm(frames),
+        "fwhm_arcsec": median_fwhm(frames),
         "darks": sorted(masters.get("darks", {}), key=float),
         "flat": None if not flat else (flat["night"] if flat.get("borrowed") else "own"),
         "problems": len(night.get("problems", [])),
+        "health": alerts.compact(night.get("health")),
     }
 
 
