@@ -91,6 +91,8 @@ class NightSpec:
     transparency_rms: float = 0.0  # per-frame starlight loss 1 - |N(0, rms)| (thin cirrus)
     cloud_frames: tuple[int, ...] = ()  # science frames (0-based) dimmed by a cloud ...
     cloud_dimming: float = 0.8  # ... losing this fraction of the starlight
+    throughput: float = 1.0  # fraction of the starlight the optics pass (frost on the mirror: < 1)
+    flat_ring: tuple[float, ...] = ()  # (x, y, r_in, r_out, depth): an ice/dust donut in the light path
 
 
 @dataclass
