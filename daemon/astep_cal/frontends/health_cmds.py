@@ -123,9 +123,10 @@ def cmd_trends(args: argparse.Namespace, settings_of: Callable[..., Settings], r
 
 
 def cmd_ack(args: argparse.Namespace, settings_of: Callable[..., Settings], root_of: Callable[..., Path]) -> int:
-    from astep_cal.support.logs import get_logger
+    from astep_cal.support.logs import configure, get_logger
 
     settings = settings_of(args)
+    configure(settings.logging.format, settings.logging.level)
     root = root_of(args, settings)
     path = settings.ledger_path(root)
     dates = Ledger.load(path).dates() if path.exists() else []

@@ -7,7 +7,8 @@ so judging a night costs the same on a 500-night root as on a 5-night one. The k
                  the last ``baseline_nights`` (frost or ice on the mirror or the camera window);
 ``flat``         the master flat shows a new structure (a dust or ice "donut") or a large-scale change
                  against the previous night's own flat (no baseline: the flat comparison is night to night);
-``hot_pixels``   the hot-pixel count exceeds the first baseline nights' by ``hot_pixel_rise_pct``;
+``hot_pixels``   the hot-pixel count exceeds the first ``min_baseline_nights`` nights' (median) by
+                 ``hot_pixel_rise_pct``: a slow growth does not drag its own baseline along;
 ``fwhm``         the median FWHM moved by more than ``fwhm_drift_pct`` from the baseline (focus);
 ``ellipticity``  the median ellipticity rose by more than ``ellipticity_rise`` (guiding).
 
@@ -65,7 +66,7 @@ def _flat(figures: dict[str, Any], h: HealthSettings) -> dict | None:
 
 
 def _hot_pixels(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
-    first = _baseline("hot_pixels", history, acks, "n_hot")[:h.baseline_nights]
+    first = _baseline("hot_pixels", history, acks, "n_hot")[:h.min_baseline_nights]
     if figures.get("n_hot") is None or len(first) < h.min_baseline_nights:
         return None
     reference = statistics.median(v for _, v in first)

@@ -150,7 +150,7 @@ class HealthSettings:
     flat_structure_threshold: float = 0.015  # a flat-ratio region deviating more than this is a structure
     flat_structure_min_px: int = 100  # ... of at least this many pixels
     flat_large_scale_max: float = 0.01  # alert when the flat ratio's large-scale robust std exceeds this
-    hot_pixel_rise_pct: float = 30.0  # alert when hot pixels exceed the first nights' count by this much
+    hot_pixel_rise_pct: float = 30.0  # alert when hot pixels exceed the first min_baseline_nights nights' count by this much
     fwhm_drift_pct: float = 25.0  # alert when the night's median FWHM moves this far from the baseline
     ellipticity_rise: float = 0.1  # alert when the night's median ellipticity rises this much
     prometheus_textfile: str = ""  # node_exporter textfile collector file (.prom); empty: not written
