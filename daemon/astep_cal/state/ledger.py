@@ -83,6 +83,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     retry_times = [s["retry_after"] for s in solves if s.get("status") == "failed" and "retry_after" in s]
     masters = entries.masters_record(night)
     flat = masters.get("flat")
+    health = alerts.compact(night.get("health"))  # only on nights measured (docs/health.md)
     return {
         "science": night.get("inventory", {}).get("science", len(frames)),
         "calibrated": calibrate["ok"], "cal_failed": calibrate["failed"], "blocked": calibrate["blocked"],
@@ -93,7 +94,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "darks": sorted(masters.get("darks", {}), key=float),
         "flat": None if not flat else (flat["night"] if flat.get("borrowed") else "own"),
         "problems": len(night.get("problems", [])),
-        "health": alerts.compact(night.get("health")),
+        **({"health": health} if health else {}),
     }
 
 
