@@ -12,9 +12,11 @@ frame's ``health`` record and logged (``health_failed``) by the ledger's thread,
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from astep_cal.formats import names, products
 from astep_cal.science import zeropoint
-from astep_cal.science.quality import pixel_scale_arcsec
 from astep_cal.support.config import HealthSettings
 from astep_cal.support.storage import atomic_write_bytes
 
@@ -79,21 +81,35 @@ def reference_stars(cal_dir: Path, ra: float, dec: float, radius_deg: float, set
                       "mag": np.asarray(data["MAG_VT"], float)})
 
 
+MOON_STEP_S = 300  # the Moon is computed once per 5 minutes and 0.1 deg of pointing (it moves < 0.1 deg/min)
+
+
 def _mid_exposure(header: fits.Header, exptime: float) -> str | None:
+    """The mid-exposure time rounded to ``MOON_STEP_S`` (frames of a pointing share the Moon's place)."""
     try:
         start = dt.datetime.fromisoformat(str(header["DATE-OBS"]))
     except (KeyError, ValueError):
         return None
-    return (start + dt.timedelta(seconds=exptime / 2)).isoformat()
+    mid = (start + dt.timedelta(seconds=exptime / 2)).replace(tzinfo=None)
+    stamp = round((mid - dt.datetime(2000, 1, 1)).total_seconds() / MOON_STEP_S) * MOON_STEP_S
+    return (dt.datetime(2000, 1, 1) + dt.timedelta(seconds=stamp)).isoformat()
+
+
+@functools.lru_cache(maxsize=64)
+def _moon(when: str, ra: float, dec: float) -> tuple[tuple[str, Any], ...]:
+    """The Moon of ``zeropoint.moon_position`` (0.2 s of astropy), kept for the other frames of the pointing."""
+    return tuple(zeropoint.moon_position(when, ra, dec).items())
 
 
 def frame_health(cal_path: Path, settings: HealthSettings) -> dict[str, Any]:
     """The health record of one solved frame: zero point (scatter, stars), sky brightness, Moon."""
     table, header = products.read_catalogue(names.cat_path(cal_path))
     exptime = float(header.get("EXPTIME", 0) or 0)
-    wcs = WCS(header).celestial
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # datfix's notes on MJD-OBS
+        wcs = WCS(header).celestial
     nx, ny = int(header["IMWIDTH"]), int(header["IMHEIGHT"])
-    scale = pixel_scale_arcsec(header)
+    scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
     ra, dec = (float(v) for v in wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0])
     radius = np.hypot(nx, ny) / 2 * scale / 3600.0
     reference = reference_stars(cal_path.parent, ra, dec, radius, settings)
@@ -110,5 +126,6 @@ def frame_health(cal_path: Path, settings: HealthSettings) -> dict[str, Any]:
     record["sky_mag_arcsec2"] = None if sky is None else round(sky, 3)
     when = _mid_exposure(header, exptime)
     if when is not None:
-        record.update(zeropoint.moon_position(when, ra, dec))
+        step = POINTING_STEP_DEG
+        record.update(_moon(when, round(ra / step) * step, round(dec / step) * step))
     return record
