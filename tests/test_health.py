@@ -22,8 +22,6 @@ from astep_cal.devtools.sky import ZERO_POINT_MAG
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.science.flat_change import compare_flats
 from astep_cal.science.zeropoint import match_stars, zero_point
-from astep_cal.state import alerts
-from astep_cal.support.config import HealthSettings
 
 N_NIGHTS = 8
 STEP_NIGHT = 5  # 0-based: from this night on, 8 % less light and an ice ring
@@ -131,6 +129,8 @@ def test_the_nightly_summary_carries_the_health_and_its_trend(season):
 
 
 def test_status_shows_the_alerts_until_acknowledged(season):
+    from astep_cal.state import alerts
+
     root, specs, config, _, _ = season
     status = run_cli_subprocess("status", root, "--config", config)
     assert f"ALERT {specs[-1].date} throughput" in status.stdout, status.stdout
@@ -177,6 +177,9 @@ def test_flat_comparison_finds_a_ring_and_nothing_in_noise():
 
 
 def test_alert_rules_baseline_and_acknowledgement(tmp_path):
+    from astep_cal.state import alerts
+    from astep_cal.support.config import HealthSettings
+
     h = HealthSettings()
     past = [(f"2026-07-0{i}", {"throughput": 19.0 + 0.003 * (-1) ** i, "n_hot": 100, "alerts": []}) for i in range(1, 6)]
     assert alerts.evaluate({"throughput": 18.99, "n_hot": 110}, past, {}, h) == []

@@ -63,7 +63,19 @@ def query_reference(ra: float, dec: float, radius_deg: float, settings: HealthSe
             raise ReferenceUnavailable(f"query-starkd failed: {error.stderr.decode(errors='replace')[-200:]}") from error
         if not out.is_file():
             raise ReferenceUnavailable("query-starkd wrote no table")
-        return out.read_bytes()
+        return _clean_table(out)
+
+
+def _clean_table(path: Path) -> bytes:
+    """The query's RA, DEC, MAG_VT alone, without its DATE card: the same pointing gives the same file."""
+    import io
+
+    with fits.open(path, memmap=False) as hdul:
+        data = hdul[1].data if len(hdul) > 1 and hdul[1].data is not None else None
+        columns = {k: np.asarray(data[k], float) if data is not None else np.zeros(0) for k in ("RA", "DEC", "MAG_VT")}
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(Table(columns), name="REFSTARS")]).writeto(buffer)
+    return buffer.getvalue()
 
 
 def reference_stars(cal_dir: Path, ra: float, dec: float, radius_deg: float, settings: HealthSettings) -> Table:
