@@ -30,7 +30,6 @@ class FlatChange:
 
     large_scale_std: float
     structures: list[dict[str, Any]] = field(default_factory=list)
-    ratio_thumbnail: np.ndarray | None = None  # the ratio binned down, for the summary's image
 
     def record(self) -> dict[str, Any]:
         return {"large_scale_std": round(self.large_scale_std, 5), "n_structures": len(self.structures),
@@ -97,7 +96,7 @@ def compare_flats(flat: np.ndarray, previous: np.ndarray, *, threshold: float = 
             "size_px": int(max(rows.stop - rows.start, cols.stop - cols.start) * smooth_px),
             "area_px": n_pixels, "depth": round(deepest, 4)})
     structures.sort(key=lambda s: -s["area_px"])
-    return FlatChange(large_scale, structures, _binned(filled, max(1, min(flat.shape) // 128)).astype(np.float32))
+    return FlatChange(large_scale, structures)
 
 
 def clear_sky_throughput(zero_points: list[float], percentile: float = 90.0) -> float | None:
