@@ -190,3 +190,30 @@ def test_alert_rules_baseline_and_acknowledgement(tmp_path):
     assert alerts.evaluate({"throughput": 18.9}, past, alerts.read_acks(tmp_path), h) == []  # baseline restarts
     with pytest.raises(ValueError):
         alerts.acknowledge(tmp_path, "nonsense", "2026-07-05")
+
+
+def test_a_missing_or_hanging_query_starkd_fails_the_step_only(season, tmp_path):
+    """No reference stars (query-starkd absent, or hanging past its timeout): the frame's health record is
+    a failure with the reason, nothing is raised; the frame's solve record stays good."""
+    import shutil
+
+    from astep_cal.engine.frame_health import ReferenceUnavailable, frame_health
+    from astep_cal.engine.stages import HEALTH_STEP, run_stage
+    from astep_cal.support.config import HealthSettings
+
+    root, specs, _, _, _ = season
+    source = root / specs[0].date / f"{specs[0].date}-CAMS_CAL"
+    cal = sorted(source.glob("*_CAL.fits"))[0]
+    for path in (cal, cal.with_name(cal.name.replace("_CAL", "_CAT"))):
+        shutil.copy(path, tmp_path / path.name)  # no cached reference table beside them
+    hanging = tmp_path / "query-starkd"
+    hanging.write_text("#!/bin/sh\nsleep 30\n")
+    hanging.chmod(0o755)
+    for settings, reason in ((HealthSettings(query_starkd="no-such-query-starkd"), "not found"),
+                             (HealthSettings(query_starkd=str(hanging), query_timeout_s=1.0), "timed out")):
+        with pytest.raises(ReferenceUnavailable, match=reason):
+            frame_health(tmp_path / cal.name, settings)
+        with run_stage("health", None, HEALTH_STEP) as record:
+            record.update(frame_health(tmp_path / cal.name, settings))
+        assert record["status"] == "failed" and reason in record["error"]
+    assert not list(tmp_path.glob("health/*"))  # nothing half-written is left for the next frame

@@ -3,7 +3,7 @@ the catalogue matched to Tycho-2 stars, the sky brightness, the Moon.
 
 The reference stars come from the Astrometry.net index the solve uses, read by ``query-starkd`` (a
 subprocess with a timeout, offline) once per pointing per night: the table is cached in the night's
-``_CAL`` directory as ``health_ref_<ra>_<dec>.fits`` (pointing rounded to 0.1 deg), so the other frames
+``_CAL`` directory as ``health/ref_<ra>_<dec>.fits`` (pointing rounded to 0.1 deg), so the other frames
 of the pointing, and a night closed again, read it back. Runs in the solve's thread after the WCS is in
 the catalogue (``frame_steps.solve_frame``), inside the stage runner: a failure is recorded in the
 frame's ``health`` record and logged (``health_failed``) by the ledger's thread, never raised.
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import warnings
@@ -39,9 +41,12 @@ class ReferenceUnavailable(RuntimeError):
     """query-starkd failed, timed out, or the index is missing."""
 
 
+REFERENCE_DIR = "health"  # under the night's _CAL directory
+
+
 def reference_path(cal_dir: Path, ra: float, dec: float) -> Path:
     step = POINTING_STEP_DEG
-    return cal_dir / f"health_ref_{round(ra / step) * step:.1f}_{round(dec / step) * step:+.1f}.fits"
+    return cal_dir / REFERENCE_DIR / f"ref_{round(ra / step) * step:.1f}_{round(dec / step) * step:+.1f}.fits"
 
 
 def query_reference(ra: float, dec: float, radius_deg: float, settings: HealthSettings) -> bytes:
@@ -53,14 +58,17 @@ def query_reference(ra: float, dec: float, radius_deg: float, settings: HealthSe
         raise ReferenceUnavailable(f"no reference index {settings.reference_index}")
     with tempfile.TemporaryDirectory(prefix="astep-ref-") as tmp:
         out = Path(tmp) / "ref.fits"
+        command = [exe, "-T", "-r", f"{ra:.6f}", "-d", f"{dec:.6f}", "-R", f"{radius_deg:.6f}", "-o", str(out),
+                   settings.reference_index]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            subprocess.run([exe, "-T", "-r", f"{ra:.6f}", "-d", f"{dec:.6f}", "-R", f"{radius_deg:.6f}", "-o", str(out),
-                            settings.reference_index], check=True, capture_output=True,
-                           timeout=settings.query_timeout_s, start_new_session=True)
-        except subprocess.TimeoutExpired as error:
-            raise ReferenceUnavailable(f"query-starkd timed out after {settings.query_timeout_s:g} s") from error
-        except subprocess.CalledProcessError as error:
-            raise ReferenceUnavailable(f"query-starkd failed: {error.stderr.decode(errors='replace')[-200:]}") from error
+            _, stderr = process.communicate(timeout=settings.query_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its whole group: no child left holding the pipes
+            process.communicate()
+            raise ReferenceUnavailable(f"query-starkd timed out after {settings.query_timeout_s:g} s") from None
+        if process.returncode != 0:
+            raise ReferenceUnavailable(f"query-starkd failed: {stderr.decode(errors='replace')[-200:]}")
         if not out.is_file():
             raise ReferenceUnavailable("query-starkd wrote no table")
         return _clean_table(out)
@@ -82,6 +90,7 @@ def reference_stars(cal_dir: Path, ra: float, dec: float, radius_deg: float, set
     """The pointing's reference stars (ra, dec, mag), from the night's cache or query-starkd."""
     path = reference_path(cal_dir, ra, dec)
     if not path.is_file():
+        path.parent.mkdir(exist_ok=True)  # in the night's _CAL directory, which exists (never its parents)
         centre = (round(ra / POINTING_STEP_DEG) * POINTING_STEP_DEG, round(dec / POINTING_STEP_DEG) * POINTING_STEP_DEG)
         atomic_write_bytes(path, query_reference(centre[0], centre[1], radius_deg + POINTING_STEP_DEG, settings),
                            make_parents=False)
@@ -133,7 +142,7 @@ def frame_health(cal_path: Path, settings: HealthSettings) -> dict[str, Any]:
                               np.asarray(table[f"flux_err_{k}"])[cat_rows], np.asarray(table["flags"])[cat_rows],
                               exptime, settings.min_snr)
     record: dict[str, Any] = {**zp.record(), "matched": int(len(cat_rows)), "reference": reference_path(
-        cal_path.parent, ra, dec).name, "pixel_scale_arcsec": round(scale, 4)}
+        cal_path.parent, ra, dec).relative_to(cal_path.parent).as_posix(), "pixel_scale_arcsec": round(scale, 4)}
     sky = zeropoint.sky_brightness(zp.zp, float(header.get("SKYLEVEL", 0) or 0), exptime, scale)
     record["sky_mag_arcsec2"] = None if sky is None else round(sky, 3)
     when = _mid_exposure(header, exptime)
