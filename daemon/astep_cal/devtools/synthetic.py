@@ -95,6 +95,8 @@ class NightSpec:
     cloud_dimming: float = 0.8  # ... losing this fraction of the starlight
     header_style: str = "generic"  # "astep": ASTEP's keywords (SCIDCRD, SCINAME, BEGINOBS, INSTFILT), pixel
     #                                pseudo-WCS cards, and no RA/DEC, OBJCTRA/OBJCTDEC or OBJECT
+    throughput: float = 1.0  # fraction of the starlight the optics pass (frost on the mirror: < 1)
+    flat_ring: tuple[float, ...] = ()  # (x, y, r_in, r_out, depth): an ice/dust donut in the light path
 
 
 @dataclass

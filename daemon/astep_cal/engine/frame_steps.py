@@ -19,6 +19,7 @@ from astropy.io import fits
 
 from astep_cal import __version__
 from astep_cal.engine import astrometry
+from astep_cal.engine.frame_health import frame_health
 from astep_cal.engine.night_detector import frame_noise, noise_cards
 from astep_cal.engine.night_masters import Masters, memory_budget
 from astep_cal.engine.rules import calibration_fingerprint
@@ -26,6 +27,7 @@ from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import (
     CALIBRATE_STEP,
     CATALOGUE_STEP,
+    HEALTH_STEP,
     QUALITY_STEP,
     SOLVE_STEP,
     FrameBlocked,
@@ -286,6 +288,7 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     entry["raw"] = fingerprint(frame.path)
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
     entry.pop("catalogue", None)
+    entry.pop("health", None)
     made = None
     with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
         made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
@@ -318,6 +321,10 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
         return solving.defer(tries - 1)
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
+        if record["catalogue"] == "ok" and settings.health.enabled:
+            with run_stage("health", None, HEALTH_STEP) as health:
+                health.update(frame_health(cal_path, settings.health))
+            record["health"] = health
     return record
 
 
@@ -347,17 +354,25 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
 
 def record_solve(entry: dict[str, Any], record: dict[str, Any], cal_path: Path) -> None:
     """A finished solve into the frame's ledger entry: its record, and the CAL file's new fingerprint
-    (the WCS merge rewrote the file)."""
+    (the WCS merge rewrote the file), and the health figures measured after it (their own record)."""
+    record = dict(record)
+    health = record.pop("health", None)
+    if health is not None:
+        entry["health"] = health
     entry["astrometry"] = record
     if cal_path.is_file():
         entry["output"] = fingerprint(cal_path)
 
 
-def log_solve(log: Any, record: dict[str, Any]) -> None:
-    """The log line of one finished solve (the ledger record has everything it says)."""
+def log_solve(log: Any, record: dict[str, Any], health: dict[str, Any] | None = None) -> None:
+    """The log line of one finished solve (the ledger record has everything it says), and of its health
+    step's failure (``health``: the frame's record, when no longer in ``record``)."""
+    health = health if health is not None else record.get("health", {})
     if record["status"] == "solved":
         log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
         if str(record.get("catalogue", "")).startswith("failed"):
             log.warning("catalogue_failed", stage="sky positions", error=record["catalogue"])
+        if health.get("status") == "failed":
+            log.warning("health_failed", stage="zero point", error=health["error"])
     else:
         log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])

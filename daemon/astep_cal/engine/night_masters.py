@@ -24,6 +24,7 @@ from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import NightInventory, Problem, RawFrame, make_output_dirs, problem_record, valid_date
+from astep_cal.science.flat_change import detector_figures
 from astep_cal.science.masters import (
     DarkLibrary,
     MaskBit,
@@ -135,7 +136,7 @@ def _build_bias(biases: list[RawFrame], shape: tuple[int, int], settings: Settin
                              memory_budget(settings, 0), hdus=[f.hdu for f in biases])
         products.write_master(out / names.MASTER_BIAS, bias, "MASTER_BIAS", date, {}, inputs)
         step["n_inputs"] = len(inputs)
-    return bias, {"file": names.MASTER_BIAS, "inputs": inputs}
+    return bias, {"file": names.MASTER_BIAS, "inputs": inputs, **detector_figures(bias, None, None, None, 0, 1)}
 
 
 def _build_darks(darks: list[RawFrame], shape: tuple[int, int], settings: Settings, bias: np.ndarray | None,
@@ -241,8 +242,10 @@ def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, gain: 
         mask = bad_pixel_mask(None if rate is None else rate[0], flat, gain, settings.calibration)
         products.write_master(out / names.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
         step["n_bad"] = int(np.count_nonzero(mask & MaskBit.BAD))
+        detector = detector_figures(None, None if rate is None else rate[0], (mask & MaskBit.BAD) > 0, flat,
+                                    settings.calibration.dead_flat_level, settings.calibration.default_gain)
     return mask, {"file": names.PIXEL_MASK, "n_bad": step["n_bad"],
-                  "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT))}
+                  "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT)), **detector}
 
 
 def _with_flat_and_mask(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,

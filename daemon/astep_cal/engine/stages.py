@@ -66,6 +66,9 @@ PHOTOMETRY_STEP = StageEvents(done=None, failed="photometry_failed", isolate=Tru
 # A solve runs in a helper thread; the thread that owns the ledger logs its outcome (frame_solved, or
 # frame_failed with the tries) once it is recorded, and not at all when a shutdown ended it.
 SOLVE_STEP = StageEvents(done=None, failed=None, isolate=True)
+# A frame's health figures run in the solve's thread too: the ledger's thread logs a failure
+# (health_failed) when it records the solve.
+HEALTH_STEP = StageEvents(done=None, failed=None, isolate=True)
 
 
 def error_text(error: BaseException) -> str:

@@ -75,4 +75,18 @@ def render_report(document: dict[str, Any]) -> str:
         lines += ["", "unusable input files:"]
         lines += [f"  {p['path']}: {p['event']} ({p['reason']})" for p in document["problems"]]
     lines += report_lines(document.get("photometry", {}))
+    lines += health_lines(document["night"], document.get("health"))
     return "\n".join(lines)
+
+
+def health_lines(night: str, health: dict[str, Any] | None) -> list[str]:
+    """The night's health figures and its alerts, one line each (docs/health.md)."""
+    from astep_cal.state.alerts import alert_line
+
+    if not health or "status" in health:
+        return []
+    flat = health.get("flat_change") or {}
+    lines = ["", f"health: clear-sky ZP {fmt(health.get('throughput'), '.3f')} ({health.get('n_zp')} frames) | "
+             f"sky {fmt(health.get('sky_mag_arcsec2'), '.2f')} mag/arcsec2 | hot pixels {fmt(health.get('n_hot'), 'd')}"
+             f" | flat vs {flat.get('against', '-')}: {fmt(flat.get('n_structures'), 'd')} structures"]
+    return lines + [alert_line(night, alert) for alert in health.get("alerts", [])]

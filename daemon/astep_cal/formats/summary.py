@@ -40,7 +40,8 @@ SCHEMA_VERSION = 1
 
 FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
-                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched")
+                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched",
+                 "zp", "sky_mag_arcsec2")
 METRICS = ("sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec", "ellipticity", "n_cosmic", "masked_fraction",
            "wcs_residual_arcsec")
 
@@ -89,6 +90,8 @@ def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dic
         "masked_fraction": measured.get("masked_fraction"),
         "wcs_residual_arcsec": solve.get("residual_arcsec"),
         "wcs_matched": solve.get("n_matched"),
+        "zp": entry.get("health", {}).get("zp"),  # the frame's zero point (docs/health.md)
+        "sky_mag_arcsec2": entry.get("health", {}).get("sky_mag_arcsec2"),
     }
 
 
@@ -203,6 +206,7 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
         "photometry": summary_section(entries.photometry_record(night)),
+        "health": night.get("health"),
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal import __version__
+from astep_cal.frontends.health_cmds import add_commands, alert_lines
 from astep_cal.state.ledger import Ledger, LedgerLocked, RootLock
 from astep_cal.support.config import ConfigError, Settings, load_settings, with_overrides
 from astep_cal.support.logs import configure, get_logger
@@ -154,13 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = night_rows(Ledger.load(ledger_path), settings) if ledger_path.exists() else []
     activity = read_activity(ledger_path)
     attention = any(row["attention"] for row in rows)
+    health = alert_lines(Ledger.load(ledger_path), ledger_path.parent) if ledger_path.exists() else []
     if args.json:
         print(json.dumps({"root": str(root), "attention": attention, "nights": rows,
-                          "daemon": activity}, indent=1))
+                          "daemon": activity, "health_alerts": health}, indent=1))
     elif not ledger_path.exists():
         print(f"no ledger at {ledger_path}: nothing processed yet")
     else:
-        print(render_table(rows))
+        print("\n".join([render_table(rows)] + health))
     if activity and not args.json:
         from astep_cal.support.text import printable
 
@@ -341,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="generate a synthetic night, process it, report the accuracy")
     demo.add_argument("--dir", help="where to put the demo data (default: a new temporary directory)")
     demo.set_defaults(func=cmd_demo)
+    add_commands(commands, _settings, _root)
     return parser
 
 

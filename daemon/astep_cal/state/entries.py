@@ -7,7 +7,9 @@ The layout (docs/data-products.md, "The ledger")::
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
     FrameEntry    {"raw": "size:mtime_ns", "output": "size:mtime_ns",
-                   "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord}
+                   "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord,
+                   "health": {"zp", "zp_scatter", "zp_stars", "sky_mag_arcsec2", "moon_alt_deg", ...}}
+    and the night record's "health" (its figures and alerts: docs/health.md)
 
 A step's record always has ``status`` (ok/failed/blocked for calibrate, solved/failed for astrometry)
 and, when it failed, ``error`` — the stage runner's convention (``stages``). No numpy or astropy: the

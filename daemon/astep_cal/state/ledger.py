@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal import __version__
-from astep_cal.state import entries
+from astep_cal.state import alerts, entries
 from astep_cal.state.ledger_schema import check_index, check_night, is_date, read_document
 from astep_cal.state.root_lock import NIGHTS_DIR, LedgerLocked, RootLock  # noqa: F401 (the ledger's lock)
 from astep_cal.support.storage import atomic_write_bytes
@@ -62,7 +62,7 @@ def empty_night() -> dict[str, Any]:
     return {"masters": {}, "problems": [], "frames": {}}
 
 
-def _median_fwhm(frames: dict[str, Any]) -> float | None:
+def median_fwhm(frames: dict[str, Any]) -> float | None:
     """The night's median FWHM in arcsec; the solved pixel scale wins over the nominal one (as in the
     summary)."""
     values = []
@@ -87,6 +87,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     retry_times = [s["retry_after"] for s in solves if s.get("status") == "failed" and "retry_after" in s]
     masters = entries.masters_record(night)
     flat = masters.get("flat")
+    health = alerts.compact(night.get("health"))  # only on nights measured (docs/health.md)
     return {
         "science": night.get("inventory", {}).get("science", len(frames)),
         "calibrated": calibrate["ok"], "cal_failed": calibrate["failed"], "blocked": calibrate["blocked"],
@@ -94,11 +95,12 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "solve_deferred": solve_status["deferred"],
         "failed_solve_tries": dict(sorted(failed_tries.items())),
         "next_retry": min(retry_times) if retry_times else None,
-        "fwhm_arcsec": _median_fwhm(frames),
+        "fwhm_arcsec": median_fwhm(frames),
         "darks": sorted(masters.get("darks", {}), key=float),
         "flat": None if not flat else (flat["night"] if flat.get("borrowed") else "own"),
         "problems": len(night.get("problems", [])),
         "stuck": entries.stuck_reason(night),
+        **({"health": health} if health else {}),
     }
 
 

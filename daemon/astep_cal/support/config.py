@@ -155,6 +155,31 @@ class PhotometrySettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """The instrument's health (docs/health.md): zero points, flat changes, detector, alerts.
+
+    Changing these redoes nothing already measured; the alerts use them from the next night closed.
+    """
+
+    enabled: bool = True  # per-frame zero point and Moon, per-night figures and alerts
+    reference_index: str = "/usr/share/astrometry/index-tycho2-09.littleendian.fits"  # Tycho-2 index read by query-starkd
+    query_starkd: str = "query-starkd"  # executable name or path
+    query_timeout_s: float = 60.0  # wall-clock limit of one query-starkd run
+    min_snr: float = 20.0  # stars below this S/N are left out of the zero point
+    throughput_percentile: float = 90.0  # the night's clear-sky zero point: this percentile of its frames'
+    baseline_nights: int = 5  # the alerts compare with the median of the last this many nights
+    min_baseline_nights: int = 3  # no alert before this many nights are in the baseline
+    throughput_drop_pct: float = 4.0  # alert when the clear-sky throughput falls more than this
+    flat_structure_threshold: float = 0.015  # a flat-ratio region deviating more than this is a structure
+    flat_structure_min_px: int = 100  # ... of at least this many pixels
+    flat_large_scale_max: float = 0.01  # alert when the flat ratio's large-scale robust std exceeds this
+    hot_pixel_rise_pct: float = 30.0  # alert when hot pixels exceed the first min_baseline_nights nights' count by this much
+    fwhm_drift_pct: float = 25.0  # alert when the night's median FWHM moves this far from the baseline
+    ellipticity_rise: float = 0.1  # alert when the night's median ellipticity rises this much
+    prometheus_textfile: str = ""  # node_exporter textfile collector file (.prom); empty: not written
+
+
+@dataclass(frozen=True)
 class DaemonSettings:
     """How the long-running service (``astep-cal run``) decides a night is ready, and stays healthy."""
 
@@ -191,6 +216,7 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
     headers: HeaderSettings = field(default_factory=HeaderSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -211,6 +237,7 @@ _SECTIONS = {
     "output": OutputSettings,
     "photometry": PhotometrySettings,
     "headers": HeaderSettings,
+    "health": HealthSettings,
     "daemon": DaemonSettings,
     "logging": LoggingSettings,
 }
@@ -382,6 +409,11 @@ def validate(settings: Settings) -> None:
     keys = [k for f in dataclasses.fields(h) for k in getattr(h, f.name)]
     if any(not k.strip() for k in keys) or any(len([p for p in k.split("/") if p.strip()]) != 2 for k in h.pointing):
         raise ConfigError("headers: keywords must not be empty; pointing entries are \"RAKEY/DECKEY\"")
+    h = settings.health
+    if not 0 < h.throughput_percentile <= 100 or h.baseline_nights < 1 or h.min_baseline_nights < 1 \
+            or h.query_timeout_s <= 0 or min(h.throughput_drop_pct, h.hot_pixel_rise_pct, h.fwhm_drift_pct) <= 0:
+        raise ConfigError("health: throughput_percentile in (0, 100], baseline nights, query_timeout_s and "
+                          "the alert thresholds must be positive")
     if settings.cosmics.niter < 1:
         raise ConfigError("cosmics.niter must be at least 1")
     if settings.logging.format not in {"auto", "console", "json", "journal"}:
