@@ -6,11 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
-	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin
+	libsystemd-dev pkg-config gcc python3-dev python3-venv fitsverify libcfitsio-bin gnupg gpgv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults bench bench-state bench-photometry bench-compression soak soak-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression bench-late soak soak-short fuzz fuzz-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -28,8 +28,8 @@ system-deps:
 venv: $(BIN)/.installed
 
 # LOCKED_INSTALL(venv, lock files): install exactly the lock files into a venv, immune to what the index
-# holds on the day (README "Set-up"). First the locked pip, setuptools and wheel (requirements-bootstrap.lock),
-# so that nothing depends on the pip the interpreter ships (Debian bookworm's venv brings pip 23.0.1, which
+# holds on the day (docs/development.md, "Set-up"). First the locked pip, setuptools and wheel
+# (requirements-bootstrap.lock), so that nothing depends on the pip the interpreter ships (Debian bookworm's venv brings pip 23.0.1, which
 # resolves extras such as dask[array] against the index). Then every locked distribution with --no-deps:
 # no resolver runs, so nothing outside the lock can be chosen; --require-hashes checks each file and
 # --no-build-isolation builds the few sdists with the locked setuptools instead of the index's newest.
@@ -60,6 +60,10 @@ demo: system-deps venv
 test: system-deps venv
 	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor is an error.
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site
+
 # SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
 test-faults: system-deps venv
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
@@ -71,7 +75,7 @@ bench: system-deps venv
 bench-state: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_state $(BENCH_STATE_ARGS)
 
-# A winter compressed into minutes through the real daemon, with faults (README "Reliability"; root: tmpfs
+# A winter compressed into minutes through the real daemon, with faults (docs/performance.md; root: tmpfs
 # mounts). Full: 30 nights, ~6 min; soak-short: 8 nights, ~2 min (.ci/run).
 SOAK_ARGS ?=
 soak: system-deps venv
@@ -80,15 +84,29 @@ soak: system-deps venv
 soak-short: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
 
+# Hostile input (docs/hostile-input.md): mutated FITS files, ledgers, summaries and configs through the
+# real commands, under a memory cap; fails on any traceback, hang or input not recorded exactly once.
+# Full: 10 000 inputs (~30 min); fuzz-short: 400 (~2 min, .ci/run).
+FUZZ_ARGS ?=
+fuzz: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.fuzz --count 10000 --out bench-results/fuzz.json $(FUZZ_ARGS)
+
+fuzz-short: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.fuzz --count 400 --out bench-results/fuzz-short.json $(FUZZ_ARGS)
+
 # Closing a winter night's light curves: 1400 catalogues of 4000 sources, time and peak RSS (~1 min).
 bench-photometry: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_photometry $(BENCH_PHOTOMETRY_ARGS)
 
-# Plain against tile-compressed CAL files (README "Compact files"): ~1 min at 2048².
+# Plain against tile-compressed CAL files (docs/compression.md): ~1 min at 2048².
 bench-compression: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_compression $(BENCH_COMPRESSION_ARGS)
 
-# --- deployment (README "Deploying the service") -------------------------------------------------
+# A late frame's cost and the bytes a night writes, compressed (default) beside plain (docs/compression.md).
+bench-late: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.bench_late $(BENCH_LATE_ARGS)
+
+# --- deployment (docs/operations.md) ----------------------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps
 # /etc/astep-cal/astep-cal.toml. DESTDIR stages every file under another root (packaging, a chroot): the
 # venv's scripts still name the final paths, and no user is created and systemd is not told.
@@ -127,14 +145,16 @@ install-activate:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  echo "next: systemctl enable --now astep-cal   (already running: systemctl restart astep-cal)"; fi
 
-# --- the offline bundle (README "Deploying the service") -------------------------------------------
+# --- the offline bundle (docs/operations.md, "Installing at the station") ----------------------------
 # On a connected machine of the target's Debian release and architecture. Downloads are cached in
 # BUNDLE_CACHE (a rerun fetches nothing); the archive, its .sha256 and its .manifest go to BUNDLE_OUT.
 # VERSION= builds the project's wheel with another version (default: __version__ of the tree).
 BUNDLE_CACHE ?= $(shell [ -w /var/cache ] && echo /var/cache/astep-cal-bundle || echo .bundle-cache)
 BUNDLE_OUT ?= dist
 VERSION ?=
-BUNDLE := $(BIN)/python deploy/bundle.py --cache '$(BUNDLE_CACHE)' --out '$(BUNDLE_OUT)' $(if $(VERSION),--version '$(VERSION)')
+# SIGN_KEY=<gpg key id>: sign the archive (ARCHIVE.sig, and the public key as bundle-signing-key.gpg).
+SIGN_KEY ?=
+BUNDLE := $(BIN)/python deploy/bundle.py --cache '$(BUNDLE_CACHE)' --out '$(BUNDLE_OUT)' $(if $(VERSION),--version '$(VERSION)') $(if $(SIGN_KEY),--sign-key '$(SIGN_KEY)')
 
 bundle: system-deps venv
 	@$(BUNDLE)
@@ -151,4 +171,4 @@ print-debian-packages:
 	@echo $(DEBIAN_PACKAGES)
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist
+	rm -rf $(VENV) build *.egg-info daemon/*.egg-info .pytest_cache dist site

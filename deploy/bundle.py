@@ -332,7 +332,26 @@ def build(args: argparse.Namespace) -> Path:
     print(f"size   {size} bytes ({human})")
     print(f"sha256 {digest}")
     print(f"manifest {out_dir / (name + '.manifest')}")
+    if args.sign_key:
+        key_file = sign(archive, args.sign_key)
+        print(f"signature {archive}.sig (key {args.sign_key}; first install: ./install.sh --trust-key {key_file.name})")
     return archive
+
+
+def sign(archive: Path, key: str) -> Path:
+    """A detached OpenPGP signature ARCHIVE.sig by `key` (gpg, GNUPGHOME as set), and the public key
+    beside it as bundle-signing-key.gpg: the station checks later bundles with gpgv against that key,
+    kept at the first install (install.sh --trust-key), before it reads anything of them."""
+    if shutil.which("gpg") is None:
+        raise BundleError("signing needs gpg (Debian package gnupg)")
+    signature = archive.with_name(archive.name + ".sig")
+    run(["gpg", "--batch", "--yes", "--local-user", key, "--detach-sign", "--output", str(signature), str(archive)])
+    public = archive.parent / "bundle-signing-key.gpg"
+    exported = subprocess.run(["gpg", "--batch", "--export", key], capture_output=True, check=False).stdout  # bytes
+    if not exported:
+        raise BundleError(f"gpg has no public key {key}")
+    public.write_bytes(exported)
+    return public
 
 
 def assemble(out_dir: Path, fields: dict[str, str], items: list[Item], sources: dict[str, Path],
@@ -381,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="version to build (default: __version__ of the tree)")
     parser.add_argument("--cache", type=Path, default=REPO / ".bundle-cache", help="downloads and built wheels")
     parser.add_argument("--out", type=Path, default=REPO / "dist", help="where the archive goes")
+    parser.add_argument("--sign-key", help="gpg key (id or fingerprint) to sign the archive with (ARCHIVE.sig)")
     parser.add_argument("--source", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

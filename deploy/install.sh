@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# install.sh — install or upgrade astep-cal from this bundle, without any network (README "Deploying
-# the service"). Run as root from the extracted bundle:
+# install.sh — install or upgrade astep-cal from this bundle, without any network (docs/operations.md,
+# "Installing at the station"). Run as root from the extracted bundle:
 #
 #   ./install.sh               install (a full bundle) or upgrade (an upgrade bundle); run again: no change
 #   ./install.sh --check       only verify the bundle against this machine (checksums, release, base)
@@ -8,6 +8,14 @@
 #                              ledger has a schema that version does not read; --force: anyway)
 #   ./install.sh --no-system   the Python part and the files only: no Debian packages, no user, no systemd
 #                              (a staging tree; with APP_DIR= PREFIX= CONF_DIR= UNIT_DIR= SYSUSERS_DIR=)
+#   ./install.sh --trust-key KEY.gpg   (first install) trust this OpenPGP public key for later bundles:
+#                              it is kept as CONF_DIR/bundle-keyring.gpg (check its fingerprint out of band)
+#   /opt/astep-cal/install.sh --bundle ARCHIVE [options]   every later install or upgrade: the installed
+#                              (trusted) install.sh copies ARCHIVE and ARCHIVE.sig into a root-only
+#                              directory, checks the detached signature with gpgv against the kept key
+#                              before anything of the bundle is read, extracts the copy there and runs its
+#                              install.sh. A machine with a kept key refuses a bundle not installed this
+#                              way (--unsigned: anyway, e.g. a bundle built without SIGN_KEY).
 #
 # Layout: APP_DIR/releases/VERSION (one venv a version), APP_DIR/current and APP_DIR/previous (links),
 # APP_DIR/wheels (every wheel installed so far: what an upgrade bundle builds its venv from),
@@ -27,23 +35,37 @@ export PREFIX=${PREFIX:-/usr/local} DATA_ROOT=${DATA_ROOT:-/srv/astep} CONF_DIR=
     STATE_DIR=${STATE_DIR:-/var/lib/astep-cal} COMMAND=$APP_DIR/current/bin/astep-cal
 MANIFEST=$HERE/manifest.txt
 
+KEYRING=$CONF_DIR/bundle-keyring.gpg  # the key bundles must be signed with, kept at the first install
+
 mode=install
 system=1
 force=""
 changing=""
-for arg in "$@"; do
+unsigned=""
+trust_key=""
+bundle_archive=""
+passed=()  # the options handed on to the bundle's own install.sh (--bundle)
+while [ $# -gt 0 ]; do
+    arg=$1; shift
     case $arg in
-        --rollback) mode=rollback ;;
-        --check) mode=check ;;
-        --force) force=1 ;;
-        --no-system) system="" ;;
+        --rollback) mode=rollback; passed+=("$arg") ;;
+        --check) mode=check; passed+=("$arg") ;;
+        --force) force=1; passed+=("$arg") ;;
+        --no-system) system=""; passed+=("$arg") ;;
+        --unsigned) unsigned=1 ;;
+        --trust-key) [ $# -gt 0 ] || { echo "install.sh: --trust-key needs a file" >&2; exit 2; }
+                     trust_key=$1; shift ;;
+        --bundle) [ $# -gt 0 ] || { echo "install.sh: --bundle needs an archive" >&2; exit 2; }
+                  bundle_archive=$1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
 
 say() { echo "install.sh: $*"; }
+work=""
 die() {
+    [ -z "$work" ] || rm -rf "$work"
     echo "install.sh: error: $*" >&2
     if [ -z "$changing" ]; then echo "install.sh: nothing was changed" >&2
     else echo "install.sh: stopped half-way (current version: $(current_version)); fix the cause and run it again" >&2; fi
@@ -59,6 +81,39 @@ field() { awk -F'\t' -v key="$1" '$1 == key && NF == 2 { print $2; exit }' "$MAN
 # manifest records of one tag: NAME VERSION PATH SHA256, tab-separated
 records() { awk -F'\t' -v tag="$1" '$1 == tag && NF == 5 { print $2 "\t" $3 "\t" $4 "\t" $5 }' "$MANIFEST"; }
 deb_status() { dpkg-query -W -f='${Status}\t${Version}' "$1" 2>/dev/null || true; }
+
+# --- --bundle: the signature checked by this (installed, trusted) copy before the bundle is read ---------
+# Everything is copied first into a directory only root can reach, so the files checked are the files
+# used (no time-of-check gap with a writable drop folder); gpgv is on every Debian (apt needs it).
+SAFE_NAME='^astep-cal(-upgrade)?-[A-Za-z0-9][A-Za-z0-9.+~_-]*$'
+[ -z "$trust_key" ] || [ -f "$trust_key" ] || die "no key file $trust_key"
+if [ -n "$bundle_archive" ]; then
+    [ "$(id -u)" = 0 ] || [ -z "$system" ] || die "run as root (or --no-system for a staging tree)"
+    [ -f "$KEYRING" ] || die "no trusted key $KEYRING: install the first bundle with ./install.sh --trust-key KEY.gpg"
+    read -r key_uid key_mode < <(stat -c '%u %a' "$KEYRING")
+    { [ "$key_uid" = "$(id -u)" ] && [ $(( 8#$key_mode & 8#022 )) = 0 ]; } \
+        || die "$KEYRING must belong to $(id -un) and be writable by nobody else (mode $key_mode)"
+    [ -f "$bundle_archive" ] || die "no bundle $bundle_archive"
+    [ -f "$bundle_archive.sig" ] || die "no signature $bundle_archive.sig beside the bundle (make bundle SIGN_KEY=...)"
+    command -v gpgv > /dev/null || die "gpgv is missing (Debian package gpgv)"
+    work=$(mktemp -d "${TMPDIR:-/var/tmp}/astep-cal-bundle.XXXXXX")  # mode 0700, ours; die() removes it
+    cp -- "$bundle_archive" "$work/bundle.tar"
+    cp -- "$bundle_archive.sig" "$work/bundle.tar.sig"
+    if ! gpg_out=$(gpgv --keyring "$KEYRING" "$work/bundle.tar.sig" "$work/bundle.tar" 2>&1); then
+        die "the signature of $bundle_archive does not verify against $KEYRING: $(tail -2 <<< "$gpg_out" | tr '\n' ' ')"
+    fi
+    top=$(tar -tf "$work/bundle.tar" | awk -F/ '{ print $1 }' | sort -u)
+    [ "$(wc -l <<< "$top")" = 1 ] && [[ $top =~ $SAFE_NAME ]] \
+        || die "$bundle_archive does not hold one astep-cal bundle directory"
+    if tar -tf "$work/bundle.tar" | grep -qE '(^|/)\.\.(/|$)|^/'; then die "$bundle_archive holds paths outside its directory"; fi
+    tar -xf "$work/bundle.tar" -C "$work" --no-same-owner
+    say "signature of $(basename "$bundle_archive") verified ($(grep -o 'using [A-Za-z0-9]* key [0-9A-F]*' <<< "$gpg_out" | head -1))"
+    status=0
+    ASTEP_BUNDLE_VERIFIED=1 bash "$work/$top/install.sh" "${passed[@]}" || status=$?
+    rm -rf "$work"
+    reported=1
+    exit "$status"
+fi
 
 # --- rollback: needs nothing from the bundle --------------------------------------------------------
 # A service in use (running, or enabled: perhaps failing on the version being left) is restarted on the
@@ -89,7 +144,10 @@ if [ "$mode" = rollback ]; then
     # SCHEMA_VERSION (it sets a newer one aside as corrupt and rebuilds it from the CAL files).
     ledger=$(sed -n 's/^ledger *= *"\(.*\)".*/\1/p' "$CONF_DIR/astep-cal.toml" 2>/dev/null | head -1)
     ledger=${ledger:-$STATE_DIR/ledger.json}
-    reads=$(sed -n 's/^SCHEMA_VERSION = \([0-9]*\).*/\1/p' "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/ledger.py 2>/dev/null | head -1)
+    # state/ledger.py since the layer sub-packages; ledger.py at the package root before them.
+    reads=$(cat "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/state/ledger.py \
+                "$APP_DIR/$prev"/lib/python3*/site-packages/astep_cal/ledger.py 2>/dev/null \
+            | sed -n 's/^SCHEMA_VERSION = \([0-9]*\).*/\1/p' | head -1 || true)
     schema=$(grep -o '"schema": *[0-9]*' "$ledger" 2>/dev/null | head -1 | grep -o '[0-9]*$' || true)
     if [ -n "$reads" ] && [ -n "$schema" ] && [ "$schema" -gt "$reads" ] && [ -z "$force" ]; then
         die "the ledger $ledger has schema $schema (written by astep-cal $(basename "$cur")); astep-cal $(basename "$prev") reads schemas up to $reads and would set it aside and rebuild it from the CAL files. Roll back anyway: --rollback --force"
@@ -107,6 +165,13 @@ fi
     || die "$HERE is not a whole astep-cal bundle (manifest.txt or SHA256SUMS missing): extract the archive again"
 [ "$(field format)" = 1 ] || die "$MANIFEST: not an astep-cal bundle manifest of format 1"
 name=$(field name); kind=$(field kind); version=$(field version)
+# The manifest's fields name directories (releases/VERSION) and are printed: only safe values.
+[[ $name =~ $SAFE_NAME ]] || die "$MANIFEST: the bundle name is not a safe name"
+[[ $version =~ ^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$ ]] || die "$MANIFEST: the version is not a safe version string"
+[[ $kind == full || $kind == upgrade ]] || die "$MANIFEST: unknown bundle kind"
+if [ -f "$KEYRING" ] && [ -z "${ASTEP_BUNDLE_VERIFIED:-}" ] && [ -z "$unsigned" ] && [ "$mode" = install ]; then
+    die "this machine checks bundle signatures ($KEYRING): install with $APP_DIR/install.sh --bundle ARCHIVE (or --unsigned)"
+fi
 
 # Every file must be there with its checksum: a truncated copy lacks files or ends short, an altered one
 # differs. And every file the manifest names must be under the checksums.
@@ -262,6 +327,14 @@ for old in "$APP_DIR"/releases/*; do
 done
 # Rollback needs no bundle: install.sh keeps a copy of itself.
 cp "$HERE/install.sh" "$APP_DIR/install.sh.new" && mv "$APP_DIR/install.sh.new" "$APP_DIR/install.sh"
+if [ -n "$trust_key" ]; then
+    if [ -f "$KEYRING" ] && ! cmp -s "$trust_key" "$KEYRING" && [ -z "$force" ]; then
+        die "$KEYRING holds another key: replace it with --trust-key KEY.gpg --force"
+    fi
+    mkdir -p "$CONF_DIR"
+    install -m 0644 "$trust_key" "$KEYRING.new" && mv -f "$KEYRING.new" "$KEYRING"
+    say "trusting the bundle key $trust_key: later bundles install with $APP_DIR/install.sh --bundle ARCHIVE"
+fi
 
 # The files and their activation, as `make install` does them.
 bash "$HERE/layout.sh" files "$HERE/files/astep-cal.service" "$HERE/files/astep-cal.sysusers.conf" "$HERE/files/astep-cal.toml"

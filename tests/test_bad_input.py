@@ -1,7 +1,7 @@
 """Bad input: every kind is a clear log event and a visible status, never a traceback; nothing is lost
 and the rest of the night is processed.
 
-One data root holds every kind at once (``BAD_INPUTS``: the table the README reproduces) and is
+One data root holds every kind at once (``BAD_INPUTS``: the table docs/operations.md reproduces) and is
 processed by the real command in its own process, with the capabilities that let root ignore file
 permissions dropped (``setpriv``), so that an unreadable file is really unreadable.
 """
@@ -30,6 +30,7 @@ from astep_cal.devtools.synthetic import make_night
 from astep_cal.engine.frame_steps import read_whole_frame
 from astep_cal.engine.stages import FrameBlocked
 from astep_cal.formats.names import cal_dir, cal_name, name_from_header
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
 from astep_cal.formats.raw_night import inspect_frame
 
 DATE = "2026-07-01"
@@ -301,7 +302,7 @@ def test_compressed_frames_calibrate_like_their_originals(bad_root):
 def test_non_ascii_name_is_kept_exactly_in_the_provenance(bad_root):
     root, *_ = bad_root
     raw_name = "2026-07-01_22.21.00_SCIENCE_Étoile-η.fits"
-    header = fits.getheader(cal_dir(root, DATE) / cal_name(raw_name))
+    header = read_cal_header(cal_dir(root, DATE) / cal_name(raw_name))
     assert header["ASTCRAW"] == "2026-07-01_22.21.00_SCIENCE_%C3%89toile-%CE%B7.fits"
     assert name_from_header(header["ASTCRAW"]) == raw_name  # what ledger recovery reads back
 
@@ -309,7 +310,7 @@ def test_non_ascii_name_is_kept_exactly_in_the_provenance(bad_root):
 def test_nan_pixels_are_masked_not_propagated(bad_root):
     root, *_ = bad_root
     with fits.open(cal_dir(root, DATE) / "2026-07-01_22.06.00_SCIENCE_CAL.fits") as hdul:
-        assert np.isfinite(hdul[0].data).all()
+        assert np.isfinite(hdul[cal_image_hdu(hdul)].data).all()
         assert (hdul["MASK"].data[100:104, 200:260] & 1).all()
 
 
@@ -320,7 +321,7 @@ def test_nothing_is_lost(bad_root):
     assert (out / "old_pipeline_notes.txt").read_text() == "kept"
     kept = list(out.glob(f"{cal_name(truth.science_files[0].name)}.foreign-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == foreign_bytes
-    assert "ASTCVER" in fits.getheader(out / cal_name(truth.science_files[0].name))
+    assert "ASTCVER" in read_cal_header(out / cal_name(truth.science_files[0].name))
     assert not (root.parent / "outside" / f"{DATE}-CAMS_CAL").exists()  # nothing written through a link
     assert not any(".astep-tmp-" in p.name for p in root.rglob("*"))
 
@@ -341,9 +342,9 @@ def test_status_shows_the_problems(bad_root, capsys):
     assert "attention" in row and row.split()[-1] == str(len(ledger["nights"][DATE]["problems"]))
 
 
-def test_readme_lists_every_kind():
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("## Bad input"):]
+def test_docs_list_every_kind():
+    page = (REPO / "docs" / "operations.md").read_text()
+    table = page[page.index("## Bad input"):]
     for bad in BAD_INPUTS:
         assert re.search(rf"^\| {re.escape(bad.kind)} \|.*`{bad.event}`", table, re.M), bad.kind
 

@@ -63,7 +63,20 @@ def _round(steady_s: float, cosmic_cpu_s: float, without_photometry_s: float = 3
                           "cat_offset_max_px": 0.06, "cat_radec_median_arcsec": 0.02, "cat_radec_p95_arcsec": 0.05,
                           "cat_radec_max_arcsec": radec_max},
             "no_photometry": {"wall_s": 44.0, "peak_rss_mb": 1200.0, "steady_frame_s": without_photometry_s},
-            "frames": frames}
+            "frames": frames, "late": _late()}
+
+
+def _late() -> dict:
+    """bench_late's flat record of one round (the default compressed output beside plain)."""
+    figures = {"compressed": (2.5, 3.0, 2.4, 0.8, 0.05e9), "plain": (2.4, 3.1, 2.5, 3.9, 0.15e9)}
+    late = {}
+    for form, (cadence, wall, work, per_raw, cal_bytes) in figures.items():
+        late.update({f"{form}_steady_frame_s": cadence, f"{form}_late_wall_s": wall, f"{form}_late_cpu_s": wall,
+                     f"{form}_late_frame_work_s": work, f"{form}_late_wall_over_work": wall / work,
+                     f"{form}_written_per_raw_byte": per_raw, f"{form}_cal_bytes_per_frame": cal_bytes,
+                     f"{form}_daemon_late_wall_s": 2.6, f"{form}_daemon_late_wall_over_work": 2.6 / work})
+    late["cadence_compressed_over_plain"] = 2.5 / 2.4
+    return late
 
 
 def test_issue_targets_are_checked_on_the_medians_and_printed(capsys):
@@ -84,6 +97,8 @@ def test_issue_targets_are_checked_on_the_medians_and_printed(capsys):
     print_table(summary)
     out = capsys.readouterr().out
     assert "cosmic_rays 1.90" in out and "MET     issue 14" in out and "900 bright isolated stars" in out
+    assert "| compressed | 2.50 | 3.00 | 3.00 | 2.40 | 1.25 | 2.60 | 1.08 | 0.800 | 50.0 |" in out
+    assert "steady cadence compressed / plain: 1.042" in out
 
 
 def test_star_core_false_hits_count_clean_core_pixels_of_unsaturated_stars():

@@ -26,6 +26,7 @@ from conftest import REPO, parse_events, read_ledger, run_cli, small_spec, tree_
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.engine.astrometry import wcs_error_px
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import cal_image_hdu
 from astep_cal.support.faults import KILL_VARIABLE
 
 DATE = "2026-07-01"
@@ -59,7 +60,8 @@ def _outputs(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, fits.Header]
     outputs = {}
     for path in sorted(cal_dir(root, DATE).glob("*_CAL.fits")):
         with fits.open(path) as hdul:
-            outputs[path.name] = (hdul[0].data.copy(), hdul["MASK"].data.copy(), hdul[0].header.copy())
+            image = hdul[cal_image_hdu(hdul)]
+            outputs[path.name] = (image.data.copy(), hdul["MASK"].data.copy(), image.header.copy())
     return outputs
 
 

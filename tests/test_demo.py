@@ -10,3 +10,4 @@ def test_demo_processes_a_night_and_reports_the_accuracy(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "3 calibrated, 3 solved, 0 failed" in done.stdout
     assert "Traceback" not in done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # no Python warning on the console (VerifyWarning ...)

@@ -8,6 +8,7 @@ from conftest import no_solve_config, run_cli, small_spec
 from astep_cal.devtools.defect_scene import defect_scene
 from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.devtools.synthetic import make_night
+from astep_cal.formats.products import cal_image_hdu
 from astep_cal.science.calibrate import REPLACED_ERR
 from astep_cal.science.masters import MaskBit, combine_variance_factor
 
@@ -61,7 +62,7 @@ def test_cal_files_carry_err_and_masters_their_noise(tmp_path, capsys):
     assert flat_header["NCOMBINE"] == 3 and flat_header["FLTVAR1"] > 0 and flat_header["FLTVAR2"] > 0
     cal = next(root.rglob("*_CAL.fits"))
     with fits.open(cal) as hdul:
-        data, err, mask = hdul[0].data, hdul["ERR"].data, hdul["MASK"].data
+        data, err, mask = hdul[cal_image_hdu(hdul)].data, hdul["ERR"].data, hdul["MASK"].data
         assert hdul["ERR"].header["BUNIT"] == "electron" and err.dtype.name == "float32"
     sky = truth.sky_e(truth.science_files[0].name)
     level = float(np.median(sky))

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from astropy.io import fits
 from conftest import daemon_config as _config
 from conftest import no_solve_config, read_ledger, run_cli, small_spec, tree_digest
 
 from astep_cal.devtools.harness import rss_mb
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.formats.names import cal_dir
+from astep_cal.formats.products import read_cal_header
 
 DATE = "2026-07-01"
 
@@ -88,7 +88,7 @@ def test_broken_solver_keeps_cal_files_retries_with_backoff_then_needs_an_operat
             time.sleep(BACKOFF_S * 2 ** attempt + 0.2)  # past the backoff of this try
     assert tries_seen == [[1, 1], [2, 2], [3, 3], [3, 3]]  # capped at max_tries
     for path in _cal_files(root):  # calibrated data kept, failure marked in the header
-        header = fits.getheader(path)
+        header = read_cal_header(path)
         assert header["ASTCWCS"] == "failed" and header["ASTCWERR"]
     code, out, _ = run_cli(capsys, "status", root, "--config", config)
     assert code == 1 and "attention" in out
@@ -138,7 +138,7 @@ def _fill_to_leave(mount_point: Path, source: Path, resize, spare_mb: float) -> 
 def _assert_nothing_partial(root: Path) -> None:
     assert not [p for p in root.rglob("*") if ".astep-tmp-" in p.name]
     for path in _cal_files(root):
-        assert "ASTCVER" in fits.getheader(path)  # whole, valid CAL files only
+        assert "ASTCVER" in read_cal_header(path)  # whole, valid CAL files only
 
 
 def test_disk_full_batch_run_loses_nothing_and_finishes_later(small_night, tmpfs, capsys):

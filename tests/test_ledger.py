@@ -135,7 +135,7 @@ def test_totals_count_what_status_needs():
     totals = night_totals(night)
     assert totals == {"science": 5, "calibrated": 2, "cal_failed": 1, "blocked": 1, "solved": 1,
                       "solve_failed": 1, "solve_deferred": 0, "failed_solve_tries": {"1": 1}, "next_retry": 123.0,
-                      "fwhm_arcsec": 2.5, "darks": ["5", "60"], "flat": "2026-06-30", "problems": 1}
+                      "fwhm_arcsec": 2.5, "darks": ["5", "60"], "flat": "2026-06-30", "problems": 1, "stuck": None}
 
 
 def test_lock_is_exclusive_and_released(tmp_path):

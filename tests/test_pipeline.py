@@ -27,6 +27,7 @@ from astep_cal.engine.rules import (
     night_has_work,
 )
 from astep_cal.formats.names import cal_dir, cal_name, masters_dir
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
 from astep_cal.formats.raw_night import take_inventory
 from astep_cal.science.masters import MaskBit
 from astep_cal.state.ledger import Ledger
@@ -87,8 +88,9 @@ def test_cal_file_format_and_provenance(solved_night):
     root, truth, _, _ = solved_night
     path = cal_dir(root, truth.spec.date) / cal_name(truth.science_files[0].name)
     with fits.open(path, checksum=True) as hdul:
-        header, data, mask = hdul[0].header, hdul[0].data, hdul["MASK"].data
-        assert data.dtype == np.dtype(">f4") and mask.dtype == np.uint8
+        image = hdul[cal_image_hdu(hdul)]
+        header, data, mask = image.header, image.data, hdul["MASK"].data
+        assert data.dtype.kind == "f" and data.dtype.itemsize == 4 and mask.dtype == np.uint8
         assert header["BUNIT"] == "electron" and header["ASTCWCS"] == "solved"
         assert header["ORIGFILE"] == truth.science_files[0].name  # raw header kept
         assert header["ASTCDSCL"] == 1.0 and header["ASTCFNIT"] == truth.spec.date
@@ -154,7 +156,7 @@ def test_mixed_dark_exptimes_all_used(tmp_path, capsys):
     assert code == 0
     darks = sorted(e["exptime"] for e in events if e["event"] == "master_built" and e["kind"] == "dark")
     assert darks == [5.0, 30.0, 60.0, 90.0]
-    header = fits.getheader(cal_dir(tmp_path, truth.spec.date) / cal_name(truth.science_files[0].name))
+    header = read_cal_header(cal_dir(tmp_path, truth.spec.date) / cal_name(truth.science_files[0].name))
     assert header["ASTCDARK"] == "master_dark_60s.fits" and header["ASTCDSCL"] == 1.0
 
 
@@ -169,12 +171,12 @@ def test_no_matching_dark_uses_nearest_scaled(tmp_path, capsys, n_bias, dark_exp
     assert code == 0
     name = truth.science_files[0].name
     path = cal_dir(tmp_path, truth.spec.date) / cal_name(name)
-    header = fits.getheader(path)
+    header = read_cal_header(path)
     assert header["ASTCDARK"] == "master_dark_30s.fits"
     assert header["ASTCDSCL"] == pytest.approx(2.0) and header["ASTCBORG"] == origin
     # A wrongly scaled dark leaves an offset of the sky: compare star-free sky with the truth.
     with fits.open(path) as hdul:
-        data, mask = hdul[0].data, hdul["MASK"].data
+        data, mask = hdul[cal_image_hdu(hdul)].data, hdul["MASK"].data
     sky = truth.sky_e(name)
     blank = (mask == 0) & (sky < np.median(sky) + 1)
     offset = float(np.median(data[blank] - sky[blank]))
@@ -199,7 +201,7 @@ def test_night_without_flats_borrows_earlier_flat(tmp_path, capsys):
     assert code == 0
     assert [e["from_night"] for e in events if e["event"] == "flat_borrowed"] == ["2026-07-01"]
     path = cal_dir(tmp_path, "2026-07-03") / cal_name(late.science_files[0].name)
-    assert fits.getval(path, "ASTCFNIT") == "2026-07-01"
+    assert read_cal_header(path)["ASTCFNIT"] == "2026-07-01"
     score = score_frame(path, late, late.science_files[0].name)
     assert score.flat_residual < 0.01
     code, out, _ = run_cli(capsys, "status", tmp_path, "--config", config)

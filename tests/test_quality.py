@@ -17,6 +17,7 @@ from conftest import read_ledger, small_spec
 from astep_cal.devtools.sky import render_stars
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import cal_image_hdu, read_cal_header
 from astep_cal.science.masters import MaskBit
 from astep_cal.science.quality import measure_frame
 
@@ -147,7 +148,7 @@ def test_calibrated_frames_carry_metrics_matching_the_truth(small_night):
     ledger = read_ledger(root)["nights"][spec.date]["frames"]
     for raw in truth.science_files:
         with fits.open(cal_dir(root, spec.date) / cal_name(raw.name)) as hdul:
-            header, mask = hdul[0].header, hdul["MASK"].data
+            header, mask = hdul[cal_image_hdu(hdul)].header, hdul["MASK"].data
         sky = spec.sky_e_per_s * spec.science_exptime
         expected_noise = np.sqrt(sky + spec.read_noise_e ** 2)
         bright, visible = _truth_stars(truth, raw.name, expected_noise)
@@ -178,7 +179,7 @@ def test_solved_frames_give_fwhm_with_the_solved_scale_and_a_small_residual(solv
     spec = truth.spec
     ledger = read_ledger(root)["nights"][spec.date]["frames"]
     for raw in truth.science_files:
-        header = fits.getheader(cal_dir(root, spec.date) / cal_name(raw.name))
+        header = read_cal_header(cal_dir(root, spec.date) / cal_name(raw.name))
         solve = ledger[raw.name]["astrometry"]
         print(raw.name, header["FWHM"], header.comments["FWHM"], header["ASTCWRES"], solve)
         assert header["FWHM"] == pytest.approx(spec.fwhm_arcsec, rel=0.10)

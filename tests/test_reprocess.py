@@ -23,6 +23,7 @@ from distributed import Client, LocalCluster
 
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import cal_image_hdu
 from astep_cal.formats.raw_night import take_inventory
 from astep_cal.frontends.reprocess import needs_recalibration, parse_night_range, reprocess_root
 from astep_cal.state.ledger import Ledger, RootLock
@@ -115,7 +116,8 @@ def assert_same_outputs(root: Path, reference: Path, wcs_tolerance_px: float | N
                     differ = {key for key in differ if not _solution_key(key)}
                 assert not differ, (relative, differ)
             if wcs_tolerance_px is not None and relative.name.endswith("_CAL.fits"):
-                _assert_close_wcs(ours[0].header, theirs[0].header, wcs_tolerance_px)
+                _assert_close_wcs(ours[cal_image_hdu(ours)].header, theirs[cal_image_hdu(theirs)].header,
+                                  wcs_tolerance_px)
     # how a solve was hinted differs by design: once solves a night in order (later frames around an earlier
     # solution, solve_budget), reprocess its frames in parallel tasks
     solution = {"residual_arcsec", "n_matched", "hint"} if wcs_tolerance_px is not None else set()

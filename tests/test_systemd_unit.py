@@ -76,6 +76,12 @@ def test_unit_agrees_with_the_daemon():
     assert seconds(unit["TimeoutStopSec"][0]) >= daemon.stop_grace_s + 5
     # Pings come every WatchdogSec/2 from a main thread that ticks every second.
     assert seconds(unit["WatchdogSec"][0]) >= 60
+    # Memory bounded by the unit from mem_limit_gb (issue 24): throttled at it, ended at 1.5x.
+    gigabytes = {key: float(unit[key][0].rstrip("G")) for key in ("MemoryHigh", "MemoryMax")}
+    assert gigabytes["MemoryHigh"] == Settings().mem_limit_gb
+    assert gigabytes["MemoryMax"] == 1.5 * Settings().mem_limit_gb
+    assert int(unit["LimitNOFILE"][0]) >= 4096
+    assert int(unit["CPUWeight"][0]) < 100 and int(unit["IOWeight"][0]) < 100
     # The sysusers file creates the unit's user.
     sysusers = (REPO / "service" / "astep-cal.sysusers.conf").read_text()
     assert re.search(r"^u astep-cal\s", sysusers, re.M)

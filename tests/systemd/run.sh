@@ -32,10 +32,10 @@ die() { say "FAIL: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (systemd-nspawn, mmdebstrap, overlay mounts)"
 
 # --- host tools ------------------------------------------------------------------------------------
-if ! command -v systemd-nspawn >/dev/null || ! command -v mmdebstrap >/dev/null; then
-    say "installing systemd-container mmdebstrap"
+if ! command -v systemd-nspawn >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v gpg >/dev/null; then
+    say "installing systemd-container mmdebstrap gnupg"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container mmdebstrap
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container mmdebstrap gnupg
 fi
 
 # --- the bundles, built here as on any connected machine -------------------------------------------
@@ -44,10 +44,17 @@ DIST=$(mktemp -d "$CACHE/dist.XXXXXX")  # this run's archives (runs may overlap)
 trap 'rm -rf "$DIST"' EXIT
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/daemon/astep_cal/__init__.py")
 upgrade_version="$version+upgradetest"
-say "make bundle (astep-cal $version) and make upgrade-bundle ($upgrade_version)"
-make -s -C "$REPO" bundle BUNDLE_OUT="$DIST" > "$CACHE/bundle.log" 2>&1 || { tail -20 "$CACHE/bundle.log"; die "make bundle failed"; }
+# Signed, as the project's bundles are: a throw-away Ed25519 key (never in the container's view).
+KEYHOME=$(mktemp -d)
+trap 'rm -rf "$DIST" "$KEYHOME"' EXIT
+export GNUPGHOME=$KEYHOME
+gpg --batch --passphrase '' --quick-gen-key "astep-cal test bundles <bundles@astep.test>" ed25519 sign never \
+    > "$CACHE/gpg.log" 2>&1 || { cat "$CACHE/gpg.log"; die "gpg could not make the signing key"; }
+SIGN=bundles@astep.test
+say "make bundle (astep-cal $version) and make upgrade-bundle ($upgrade_version), signed"
+make -s -C "$REPO" bundle BUNDLE_OUT="$DIST" SIGN_KEY=$SIGN > "$CACHE/bundle.log" 2>&1 || { tail -20 "$CACHE/bundle.log"; die "make bundle failed"; }
 full=$(cd "$DIST" && ls astep-cal-"$version"-*.tar) || die "no bundle in $DIST"
-make -s -C "$REPO" upgrade-bundle BUNDLE_OUT="$DIST" FROM="$DIST/${full%.tar}.manifest" VERSION="$upgrade_version" \
+make -s -C "$REPO" upgrade-bundle BUNDLE_OUT="$DIST" FROM="$DIST/${full%.tar}.manifest" VERSION="$upgrade_version" SIGN_KEY=$SIGN \
     > "$CACHE/upgrade-bundle.log" 2>&1 || { tail -20 "$CACHE/upgrade-bundle.log"; die "make upgrade-bundle failed"; }
 upgrade=$(cd "$DIST" && ls astep-cal-upgrade-"$upgrade_version"-*.tar.gz) || die "no upgrade bundle in $DIST"
 say "bundle $full: $(du -m "$DIST/$full" | cut -f1) MB; upgrade $upgrade: $(du -k "$DIST/$upgrade" | cut -f1) kB"
@@ -100,7 +107,7 @@ teardown() {
     umount "$RUN" 2>/dev/null || true
     if mountpoint -q "$RUN/root" || mountpoint -q "$RUN"; then say "warning: $RUN still mounted, left in place"
     else rm -rf "$RUN"; fi
-    rm -rf "$DIST"
+    rm -rf "$DIST" "${KEYHOME:-}"
     say "$([ "$code" = 0 ] && echo PASSED || echo FAILED) in $(( $(date +%s) - started )) s"
     exit "$code"
 }
@@ -157,14 +164,23 @@ install_from() {  # install_from ARCHIVE [install.sh arguments]: time and log of
     install_seconds=$(( $(date +%s) - t0 ))
     C rm -rf "/root/$dir"  # the installed system must not need the bundle any more
 }
+# Every install after the first: the installed install.sh checks the signature before reading the bundle.
+install_signed() {  # install_signed ARCHIVE [install.sh arguments]
+    local archive=$1; shift
+    local t0; t0=$(date +%s)
+    C /opt/astep-cal/install.sh --bundle "/media/bundles/$archive" "$@" > "$RUN/install.log" 2>&1 \
+        || { tail -30 "$RUN/install.log"; die "install.sh --bundle $archive failed"; }
+    install_seconds=$(( $(date +%s) - t0 ))
+    grep -q "signature of $archive verified" "$RUN/install.log" || { cat "$RUN/install.log"; die "no signature check"; }
+}
 say "install.sh from $full (inside, no network)"
-install_from "$full"
+install_from "$full" --trust-key /media/bundles/bundle-signing-key.gpg
 say "installed in $install_seconds s: $(tail -1 "$RUN/install.log")"
 C id astep-cal > /dev/null || die "install.sh did not create the user astep-cal"
 C systemctl cat astep-cal > /dev/null || die "systemd does not know astep-cal.service after install.sh"
 [ "$(C astep-cal --version)" = "astep-cal $version" ] || die "astep-cal --version: $(C astep-cal --version)"
 C test -x /usr/bin/solve-field || die "solve-field is not installed"
-install_from "$full"
+install_signed "$full"
 grep -q "keeping existing /etc/astep-cal/astep-cal.toml" "$RUN/install.log" || die "second install.sh did not keep the config"
 grep -q "already installed" "$RUN/install.log" || die "second install.sh rebuilt the release"
 say "second install.sh: nothing rebuilt, config kept ($install_seconds s)"
@@ -239,8 +255,17 @@ daemon_version() {  # VERSION field of the last daemon_started event
         | /usr/bin/python3 -c 'import json, sys; print(json.loads(sys.stdin.read()).get("VERSION", ""))'
 }
 calibrated=$(events frame_calibrated)
-say "install.sh from $upgrade ($(du -k "$DIST/$upgrade" | cut -f1) kB, inside, no network)"
-install_from "$upgrade"
+# An altered copy of the upgrade (one byte) is refused before anything of it is read.
+C sh -c "cp /media/bundles/$upgrade /media/bundles/$upgrade.sig /root/ && \
+    printf 'x' | dd of=/root/$upgrade bs=1 seek=1000 conv=notrunc status=none"
+if C /opt/astep-cal/install.sh --bundle "/root/$upgrade" > "$RUN/tampered.log" 2>&1; then
+    cat "$RUN/tampered.log"; die "an altered bundle was installed"
+fi
+grep -q "does not verify" "$RUN/tampered.log" || { cat "$RUN/tampered.log"; die "the altered bundle was not refused for its signature"; }
+C rm -f "/root/$upgrade" "/root/$upgrade.sig"
+say "an altered upgrade bundle: refused ($(grep -o 'error: the signature[^:]*' "$RUN/tampered.log"))"
+say "install.sh --bundle $upgrade ($(du -k "$DIST/$upgrade" | cut -f1) kB, inside, no network, signature checked)"
+install_signed "$upgrade"
 upgrade_seconds=$install_seconds
 grep -q "restarted astep-cal.service: it runs astep-cal $upgrade_version" "$RUN/install.log" \
     || { cat "$RUN/install.log"; die "install.sh did not restart the service on $upgrade_version"; }

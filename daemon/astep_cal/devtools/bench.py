@@ -9,7 +9,9 @@ generator, then, for each of ``--repeats`` rounds, runs in separate processes:
 (c) ``astep-cal once`` on a fresh copy of the same night;
 (d) ``bench_frames`` on astep-cal's output: CPU seconds per stage of every frame, the cosmic-ray step
     against bare astroscrappy on the same frames (CPU, and both against the truth), solve times,
-    a blind solve.
+    a blind solve;
+(e) ``bench_late``: the default (compressed) output beside plain: a late frame's wall time over its
+    frame work, bytes written per raw byte, the steady cadence of each.
 
 Peak RSS comes from the OS (``wait4`` rusage of each child). Medians over the rounds and the ratios
 are printed as a table and written as JSON (``bench-results/bench.json``).
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astep_cal.devtools.bench_late import late_frame_round, print_late
 from astep_cal.state import entries
 
 BASELINE_SCRIPT = r'''
@@ -279,6 +282,7 @@ def one_round(night_dir: Path, work: Path, mem_limit: float, index: int = 0) -> 
     _, _, out = run_measured([sys.executable, "-m", "astep_cal.devtools.bench_frames", str(root), str(truth_dir)])
     frames = json.loads(out.strip().splitlines()[-1])
     result["frames"] = {**{f"stage_{k}_cpu_s": v for k, v in frames.pop("cpu_per_stage_s").items()}, **frames}
+    result["late"] = late_frame_round(night_dir, work / "late", mem_limit, index)
     shutil.rmtree(root)
     shutil.rmtree(baseline_out)
     return result
@@ -328,7 +332,7 @@ def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, si
         values = [r[path[0]].get(path[1]) for r in rounds if r[path[0]].get(path[1]) is not None]
         return statistics.median(values) if values else None
 
-    runs = ("baseline", "floor", "astep_cal", "no_photometry", "frames")
+    runs = ("baseline", "floor", "astep_cal", "no_photometry", "frames", "late")
     keys = {name: sorted({k for r in rounds for k in r[name]}) for name in runs}
     medians = {name: {k: med((name, k)) for k in ks} for name, ks in keys.items()}
     floor = medians["floor"]["astroscrappy_s"]
@@ -396,7 +400,8 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x")
     print(f"astep-cal steady frame / astroscrappy floor: {r['astep_steady_frame_over_floor']:.2f}")
     print(f"steady cadence with / without the catalogue: {r['cadence_with_over_without_photometry']:.3f}")
-    print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h")
+    print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h\n")
+    print_late(m["late"])
     for name, met in summary["targets"].items():
         print(f"  {'MET   ' if met else 'MISSED'}  {name}")
 

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from astep_cal.devtools.evaluate import score_frame
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.engine.pipeline import process_root
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import read_cal_header
 from astep_cal.state.ledger import Ledger, RootLock
 from astep_cal.support.config import Settings
 from astep_cal.support.logs import configure
@@ -50,7 +50,7 @@ def run_demo(directory: Path | None = None) -> int:
     if errors:
         print(f"\nMedian WCS error {np.median(errors):.3f} px; cosmic-ray pixels removed "
               f"{100 * np.mean([s.cosmic_removed for s in scores]):.1f}% of {sum(s.cosmic_pixels for s in scores)}.")
-    headers = [fits.getheader(cal_dir(root, spec.date) / cal_name(p.name)) for p in truth.science_files]
+    headers = [read_cal_header(cal_dir(root, spec.date) / cal_name(p.name)) for p in truth.science_files]
     fwhm = [h["FWHM"] for h in headers if "FWHM" in h]
     if fwhm:
         print(f"Median FWHM {np.median(fwhm):.2f}\" (injected {spec.fwhm_arcsec:.2f}\"), stars detected per frame "

@@ -46,6 +46,8 @@ def make_flat(spec: NightSpec) -> np.ndarray:
     corner2 = np.float32(((ny - 1) / 2.0) ** 2 + ((nx - 1) / 2.0) ** 2)
     flat = np.float32(1.0) - np.float32(0.2) * (y2 + x2) / corner2
     _add_dust(flat, rng)
+    if spec.flat_ring:
+        flat *= ring_shadow(flat.shape, *spec.flat_ring)
     noise = rng.standard_normal(size=flat.shape, dtype=np.float32)
     noise *= np.float32(0.01)
     noise += np.float32(1.0)
@@ -76,6 +78,13 @@ def _add_dust(flat: np.ndarray, rng: np.random.Generator) -> None:
         r = np.hypot(np.arange(y0, y1)[:, None] - cy, np.arange(x0, x1)[None, :] - cx)
         ring = 1.0 / (1.0 + np.exp(-(r - r_in) / edge)) / (1.0 + np.exp(-(r_out - r) / edge))
         flat[y0:y1, x0:x1] *= (1.0 - depth * ring).astype(np.float32)
+
+
+def ring_shadow(shape: tuple[int, int], x: float, y: float, r_in: float, r_out: float, depth: float) -> np.ndarray:
+    """A donut (an out-of-focus ice crystal or dust grain): 1 - depth between r_in and r_out, soft edges."""
+    r = np.hypot(np.arange(shape[0])[:, None] - y, np.arange(shape[1])[None, :] - x)
+    ring = 1.0 / (1.0 + np.exp(-(r - r_in) / 1.5)) / (1.0 + np.exp(-(r_out - r) / 1.5))
+    return (1.0 - depth * ring).astype(np.float32)
 
 
 def _bias_pattern(spec: NightSpec) -> np.ndarray:

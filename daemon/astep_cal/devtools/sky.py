@@ -178,7 +178,7 @@ def field_stars(spec: NightSpec, w: WCS, sigma: float) -> Table:
     keep = (x > -margin) & (x < nx - 1 + margin) & (y > -margin) & (y < ny - 1 + margin)
     table = stars[keep]
     table["x"], table["y"] = x[keep], y[keep]
-    table["flux_e"] = 10.0 ** (-0.4 * (np.asarray(table["mag"]) - ZERO_POINT_MAG)) * spec.science_exptime
+    table["flux_e"] = 10.0 ** (-0.4 * (np.asarray(table["mag"]) - ZERO_POINT_MAG)) * spec.science_exptime * spec.throughput
     return table
 
 

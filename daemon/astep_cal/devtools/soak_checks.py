@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from astep_cal.devtools.harness import tree_digest
 from astep_cal.devtools.soak_plan import MIN_NIGHTS, N_SCIENCE, lender
 from astep_cal.formats import keywords as kw
 from astep_cal.formats.names import cal_dir, cal_name
+from astep_cal.formats.products import read_cal_header
 from astep_cal.state import entries
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def verify(soak: Soak, source: Path, expected: dict[str, dict[str, list[str]]], 
         orphans += sorted(on_disk - set(ok_outputs))
         missing += sorted(set(ok_outputs) - on_disk)
         for name in sorted(on_disk & set(ok_outputs)):
-            header_solved = fits.getheader(directory / name).get(kw.WCS_STATUS.name) == "solved"
+            header_solved = read_cal_header(directory / name).get(kw.WCS_STATUS.name) == "solved"
             ledger_solved = entries.solve_status(ok_outputs[name]) == "solved"
             cal_files += 1
             solved_headers += header_solved

@@ -82,6 +82,8 @@ class NightSpec:
     fwhm_arcsec: float = 9.0
     n_cosmic_rays: int = 150  # tracks per science frame (and a few per dark/flat too)
     write_gain_header: bool = True  # GAIN / RDNOISE header keywords present?
+    header_gain: float | None = None  # the GAIN card's value (None: the true gain): a camera that misreports
+    write_rdnoise_header: bool = True  # RDNOISE written (when write_gain_header): GAIN alone when False
     write_pointing_header: bool = True  # RA/DEC (deg) and OBJCTRA/OBJCTDEC (sexagesimal) present?
     start_time: str = "2026-07-01T20:00:00"  # DATE-OBS of the first science frame (UTC)
     cadence_s: float = 90.0
@@ -93,6 +95,8 @@ class NightSpec:
     cloud_dimming: float = 0.8  # ... losing this fraction of the starlight
     header_style: str = "generic"  # "astep": ASTEP's keywords (SCIDCRD, SCINAME, BEGINOBS, INSTFILT), pixel
     #                                pseudo-WCS cards, and no RA/DEC, OBJCTRA/OBJCTDEC or OBJECT
+    throughput: float = 1.0  # fraction of the starlight the optics pass (frost on the mirror: < 1)
+    flat_ring: tuple[float, ...] = ()  # (x, y, r_in, r_out, depth): an ice/dust donut in the light path
 
 
 @dataclass
@@ -170,8 +174,9 @@ def raw_header(spec: NightSpec, plan: _Plan, target: dict | None = None) -> fits
     header["FILTER"] = (FILTER_NAME, "filter")
     header["INSTRUME"] = (INSTRUMENT, "instrument")
     if spec.write_gain_header:
-        header["GAIN"] = (float(spec.gain), "[e-/ADU] detector gain")
-        header["RDNOISE"] = (float(spec.read_noise_e), "[e-] read noise")
+        header["GAIN"] = (float(spec.gain if spec.header_gain is None else spec.header_gain), "[e-/ADU] detector gain")
+        if spec.write_rdnoise_header:
+            header["RDNOISE"] = (float(spec.read_noise_e), "[e-] read noise")
     if spec.transit is not None and kind == "SCIENCE":
         header["OBJECT"] = (spec.transit.name, "target")
     if spec.write_pointing_header and kind == "SCIENCE":

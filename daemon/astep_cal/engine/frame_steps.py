@@ -19,12 +19,15 @@ from astropy.io import fits
 
 from astep_cal import __version__
 from astep_cal.engine import astrometry
+from astep_cal.engine.frame_health import frame_health
+from astep_cal.engine.night_detector import frame_noise, noise_cards
 from astep_cal.engine.night_masters import Masters, memory_budget
 from astep_cal.engine.rules import calibration_fingerprint
 from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import (
     CALIBRATE_STEP,
     CATALOGUE_STEP,
+    HEALTH_STEP,
     QUALITY_STEP,
     SOLVE_STEP,
     FrameBlocked,
@@ -44,17 +47,6 @@ from astep_cal.state.recovery import raw_fingerprint_card
 from astep_cal.support.config import Settings
 from astep_cal.support.faults import checkpoint
 from astep_cal.support.storage import StorageUnavailable, fingerprint
-
-
-def header_number(header: fits.Header, key: str, default: float) -> tuple[float, str]:
-    """A positive numeric header value, or the configured default (and which one was used)."""
-    try:
-        value = float(header[key])
-        if value > 0 and np.isfinite(value):
-            return value, "header"
-    except (KeyError, TypeError, ValueError):
-        pass
-    return default, "default"
 
 
 def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
@@ -86,7 +78,7 @@ def keep_foreign_file(cal_path: Path, record: dict[str, Any], log: Any) -> None:
     if not cal_path.is_file():
         return
     try:
-        ours = kw.VERSION.name in fits.getheader(cal_path)
+        ours = kw.VERSION.name in products.read_cal_header(cal_path)  # plain or tile-compressed
     except Exception:  # unreadable: certainly not ours
         ours = False
     if not ours:
@@ -128,25 +120,26 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         raise FrameBlocked("no master dark")
     raw, header = read_whole_frame(frame)
     described = described_frame(header, settings, record, log)
-    gain, gain_source = header_number(header, "GAIN", settings.calibration.default_gain)
-    read_noise, _ = header_number(header, "RDNOISE", settings.calibration.default_read_noise)
+    measured = masters.record.get("detector", {})
+    model = frame_noise(header, measured, settings.calibration)
     flat_record = masters.record["flat"]
     root = cal_path.parents[2]
     noise = master_noise(masters.library, dark,
                          products.master_header(masters_dir(root, cal_path.parents[1].name)
                                                 / names.dark_file_name(dark.source_exptime)),
                          products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
-    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=gain, read_noise_e=read_noise,
-                             saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
-                             max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise)
-    quality_cards, quality_record, measured = frame_quality(result, settings, log)
+    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=model.gain,
+                             read_noise_e=model.read_noise_e, saturation_adu=settings.calibration.saturation_adu,
+                             cosmics=settings.cosmics, max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw),
+                             noise=noise, trim=settings.calibration.trim)
+    quality_cards, quality_record, measured_quality = frame_quality(result, settings, log)
     provenance = dict([
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
         kw.DARK_SCALE.card(round(dark.scale, 6)),
         kw.BIAS_ORIGIN.card(dark.bias_origin),
-        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (README)
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (docs/data-products.md)
         kw.FLAT_NIGHT.card(flat_record["night"]),
-        kw.GAIN.card(gain, f"{kw.GAIN.comment} ({gain_source})"),
+        *noise_cards(model, measured, settings.calibration.trim).items(),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):
         kw.RAW.card(names.header_name(frame.name)),
         kw.RAW_FINGERPRINT.card(raw_fingerprint_card(fingerprint(frame.path))),
@@ -156,15 +149,17 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
     keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
-                                                                       measured.sources if measured else None))
+                                                                       measured_quality.sources if measured_quality
+                                                                       else None))
     record.update(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
-        gain=gain, gain_source=gain_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
+        gain=model.gain, gain_source=model.gain_source, read_noise_e=round(model.read_noise_e, 3),
+        read_noise_source=model.read_noise_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
         sky_e=round(result.sky_e, 2), date_obs=described.exposure_start, quality=quality_record,
     )
-    return Calibrated(result, measured, header, gain, read_noise, described)
+    return Calibrated(result, measured_quality, header, model.gain, model.read_noise_e, described)
 
 
 def described_frame(header: fits.Header, settings: Settings, record: dict[str, Any], log: Any) -> FrameHeader:
@@ -293,6 +288,7 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     entry["raw"] = fingerprint(frame.path)
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
     entry.pop("catalogue", None)
+    entry.pop("health", None)
     made = None
     with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
         made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
@@ -325,6 +321,10 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
         return solving.defer(tries - 1)
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
+        if record["catalogue"] == "ok" and settings.health.enabled:
+            with run_stage("health", None, HEALTH_STEP) as health:
+                health.update(frame_health(cal_path, settings.health))
+            record["health"] = health
     return record
 
 
@@ -354,17 +354,25 @@ def solve_record(result: astrometry.SolveResult | str, tries: int, settings: Set
 
 def record_solve(entry: dict[str, Any], record: dict[str, Any], cal_path: Path) -> None:
     """A finished solve into the frame's ledger entry: its record, and the CAL file's new fingerprint
-    (the WCS merge rewrote the file)."""
+    (the WCS merge rewrote the file), and the health figures measured after it (their own record)."""
+    record = dict(record)
+    health = record.pop("health", None)
+    if health is not None:
+        entry["health"] = health
     entry["astrometry"] = record
     if cal_path.is_file():
         entry["output"] = fingerprint(cal_path)
 
 
-def log_solve(log: Any, record: dict[str, Any]) -> None:
-    """The log line of one finished solve (the ledger record has everything it says)."""
+def log_solve(log: Any, record: dict[str, Any], health: dict[str, Any] | None = None) -> None:
+    """The log line of one finished solve (the ledger record has everything it says), and of its health
+    step's failure (``health``: the frame's record, when no longer in ``record``)."""
+    health = health if health is not None else record.get("health", {})
     if record["status"] == "solved":
         log.info("frame_solved", duration_s=record["duration_s"], hinted=record["hinted"])
         if str(record.get("catalogue", "")).startswith("failed"):
             log.warning("catalogue_failed", stage="sky positions", error=record["catalogue"])
+        if health.get("status") == "failed":
+            log.warning("health_failed", stage="zero point", error=health["error"])
     else:
         log.error("frame_failed", stage="astrometry", error=record["error"], tries=record["tries"])

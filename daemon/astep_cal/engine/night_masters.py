@@ -18,11 +18,13 @@ import numpy as np
 from astropy.io import fits
 
 from astep_cal import __version__
+from astep_cal.engine.night_detector import detector_step, first_science_header, frame_noise
 from astep_cal.engine.stages import MASTER_STEP, MASTERS_STEP, FrameBlocked, StepSkipped, run_stage
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import NightInventory, Problem, RawFrame, make_output_dirs, problem_record, valid_date
+from astep_cal.science.flat_change import detector_figures
 from astep_cal.science.masters import (
     DarkLibrary,
     MaskBit,
@@ -134,7 +136,7 @@ def _build_bias(biases: list[RawFrame], shape: tuple[int, int], settings: Settin
                              memory_budget(settings, 0), hdus=[f.hdu for f in biases])
         products.write_master(out / names.MASTER_BIAS, bias, "MASTER_BIAS", date, {}, inputs)
         step["n_inputs"] = len(inputs)
-    return bias, {"file": names.MASTER_BIAS, "inputs": inputs}
+    return bias, {"file": names.MASTER_BIAS, "inputs": inputs, **detector_figures(bias, None, None, None, 0, 1)}
 
 
 def _build_darks(darks: list[RawFrame], shape: tuple[int, int], settings: Settings, bias: np.ndarray | None,
@@ -229,28 +231,35 @@ def _night_flat(root: Path, inventory: NightInventory, shape: tuple[int, int], l
     return replace(borrowed, problems=own.problems)
 
 
-def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, settings: Settings, out: Path,
-                log: Any) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """The bad-pixel mask (from the dark current and the flat) and its ledger record; none without a flat."""
+def _build_mask(date: str, library: DarkLibrary, flat: np.ndarray | None, gain: float, settings: Settings,
+                out: Path, log: Any) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The bad-pixel mask (from the dark current, in electrons with the night's ``gain``, and the flat)
+    and its ledger record; none without a flat."""
     if flat is None:
         return None, None
     with _master_step("mask", log, out.parents[2]) as step:
         rate = library.dark_rate()
-        mask = bad_pixel_mask(None if rate is None else rate[0], flat, settings.calibration.default_gain,
-                              settings.calibration)
+        mask = bad_pixel_mask(None if rate is None else rate[0], flat, gain, settings.calibration)
         products.write_master(out / names.PIXEL_MASK, mask, "BAD_PIXEL_MASK", date, {}, [])
         step["n_bad"] = int(np.count_nonzero(mask & MaskBit.BAD))
+        detector = detector_figures(None, None if rate is None else rate[0], (mask & MaskBit.BAD) > 0, flat,
+                                    settings.calibration.dead_flat_level, settings.calibration.default_gain)
     return mask, {"file": names.PIXEL_MASK, "n_bad": step["n_bad"],
-                  "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT))}
+                  "n_low_flat": int(np.count_nonzero(mask & MaskBit.LOW_FLAT)), **detector}
 
 
 def _with_flat_and_mask(root: Path, inventory: NightInventory, masters: Masters, settings: Settings,
                         log: Any) -> tuple[Masters, list[Problem]]:
-    """``masters`` completed with the night's flat (own or borrowed) and the mask made from it."""
+    """``masters`` completed with the night's flat (own or borrowed), the detector measured from the
+    night's frames (once) and the mask made from the flat, hot pixels judged in the night's electrons."""
     out = masters_dir(root, inventory.date)
     found = _night_flat(root, inventory, masters.shape, masters.library, masters.resident_bytes(), settings, out, log)
-    mask, mask_record = _build_mask(inventory.date, masters.library, found.flat, settings, out, log)
     record = dict(masters.record)
+    if "detector" not in record:
+        record["detector"] = detector_step(root, inventory, masters.shape, masters.library, found.record,
+                                           settings.calibration, log)
+    gain = frame_noise(first_science_header(inventory), record["detector"], settings.calibration).gain
+    mask, mask_record = _build_mask(inventory.date, masters.library, found.flat, gain, settings, out, log)
     if found.record is not None:
         record["flat"] = found.record
     if mask_record is not None:
@@ -334,6 +343,9 @@ def ensure_masters(root: Path, inventory: NightInventory, settings: Settings, re
             log.warning("masters_reload_failed", error=str(error))
         else:
             if masters.flat is not None:
+                if "detector" not in masters.record:  # masters made before the detector was measured
+                    masters.record["detector"] = detector_step(root, inventory, masters.shape, masters.library,
+                                                               masters.record.get("flat"), settings.calibration, log)
                 return masters
             with run_stage("masters", log, MASTERS_STEP, root=root):
                 completed, problems = _with_flat_and_mask(root, inventory, masters, settings, log)

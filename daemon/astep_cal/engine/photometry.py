@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astep_cal.formats import names, products
-from astep_cal.formats.lightcurve_products import write_light_curve
-from astep_cal.science.lightcurve import FrameCatalogue, light_curve
 from astep_cal.science.targets import frame_targets, merge_targets
 from astep_cal.state import entries
 from astep_cal.support.config import Settings, Target
 
 if TYPE_CHECKING:
     from astropy.table import Table
+
+    from astep_cal.science.lightcurve import FrameCatalogue
 
 
 def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[FrameCatalogue]:
@@ -33,6 +33,8 @@ def night_catalogues(cal_dir: Path, night: dict[str, Any], log: Any) -> list[Fra
     rebuilt from the CAL files) uses the file if there is one. A catalogue that cannot be read is
     logged (``catalogue_unreadable``) and left out.
     """
+    from astep_cal.science.lightcurve import FrameCatalogue  # astropy.coordinates (~0.6 s): only with targets
+
     frames = []
     for name, entry in sorted(night.get("frames", {}).items()):
         if entries.catalogue(entry).get("status", "ok") != "ok" or entries.calibration_status(entry) != "ok":
@@ -78,6 +80,9 @@ def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings
                        log: Any) -> dict[str, Any]:
     """Every target's light curve for the night (:func:`night_targets`): files written, events logged; the
     record."""
+    from astep_cal.formats.lightcurve_products import write_light_curve
+    from astep_cal.science.lightcurve import light_curve
+
     frames = night_catalogues(cal_dir, night, log)
     records = {}
     for target in night_targets(frames, settings, log):

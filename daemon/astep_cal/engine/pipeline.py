@@ -20,6 +20,7 @@ from typing import Any
 
 from astep_cal.engine import astrometry, photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
+from astep_cal.engine.night_health import night_health
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
 from astep_cal.engine.solve_budget import NightSolving
@@ -60,6 +61,7 @@ def record_inventory(night: dict[str, Any], inventory: NightInventory, listing: 
     problems += [p for p in entries.masters_record(night).get("problems", []) if p not in problems]
     night["problems"] = problems
     night["listing"] = listing
+    night.pop(entries.STUCK, None)  # looked at whole: whatever kept the night from being read is gone
     night["inventory"] = {"science": len(inventory.science), "darks": len(inventory.darks),
                           "biases": len(inventory.biases), "flats": len(inventory.flats)}
 
@@ -104,8 +106,9 @@ def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Led
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
     remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
-    if remake:  # new frames (late ones too): the light curves are made again, then the summary
+    if remake:  # new frames (late ones too): the light curves are made again, the health, then the summary
         write_night_photometry(root, date, night, settings, log)
+        night_health(root, inventory, night, ledger, settings, log)
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})

@@ -82,6 +82,8 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     archive on a reload), and solves deferred by a night's budget (``deferred``: the daemon when idle, ``once``).
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
+    if ledger.totals(date).get("stuck"):
+        return True  # the daemon could not read it last time: tried again (its back-off is the caller's)
     cams = cams_dir(root, date)
     if not cams.is_dir():
         return date not in ledger.dates()  # looked at once, to record (and report) the missing directory

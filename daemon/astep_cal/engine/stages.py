@@ -39,7 +39,7 @@ class StepSkipped(Exception):
 
 @dataclass(frozen=True)
 class StageEvents:
-    """How one kind of step reports itself (the event names are the README's log catalogue)."""
+    """How one kind of step reports itself (the event names are catalogued in docs/log-events.md)."""
 
     done: str | None  # logged on success with the step's fields, its result record and duration_s;
     #                   None when the caller logs the success itself (it knows more, e.g. a solve's tries)
@@ -54,6 +54,10 @@ CALIBRATE_STEP = StageEvents(done="frame_calibrated", failed="frame_failed", iso
                              done_fields=("duration_s", "n_cosmic"))
 QUALITY_STEP = StageEvents(done=None, failed="quality_failed", isolate=True, failed_level="warning")
 MASTER_STEP = StageEvents(done="master_built", failed="masters_failed", isolate=False)  # one master
+# The night's detector (read noise, gain, dark current): without it the configured defaults serve.
+DETECTOR_STEP = StageEvents(done="detector_measured", failed="detector_failed", isolate=True, failed_level="warning",
+                            done_fields=("read_noise_adu", "read_noise_e", "read_noise_pairs", "gain", "gain_pairs",
+                                         "dark_current_adu_s", "duration_s"))
 MASTERS_STEP = StageEvents(done=None, failed="masters_failed", isolate=False)  # all of a night's masters
 SUMMARY_STEP = StageEvents(done="summary_written", failed="summary_failed", isolate=True)
 CATALOGUE_STEP = StageEvents(done=None, failed="catalogue_failed", isolate=True, failed_level="warning")
@@ -62,6 +66,9 @@ PHOTOMETRY_STEP = StageEvents(done=None, failed="photometry_failed", isolate=Tru
 # A solve runs in a helper thread; the thread that owns the ledger logs its outcome (frame_solved, or
 # frame_failed with the tries) once it is recorded, and not at all when a shutdown ended it.
 SOLVE_STEP = StageEvents(done=None, failed=None, isolate=True)
+# A frame's health figures run in the solve's thread too: the ledger's thread logs a failure
+# (health_failed) when it records the solve.
+HEALTH_STEP = StageEvents(done=None, failed=None, isolate=True)
 
 
 def error_text(error: BaseException) -> str:

@@ -1,8 +1,8 @@
 """The header keywords astep-cal writes, defined once: name and comment of every card.
 
 CAL files and masters carry their provenance in ``ASTC*`` cards; :mod:`recovery` rebuilds a lost
-ledger from them, :mod:`products` and :mod:`astrometry` write them, the README's "CAL file layout"
-documents them. A keyword is used by its constant here, never by a string typed again elsewhere, so
+ledger from them, :mod:`products` and :mod:`astrometry` write them, docs/data-products.md ("CAL header
+keywords") documents them. A keyword is used by its constant here, never by a string typed again elsewhere, so
 the writer and the readers cannot drift apart. (Quality cards — FWHM, stars, sky noise — are the
 quality module's.) No numpy or astropy: the light commands may import it.
 """
@@ -17,7 +17,8 @@ class Keyword(NamedTuple):
     comment: str
 
     def card(self, value: Any, comment: str | None = None) -> tuple[str, tuple[Any, str]]:
-        """``(name, (value, comment))``: an entry of the cards dicts that the writers take."""
+        """``(name, (value, comment))``: an entry of the cards dicts that the writers take (they leave the
+        comment out when it does not fit beside the value: ``fitsio.card_entry``)."""
         return self.name, (value, self.comment if comment is None else comment)
 
 
@@ -35,6 +36,13 @@ BIAS_ORIGIN = Keyword("ASTCBORG", "bias used when scaling the dark")
 FLAT = Keyword("ASTCFLAT", "")  # a path relative to the data root: no room left for a comment
 FLAT_NIGHT = Keyword("ASTCFNIT", "night the master flat was made from")
 GAIN = Keyword("ASTCGAIN", "[e-/ADU] gain applied")
+GAIN_SOURCE = Keyword("ASTCGSRC", "gain from: header, measured or default")
+READ_NOISE = Keyword("ASTCRDN", "[e-] read noise of the noise model")
+READ_NOISE_SOURCE = Keyword("ASTCRSRC", "read noise from: header, measured or default")
+GAIN_MEASURED = Keyword("ASTCGMEA", "[e-/ADU] gain measured from the night's flats")
+READ_NOISE_MEASURED = Keyword("ASTCRMEA", "[ADU] read noise measured from the night")
+DARK_CURRENT = Keyword("ASTCDCUR", "[ADU/s] median dark current of the night")
+TRIM = Keyword("ASTCTRIM", "[px] edge flagged BORDER in MASK")
 
 # CAL files: what the ledger needs to be rebuilt from the file alone (recovery.py)
 RAW = Keyword("ASTCRAW", "raw frame calibrated")

@@ -18,11 +18,10 @@ import numpy as np
 from astropy.table import Table
 
 from astep_cal.formats.png import as_palette_png
-from astep_cal.science.lightcurve import BAD_POINT
 from astep_cal.support.config import Target
 from astep_cal.support.storage import atomic_write_bytes
 
-# column, format, meaning (the CSV's header comments and the README say the same)
+# column, format, meaning (the CSV's header comments and docs/data-products.md say the same)
 COLUMNS = (
     ("bjd_tdb", "%.6f", "mid-exposure, BJD_TDB (days)"),
     ("rel_flux", "%.6f", "target / weighted comparison ensemble, normalised to the median of the good points"),
@@ -71,6 +70,8 @@ def render_png(points: Table, target: Target, record: dict[str, Any], date: str)
 
     bjd = np.asarray(points["bjd_tdb"])
     offset = float(np.floor(np.nanmin(bjd))) if len(bjd) else 0.0
+    from astep_cal.science.lightcurve import BAD_POINT  # astropy.coordinates: only when curves are drawn
+
     good = (np.asarray(points["flag"]) & BAD_POINT) == 0
     figure = Figure(figsize=(8.0, 5.6), dpi=72)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (2.4, 1), "hspace": 0.08})

@@ -17,16 +17,17 @@ from astropy.io import fits
 
 from astep_cal import __version__
 from astep_cal.formats import keywords as kw
-from astep_cal.formats.fitsio import atomic_write_hdul
+from astep_cal.formats.fitsio import atomic_write_hdul, set_card
 from astep_cal.formats.names import header_name
 from astep_cal.formats.raw_headers import image_hdu, pseudo_wcs_keys
 from astep_cal.science.calibrate import REPLACED_ERR, CalibratedFrame
 from astep_cal.science.masters import MaskBit
-from astep_cal.science.quality import Sources
 from astep_cal.support.config import OutputSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # photutils (quality) is imported where frames are measured, not by every reader
     from astropy.table import Table
+
+    from astep_cal.science.quality import Sources
 
 _SCALING_KEYS = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CHECKSUM", "DATASUM")
 
@@ -84,7 +85,7 @@ SOURCES_EXTENSION = "SOURCES"
 SOURCES_SINGLE = "SINGLE"  # the SOURCES column marking the single stars the plate solve is given
 
 
-def sources_hdu(sources: Sources) -> fits.BinTableHDU:
+def sources_hdu(sources: "Sources") -> fits.BinTableHDU:
     """The ``SOURCES`` table: the stars the quality step detected, brightest first, in the FITS pixel
     convention (the centre of the first pixel is 1, 1), which is solve-field's xylist's: the plate
     solve hands it over as it is (``astrometry``)."""
@@ -110,16 +111,16 @@ def read_sources(path: Path) -> np.ndarray | None:
 
 
 def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance: dict[str, tuple],
-                    output: OutputSettings | None = None, sources: Sources | None = None) -> fits.HDUList:
+                    output: OutputSettings | None = None, sources: "Sources | None" = None) -> fits.HDUList:
     """The CAL file: float32 electrons with the raw header kept, provenance cards, an ``ERR`` HDU
     (float32, electrons, 1 sigma), a ``MASK`` HDU (uint8) and, when given, the ``SOURCES`` table
     (:func:`sources_hdu`).
 
-    With ``output.compress`` the three images are tile-compressed (FITS tile compression, as fpack
-    and BANZAI's ``.fits.fz``): an empty primary HDU, then ``SCI`` and ``ERR`` in RICE with subtractive
-    dithering at ``output.quantize_level`` (the quantisation step is the tile's noise divided by it),
-    and ``MASK`` RICE-compressed losslessly. The dither seed comes from the data (``DITHER_SEED_CHECKSUM``),
-    so the same frame always gives the same bytes. Readers find the image with :func:`cal_image_hdu`.
+    With ``output.compress`` (the default) the three images are tile-compressed (FITS tile compression,
+    as fpack and BANZAI's ``.fits.fz``) in bands of ``output.tile_rows`` whole rows: an empty primary
+    HDU, then ``SCI`` and ``ERR`` in RICE with subtractive dithering, their steps the frame's sky noise
+    (:func:`sky_noise`) divided by ``output.quantize_level`` and ``output.err_quantize_level``, and
+    ``MASK`` RICE-compressed losslessly. Readers find the image with :func:`cal_image_hdu`.
     """
     header = raw_header.copy()
     for key in (*_SCALING_KEYS, *pseudo_wcs_keys(header)):  # a camera's pixel "WCS" would read as a solution
@@ -130,7 +131,7 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
     header[kw.N_SATURATED.name] = (frame.n_saturated, kw.N_SATURATED.comment)
     header[kw.SKY_LEVEL.name] = (round(frame.sky_e, 2), kw.SKY_LEVEL.comment)
     for key, (value, comment) in provenance.items():
-        header[key] = (value, comment)
+        set_card(header, key, value, comment)  # a long raw name leaves no room for a comment
     header[kw.WCS_STATUS.name] = ("pending", kw.WCS_STATUS.comment)
     error = frame.error if frame.error is not None else np.full(frame.data.shape, REPLACED_ERR, np.float32)
     mask_hdu, err_hdu = _mask_hdu(frame.mask), _err_hdu(error)
@@ -139,15 +140,52 @@ def calibrated_hdul(raw_header: fits.Header, frame: CalibratedFrame, provenance:
         return fits.HDUList([fits.PrimaryHDU(frame.data, header), err_hdu, mask_hdu, *tables])
     for key in ("SIMPLE", "EXTEND", "EXTNAME"):
         header.remove(key, ignore_missing=True)
-    lossy = dict(compression_type="RICE_1", quantize_level=output.quantize_level,
-                 quantize_method=1, dither_seed=-1)  # SUBTRACTIVE_DITHER_1, DITHER_SEED_CHECKSUM
+    noise = sky_noise(frame.data, frame.mask)
+    tiles = dict(compression_type="RICE_1", tile_shape=(min(output.tile_rows, frame.data.shape[0]),
+                                                        frame.data.shape[1]))
     return fits.HDUList([
         fits.PrimaryHDU(),
-        fits.CompImageHDU(frame.data, header, name="SCI", **lossy),
-        fits.CompImageHDU(error, err_hdu.header, name="ERR", **lossy),
-        fits.CompImageHDU(frame.mask, mask_hdu.header, name="MASK", compression_type="RICE_1"),
+        fits.CompImageHDU(frame.data, header, name="SCI", **tiles, **_lossy(noise, output.quantize_level)),
+        fits.CompImageHDU(error, err_hdu.header, name="ERR", **tiles, **_lossy(noise, output.err_quantize_level)),
+        fits.CompImageHDU(frame.mask, mask_hdu.header, name="MASK", **tiles),
         *tables,
     ])
+
+
+_NOISE_SAMPLING = 16  # every 16th row: 1/16 of the pixel pairs (a million at 4096²) is plenty for a median
+
+
+def sky_noise(data: np.ndarray, mask: np.ndarray) -> float | None:
+    """The noise (electrons, 1 sigma) that sets the quantisation steps of a compressed CAL file,
+    measured on the image itself: the median absolute deviation of the differences of neighbouring
+    unmasked pixels along every 16th row, divided by sqrt(2) (cfitsio's own estimator, once per image
+    rather than on every pixel of every tile). Stars and gradients hardly move a median of
+    differences: it is the sky noise. None when too few pixels are clean (cfitsio's per-tile
+    estimate is then used).
+
+    One step for the whole image (cfitsio's "absolute" quantisation, a negative ``NOISEBIT``) instead
+    of cfitsio's estimate of each tile's noise: that estimate was ~70 % of the compressor's CPU
+    (docs/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
+    on the image alone (test_crash: a run restarted after a kill gave other image bytes when the step
+    came from ``ERR``).
+    """
+    rows, bad = data[::_NOISE_SAMPLING], mask[::_NOISE_SAMPLING] != 0
+    differences = np.diff(rows, axis=1)
+    clean = ~(bad[:, 1:] | bad[:, :-1]) & np.isfinite(differences)
+    values = differences[clean]
+    if values.size < 100:
+        return None
+    deviation = float(np.median(np.abs(values - np.median(values))))
+    noise = 1.4826 * deviation / np.sqrt(2.0)
+    return noise if noise > 0 else None
+
+
+def _lossy(noise: float | None, level: float) -> dict[str, object]:
+    """RICE with subtractive dithering (``SUBTRACTIVE_DITHER_1``, seed from the data's checksum: the
+    same frame always gives the same bytes) at a step of ``noise / level`` (a negative quantize level is
+    cfitsio's absolute step), or of each tile's own noise estimate / level without a noise."""
+    step = -noise / level if noise else level
+    return dict(quantize_level=step, quantize_method=1, dither_seed=-1)
 
 
 def cal_image_hdu(hdul: fits.HDUList) -> int:
@@ -195,7 +233,7 @@ def write_catalogue(path: Path, table: "Table", cards: dict[str, tuple]) -> None
     for key, value in table.meta.items():
         hdu.header[key] = value
     for key, (value, comment) in cards.items():
-        hdu.header[key] = (value, comment)
+        set_card(hdu.header, key, value, comment)  # CALFILE: a long name leaves no room for a comment
     hdu.header["ASTCVER"] = (__version__, "astep-cal version")
     atomic_write_hdul(path, fits.HDUList([fits.PrimaryHDU(), hdu]), make_parents=False)
 

@@ -28,6 +28,8 @@ from astropy.io import fits
 
 from astep_cal.formats.names import FITS_SUFFIXES, cal_dir, cams_dir, fits_stem, masters_dir, skyflat_dir
 from astep_cal.formats.raw_headers import image_hdu, kind_from_header, read_ccd_temp, read_date_obs, read_exptime
+from astep_cal.formats.raw_limits import MAX_PIXELS, Refusal, screen_gzip, screen_magic, screen_plain
+from astep_cal.formats.stat_memo import StatMemo
 from astep_cal.support.storage import TEMP_MARKER, fingerprint
 
 KINDS = ("SCIENCE", "DARK", "BIAS", "SKYFLAT")
@@ -187,8 +189,9 @@ def kind_from_name(name: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
-def _gzip_payload_size(path: Path) -> int:
-    """Bytes a gzip file really decompresses to, streamed (a truncated file stops short or fails).
+def _gzip_screened(path: Path) -> tuple[Refusal | None, int]:
+    """A gzip file screened (:func:`raw_limits.screen_gzip`): a refusal, and the bytes it really
+    decompresses to (-1 when the stream stops short).
 
     The whole stream must be inflated to know (~0.15 s for a 4096² frame), and the daemon takes a
     night's inventory again at every readiness check and run: the answer is kept per file version
@@ -199,25 +202,15 @@ def _gzip_payload_size(path: Path) -> int:
     known = _GZIP_SIZES.get(path)
     if known is not None and known[0] == version:
         return known[1]
-    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    total = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            total += len(inflater.decompress(chunk))
-    size = total if inflater.eof else -1
+    result = screen_gzip(path)
     if len(_GZIP_SIZES) >= GZIP_CACHE_ENTRIES:
         _GZIP_SIZES.pop(next(iter(_GZIP_SIZES)))  # the oldest entry: a bounded cache for a long-lived daemon
-    _GZIP_SIZES[path] = (version, size)
-    return size
+    _GZIP_SIZES[path] = (version, result)
+    return result
 
 
 GZIP_CACHE_ENTRIES = 20_000  # a few nights of frames; ~200 bytes each
-_GZIP_SIZES: dict[Path, tuple[tuple[int, int, int, int], int]] = {}
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(2) == b"\x1f\x8b"
+_GZIP_SIZES: dict[Path, tuple[tuple[int, int, int, int], tuple[Refusal | None, int]]] = {}
 
 
 def _bytes_needed(hdu: Any) -> int:
@@ -237,10 +230,15 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         size = path.stat().st_size
         if size == 0:
             return Problem(path, "file_empty", "zero-byte file")
-        if _is_gzip(path):
-            size = _gzip_payload_size(path)  # the FITS file inside; -1 when the stream stops short
-            if size < 0:
+        # Before astropy: the type from the first bytes, sizes capped (formats/raw_limits.py)
+        if screen_magic(path) == "gzip":
+            refusal, size = _gzip_screened(path)  # the FITS file inside; -1 when the stream stops short
+            if refusal is None and size < 0:
                 return Problem(path, "file_truncated", "the gzip stream ends early")
+        else:
+            refusal = screen_plain(path)
+        if refusal is not None:
+            return Problem(path, refusal.event, refusal.reason)
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             index = image_hdu(hdul)
             hdu = hdul[index]
@@ -248,6 +246,9 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
             if header.get("NAXIS") != 2:
                 return Problem(path, "frame_not_image", f"image HDU has NAXIS={header.get('NAXIS')}, need 2")
             shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            if shape[0] * shape[1] > MAX_PIXELS or min(shape) < 1:
+                return Problem(path, "frame_too_large" if min(shape) >= 1 else "frame_not_image",
+                               f"{shape[1]}x{shape[0]} pixels (at most {MAX_PIXELS})")
             needed = _bytes_needed(hdu)
     except PermissionError as error:
         return Problem(path, "file_unreadable", f"permission denied: {error.strerror}")
@@ -257,6 +258,14 @@ def inspect_frame(path: Path) -> RawFrame | Problem:
         return Problem(path, "file_unreadable", f"cannot read as FITS: {type(error).__name__}: {error}")
     if size < needed:
         return Problem(path, "file_truncated", f"{size} bytes of data, {needed} needed")
+    try:  # astropy parses a card's value when it is first read: an unparsable one raises only now
+        return _classify(path, name_kind, header, shape, index)
+    except Exception as error:  # VerifyError, ValueError ...: none may escape (make fuzz found it)
+        return Problem(path, "file_unreadable", f"unreadable header card: {type(error).__name__}: {error}")
+
+
+def _classify(path: Path, name_kind: str | None, header: Any, shape: tuple[int, int], index: int) -> RawFrame | Problem:
+    """The frame's kind, exposure and times from its header (the name's type word wins)."""
     header_kind = kind_from_header(header)
     kind = name_kind or header_kind
     if kind is None:
@@ -330,6 +339,9 @@ def _place(frame: RawFrame, directory_role: str, inventory: NightInventory) -> N
     target.append(frame)
 
 
+inspect_known_frame: StatMemo[RawFrame | Problem] = StatMemo(inspect_frame)  # unchanged files: not read again
+
+
 def take_inventory(root: Path, date: str) -> NightInventory:
     """Classify every file of one night. Missing directories are problems, not errors."""
     inventory = NightInventory(date=date, night_dir=root / date)
@@ -347,7 +359,7 @@ def take_inventory(root: Path, date: str) -> NightInventory:
             if "_CAL" in fits_stem(path.name).upper():
                 inventory.notes.append(Problem(path, "file_ignored", "calibrated product in a raw directory"))
                 continue
-            result = inspect_frame(path)
+            result = inspect_known_frame(path)
             if isinstance(result, Problem):
                 inventory.problems.append(result)
             else:

@@ -29,6 +29,17 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def _detector_line(detector: dict[str, Any]) -> str:
+    """The night's measured detector and the sources of the noise model its frames were calibrated with."""
+    used = detector.get("used", {})
+    sources = "; ".join(f"{q} from " + ", ".join(f"{s} {n}" for s, n in sorted(c.items()))
+                        for q, c in used.items() if c) or "no frame calibrated"
+    return (f"detector: read noise {fmt(detector.get('read_noise_e'), '.2f')} e- "
+            f"({fmt(detector.get('read_noise_adu'), '.2f')} ADU), gain {fmt(detector.get('gain'), '.3f')} e-/ADU, "
+            f"dark {fmt(detector.get('dark_current_e_s'), '.3f')} e-/s | {sources}"
+            + (f" | {len(detector['mismatches'])} mismatch(es)" if detector.get("mismatches") else ""))
+
+
 def render_report(document: dict[str, Any]) -> str:
     """The summary as text for a terminal: counts, masters, medians, one line per frame, failures."""
     counts, medians, masters = document["counts"], document["medians"], document["masters"]
@@ -43,6 +54,7 @@ def render_report(document: dict[str, Any]) -> str:
         f"failed {counts['failed']} | blocked {counts['blocked']} | retries pending {counts['retries_pending']}"
         f" | problems {counts['problems']}",
         f"masters: darks {darks}; flat {flat_text}; bias {bias}; bad pixels {fmt(masters.get('bad_pixels'), 'd')}",
+        _detector_line(masters.get("detector") or {}),
         f"medians: sky {fmt(medians['sky_e'], '.0f')} e- | noise {fmt(medians['sky_noise_e'], '.1f')} e- | "
         f"stars {fmt(medians['n_stars'], '.0f')} | FWHM {fmt(medians['fwhm_arcsec'], '.2f')}\" | "
         f"ellipticity {fmt(medians['ellipticity'], '.2f')} | WCS rms {fmt(medians['wcs_residual_arcsec'], '.2f')}\"",
@@ -63,4 +75,18 @@ def render_report(document: dict[str, Any]) -> str:
         lines += ["", "unusable input files:"]
         lines += [f"  {p['path']}: {p['event']} ({p['reason']})" for p in document["problems"]]
     lines += report_lines(document.get("photometry", {}))
+    lines += health_lines(document["night"], document.get("health"))
     return "\n".join(lines)
+
+
+def health_lines(night: str, health: dict[str, Any] | None) -> list[str]:
+    """The night's health figures and its alerts, one line each (docs/health.md)."""
+    from astep_cal.state.alerts import alert_line
+
+    if not health or "status" in health:
+        return []
+    flat = health.get("flat_change") or {}
+    lines = ["", f"health: clear-sky ZP {fmt(health.get('throughput'), '.3f')} ({health.get('n_zp')} frames) | "
+             f"sky {fmt(health.get('sky_mag_arcsec2'), '.2f')} mag/arcsec2 | hot pixels {fmt(health.get('n_hot'), 'd')}"
+             f" | flat vs {flat.get('against', '-')}: {fmt(flat.get('n_structures'), 'd')} structures"]
+    return lines + [alert_line(night, alert) for alert in health.get("alerts", [])]

@@ -40,7 +40,8 @@ SCHEMA_VERSION = 1
 
 FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
-                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched")
+                 "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched",
+                 "zp", "sky_mag_arcsec2")
 METRICS = ("sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec", "ellipticity", "n_cosmic", "masked_fraction",
            "wcs_residual_arcsec")
 
@@ -89,6 +90,8 @@ def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dic
         "masked_fraction": measured.get("masked_fraction"),
         "wcs_residual_arcsec": solve.get("residual_arcsec"),
         "wcs_matched": solve.get("n_matched"),
+        "zp": entry.get("health", {}).get("zp"),  # the frame's zero point (docs/health.md)
+        "sky_mag_arcsec2": entry.get("health", {}).get("sky_mag_arcsec2"),
     }
 
 
@@ -136,6 +139,25 @@ def _masters(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_DETECTOR_KEYS = ("status", "read_noise_adu", "read_noise_e", "read_noise_from", "read_noise_pairs", "gain",
+                  "gain_pairs", "dark_current_adu_s", "dark_current_e_s", "trim", "read_noise_unmeasured",
+                  "gain_unmeasured", "mismatches", "error")
+
+
+def _detector(night: dict[str, Any]) -> dict[str, Any]:
+    """The night's measured detector and, per quantity, how many frames took it from each source
+    (``header``, ``measured``, ``default``): which noise model the night was calibrated with."""
+    measured = entries.masters_record(night).get("detector", {})
+    used: dict[str, dict[str, int]] = {"gain": {}, "read_noise": {}}
+    for entry in night.get("frames", {}).values():
+        record = entries.calibration(entry)
+        for quantity in used:
+            source = record.get(f"{quantity}_source")
+            if record.get("status") == "ok" and source:
+                used[quantity][source] = used[quantity].get(source, 0) + 1
+    return {**{key: measured[key] for key in _DETECTOR_KEYS if key in measured}, "used": used}
+
+
 def _failures(night: dict[str, Any], max_tries: int) -> list[dict[str, Any]]:
     """Failed and blocked frames grouped by stage and reason: a night where every solve failed for one
     reason is one entry (with its frames listed), not 800 copies of the same sentence."""
@@ -179,11 +201,12 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "counts": {key: row[key] for key in ("frames", "calibrated", "solved", "failed", "blocked",
                                              "retries_pending", "problems")},
         "medians": {key: median_of(frames, key) for key in METRICS},
-        "masters": _masters(entries.masters_record(night)),
+        "masters": {**_masters(entries.masters_record(night)), "detector": _detector(night)},
         "failures": _failures(night, settings.astrometry.max_tries),
         "problems": night.get("problems", []),
         "frames": frame_table(frames),
         "photometry": summary_section(entries.photometry_record(night)),
+        "health": night.get("health"),
     }
 
 

@@ -12,7 +12,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from astep_cal.formats import keywords as kw
-from astep_cal.formats.fitsio import atomic_write_hdul
+from astep_cal.formats.fitsio import atomic_write_hdul, set_card
 from astep_cal.formats.products import cal_header_for_update
 from astep_cal.formats.raw_headers import WCS_KEY
 
@@ -47,7 +47,7 @@ def merge_wcs(cal_path: Path, wcs_header: fits.Header, extra: dict[str, tuple[An
         for card in wcs_header.cards:
             header[card.keyword] = (card.value, card.comment)
         for key, (value, comment) in extra.items():
-            header[key] = (value, comment)
+            set_card(header, key, value, comment)
         atomic_write_hdul(cal_path, hdul, make_parents=False)
 
 
@@ -57,5 +57,5 @@ def mark_unsolved(cal_path: Path, reason: str) -> None:
     with cal_header_for_update(cal_path) as (hdul, header):
         without_wcs(header)
         header[kw.WCS_STATUS.name] = ("failed", kw.WCS_STATUS.comment)
-        header[kw.WCS_ERROR.name] = (printable[:60], kw.WCS_ERROR.comment)
+        set_card(header, kw.WCS_ERROR.name, printable[:60], kw.WCS_ERROR.comment)  # the reason, not the comment
         atomic_write_hdul(cal_path, hdul, make_parents=False)

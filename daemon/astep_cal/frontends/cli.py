@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal import __version__
+from astep_cal.frontends.health_cmds import add_commands, alert_lines
 from astep_cal.state.ledger import Ledger, LedgerLocked, RootLock
 from astep_cal.support.config import ConfigError, Settings, load_settings, with_overrides
 from astep_cal.support.logs import configure, get_logger
@@ -154,15 +155,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = night_rows(Ledger.load(ledger_path), settings) if ledger_path.exists() else []
     activity = read_activity(ledger_path)
     attention = any(row["attention"] for row in rows)
+    health = alert_lines(Ledger.load(ledger_path), ledger_path.parent) if ledger_path.exists() else []
     if args.json:
         print(json.dumps({"root": str(root), "attention": attention, "nights": rows,
-                          "daemon": activity}, indent=1))
+                          "daemon": activity, "health_alerts": health}, indent=1))
     elif not ledger_path.exists():
         print(f"no ledger at {ledger_path}: nothing processed yet")
     else:
-        print(render_table(rows))
+        print("\n".join([render_table(rows)] + health))
     if activity and not args.json:
-        print(f"daemon (pid {activity['pid']}): {activity['activity']}")
+        from astep_cal.support.text import printable
+
+        print(f"daemon (pid {activity['pid']}): {printable(activity['activity'])}")
     return EXIT_ATTENTION if attention else EXIT_OK
 
 
@@ -173,12 +177,18 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
 
     given = Path(args.night)
     if not valid_date(args.night) and given.is_file():
+        from astep_cal.formats.summary_schema import summary_problem
+        from astep_cal.support.text import printable
+
         try:
             document = json.loads(given.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{given}: not a summary.json ({error})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise ConfigError(f"{printable(given)}: not a summary.json ({printable(error)})") from None
         if not is_summary(document):
-            raise ConfigError(f"{given}: not an astep-cal summary.json (schema 1)")
+            raise ConfigError(f"{printable(given)}: not an astep-cal summary.json (schema 1)")
+        problem = summary_problem(document)
+        if problem is not None:
+            raise ConfigError(f"{printable(given)}: not a valid summary.json: {printable(problem)}")
         return document
     if not valid_date(args.night):
         raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
@@ -198,7 +208,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if document is None:
         print(f"astep-cal: no processed frames for night {args.night}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(document, indent=1) if args.json else render_report(document))
+    from astep_cal.support.text import printable
+
+    # JSON escapes control characters itself; the text report shows them as escapes (a file name or an
+    # error message may hold a terminal escape sequence)
+    try:
+        text = json.dumps(document, indent=1) if args.json else printable(render_report(document), keep_newlines=True)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:  # a layout the check let by
+        print(f"astep-cal: cannot render this summary: {printable(type(error).__name__)}: {printable(error)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(text)
     return EXIT_ATTENTION if document.get("attention") else EXIT_OK
 
 
@@ -230,7 +250,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     import signal
 
     from astep_cal.engine.rules import clear_failures
-    from astep_cal.frontends.control import RETRY_REQUEST, running_daemon_pid
+    from astep_cal.frontends.control import running_daemon_pid, write_retry_request
 
     settings = _settings(args)
     root = _root(args)
@@ -238,7 +258,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     ledger_path = settings.ledger_path(root)
     pid = running_daemon_pid(ledger_path)
     if pid is not None:  # the daemon owns the ledger: leave it a request and wake it
-        (ledger_path.parent / RETRY_REQUEST).write_text(" ".join(nights or []))
+        write_retry_request(ledger_path, nights)
         os.kill(pid, signal.SIGHUP)
         print(f"retry requested from daemon pid {pid}")
         return EXIT_OK
@@ -254,6 +274,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from astep_cal.devtools.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None)
+
+
+def _reader_options(parser: argparse.ArgumentParser, json_help: str) -> None:
+    """The options of the commands that only read the state (`status`, `report`)."""
+    parser.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("--config")
+    parser.add_argument("--ledger")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,18 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="one row per night, and the daemon's activity; exit 1 if "
                                                 "something needs attention")
-    status.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
-    status.add_argument("--json", action="store_true", help="machine-readable output (for monitoring)")
-    status.add_argument("--config")
-    status.add_argument("--ledger")
+    _reader_options(status, json_help="machine-readable output (for monitoring)")
     status.set_defaults(func=cmd_status)
 
     report = commands.add_parser("report", help="print one night's summary (frames, masters, metrics, failures)")
     report.add_argument("night", metavar="DATE", help="YYYY-MM-DD, or the path of a night's summary.json")
-    report.add_argument("root", nargs="?", help="data root (default: data_root from the config)")
-    report.add_argument("--json", action="store_true", help="the summary document as JSON")
-    report.add_argument("--config")
-    report.add_argument("--ledger")
+    _reader_options(report, json_help="the summary document as JSON")
     report.set_defaults(func=cmd_report)
 
     run = commands.add_parser("run", help="the long-running service: watch the data root and process nights")
@@ -321,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="generate a synthetic night, process it, report the accuracy")
     demo.add_argument("--dir", help="where to put the demo data (default: a new temporary directory)")
     demo.set_defaults(func=cmd_demo)
+    add_commands(commands, _settings, _root)
     return parser
 
 

@@ -147,7 +147,7 @@ def frame_task(root: str, date: str, frame: RawFrame, settings: Settings, master
         calibrate_entry(frame, lambda: _worker_masters(root_path, date, masters), settings, cal_path, entry, log)
     if needs_solve(entry, settings, deferred=True):  # an archive rerun has no night budget: deferred solves too
         record_solve(entry, solve_frame(cal_path, settings, entries.solve_tries(entry) + 1), cal_path)
-        log_solve(log, entry["astrometry"])
+        log_solve(log, entry["astrometry"], entry.get("health"))
     return entry
 
 
@@ -189,9 +189,9 @@ class Reprocess:
         self.plans: dict[str, NightPlan] = {}
         self.masters_futures: dict[str, Any] = {}
         self.tasks: dict[str, tuple[str, str, bool]] = {}  # task key -> (night, frame name or "", calibrate)
-        self.done_frames = 0
-        self.total_frames = 0
+        self.done_frames = self.total_frames = 0
         self._last_save = 0.0
+        self._finished, self._closed = set[str](), set[str]()  # nights all collected / closed
 
     # --- planning and submission
 
@@ -312,13 +312,18 @@ class Reprocess:
             result.failed += solved.get("status") == "failed"
 
     def _night_finished(self, date: str) -> None:
-        plan = self.plans[date]
-        inventory = plan.inventory
-        for directory in (inventory.cal_dir, masters_dir(self.root, date)):
-            remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
-        close_night(self.root, inventory, plan.listing, self.ledger, self.settings, plan.result,
-                    self.log.bind(night=date))
-        self._last_save = time.monotonic()
+        """Close finished nights in date order, as ``once``: a night's health is judged on the earlier ones."""
+        self._finished.add(date)
+        for other in sorted(set(self.plans) - self._closed):
+            if other not in self._finished:
+                break
+            self._closed.add(other)
+            plan = self.plans[other]
+            for directory in (plan.inventory.cal_dir, masters_dir(self.root, other)):
+                remove_stale_temporaries(directory)  # a worker killed in the middle of a write left one
+            close_night(self.root, plan.inventory, plan.listing, self.ledger, self.settings, plan.result,
+                        self.log.bind(night=other))
+            self._last_save = time.monotonic()
 
     def _save(self, force: bool) -> None:
         if force or time.monotonic() - self._last_save >= SAVE_INTERVAL_S:

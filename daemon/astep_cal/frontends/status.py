@@ -6,6 +6,7 @@ from typing import Any
 
 from astep_cal.state.ledger import Ledger, night_totals
 from astep_cal.support.config import Settings
+from astep_cal.support.text import printable
 
 _COLUMNS = ("night", "frames", "calibrated", "solved", "failed", "retries", "blocked", "fwhm", "darks", "flat",
             "state")
@@ -18,7 +19,10 @@ def night_row(date: str, totals: dict[str, Any], settings: Settings) -> dict[str
     failed = totals["cal_failed"] + totals["solve_failed"]
     solving = settings.astrometry.enabled
     problems = totals["problems"]
-    if blocked:
+    stuck = totals.get("stuck")  # absent from index rows written before it existed
+    if stuck:
+        state = "stuck"
+    elif blocked:
         state = "blocked"
     elif failed:
         state = "attention"
@@ -34,7 +38,8 @@ def night_row(date: str, totals: dict[str, Any], settings: Settings) -> dict[str
             "retries_pending": retries, "deferred": totals.get("solve_deferred", 0), "blocked": blocked,
             "fwhm_arcsec": totals["fwhm_arcsec"],
             "darks": ",".join(f"{t}s" for t in totals["darks"]) or "none",
-            "flat": flat_text, "state": state, "problems": problems, "attention": state != "done" or problems > 0}
+            "flat": flat_text, "state": state, "problems": problems, "attention": state != "done" or problems > 0,
+            "stuck_reason": stuck}
 
 
 def night_row_of(date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -63,4 +68,6 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines += [f"{row['night']} stuck: {printable(row['stuck_reason'])}" for row in rows if row.get("stuck_reason")]
     return "\n".join(lines)
+

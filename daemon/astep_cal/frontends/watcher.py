@@ -69,6 +69,7 @@ def start_observer(root: Path, handler: NightEvents, settings: DaemonSettings):
 
 
 INCOMPLETE_PATIENCE = 4  # settle periods a truncated file may hold a night back
+FUTURE_TOLERANCE_S = 300.0  # clocks disagree by this much (camera PC vs. server): beyond, "in the future"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Readiness:
     ready: bool
     reason: str  # why not (or "marker", "settled", "settled, no sky flats")
     wait_s: float = 0.0  # when known, how long until it might be ready
+    future: tuple[tuple[Path, int], ...] = ()  # (path, mtime_ns) dated after now: left out of the settling
 
 
 def _raw_dirs(night_dir: Path, date: str) -> list[Path]:
@@ -99,10 +101,15 @@ def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float 
         return Readiness(False, "transfer in progress", settings.settle_seconds)
     # The raw directories' own mtimes too: a file arriving with an old mtime (rsync -a, cp -p keep the
     # camera's) changes only the directory it lands in.
-    stamps = [p.stat().st_mtime for p in [*files, night_dir, *_raw_dirs(night_dir, date)]]
-    quiet = now - max(stamps)
+    # A file dated in the future (a wrong clock, touch -d) says nothing about when it arrived: left out,
+    # else it would hold its night in "settling" until that date. Its arrival changed its directory's
+    # mtime, set by this machine's clock, which still counts.
+    stamps = {p: p.stat().st_mtime_ns for p in [*files, night_dir, *_raw_dirs(night_dir, date)]}
+    future = tuple((p, ns) for p, ns in stamps.items() if ns / 1e9 > now + FUTURE_TOLERANCE_S)
+    present = [ns / 1e9 for ns in stamps.values() if ns / 1e9 <= now + FUTURE_TOLERANCE_S]
+    quiet = now - max(present) if present else float("inf")
     if quiet < settings.settle_seconds:
-        return Readiness(False, "settling", settings.settle_seconds - quiet)
+        return Readiness(False, "settling", settings.settle_seconds - quiet, future)
     fits_files = [p for p in files if is_fits_name(p.name)]
     if quiet < INCOMPLETE_PATIENCE * settings.settle_seconds:
         # A short file that stopped changing may be a stalled transfer: give it more time, but not
@@ -110,9 +117,9 @@ def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float 
         for path in fits_files:
             result = inspect_frame(path)
             if isinstance(result, Problem) and result.event in ("file_truncated", "file_empty"):
-                return Readiness(False, f"{path.name} incomplete", settings.settle_seconds)
+                return Readiness(False, f"{path.name} incomplete", settings.settle_seconds, future)
     if not any("SKYFLAT" in p.name.upper() for p in fits_files):
         if quiet < settings.no_flat_wait_s:
-            return Readiness(False, "waiting for sky flats", settings.no_flat_wait_s - quiet)
-        return Readiness(True, "settled, no sky flats")
-    return Readiness(True, "settled")
+            return Readiness(False, "waiting for sky flats", settings.no_flat_wait_s - quiet, future)
+        return Readiness(True, "settled, no sky flats", future=future)
+    return Readiness(True, "settled", future=future)

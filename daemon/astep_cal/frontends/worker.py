@@ -9,12 +9,19 @@ is waited out, never recorded as failed frames.
 
 It stamps ``progress.heartbeat`` whenever it makes progress; the main thread (``service.Daemon``)
 feeds systemd's watchdog from it and shows ``progress.text()`` as STATUS=.
+
+One night's trouble stays that night's: an error while looking at or processing a night (a directory
+it may not read, an I/O error) marks that night *stuck* — recorded in its ledger record (``status``
+shows it), logged once as ``night_stuck``, retried with a growing back-off — and the other nights go
+on. An error outside any night (the data root unreadable) is logged once and stamps no heartbeat, so
+a worker that makes no progress at all stops the watchdog pings (``worker_stalled``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ from astep_cal.formats.raw_night import directories_stamp, discover_nights
 from astep_cal.frontends.control import RETRY_REQUEST
 from astep_cal.frontends.status import night_row, night_rows
 from astep_cal.frontends.watcher import NightEvents, night_readiness
+from astep_cal.state import entries
 from astep_cal.state.recovery import open_ledger
 from astep_cal.support.config import Settings
 from astep_cal.support.storage import StorageUnavailable, root_present
@@ -56,6 +64,14 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def _iso(mtime_ns: int) -> str:
+    """A file time as ISO 8601 UTC (any time a file system holds: year 30000 included)."""
+    try:
+        return dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{mtime_ns} ns after 1970"
+
+
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 
 
@@ -72,16 +88,34 @@ class Progress:
     nights_done: int = 0
     last_night: str | None = None
     waiting: str | None = None  # why the worker waits for the storage (disk full, root gone)
+    stuck: dict[str, str] = field(default_factory=dict)  # night -> why it cannot be worked on
+    error: str | None = None  # an error outside any night, while it lasts
     heartbeat: float = field(default_factory=time.monotonic)
 
     def text(self) -> str:
         if self.waiting:
             return f"waiting for storage — {self.waiting}"
+        if self.error:
+            return f"no progress — {self.error}"
         if self.night:
             return (f"{self.night}: calibrated {self.calibrated}/{self.total}, solved {self.solved}, "
                     f"{self.failed} failed")
         last = f", last {self.last_night}" if self.last_night else ""
+        stuck = dict(self.stuck)  # a copy: the worker thread changes it
+        if stuck:
+            night, reason = min(stuck.items())
+            return f"stuck — {len(stuck)} night(s) cannot be worked on ({night}: {reason}); " \
+                   f"{self.nights_done} nights done{last}"
         return f"idle — {self.nights_done} nights done{last}"
+
+
+@dataclass
+class Stuck:
+    """A night the worker could not work on, and when to try it again."""
+
+    reason: str
+    tries: int
+    retry_at: float  # monotonic
 
 
 class NightWorker:
@@ -98,6 +132,8 @@ class NightWorker:
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
         self._deferred_rest: dict[str, float] = {}  # night -> no idle retry of its deferred solves before (monotonic)
+        self.stuck: dict[str, Stuck] = {}  # nights that could not be worked on (permissions, I/O)
+        self._future_seen: set[tuple[str, int]] = set()  # files dated in the future, logged once each
         self.ledger = open_ledger(settings.ledger_path(root), root, log)
         self.progress.nights_done = sum(1 for r in night_rows(self.ledger, settings) if r["state"] == "done")
         self.thread = threading.Thread(target=self.run, name="worker", daemon=True)
@@ -108,32 +144,105 @@ class NightWorker:
         self.events.wakeup.set()
 
     def run(self) -> None:
-        """The thread's loop: the next ready night with work, processed; it never dies on an error."""
+        """The thread's loop: the next ready night with work, processed; it never dies on an error.
+
+        The heartbeat is stamped by every turn that ends normally (idle or a night done) and by the
+        frames of a night, never by a turn that failed outside a night: a worker that fails at every
+        turn makes no progress, and the watchdog must say so."""
         while not self.stop.is_set():
-            self.progress.heartbeat = time.monotonic()
             try:
                 night = self._next_night()
                 if night is None and not self.stop.is_set():
                     night = self._deferred_night()
                     if night is not None:
                         before = self.ledger.totals(night).get("solve_deferred", 0)
-                        self._process(night, retry_deferred=True)
+                        self._guarded(night, self._process, night, True)
                         if self.ledger.totals(night).get("solve_deferred", 0) >= before:  # no progress: not again soon
                             self._deferred_rest[night] = time.monotonic() + self.settings.daemon.reconcile_interval_s
                         continue
                 if night is None:
                     if self._storage_night is None:
                         self._storage_back()  # the data root is back and nothing failed on a write
+                    self._turn_ok()
                     self.events.wakeup.wait(IDLE_TICK_S)
                     self.events.wakeup.clear()
                     continue
-                self._process(night)
+                self._guarded(night, self._process, night)
                 self._storage_back()
+                self._turn_ok()
             except StorageUnavailable as error:
                 self._storage_wait(error)
             except Exception as error:  # never let the worker die silently
-                self.log.exception("worker_error", error=f"{type(error).__name__}: {error}")
+                self._worker_error(error)
                 self.stop.wait(10)
+
+    def _turn_ok(self) -> None:
+        if self.progress.error is not None:
+            self.log.info("worker_error_cleared", error=self.progress.error)
+            self.progress.error = None
+        self.progress.heartbeat = time.monotonic()
+
+    def _worker_error(self, error: Exception) -> None:
+        """An error outside any night: logged (with its traceback) once while it lasts, no heartbeat."""
+        text = f"{type(error).__name__}: {error}"
+        if text != self.progress.error:
+            self.log.exception("worker_error", error=text)
+        self.progress.error = text
+
+    def _guarded(self, night: str, action: Any, *args: Any) -> Any:
+        """``action(*args)`` for one night: an error is that night's (it is marked stuck, None is
+        returned), the storage's trouble (disk full, root gone) goes up to be waited out."""
+        try:
+            return action(*args)
+        except StorageUnavailable:
+            raise
+        except Exception as error:
+            self.progress.night = None
+            self._night_stuck(night, error)
+            return None
+
+    def _night_stuck(self, night: str, error: Exception) -> None:
+        """Record the night as stuck, with a back-off that doubles at each failed try (up to
+        ``stuck_retry_max_s``); log it once per reason, with the traceback when it is not an I/O error."""
+        reason = f"{type(error).__name__}: {error}"
+        previous = self.stuck.get(night)
+        tries = previous.tries + 1 if previous else 1
+        daemon = self.settings.daemon
+        delay = min(daemon.stuck_retry_s * 2 ** min(tries - 1, 30), daemon.stuck_retry_max_s)
+        self.stuck[night] = Stuck(reason, tries, time.monotonic() + delay)
+        self.pending[night] = time.monotonic() + delay
+        self.progress.stuck[night] = reason
+        if previous is None or previous.reason != reason:
+            log = self.log.warning if isinstance(error, OSError) else self.log.exception
+            log("night_stuck", night=night, reason=reason, retry_in_s=round(delay, 1))
+        record = {"reason": reason, "tries": tries, "retry_after": round(time.time() + delay, 3),
+                  "since": self._stuck_since(night)}
+        try:
+            self.ledger.night(night)[entries.STUCK] = record
+            self.ledger.release(night)
+        except StorageUnavailable:
+            raise
+        except Exception as failure:  # the ledger itself cannot be written: it stays in memory and STATUS
+            self.log.warning("night_stuck_not_recorded", night=night, error=f"{type(failure).__name__}: {failure}")
+
+    def _stuck_since(self, night: str) -> float:
+        record = self.ledger.peek(night).get(entries.STUCK) if night in self.ledger.dates() else None
+        since = record.get("since") if isinstance(record, dict) else None
+        return since if isinstance(since, (int, float)) else round(time.time(), 3)
+
+    def _log_future(self, night: str, future: tuple[tuple[Path, int], ...]) -> None:
+        """``file_in_future`` once per file version: its date is left out of the night's settling."""
+        for path, mtime_ns in future:
+            if (str(path), mtime_ns) not in self._future_seen:
+                if len(self._future_seen) >= 10_000:  # bounded for a long-lived daemon
+                    self._future_seen.clear()
+                self._future_seen.add((str(path), mtime_ns))
+                self.log.warning("file_in_future", night=night, path=str(path), mtime=_iso(mtime_ns))
+
+    def _unstuck(self, night: str) -> None:
+        if self.stuck.pop(night, None) is not None:
+            self.progress.stuck.pop(night, None)
+            self.log.info("night_unstuck", night=night)
 
     def _storage_wait(self, error: StorageUnavailable) -> None:
         """Disk full or data root gone: say so once, keep the heartbeat (waiting is not hanging), retry."""
@@ -167,7 +276,7 @@ class NightWorker:
         self._apply_retry_request()
         nights, _ = discover_nights(self.root)
         for night in nights:
-            if self._has_work(night, trust_stamp=not full):
+            if self._guarded(night, self._has_work, night, not full):
                 self.pending.setdefault(night, now)
         self.log.info("rescan", pending=len(self.pending), full=full, nights=len(nights),
                       duration_s=round(time.monotonic() - now, 3))
@@ -203,13 +312,7 @@ class NightWorker:
         for night in sorted(self.pending):
             if self.pending[night] > now:
                 continue
-            readiness = night_readiness(self.root, night, self.settings.daemon)
-            if not readiness.ready:
-                self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
-                continue
-            del self.pending[night]
-            if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
-                self.log.info("night_ready", night=night, reason=readiness.reason)
+            if self._guarded(night, self._ready_with_work, night, now):
                 return night
         return None
 
@@ -225,6 +328,20 @@ class NightWorker:
                               frames=self.ledger.totals(night)["solve_deferred"])
                 return night
         return None
+
+    def _ready_with_work(self, night: str, now: float) -> bool:
+        """Whether the night is complete and has work (else it is looked at again later)."""
+        readiness = night_readiness(self.root, night, self.settings.daemon)
+        self._log_future(night, readiness.future)
+        if not readiness.ready:
+            self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
+            return False
+        del self.pending[night]
+        if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+            self.log.info("night_ready", night=night, reason=readiness.reason)
+            return True
+        self._unstuck(night)
+        return False
 
     def _process(self, night: str, retry_deferred: bool = False) -> None:
         progress = self.progress
@@ -246,6 +363,7 @@ class NightWorker:
             self.pending[night] = time.monotonic() + self.settings.daemon.storage_retry_s
             progress.night = None
             raise
+        self._unstuck(night)
         if not self.stop.is_set():
             progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
             progress.last_night = night

@@ -26,6 +26,7 @@ import numpy as np
 
 from astep_cal.science.chunks import row_chunks
 from astep_cal.science.cosmics import COSMIC_BYTES_PER_PIXEL, remove_cosmic_rays
+from astep_cal.science.detector import border_mask
 from astep_cal.science.masters import MaskBit, MasterNoise
 from astep_cal.support.config import CosmicSettings
 
@@ -47,7 +48,7 @@ class CalibratedFrame:
     error: np.ndarray | None = None  # float32, electrons, 1 sigma per pixel (REPLACED_ERR where replaced)
 
 
-REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (README)
+REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (docs/data-products.md)
 
 
 def sky_level(data: np.ndarray, usable: np.ndarray) -> float:
@@ -178,9 +179,11 @@ def first_pass(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: 
 def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_mask: np.ndarray, *,
                     gain: float, read_noise_e: float, saturation_adu: float,
                     cosmics: CosmicSettings, max_cosmic_pixels: int | None = None,
-                    noise: MasterNoise | None = None, timings: dict[str, float] | None = None) -> CalibratedFrame:
+                    noise: MasterNoise | None = None, timings: dict[str, float] | None = None,
+                    trim: int = 0) -> CalibratedFrame:
     """Dark, flat, gain, bad pixels, cosmic rays and the error map for one frame; no file or state is
     touched. ``noise`` describes the masters' own noise for the error map (None: masters taken as exact).
+    The ``trim`` outermost pixels of each edge are flagged ``BORDER`` (calibrated, not cropped).
     ``timings``, when given, receives the CPU seconds of the steps (``arithmetic``, ``cosmic_rays``,
     ``error_map``): what ``make bench`` reports per stage."""
     if raw.shape != dark.shape or raw.shape != flat.shape or raw.shape != pixel_mask.shape:
@@ -200,6 +203,7 @@ def calibrate_frame(raw: np.ndarray, dark: np.ndarray, flat: np.ndarray, pixel_m
     mask |= bad.view(np.uint8) * np.uint8(MaskBit.BAD.value)
     mask |= saturated.view(np.uint8) * np.uint8(MaskBit.SATURATED.value)
     mask |= cosmic_mask.view(np.uint8) * np.uint8(MaskBit.COSMIC.value)
+    mask |= border_mask(mask.shape, trim).view(np.uint8) * np.uint8(MaskBit.BORDER.value)
     replaced = bad
     replaced |= saturated
     replaced |= cosmic_mask

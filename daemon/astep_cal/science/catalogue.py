@@ -17,7 +17,8 @@ the CAL frame is written by ``products`` from the step in ``frame_steps``. Choic
   pixels, astropy clips all annuli at once (``ApertureStats`` does the same source by source, 1000x
   slower: 3 s for 2000 stars, three times the whole step's budget).
 * Flags keep the ``MASK`` bits met inside the largest aperture (1 bad, 2 saturated, 4 cosmic ray,
-  8 low flat) and add ``EDGE`` (16: an aperture or the annulus leaves the frame) and ``NO_SKY`` (32: too
+  8 low flat, 16 the trimmed border) and add ``EDGE`` (16: an aperture or the annulus leaves the frame;
+  an aperture on the trimmed border is as untrustworthy, hence the same bit) and ``NO_SKY`` (32: too
   few annulus pixels to trust the background).
 """
 
@@ -38,7 +39,7 @@ from astep_cal.science.centroids import gather
 from astep_cal.science.centroids import refine as refine_centroids
 from astep_cal.science.masters import MaskBit
 
-EDGE = 16  # an aperture or the background annulus reaches beyond the frame
+EDGE = 16  # an aperture or the background annulus reaches beyond the frame; = MaskBit.BORDER (the trim)
 NO_SKY = 32  # fewer than MIN_SKY_PIXELS usable annulus pixels
 MIN_SKY_PIXELS = 20
 DEFAULT_FWHM_PX = 2.5  # when the frame's FWHM could not be measured (the camera's typical seeing)
@@ -67,7 +68,7 @@ def local_background(data: np.ndarray, mask: np.ndarray, xy: np.ndarray, inner: 
     """
     offsets = template(CircularAnnulus((0.0, 0.0), r_in=inner, r_out=outer))
     values = gather(data.astype(np.float32, copy=False), xy, offsets, np.nan)
-    unusable = gather(mask, xy, offsets, 0) & (REPLACED | MaskBit.LOW_FLAT)
+    unusable = gather(mask, xy, offsets, 0) & (REPLACED | MaskBit.LOW_FLAT | MaskBit.BORDER)
     values = np.where(unusable > 0, np.nan, values)
     with warnings.catch_warnings():  # an annulus entirely masked gives NaN, flagged by the caller
         warnings.simplefilter("ignore")

@@ -30,12 +30,13 @@ from astep_cal.support.config import CalibrationSettings
 
 
 class MaskBit(IntFlag):
-    """Bits of the ``MASK`` extension of every calibrated frame (documented in the README)."""
+    """Bits of the ``MASK`` extension of every calibrated frame (documented in docs/data-products.md)."""
 
     BAD = 1  # hot pixel (dark current) or dead pixel (flat response near 0): value replaced
     SATURATED = 2  # raw value at or above the saturation level
     COSMIC = 4  # cosmic-ray hit found by L.A.Cosmic: value replaced by astroscrappy
     LOW_FLAT = 8  # flat response below calibration.low_flat_level: divided, but noisy
+    BORDER = 16  # within calibration.trim of an edge: calibrated, but the camera's edge is not trusted
 
 
 MIN_FRAMES_FOR_CLIPPING = 5  # below this a median rejects outliers better than sigma clipping

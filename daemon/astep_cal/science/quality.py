@@ -44,7 +44,7 @@ MIN_PIXELS = 5  # a detection covers at least this many connected pixels (cosmic
 FIT_MIN_SNR = 20.0  # only stars whose peak is this many sky sigmas up are fitted for the FWHM
 SHARP_FRACTION = 0.75  # a masked-pixel residue is this much sharper than the stars (moments FWHM)
 MIN_USABLE_FRACTION = 0.05  # below this (a saturated or dead frame) only sky and masking are reported
-UNUSABLE = MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT  # values that are not sky or star light
+UNUSABLE = MaskBit.BAD | MaskBit.SATURATED | MaskBit.LOW_FLAT | MaskBit.BORDER  # not sky or star light to trust
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 Every reader (rules, status rows, summary, recovery, reprocess, the tools) goes through these instead
 of spelling the layout again (``entry.get("calibrate", {}).get("status")`` in five modules drifted).
-The layout (README "The ledger")::
+The layout (docs/data-products.md, "The ledger")::
 
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
     FrameEntry    {"raw": "size:mtime_ns", "output": "size:mtime_ns",
-                   "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord}
+                   "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord,
+                   "health": {"zp", "zp_scatter", "zp_stars", "sky_mag_arcsec2", "moon_alt_deg", ...}}
+    and the night record's "health" (its figures and alerts: docs/health.md)
 
 A step's record always has ``status`` (ok/failed/blocked for calibrate, solved/failed for astrometry)
 and, when it failed, ``error`` — the stage runner's convention (``stages``). No numpy or astropy: the
@@ -23,6 +25,7 @@ CATALOGUE = "catalogue"
 ASTROMETRY = "astrometry"
 MASTERS = "masters"
 PHOTOMETRY = "photometry"
+STUCK = "stuck"  # a night the daemon could not look at (permissions, I/O): {"reason", "since", "tries", "retry_after"}
 
 
 class StepRecord(TypedDict, total=False):
@@ -38,7 +41,9 @@ class CalibrateRecord(StepRecord, total=False):
     dark: dict[str, Any]   # exptime, scale, bias_origin of the master dark used
     flat: dict[str, Any]   # night, borrowed
     gain: float
-    gain_source: str       # header or default
+    gain_source: str       # header, measured (the night's sky flats) or default
+    read_noise_e: float    # the read noise of the noise model (ERR, cosmic rays, catalogue)
+    read_noise_source: str  # header, measured (the night's biases or darks) or default
     n_cosmic: int
     n_saturated: int
     sky_e: float
@@ -112,3 +117,10 @@ def photometry_record(night: dict[str, Any]) -> dict[str, Any] | None:
 def masters_record(night: dict[str, Any]) -> dict[str, Any]:
     """The night's masters record ({} before its masters are made)."""
     return night.get(MASTERS, {})
+
+
+def stuck_reason(night: dict[str, Any]) -> str | None:
+    """Why the daemon could not work on the night (None when it could: the record is dropped by the
+    next inventory that succeeds)."""
+    record = night.get(STUCK)
+    return str(record.get("reason", "unknown")) if isinstance(record, dict) else None

@@ -24,7 +24,10 @@ Only the nights being worked on are held in memory (:meth:`Ledger.night`, droppe
 changed, then the index if it changed. Every file is written atomically, so a crash leaves the old or
 the new version. The index is derived data: each row remembers the size and mtime of its night file,
 and a row that disagrees with its file (a crash between the two writes) is recomputed on load; a
-corrupt index is rebuilt from the night files. A schema-1 ``ledger.json`` (everything in one file) is
+corrupt index is rebuilt from the night files. Every file is checked against its layout first
+(:mod:`~astep_cal.state.ledger_schema`: types, date keys, depth): one that is well-formed JSON but not a
+ledger is corrupt like any other, kept aside and rebuilt, never a crash nor a path outside the state
+directory. A schema-1 ``ledger.json`` (everything in one file) is
 converted on the first save of a process holding the lock, and kept beside as ``ledger.json.schema1``.
 
 A lock file next to the ledger (``flock``) keeps two processes off the same data root: the kernel
@@ -43,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal import __version__
-from astep_cal.state import entries
+from astep_cal.state import alerts, entries
+from astep_cal.state.ledger_schema import check_index, check_night, is_date, read_document
 from astep_cal.state.root_lock import NIGHTS_DIR, LedgerLocked, RootLock  # noqa: F401 (the ledger's lock)
 from astep_cal.support.storage import atomic_write_bytes
 
@@ -58,7 +62,7 @@ def empty_night() -> dict[str, Any]:
     return {"masters": {}, "problems": [], "frames": {}}
 
 
-def _median_fwhm(frames: dict[str, Any]) -> float | None:
+def median_fwhm(frames: dict[str, Any]) -> float | None:
     """The night's median FWHM in arcsec; the solved pixel scale wins over the nominal one (as in the
     summary)."""
     values = []
@@ -83,6 +87,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     retry_times = [s["retry_after"] for s in solves if s.get("status") == "failed" and "retry_after" in s]
     masters = entries.masters_record(night)
     flat = masters.get("flat")
+    health = alerts.compact(night.get("health"))  # only on nights measured (docs/health.md)
     return {
         "science": night.get("inventory", {}).get("science", len(frames)),
         "calibrated": calibrate["ok"], "cal_failed": calibrate["failed"], "blocked": calibrate["blocked"],
@@ -90,10 +95,12 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
         "solve_deferred": solve_status["deferred"],
         "failed_solve_tries": dict(sorted(failed_tries.items())),
         "next_retry": min(retry_times) if retry_times else None,
-        "fwhm_arcsec": _median_fwhm(frames),
+        "fwhm_arcsec": median_fwhm(frames),
         "darks": sorted(masters.get("darks", {}), key=float),
         "flat": None if not flat else (flat["night"] if flat.get("borrowed") else "own"),
         "problems": len(night.get("problems", [])),
+        "stuck": entries.stuck_reason(night),
+        **({"health": health} if health else {}),
     }
 
 
@@ -131,10 +138,6 @@ def _aside(path: Path) -> Path:
     return aside
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 # --- the store ------------------------------------------------------------------------------------
 
 class Ledger:
@@ -148,7 +151,9 @@ class Ledger:
         self.nights_dir = self.path.parent / NIGHTS_DIR
         self.index: dict[str, Any] = index if index is not None else {"schema": SCHEMA_VERSION, "nights": {}}
         self.recovered_from = recovered_from  # where a corrupt index was moved, if it was
+        self.recovery_reason = ""  # what was wrong with it
         self.corrupt_nights: list[tuple[str, Path]] = []  # night files moved aside (their nights are rebuilt)
+        self.corrupt_reasons: dict[str, str] = {}  # night -> what was wrong with its file
         self.migrated_from: Path | None = None  # a schema-1 ledger converted in memory, written at save
         self._open: dict[str, dict[str, Any]] = {}  # nights in memory
         self._saved: dict[str, str | None] = {}  # their text on disk, to write only what changed
@@ -165,14 +170,13 @@ class Ledger:
         rebuilt from the night files; a schema-1 ledger is converted in memory."""
         path = Path(path)
         try:
-            data = _read_json(path)
-            schema = data.get("schema") if isinstance(data, dict) else None
-            if schema not in (1, SCHEMA_VERSION) or not isinstance(data.get("nights"), dict):
-                raise ValueError(f"unknown ledger schema {schema}")
+            data = read_document(path)
+            schema = check_index(data)
         except FileNotFoundError:
             ledger = cls(path)
-        except (ValueError, UnicodeDecodeError, OSError):
+        except (ValueError, OSError) as error:
             ledger = cls(path, recovered_from=_aside(path))
+            ledger.recovery_reason = str(error)
         else:
             if schema == 1:
                 return cls._from_schema1(path, data)
@@ -198,6 +202,7 @@ class Ledger:
         writes), add night files the index lacks, drop rows whose file is gone."""
         rows = self.index["nights"]
         on_disk = {p.name[:-5] for p in self.nights_dir.glob("*.json")} if self.nights_dir.is_dir() else set()
+        on_disk = {name for name in on_disk if is_date(name)}  # anything else in nights/ is not ours
         for date in sorted(on_disk | set(rows)):
             stamp = _stamp(self._night_path(date))
             row = rows.get(date)
@@ -212,20 +217,20 @@ class Ledger:
                     rows[date] = {"totals": night_totals(night), "file": stamp}
 
     def _night_path(self, date: str) -> Path:
+        if not is_date(date):  # never a path outside nights/ (the index's keys were checked on load)
+            raise ValueError(f"not a night date: {date!r}")
         return self.nights_dir / f"{date}.json"
 
     def _read_night(self, date: str) -> dict[str, Any]:
         path = self._night_path(date)
         try:
-            night = _read_json(path)
-            if not isinstance(night, dict) or not isinstance(night.get("frames"), dict):
-                raise ValueError("not a night record")
+            return check_night(read_document(path), date)
         except FileNotFoundError:
             return empty_night()
-        except (ValueError, UnicodeDecodeError, OSError):
+        except (ValueError, OSError) as error:
             self.corrupt_nights.append((date, _aside(path)))
+            self.corrupt_reasons[date] = str(error)
             return empty_night()
-        return night
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -67,7 +67,9 @@ def frame_entry(header: fits.Header, date: str, cal_name: str) -> tuple[str, dic
     calibrate = {
         "status": "ok", "output": cal_name, "config": header[kw.CONFIG.name], "software": header[kw.VERSION.name],
         "flat": {"night": flat_night, "borrowed": flat_night != date},
-        "gain": header.get(kw.GAIN.name), "n_cosmic": header.get(kw.N_COSMIC.name, 0),
+        "gain": header.get(kw.GAIN.name), "gain_source": header.get(kw.GAIN_SOURCE.name),
+        "read_noise_e": header.get(kw.READ_NOISE.name), "read_noise_source": header.get(kw.READ_NOISE_SOURCE.name),
+        "n_cosmic": header.get(kw.N_COSMIC.name, 0),
         "n_saturated": header.get(kw.N_SATURATED.name, 0), "sky_e": header.get(kw.SKY_LEVEL.name), "recovered": True,
         "date_obs": header.get("DATE-OBS"), "quality": _quality_record(header),
     }
@@ -153,14 +155,16 @@ def open_ledger(path: Path, root: Path, log: Any) -> Ledger:
     """
     ledger = Ledger.load(path)
     if ledger.recovered_from:
-        log.warning("ledger_corrupt", kept_as=str(ledger.recovered_from))
+        log.warning("ledger_corrupt", kept_as=str(ledger.recovered_from), reason=ledger.recovery_reason)
     for date, aside in ledger.corrupt_nights:
-        log.warning("ledger_corrupt", night=date, kept_as=str(aside))
+        log.warning("ledger_corrupt", night=date, kept_as=str(aside), reason=ledger.corrupt_reasons.get(date, ""))
     lost = [date for date, _ in ledger.corrupt_nights]
     if ledger.migrated_from is not None:
         ledger.save()  # schema 1 -> 2, once; the old file is kept beside
         ledger.release_all()
         log.info("ledger_migrated", nights=len(ledger.dates()))
+    if ledger.recovered_from is not None:
+        ledger.save()  # the index rebuilt from the night files replaces the one kept aside
     if not ledger.dates() or lost:
         frames = rebuild_from_outputs(root, ledger, lost or None)
         if frames:

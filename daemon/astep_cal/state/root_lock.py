@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from astep_cal.support.storage import remove_stale_temporaries
@@ -13,6 +15,22 @@ NIGHTS_DIR = "nights"  # the ledger's per-night files, beside the index
 
 class LedgerLocked(RuntimeError):
     """Another astep-cal process holds the data root."""
+
+
+def open_lock_file(path: Path) -> int:
+    """The lock file, created if need be, never through a link: a command run as root must not open
+    (and then truncate) whatever a symlink or hard link planted at the name points to."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise PermissionError(f"{path} is a symbolic link: refused (remove it)") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise PermissionError(f"{path} is not a plain file of its own (a device, a FIFO or a hard link): refused")
+    return fd
 
 
 class RootLock:
@@ -29,7 +47,7 @@ class RootLock:
 
     def __enter__(self) -> "RootLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -91,22 +91,38 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: 
         raise
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600: products must be readable by the astronomers
-        os.close(fd)
         # opened by name: a writer (astropy) may look at the handle's name, which an fdopen'ed
-        # handle gives as a number (astropy's free-space check then fails with AttributeError)
-        with open(temp_name, "wb") as handle:
+        # handle gives as a number (astropy's free-space check then fails with AttributeError). The
+        # name is reopened without following a link nor truncating, and must still be mkstemp's file:
+        # someone who can write the directory may have swapped it in between.
+        with open(temp_name, "r+b", opener=_no_follow) as handle:
+            _same_file(fd, handle.fileno(), temp_name)
+            os.close(fd)
+            fd = -1
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint(f"temp_written:{role}")
         os.replace(temp_name, path)
     except BaseException as error:
+        if fd >= 0:
+            os.close(fd)
         Path(temp_name).unlink(missing_ok=True)
         if _disk_full(error, path.parent):
             raise StorageUnavailable(f"no space left to write {path.name} in {path.parent}") from error
         raise
     checkpoint(f"renamed:{role}")
     _fsync_directory(path.parent)
+
+
+def _no_follow(name: str, flags: int) -> int:
+    return os.open(name, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _same_file(first: int, second: int, name: str) -> None:
+    a, b = os.fstat(first), os.fstat(second)
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+        raise PermissionError(f"{name} was replaced while being written: refused")
 
 
 FULL_BELOW_BYTES = 1 << 20  # a write failed with less than this left free: the disk is full

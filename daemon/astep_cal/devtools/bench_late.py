@@ -1,0 +1,193 @@
+"""The cost of a late frame and the bytes a night writes, plain output beside the default (issue 27).
+
+A daemon fed frame by frame runs its engine once per new frame on a night already processed: the
+fixed cost of a run (process start and imports, the night's inventory, ledger and masters, closing the
+night) is paid by that one frame. For each output form (the default, tile-compressed; and
+``[output] compress = false``) on a fresh copy of the same night:
+
+1. ``astep-cal once`` on the night without its last science frame (the steady cadence, from the log);
+2. the last frame arrives; ``astep-cal once`` again, timed (wall and CPU of the process): its
+   **marginal wall time over its frame work** (the ledger's calibration, catalogue and solve seconds
+   of that frame);
+3. the same in the daemon (``astep-cal run``, imports paid once): the daemon started and idle, a new
+   frame arrives (a copy of the last one, one cadence later); from its arrival to the night's summary
+   rewritten, less the daemon's ``settle_seconds``, over that frame's work;
+4. **bytes written per raw byte**: every file astep-cal wrote under the root (CAL, CAT, masters,
+   summaries, light curves, ledger) over the raw night's bytes; the CAL files alone beside it.
+
+``python -m astep_cal.devtools.bench_late --size 1024`` on its own; ``make bench`` runs it in each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from astep_cal.state import entries
+
+FORMS = {"compressed": "", "plain": "[output]\ncompress = false\n"}
+
+
+def _run_once(root: Path, config: Path, log_path: Path, mem_limit: float) -> dict[str, float]:
+    """``astep-cal once`` in its own process: wall seconds and CPU seconds (user + system, its own
+    and its children's: solve-field) from ``wait4``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    argv = [sys.executable, "-m", "astep_cal", "once", str(root), "--mem-limit", str(mem_limit),
+            "--config", str(config)]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"astep-cal once exited {os.waitstatus_to_exitcode(status)} (log: {log_path})")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def frame_work_s(root: Path, date: str, raw_name: str) -> float:
+    """The frame's own work from the ledger: calibration (read, calibrate, cosmic rays, quality, write),
+    catalogue and solve seconds."""
+    night = json.loads((root / ".astep-cal" / "nights" / f"{date}.json").read_text())
+    frame = night["frames"][raw_name]
+    parts = [entries.calibration(frame).get("duration_s"), entries.solve(frame).get("duration_s"),
+             (frame.get("catalogue") or {}).get("duration_s")]
+    return float(sum(p for p in parts if p))
+
+
+DAEMON_SETTLE_S = 0.5
+
+
+def _next_frame(late: Path, held: Path) -> Path:
+    """A copy of ``late`` observed one cadence later (DATE-OBS and name 90 s on), written to ``held``;
+    returns the name it will have in the night."""
+    from astropy.io import fits
+
+    with fits.open(late) as hdul:
+        when = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=90)
+        hdul[0].header["DATE-OBS"] = when.isoformat(timespec="milliseconds")
+        hdul.writeto(held)
+    return late.with_name(f"{when.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits")
+
+
+def daemon_late(root: Path, work: Path, form: str, late: Path) -> tuple[float, float]:
+    """A new frame (:func:`_next_frame`) arriving in a processed night a daemon watches: seconds from
+    its arrival to the night's summary rewritten, less the daemon's ``settle_seconds`` (a deliberate
+    wait for the transfer to end, not work), and the frame's work from the ledger."""
+    from astep_cal.devtools.harness import DaemonProcess
+
+    config = f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\n[logging]\nformat = \"json\"\n"
+    held = work / form / "next-frame.fits"
+    arriving = _next_frame(late, held)
+    daemon = DaemonProcess(work / form, root, config)
+    try:
+        daemon.wait_message("READY=1", timeout=120)
+        time.sleep(3.0)  # its start-up scan of the night finds nothing to do
+        before = daemon.count("summary_written")
+        arrived = time.time()
+        held.rename(arriving)
+        daemon.wait_for(lambda: daemon.count("summary_written") > before, 600, "the new frame's summary")
+        written = [e for e in daemon.events() if e["event"] == "summary_written"][-1]
+        done = dt.datetime.fromisoformat(written["timestamp"].replace("Z", "+00:00")).timestamp()
+        daemon.stop(60)
+    finally:
+        daemon.close()
+    return done - arrived - DAEMON_SETTLE_S, frame_work_s(root, late.parent.parent.name, arriving.name)
+
+
+def _tree_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[str, Any]:
+    """Steps 1-3 above for one output form, on a fresh copy of the night."""
+    from astep_cal.devtools.bench import astep_cadence
+
+    root = work / form / "root"
+    night = root / night_dir.name
+    shutil.copytree(night_dir, night)
+    raws = sorted(p for p in night.rglob("*") if p.is_file())
+    raw_bytes = _tree_bytes(raws)
+    science = sorted(p for p in raws if "science" in p.name.lower() or p.name.lower().startswith("sci"))
+    late = (science or raws)[-1]
+    held = work / form / late.name
+    late.rename(held)
+    config = work / form / "config.toml"
+    config.write_text(FORMS[form])
+    first = _run_once(root, config, work / form / "first.log", mem_limit)
+    held.rename(late)
+    second = _run_once(root, config, work / form / "late.log", mem_limit)
+    work_s = frame_work_s(root, night_dir.name, late.name)
+    written = [p for p in root.rglob("*") if p.is_file() and p not in set(raws)]
+    cal = [p for p in written if p.name.endswith("_CAL.fits")]
+    written_bytes = _tree_bytes(written)
+    daemon_s, daemon_work_s = daemon_late(root, work, form, late)
+    result = {
+        "night_wall_s": first["wall_s"], **astep_cadence(work / form / "first.log"),
+        "late_wall_s": second["wall_s"], "late_cpu_s": second["cpu_s"], "late_frame_work_s": work_s,
+        "late_wall_over_work": second["wall_s"] / work_s if work_s else None,
+        "daemon_late_wall_s": daemon_s, "daemon_late_frame_work_s": daemon_work_s,
+        "daemon_late_wall_over_work": daemon_s / daemon_work_s if daemon_work_s else None,
+        "raw_bytes": raw_bytes, "written_bytes": written_bytes, "written_per_raw_byte": written_bytes / raw_bytes,
+        "cal_bytes_per_frame": _tree_bytes(cal) / max(1, len(cal)),
+    }
+    shutil.rmtree(root)
+    return result
+
+
+def late_frame_round(night_dir: Path, work: Path, mem_limit: float, index: int = 0) -> dict[str, Any]:
+    """Both forms on the same night, their order swapped every other round, as one flat record
+    (``<form>_<figure>``, what ``bench.summarise`` takes medians of); the ratio of their cadences."""
+    order = list(FORMS) if not index % 2 else list(FORMS)[::-1]
+    result = {f"{form}_{key}": value for form in order
+              for key, value in one_form(night_dir, work, form, mem_limit).items()}
+    plain, packed = result.get("plain_steady_frame_s"), result.get("compressed_steady_frame_s")
+    result["cadence_compressed_over_plain"] = packed / plain if plain and packed else None
+    return result
+
+
+def print_late(result: dict[str, Any]) -> None:
+    """The table of docs/compression.md from a (median) flat record."""
+    nan = float("nan")
+    print("| form | steady cadence (s) | late frame (`once`): wall (s) | CPU (s) | its frame work (s) | wall / work "
+          "| late frame in the daemon: wall (s) | wall / work | bytes written / raw byte | CAL MB / frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for form in FORMS:
+        r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
+        print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
+              f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
+              f"{r['daemon_late_wall_s']:.2f} | {r.get('daemon_late_wall_over_work') or nan:.2f} | "
+              f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
+    if result.get("cadence_compressed_over_plain"):
+        print(f"steady cadence compressed / plain: {result['cadence_compressed_over_plain']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from astep_cal.devtools.bench import make_bench_night
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--science", type=int, default=4, help="science frames, the last one arriving late")
+    parser.add_argument("--mem-limit", type=float, default=2.0)
+    parser.add_argument("--plain-first", action="store_true", help="run the plain form first (default: last)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/late_frame.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="astep-bench-late-") as tmp:
+        night_dir = make_bench_night(Path(tmp) / "night-root", args.science, args.size)
+        result = late_frame_round(night_dir, Path(tmp) / "work", args.mem_limit, index=int(args.plain_first))
+    print_late(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""A short ``make fuzz`` run: mutated inputs of every kind, none may give a traceback or a hang, and
+every mutated raw file is recorded exactly once (calibrated, failed or a problem)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_a_short_fuzz_run_is_clean(tmp_path):
+    out = tmp_path / "fuzz.json"
+    done = subprocess.run([sys.executable, "-m", "astep_cal.devtools.fuzz", "--count", "120", "--seed", "7",
+                           "--out", str(out), "--work", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    results = json.loads(out.read_text())
+    assert results["inputs"] == 120
+    assert (results["tracebacks"], results["hangs"], results["unaccounted"]) == (0, 0, 0), \
+        json.dumps({k: v["findings"] for k, v in results["kinds"].items()}, indent=1)
+    assert done.returncode == 0
+    assert set(results["kinds"]) == {"fits", "ledger", "summary", "config"}
+    assert all(kind["inputs"] == 30 for kind in results["kinds"].values())
+    assert results["peak_rss_mb"]["once"] < 2.0 * 1024  # mem_limit_gb

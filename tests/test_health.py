@@ -1,0 +1,219 @@
+"""Issue 25 acceptance: a compressed season of synthetic nights (real Tycho-2 stars, real solve-field and
+query-starkd) through the real ``astep-cal once``, with random clouds, from one night on an 8 % throughput
+loss and an ice ring in the light path, and hot pixels growing by 50 % over the season. The throughput and
+flat alerts fire on that night and not before, the hot-pixel alert once the growth passes its threshold,
+nothing else ever; ``trends`` shows the step; ``ack`` restarts a baseline. The pure parts (zero point,
+flat comparison, alert rules) are judged on their own below."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import statistics
+import time
+
+import numpy as np
+import pytest
+from conftest import SMALL, parse_events, run_cli_subprocess
+
+from astep_cal.devtools.sensor import make_flat, ring_shadow
+from astep_cal.devtools.sky import ZERO_POINT_MAG
+from astep_cal.devtools.synthetic import NightSpec, make_night
+from astep_cal.science.flat_change import compare_flats
+from astep_cal.science.zeropoint import match_stars, zero_point
+
+N_NIGHTS = 8
+STEP_NIGHT = 5  # 0-based: from this night on, 8 % less light and an ice ring
+LOSS = 0.08
+HOT_FIRST, HOT_LAST = 80, 120  # hot pixels grow by 50 % over the season
+RING = (300.0, 190.0, 12.0, 30.0, 0.05)  # x, y, r_in, r_out (px), depth
+HOT_RISE_PCT = 15.0  # first passed on night 4, before the step: the alerts are independent
+FIRST = dt.date(2026, 7, 1)
+BASE = dataclasses.replace(NightSpec(**SMALL), fwhm_arcsec=30.0, n_science=4, cadence_s=300.0, n_cosmic_rays=4,
+                           n_flats=3)
+
+
+def night_spec(i: int, rng: np.random.Generator) -> NightSpec:
+    date = (FIRST + dt.timedelta(days=i)).isoformat()
+    cloudy = tuple(sorted(rng.choice(BASE.n_science, size=int(rng.integers(0, 3)), replace=False).tolist()))
+    return dataclasses.replace(
+        BASE, date=date, start_time=f"{date}T20:00:00", seed=100 + i,
+        n_hot_pixels=round(HOT_FIRST + (HOT_LAST - HOT_FIRST) * i / (N_NIGHTS - 1)),
+        cloud_frames=cloudy, cloud_dimming=float(rng.uniform(0.05, 0.20)),  # clouds: losses up to 20 %
+        throughput=1.0 - LOSS if i >= STEP_NIGHT else 1.0, flat_ring=RING if i >= STEP_NIGHT else ())
+
+
+@pytest.fixture(scope="module")
+def season(tmp_path_factory):
+    root = tmp_path_factory.mktemp("season")
+    rng = np.random.default_rng(25)
+    specs = [night_spec(i, rng) for i in range(N_NIGHTS)]
+    for spec in specs:
+        make_night(root, spec)
+    prom = root / "astep_cal.prom"
+    config = root / "health.toml"
+    config.write_text(f'[logging]\nformat = "json"\n[health]\nhot_pixel_rise_pct = {HOT_RISE_PCT}\n'
+                      f'prometheus_textfile = "{prom}"\n')
+    start = time.perf_counter()
+    completed = run_cli_subprocess("once", root, "--config", config, timeout=900)
+    elapsed = time.perf_counter() - start
+    assert completed.returncode in (0, 1), completed.stderr[-3000:]
+    return root, specs, config, parse_events(completed.stderr), elapsed
+
+
+def trends(root, config) -> list[dict]:
+    done = run_cli_subprocess("trends", root, "--config", config, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["nights"]
+
+
+def test_alerts_fire_on_the_step_night_and_not_before(season):
+    root, specs, config, events, elapsed = season
+    raised = {}
+    for event in events:
+        if event["event"] == "health_alert":
+            raised.setdefault(event["kind"], []).append(event["night"])
+    dates = [s.date for s in specs]
+    step = dates[STEP_NIGHT]
+    assert raised.get("throughput", [None])[0] == step, raised
+    assert raised.get("flat") == [step], raised  # the next nights' flats match the previous (ringed) one
+    # The hot pixels: their baseline is the first 3 nights' count; the alert fires on the first night
+    # whose true count exceeds it by HOT_RISE_PCT, and on the nights after.
+    baseline = statistics.median(s.n_hot_pixels for s in specs[:3])
+    expected_hot = [s.date for s in specs if s.n_hot_pixels > baseline * (1 + HOT_RISE_PCT / 100)]
+    assert raised.get("hot_pixels") == expected_hot, (raised, baseline)
+    # Nothing else, and no alert before the step but the hot pixels' own.
+    assert set(raised) == {"throughput", "flat", "hot_pixels"}, raised
+    assert raised["throughput"] == dates[STEP_NIGHT:], raised  # unacknowledged: frost stays frost
+    assert expected_hot[0] < step  # this season's hot pixels pass their threshold before the frost
+    print(f"\nseason of {N_NIGHTS} nights x {BASE.n_science} frames processed in {elapsed:.0f} s; alerts {raised}")
+
+
+def test_trends_show_the_step_and_the_figures_match_the_truth(season):
+    root, specs, config, _, _ = season
+    rows = trends(root, config)
+    assert [r["night"] for r in rows] == [s.date for s in specs]
+    clear = [r["throughput"] for r in rows[:STEP_NIGHT]]
+    after = [r["throughput"] for r in rows[STEP_NIGHT:]]
+    scatter = float(np.std(clear, ddof=1))
+    step = statistics.median(clear) - statistics.median(after)
+    print(f"\nclear-sky ZP before the step {statistics.median(clear):.4f} (truth {ZERO_POINT_MAG}), night-to-night "
+          f"scatter {scatter * 92.1:.3f} % ({scatter:.5f} mag); step {step:.4f} mag (truth "
+          f"{-2.5 * np.log10(1 - LOSS):.4f})")
+    assert abs(statistics.median(clear) - ZERO_POINT_MAG) < 0.02
+    assert scatter * 92.1 <= 1.0  # <= 1 % night to night (0.01 mag = 0.921 % in flux)
+    assert step == pytest.approx(-2.5 * np.log10(1 - LOSS), abs=0.02)
+    assert [r["n_hot"] for r in rows] == [s.n_hot_pixels for s in specs]  # every injected hot pixel, no other
+    assert all(r["flat_structures"] == (1 if i == STEP_NIGHT else 0) for i, r in enumerate(rows[1:], start=1)), rows
+    text = run_cli_subprocess("trends", root, "--config", config, "--nights",
+                              f"{specs[STEP_NIGHT - 1].date}..{specs[STEP_NIGHT].date}", "--png", root / "season.png")
+    assert text.returncode == 0 and len(text.stdout.splitlines()) == 3, text.stdout
+    assert (root / "season.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_nightly_summary_carries_the_health_and_its_trend(season):
+    root, specs, config, _, _ = season
+    step = specs[STEP_NIGHT].date
+    summary = json.loads((root / step / f"{step}-CAMS_CAL" / "summary.json").read_text())
+    health = summary["health"]
+    assert [a["kind"] for a in health["alerts"]][:2] == ["throughput", "flat"]
+    ring = health["flat_change"]["structures"][0]
+    assert ring["x"] == pytest.approx(RING[0], abs=8) and ring["y"] == pytest.approx(RING[1], abs=8)
+    assert ring["size_px"] == pytest.approx(2 * RING[3], abs=12) and ring["depth"] == pytest.approx(-RING[4], abs=0.015)
+    assert [t["night"] for t in health["trend"]] == [s.date for s in specs[STEP_NIGHT - 6 + 1:STEP_NIGHT + 1]]
+    assert len(json.dumps(health)) < 4000  # small enough for the satellite link
+    prom = (root / "astep_cal.prom").read_text()
+    assert f'astep_cal_health_alert{{night="{specs[-1].date}",kind="throughput"}} 1' in prom
+    assert f'astep_cal_health_alert{{night="{specs[-1].date}",kind="fwhm"}} 0' in prom
+
+
+def test_status_shows_the_alerts_until_acknowledged(season):
+    from astep_cal.state import alerts
+
+    root, specs, config, _, _ = season
+    status = run_cli_subprocess("status", root, "--config", config)
+    assert f"ALERT {specs[-1].date} throughput" in status.stdout, status.stdout
+    report = run_cli_subprocess("report", specs[STEP_NIGHT].date, root, "--config", config)
+    assert f"ALERT {specs[STEP_NIGHT].date} flat" in report.stdout, report.stdout
+    acked = run_cli_subprocess("ack", "throughput", "--root", root, "--config", config)
+    assert acked.returncode == 0, acked.stderr
+    assert any(e["event"] == "alert_acknowledged" for e in parse_events(acked.stderr))
+    after = run_cli_subprocess("status", root, "--config", config).stdout
+    assert "throughput" not in after and f"ALERT {specs[-1].date} hot_pixels" in after, after
+    assert json.loads((root / ".astep-cal" / alerts.ACKS_FILE).read_text())["throughput"]["after_night"] == specs[-1].date
+
+
+# --- the pure parts -------------------------------------------------------------------------------
+
+def test_zero_point_is_the_median_over_clean_matched_stars():
+    rng = np.random.default_rng(3)
+    mag = rng.uniform(8, 11, 50)
+    flux = 10 ** (-0.4 * (mag - 19.0)) * 60.0
+    flags = np.zeros(50, int)
+    flags[:5] = 2  # saturated: left out however wrong their flux
+    flux[:5] *= 0.3
+    zp = zero_point(mag, flux * (1 + rng.normal(0, 0.005, 50)), np.full(50, 10.0), flags, 60.0)
+    assert zp.zp == pytest.approx(19.0, abs=0.003) and zp.n_stars == 45 and zp.scatter < 0.01
+    assert zero_point(mag[:2], flux[:2], np.ones(2), np.zeros(2), 60.0).zp is None  # too few stars
+
+
+def test_matching_refuses_blends():
+    ra, dec = np.array([10.0, 20.0]), np.array([-60.0, -60.0])
+    ref_ra = np.array([10.0, 20.0, 20.0 + 1 / 3600])  # two reference stars 0.5" apart in the second source
+    cat, ref = match_stars(ra, dec, ref_ra, np.array([-60.0, -60.0, -60.0]), 5.0)
+    assert cat.tolist() == [0] and ref.tolist() == [0]
+
+
+def test_flat_comparison_finds_a_ring_and_nothing_in_noise():
+    flat = make_flat(NightSpec(**SMALL))
+    rng = np.random.default_rng(1)
+    a, b = (flat * (1 + 0.003 * rng.standard_normal(flat.shape))).astype(np.float32), flat.copy()
+    assert compare_flats(a, b).structures == []
+    ringed = compare_flats(a * ring_shadow(flat.shape, *RING), b)
+    assert len(ringed.structures) == 1 and ringed.structures[0]["depth"] < -0.03
+    tilted = compare_flats(a * np.linspace(0.97, 1.03, flat.shape[1])[None, :].astype(np.float32), b)
+    assert tilted.large_scale_std > 0.01
+
+
+def test_alert_rules_baseline_and_acknowledgement(tmp_path):
+    from astep_cal.state import alerts
+    from astep_cal.support.config import HealthSettings
+
+    h = HealthSettings()
+    past = [(f"2026-07-0{i}", {"throughput": 19.0 + 0.003 * (-1) ** i, "n_hot": 100, "alerts": []}) for i in range(1, 6)]
+    assert alerts.evaluate({"throughput": 18.99, "n_hot": 110}, past, {}, h) == []
+    frost = alerts.evaluate({"throughput": 18.9, "n_hot": 140}, past, {}, h)
+    assert [a["kind"] for a in frost] == ["throughput", "hot_pixels"] and frost[0]["drop_pct"] > 8
+    assert alerts.evaluate({"throughput": 18.9}, past[:2], {}, h) == []  # no baseline yet
+    alerts.acknowledge(tmp_path, "throughput", "2026-07-05")
+    assert alerts.evaluate({"throughput": 18.9}, past, alerts.read_acks(tmp_path), h) == []  # baseline restarts
+    with pytest.raises(ValueError):
+        alerts.acknowledge(tmp_path, "nonsense", "2026-07-05")
+
+
+def test_a_missing_or_hanging_query_starkd_fails_the_step_only(season, tmp_path):
+    """No reference stars (query-starkd absent, or hanging past its timeout): the frame's health record is
+    a failure with the reason, nothing is raised; the frame's solve record stays good."""
+    import shutil
+
+    from astep_cal.engine.frame_health import ReferenceUnavailable, frame_health
+    from astep_cal.engine.stages import HEALTH_STEP, run_stage
+    from astep_cal.support.config import HealthSettings
+
+    root, specs, _, _, _ = season
+    source = root / specs[0].date / f"{specs[0].date}-CAMS_CAL"
+    cal = sorted(source.glob("*_CAL.fits"))[0]
+    for path in (cal, cal.with_name(cal.name.replace("_CAL", "_CAT"))):
+        shutil.copy(path, tmp_path / path.name)  # no cached reference table beside them
+    hanging = tmp_path / "query-starkd"
+    hanging.write_text("#!/bin/sh\nsleep 30\n")
+    hanging.chmod(0o755)
+    for settings, reason in ((HealthSettings(query_starkd="no-such-query-starkd"), "not found"),
+                             (HealthSettings(query_starkd=str(hanging), query_timeout_s=1.0), "timed out")):
+        with pytest.raises(ReferenceUnavailable, match=reason):
+            frame_health(tmp_path / cal.name, settings)
+        with run_stage("health", None, HEALTH_STEP) as record:
+            record.update(frame_health(tmp_path / cal.name, settings))
+        assert record["status"] == "failed" and reason in record["error"]
+    assert not list(tmp_path.glob("health/*"))  # nothing half-written is left for the next frame
