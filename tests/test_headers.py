@@ -116,7 +116,7 @@ def test_astep_frames_are_solved_with_the_hint_and_no_pseudo_wcs_reaches_the_cal
     # the first frame solved from SCIDCRD, every later one around that solution (solve_budget's tight hint)
     hints = [entry["astrometry"].get("hint") for _, entry in sorted(frames.items())]
     assert hints[0] is None and hints[1:] == ["earlier solution"] * (SPEC.n_science - 1)
-    cal = fits.getheader(next((root / DATE / f"{DATE}-CAMS_CAL").glob("*_SCIENCE_CAL.fits")))
+    cal = products.read_cal_header(next((root / DATE / f"{DATE}-CAMS_CAL").glob("*_SCIENCE_CAL.fits")))
     assert cal["CTYPE1"].startswith("RA---TAN") and abs(cal["CRVAL1"] - SPEC.ra_deg) < 1
 
 

@@ -17,6 +17,7 @@ from conftest import SMALL, daemon_config, parse_events, read_ledger, run_cli_su
 
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.engine.solve_budget import NightSolving, choose_hint, hint_arguments, hint_from_wcs
+from astep_cal.formats import products
 from astep_cal.support.config import AstrometrySettings
 
 SPEC = dataclasses.replace(NightSpec(**SMALL), n_science=12, n_cosmic_rays=10)
@@ -87,7 +88,7 @@ def test_an_unsolvable_night_costs_at_most_ten_percent_more_than_no_solving(nigh
     event = next(e for e in events if e["event"] == "solve_deferred")
     assert event["frames"] == len(deferred)
     for name in frames:  # a deferred frame's CAL file is whole and waits for its solve
-        cal = fits.getheader(root / SPEC.date / f"{SPEC.date}-CAMS_CAL" / name.replace(".fits", "_CAL.fits"))
+        cal = products.read_cal_header(root / SPEC.date / f"{SPEC.date}-CAMS_CAL" / name.replace(".fits", "_CAL.fits"))
         assert cal["ASTCWCS"] in ("pending", "failed")
 
 
