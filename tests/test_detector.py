@@ -19,6 +19,7 @@ from astep_cal.devtools.detector_check import CAMERA, camera_spec, judge
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names
+from astep_cal.formats.products import cal_image_hdu
 from astep_cal.formats.report import render_report
 from astep_cal.science import detector
 from astep_cal.science.masters import MaskBit
@@ -43,7 +44,7 @@ def night(tmp_path_factory):
 def _frame(root, name):
     cal = next(root.rglob(name.replace(".fits", "_CAL.fits")))
     with fits.open(cal) as hdul:
-        return cal, hdul[0].header, hdul["MASK"].data
+        return cal, hdul[cal_image_hdu(hdul)].header, hdul["MASK"].data
 
 
 def test_err_and_cosmic_rays_right_for_a_camera_unlike_the_defaults(night):

@@ -21,6 +21,7 @@ from scipy.ndimage import binary_dilation
 
 from astep_cal.devtools.harness import read_ledger
 from astep_cal.devtools.synthetic import SMALL_FIELD, NightSpec, NightTruth, make_night
+from astep_cal.formats import products
 from astep_cal.science.masters import MaskBit
 
 CAMERA = dict(gain=1.5, read_noise_e=20.0, write_gain_header=False, sky_e_per_s=3.0)
@@ -60,7 +61,8 @@ def judge(root: Path, truth: NightTruth) -> list[dict[str, object]]:
     for path in truth.science_files:
         cal = next(root.rglob(path.name.replace(".fits", "_CAL.fits")))
         with fits.open(cal) as hdul:
-            header, data = hdul[0].header, hdul[0].data.astype(np.float64)
+            image = hdul[products.cal_image_hdu(hdul)]  # a tile-compressed CAL file keeps it in HDU 1
+            header, data = image.header, image.data.astype(np.float64)
             err, mask = hdul["ERR"].data.astype(np.float64), hdul["MASK"].data
         sky, hits = truth.sky_e(path.name).astype(np.float64), truth.cosmic_mask(path.name)
         spread, n_pixels = err_spread(data, err, mask, sky, hits)
