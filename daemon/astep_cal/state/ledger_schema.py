@@ -186,7 +186,8 @@ NIGHT = Record({"frames": MapOf(FRAME, FILE_NAME), "masters": MASTERS, "problems
                 "inventory": MapOf(int), "listing": str, "stuck": Record({"reason": str}), "photometry": MapOf(ANY)},
                ("frames",))
 TOTALS = Record({"science": int, "calibrated": int, "cal_failed": int, "blocked": int, "solved": int,
-                 "solve_failed": int, "failed_solve_tries": MapOf(int), "next_retry": OPT_NUM,
+                 "solve_failed": int,
+                 "failed_solve_tries": MapOf(int, Check(lambda k: isinstance(k, str) and k.isdigit(), "a try count")), "next_retry": OPT_NUM,
                  "fwhm_arcsec": OPT_NUM, "darks": ListOf(Check(is_number_key, "an exposure time")),
                  "flat": OPT_STR, "problems": int, "stuck": OPT_STR},
                 ("science", "calibrated", "cal_failed", "blocked", "solved", "solve_failed", "failed_solve_tries",
