@@ -65,9 +65,30 @@ def _wrong_totals(root: Path) -> None:
     index_path.write_text(json.dumps(index))
 
 
+def _schema_an_object(root: Path) -> None:  # make fuzz: TypeError (unhashable) in the schema check
+    index_path = root / ".astep-cal" / "ledger.json"
+    index = json.loads(index_path.read_text())
+    index["schema"] = {}
+    index_path.write_text(json.dumps(index))
+
+
+def _fwhm_a_string(root: Path) -> None:  # make fuzz: TypeError out of the night's median FWHM
+    night = json.loads(_night_file(root).read_text())
+    next(iter(night["frames"].values()))["calibrate"]["quality"]["fwhm_arcsec"] = "wide"
+    _night_file(root).write_text(json.dumps(night))
+
+
+def _tries_not_a_number(root: Path) -> None:  # make fuzz: int("a") in the status row
+    index_path = root / ".astep-cal" / "ledger.json"
+    index = json.loads(index_path.read_text())
+    index["nights"][DATE]["totals"]["failed_solve_tries"] = {"a": 1}
+    index_path.write_text(json.dumps(index))
+
+
 HOSTILE = {"frames of the wrong type": _wrong_frames, "masters a list": _masters_list,
            "deeply nested night file": _deep_night, "deeply nested index": _deep_index,
-           "index key out of the state directory": _traversal_key, "totals of the wrong type": _wrong_totals}
+           "index key out of the state directory": _traversal_key, "totals of the wrong type": _wrong_totals,
+           "schema an object": _schema_an_object, "try count not a number": _tries_not_a_number, "FWHM a string": _fwhm_a_string}
 
 
 def _copy(processed: Path, tmp_path: Path, damage) -> tuple[Path, Path]:

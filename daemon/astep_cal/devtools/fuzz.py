@@ -361,14 +361,17 @@ def make_base(work: Path) -> Path:
     return base
 
 
-def run(count: int, seed: int, work: Path, shipped: Path) -> dict[str, Any]:
-    """``count`` inputs split across the kinds (fits gets a quarter: each costs a calibration)."""
+def run(count: int, seed: int, work: Path, shipped: Path, fits: int | None = None) -> dict[str, Any]:
+    """``count`` inputs split across the kinds: ``fits`` raw files (default a quarter; each costs a
+    calibration), the rest in equal parts."""
     signal.signal(signal.SIGALRM, _on_alarm)
     resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
     rng = random.Random(seed)
     started = time.monotonic()
     base = make_base(work)
-    share = {"fits": count // 4, "ledger": count // 4, "summary": count // 4}
+    raw = count // 4 if fits is None else min(fits, count)
+    rest = count - raw
+    share = {"fits": raw, "ledger": rest // 3, "summary": rest // 3}
     share["config"] = count - sum(share.values())
     tallies = {kind: Tally() for kind in share}
     peak_kb = fuzz_fits(base, work, share["fits"], rng, tallies["fits"])
@@ -387,13 +390,14 @@ def run(count: int, seed: int, work: Path, shipped: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=10_000, help="mutated inputs in all (default 10000)")
+    parser.add_argument("--fits", type=int, help="of which mutated raw files (default a quarter)")
     parser.add_argument("--seed", type=int, default=24)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
     args = parser.parse_args(argv)
     shipped = Path(__file__).resolve().parents[3] / "etc" / "astep-cal.toml"
     with tempfile.TemporaryDirectory(prefix="astep-fuzz-", dir=args.work) as scratch:
-        results = run(args.count, args.seed, Path(scratch), shipped)
+        results = run(args.count, args.seed, Path(scratch), shipped, args.fits)
     text = json.dumps(results, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

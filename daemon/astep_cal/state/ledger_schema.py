@@ -169,9 +169,11 @@ SCALAR = (int, float, str, bool, type(None))
 PROBLEM = Record({"path": str, "event": str, "reason": str, "raw": MapOf(int)})
 FINGERPRINT = Record({"size": int, "mtime_ns": int}, ("size", "mtime_ns"))
 STEP = {"status": str, "error": str, "duration_s": NUM}
+QUALITY = Record({**STEP, **{key: OPT_NUM for key in ("fwhm_px", "fwhm_arcsec", "sky_noise_e", "n_stars", "ellipticity",
+                                                     "masked_fraction", "pixel_scale_arcsec", "n_fwhm_stars")}})
 CALIBRATE = Record({**STEP, "output": FILE_NAME, "config": str, "software": str, "dark": MapOf(ANY),
                     "flat": Record({"night": DATE, "borrowed": bool}), "gain": OPT_NUM, "n_cosmic": int,
-                    "n_saturated": int, "sky_e": OPT_NUM, "date_obs": OPT_STR, "quality": MapOf(SCALAR)})
+                    "n_saturated": int, "sky_e": OPT_NUM, "date_obs": OPT_STR, "quality": QUALITY})
 SOLVE = Record({**STEP, "tries": int, "retry_after": NUM, "hinted": bool, "n_matched": int,
                 "residual_arcsec": OPT_NUM, "pixel_scale_arcsec": OPT_NUM})
 FRAME = Record({"raw": FINGERPRINT, "calibrate": CALIBRATE, "catalogue": Record({**STEP, "file": FILE_NAME}),
@@ -184,7 +186,8 @@ NIGHT = Record({"frames": MapOf(FRAME, FILE_NAME), "masters": MASTERS, "problems
                 "inventory": MapOf(int), "listing": str, "stuck": Record({"reason": str}), "photometry": MapOf(ANY)},
                ("frames",))
 TOTALS = Record({"science": int, "calibrated": int, "cal_failed": int, "blocked": int, "solved": int,
-                 "solve_failed": int, "failed_solve_tries": MapOf(int), "next_retry": OPT_NUM,
+                 "solve_failed": int,
+                 "failed_solve_tries": MapOf(int, Check(lambda k: isinstance(k, str) and k.isdigit(), "a try count")), "next_retry": OPT_NUM,
                  "fwhm_arcsec": OPT_NUM, "darks": ListOf(Check(is_number_key, "an exposure time")),
                  "flat": OPT_STR, "problems": int, "stuck": OPT_STR},
                 ("science", "calibrated", "cal_failed", "blocked", "solved", "solve_failed", "failed_solve_tries",
@@ -237,7 +240,7 @@ def read_document(path: Path) -> Any:
 def check_index(document: Any) -> int:
     """The index's schema (1 or 2) once it matches that schema's layout; raises :class:`LedgerInvalid`."""
     schema = document.get("schema") if isinstance(document, dict) else None
-    if isinstance(schema, bool) or schema not in INDEX:
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema not in INDEX:  # {} is unhashable
         raise LedgerInvalid(f"unknown ledger schema {_short(schema)}")
     check(document, INDEX[schema], "ledger")
     return schema
