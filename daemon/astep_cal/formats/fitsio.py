@@ -44,9 +44,9 @@ def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True)
     """Write an HDUList atomically (checksums included), straight into the temporary file.
 
     On one thread: compressing the extensions on two threads at once (astropy's compressor lets go of
-    the GIL) made the first compressed write of a process dither with a random table not yet whole
-    (cfitsio fills it on first use): other bytes than the same frame written alone (test_compare_outputs
-    and test_crash caught it; docs/compression.md)."""
+    the GIL) gave the same frame other bytes in another process (test_compare_outputs and test_crash
+    caught it), most likely cfitsio's dither random table, filled on first use, raced by the threads
+    (docs/compression.md)."""
     atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
 
 
