@@ -226,34 +226,3 @@ def test_default_compression_adds_under_2_percent_of_the_sky_noise(tmp_path):
     change = (after["delta"] - before["delta"])[bright] / before["true"][bright]
     assert abs(float(np.median(change))) < 1e-5
 
-
-def test_concurrent_compression_writes_the_bytes_astropy_writes(tmp_path):
-    """The extensions compressed on two threads and joined give astropy's own file, card for card and
-    byte for byte, but for the write time in the checksum cards' comments (and so their values)."""
-    import io
-
-    from astep_cal.formats import fitsio
-
-    rng = np.random.default_rng(2)
-    data = (500 + rng.normal(0, 20, (150, 130))).astype(np.float32)
-    frame = CalibratedFrame(data=data, mask=(rng.random(data.shape) < 0.01).astype(np.uint8), n_cosmic=0,
-                            n_saturated=0, sky_e=500.0, error=np.full(data.shape, 20.0, np.float32))
-    hdul = products.calibrated_hdul(fits.Header({"EXPTIME": 1.0}), frame, {}, OutputSettings(tile_rows=16))
-    serial, joined = io.BytesIO(), io.BytesIO()
-    hdul.writeto(serial, checksum=True)
-    fitsio.write_compressed_concurrently(joined, hdul)
-
-    def cards(payload: bytes) -> list[bytes]:
-        lines = [payload[i:i + 80] for i in range(0, len(payload), 80)]
-        return [b"checksum" if line[:8] in (b"CHECKSUM", b"DATASUM ") else line for line in lines]
-
-    assert len(serial.getvalue()) == len(joined.getvalue())
-    assert cards(serial.getvalue()) == cards(joined.getvalue())
-    path = tmp_path / "joined_CAL.fits"
-    path.write_bytes(joined.getvalue())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a checksum that does not match is a warning: made an error
-        with fits.open(path, checksum=True) as reread:
-            assert np.array_equal(reread["MASK"].data, frame.mask) and len(reread) == 4
-    if FITSVERIFY:
-        assert _fitsverify_errors(path) is None

@@ -33,7 +33,6 @@ from astep_cal.devtools.evaluate import aperture_fidelity, calibrate_scene
 from astep_cal.formats import products
 from astep_cal.science.calibrate import CalibratedFrame
 from astep_cal.support.config import OutputSettings
-from astep_cal.support.storage import atomic_write
 
 
 def _calibrated(size: int, seed: int) -> tuple[DefectScene, CalibratedFrame]:
@@ -60,7 +59,6 @@ class Form:
     label: str
     output: OutputSettings | None
     legacy: bool = False
-    serial: bool = False  # astropy's writeto on one thread instead of fitsio's concurrent extensions
 
 
 def default_forms(levels: list[float], tile_rows: list[int], err_levels: list[float]) -> list[Form]:
@@ -71,7 +69,7 @@ def default_forms(levels: list[float], tile_rows: list[int], err_levels: list[fl
     forms += [Form(f"q={level:g}", replace(default, quantize_level=level)) for level in levels]
     forms += [Form(f"ERR q={level:g}", replace(default, err_quantize_level=level)) for level in err_levels]
     label = f"default ({default.tile_rows} rows, q={default.quantize_level:g}, ERR q={default.err_quantize_level:g})"
-    forms += [Form(f"{label}, one thread", default, serial=True), Form(label, default)]
+    forms.append(Form(label, default))
     return forms
 
 
@@ -92,13 +90,6 @@ def _hdul(form: Form, header: fits.Header, result: CalibratedFrame) -> fits.HDUL
     return products.calibrated_hdul(header, result, {}, form.output)
 
 
-def _write(path: Path, hdul: fits.HDUList, serial: bool) -> None:
-    if serial:
-        atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents=False)
-    else:
-        products.write_calibrated(path, hdul)
-
-
 def measure(size: int, forms: list[Form], repeats: int, seed: int = 3) -> dict[str, Any]:
     scene, result = _calibrated(size, seed)
     header = fits.Header({"EXPTIME": scene.exptime})
@@ -117,7 +108,7 @@ def measure(size: int, forms: list[Form], repeats: int, seed: int = 3) -> dict[s
             writes, cpus, reads = [], [], []
             for _ in range(repeats):
                 start, cpu = time.perf_counter(), time.process_time()
-                _write(path, _hdul(form, header, result), form.serial)
+                products.write_calibrated(path, _hdul(form, header, result))
                 writes.append(time.perf_counter() - start)
                 cpus.append(time.process_time() - cpu)
                 start = time.perf_counter()

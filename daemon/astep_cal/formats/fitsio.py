@@ -5,12 +5,9 @@ The file-level pieces (atomic writes, fingerprints, storage errors) live in ``st
 
 from __future__ import annotations
 
-import functools
-import io
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -43,45 +40,13 @@ def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> No
 
 
 def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True) -> None:
-    """Write an HDUList atomically (checksums included), straight into the temporary file; one with
-    tile-compressed HDUs through :func:`write_compressed_concurrently`."""
-    if any(isinstance(hdu, fits.CompImageHDU) for hdu in hdul):
-        atomic_write(path, lambda handle: write_compressed_concurrently(handle, hdul), make_parents)
-    else:
-        atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
+    """Write an HDUList atomically (checksums included), straight into the temporary file.
 
-
-COMPRESSION_THREADS = 2  # the machine's second core is idle while a frame is written (the solve is ~5 %)
-
-
-def write_compressed_concurrently(handle: BinaryIO, hdul: fits.HDUList) -> None:
-    """The same bytes as ``hdul.writeto(handle, checksum=True)`` (but for the time in each CHECKSUM's
-    comment), the extensions compressed side by side on ``COMPRESSION_THREADS`` threads.
-
-    astropy's compressor (quantisation and RICE, in C) lets go of the GIL, so ``SCI`` and ``ERR`` are
-    compressed at once on the two cores (measured in docs/compression.md). Each extension is serialised
-    on its own behind a throwaway empty primary HDU that is then cut off: a FITS extension's bytes and
-    checksums do not depend on the HDUs before it.
-    """
-    primary, extensions = hdul[0], list(hdul[1:])
-    with ThreadPoolExecutor(max_workers=COMPRESSION_THREADS, thread_name_prefix="compress") as pool:
-        parts = list(pool.map(_extension_bytes, extensions))
-    fits.HDUList([primary]).writeto(handle, checksum=True)
-    for part in parts:
-        handle.write(part)
-
-
-def _extension_bytes(hdu: fits.hdu.base.ExtensionHDU) -> bytes:
-    buffer = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer, checksum=True)
-    return buffer.getvalue()[_empty_primary_bytes():]
-
-
-@functools.cache
-def _empty_primary_bytes() -> int:
-    buffer = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU()]).writeto(buffer, checksum=True)
-    return len(buffer.getvalue())
+    On one thread: compressing the extensions on two threads at once (astropy's compressor lets go of
+    the GIL) gave the same frame other bytes in another process (test_compare_outputs and test_crash
+    caught it), most likely cfitsio's dither random table, filled on first use, raced by the threads
+    (docs/compression.md)."""
+    atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
 
 
 def read_image(path: Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
