@@ -349,7 +349,9 @@ def signing_keys(tmp_path_factory):
     for uid in ("astep-cal bundles <bundles@astep.test>", "someone else <other@astep.test>"):
         subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
                        env=env, check=True, capture_output=True)
-    return env
+    yield env
+    # gpg started an agent for this home: end it with the test (no daemon left behind).
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], env=env, capture_output=True)
 
 
 def sign_archive(archive: Path, env: dict[str, str], uid: str = "bundles@astep.test") -> Path:

@@ -3,7 +3,6 @@ and by every reader of the project (solve and WCS merge, recovery, evaluation)."
 
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest
