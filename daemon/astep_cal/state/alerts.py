@@ -76,11 +76,20 @@ def _hot_pixels(figures: dict[str, Any], history: History, acks: dict[str, Any],
     return {"n_hot": figures["n_hot"], "baseline": reference, "rise_pct": round(rise_pct, 1)}
 
 
-def _fwhm(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
-    recent = _baseline("fwhm", history, acks, "fwhm_arcsec")[-h.baseline_nights:]
-    if figures.get("fwhm_arcsec") is None or len(recent) < h.min_baseline_nights:
+def _recent_median(kind: str, key: str, figures: dict[str, Any], history: History, acks: dict[str, Any],
+                   h: HealthSettings) -> float | None:
+    """The median of ``key`` over the last ``baseline_nights`` nights of ``kind``'s baseline; None when
+    tonight has no value or the baseline is still too short to judge."""
+    recent = _baseline(kind, history, acks, key)[-h.baseline_nights:]
+    if figures.get(key) is None or len(recent) < h.min_baseline_nights:
         return None
-    reference = statistics.median(v for _, v in recent)
+    return statistics.median(v for _, v in recent)
+
+
+def _fwhm(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
+    reference = _recent_median("fwhm", "fwhm_arcsec", figures, history, acks, h)
+    if reference is None:
+        return None
     drift_pct = (figures["fwhm_arcsec"] / reference - 1.0) * 100.0
     if abs(drift_pct) <= h.fwhm_drift_pct:
         return None
@@ -88,10 +97,9 @@ def _fwhm(figures: dict[str, Any], history: History, acks: dict[str, Any], h: He
 
 
 def _ellipticity(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
-    recent = _baseline("ellipticity", history, acks, "ellipticity")[-h.baseline_nights:]
-    if figures.get("ellipticity") is None or len(recent) < h.min_baseline_nights:
+    reference = _recent_median("ellipticity", "ellipticity", figures, history, acks, h)
+    if reference is None:
         return None
-    reference = statistics.median(v for _, v in recent)
     rise = figures["ellipticity"] - reference
     if rise <= h.ellipticity_rise:
         return None
