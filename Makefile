@@ -28,7 +28,7 @@ system-deps:
 venv: $(BIN)/.installed
 
 # LOCKED_INSTALL(venv, lock files): install exactly the lock files into a venv, immune to what the index
-# holds on the day (docs/development.md, "Set-up"). First the locked pip, setuptools and wheel
+# holds on the day (docs/pages/development.md, "Set-up"). First the locked pip, setuptools and wheel
 # (requirements-bootstrap.lock), so that nothing depends on the pip the interpreter ships (Debian bookworm's venv brings pip 23.0.1, which
 # resolves extras such as dask[array] against the index). Then every locked distribution with --no-deps:
 # no resolver runs, so nothing outside the lock can be chosen; --require-hashes checks each file and
@@ -60,9 +60,9 @@ demo: system-deps venv
 test: system-deps venv
 	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
 
-# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor is an error.
+# The documentation site (docs/pages/, configured by docs/mkdocs.yml) into site/; --strict: a broken link or anchor is an error.
 docs: venv
-	$(BIN)/mkdocs build --strict --site-dir site
+	$(BIN)/mkdocs build --strict --config-file docs/mkdocs.yml
 
 # SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
 test-faults: system-deps venv
@@ -75,7 +75,7 @@ bench: system-deps venv
 bench-state: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_state $(BENCH_STATE_ARGS)
 
-# A winter compressed into minutes through the real daemon, with faults (docs/performance.md; root: tmpfs
+# A winter compressed into minutes through the real daemon, with faults (docs/pages/performance.md; root: tmpfs
 # mounts). Full: 30 nights, ~6 min; soak-short: 8 nights, ~2 min (.ci/run).
 SOAK_ARGS ?=
 soak: system-deps venv
@@ -84,7 +84,7 @@ soak: system-deps venv
 soak-short: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.soak --nights 8 --out bench-results/soak-short.json $(SOAK_ARGS)
 
-# Hostile input (docs/hostile-input.md): mutated FITS files, ledgers, summaries and configs through the
+# Hostile input (docs/pages/hostile-input.md): mutated FITS files, ledgers, summaries and configs through the
 # real commands, under a memory cap; fails on any traceback, hang or input not recorded exactly once.
 # Full: 10 000 inputs (~30 min); fuzz-short: 400 (~2 min, .ci/run).
 FUZZ_ARGS ?=
@@ -98,15 +98,15 @@ fuzz-short: system-deps venv
 bench-photometry: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_photometry $(BENCH_PHOTOMETRY_ARGS)
 
-# Plain against tile-compressed CAL files (docs/compression.md): ~1 min at 2048².
+# Plain against tile-compressed CAL files (docs/pages/compression.md): ~1 min at 2048².
 bench-compression: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_compression $(BENCH_COMPRESSION_ARGS)
 
-# A late frame's cost and the bytes a night writes, compressed (default) beside plain (docs/compression.md).
+# A late frame's cost and the bytes a night writes, compressed (default) beside plain (docs/pages/compression.md).
 bench-late: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_late $(BENCH_LATE_ARGS)
 
-# --- deployment (docs/operations.md) ----------------------------------------------------------------
+# --- deployment (docs/pages/operations.md) ----------------------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps
 # /etc/astep-cal/astep-cal.toml. DESTDIR stages every file under another root (packaging, a chroot): the
 # venv's scripts still name the final paths, and no user is created and systemd is not told.
@@ -145,7 +145,7 @@ install-activate:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 	  echo "next: systemctl enable --now astep-cal   (already running: systemctl restart astep-cal)"; fi
 
-# --- the offline bundle (docs/operations.md, "Installing at the station") ----------------------------
+# --- the offline bundle (docs/pages/operations.md, "Installing at the station") ----------------------------
 # On a connected machine of the target's Debian release and architecture. Downloads are cached in
 # BUNDLE_CACHE (a rerun fetches nothing); the archive, its .sha256 and its .manifest go to BUNDLE_OUT.
 # VERSION= builds the project's wheel with another version (default: __version__ of the tree).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# install.sh — install or upgrade astep-cal from this bundle, without any network (docs/operations.md,
+# install.sh — install or upgrade astep-cal from this bundle, without any network (docs/pages/operations.md,
 # "Installing at the station"). Run as root from the extracted bundle:
 #
 #   ./install.sh               install (a full bundle) or upgrade (an upgrade bundle); run again: no change

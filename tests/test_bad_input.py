@@ -1,7 +1,7 @@
 """Bad input: every kind is a clear log event and a visible status, never a traceback; nothing is lost
 and the rest of the night is processed.
 
-One data root holds every kind at once (``BAD_INPUTS``: the table docs/operations.md reproduces) and is
+One data root holds every kind at once (``BAD_INPUTS``: the table docs/pages/operations.md reproduces) and is
 processed by the real command in its own process, with the capabilities that let root ignore file
 permissions dropped (``setpriv``), so that an unreadable file is really unreadable.
 """
@@ -343,7 +343,7 @@ def test_status_shows_the_problems(bad_root, capsys):
 
 
 def test_docs_list_every_kind():
-    page = (REPO / "docs" / "operations.md").read_text()
+    page = (REPO / "docs" / "pages" / "operations.md").read_text()
     table = page[page.index("## Bad input"):]
     for bad in BAD_INPUTS:
         assert re.search(rf"^\| {re.escape(bad.kind)} \|.*`{bad.event}`", table, re.M), bad.kind

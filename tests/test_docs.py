@@ -23,7 +23,7 @@ from astep_cal.formats import keywords
 from astep_cal.support import config
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs"
+DOCS = REPO / "docs" / "pages"
 PACKAGE = REPO / "daemon" / "astep_cal"
 README_MAX_BYTES = 15_000
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
@@ -41,7 +41,7 @@ def test_the_site_builds_without_a_warning(tmp_path):
     if importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed in this environment (it comes with the `test` extra)")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-                           str(REPO / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+                           str(REPO / "docs" / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
@@ -74,7 +74,7 @@ def example_file_keys() -> set[str]:
 
 
 def documented_keys() -> set[str]:
-    """Rows ``| `key` | ...`` of docs/configuration.md, under ``## `[section]` `` headings (``## Top
+    """Rows ``| `key` | ...`` of docs/pages/configuration.md, under ``## `[section]` `` headings (``## Top
     level``: bare keys; ``### Each entry of `targets` ``: target keys)."""
     section, keys = "", set()
     for line in (DOCS / "configuration.md").read_text().splitlines():
@@ -183,7 +183,7 @@ def emitted_events() -> tuple[set[str], list[str]]:
 
 
 def documented_events() -> set[str]:
-    """The first cell of each table row of docs/log-events.md: ``| `event_name` | level | ...``."""
+    """The first cell of each table row of docs/pages/log-events.md: ``| `event_name` | level | ...``."""
     text = (DOCS / "log-events.md").read_text()
     return set(re.findall(r"^\| `([a-z][a-z0-9_]*)` \|", text, re.M))
 
@@ -192,7 +192,7 @@ def test_log_event_page_documents_exactly_the_events_the_code_emits():
     emitted, unread = emitted_events()
     assert not unread, f"log calls whose event name this test cannot read (add the source to DYNAMIC_EVENTS): {unread}"
     documented = documented_events()
-    assert not emitted - documented, f"emitted but not in docs/log-events.md: {sorted(emitted - documented)}"
+    assert not emitted - documented, f"emitted but not in docs/pages/log-events.md: {sorted(emitted - documented)}"
     assert not documented - emitted, f"documented but never emitted: {sorted(documented - emitted)}"
 
 
@@ -244,7 +244,7 @@ def test_every_header_keyword_is_explained():
     page = (DOCS / "data-products.md").read_text()
     defined = {value.name for value in vars(keywords).values() if isinstance(value, keywords.Keyword)}
     missing = sorted(name for name in defined if f"`{name}`" not in page)
-    assert defined and not missing, f"keywords of formats/keywords.py not in docs/data-products.md: {missing}"
+    assert defined and not missing, f"keywords of formats/keywords.py not in docs/pages/data-products.md: {missing}"
 
 
 # --- the examples still run: every command line shown is accepted, every make target exists ------------

@@ -1,6 +1,6 @@
 """The package layout shows the architecture, and keeps showing it.
 
-The layers are sub-packages of `astep_cal` (docs/development.md, "The layout"): front-ends call the
+The layers are sub-packages of `astep_cal` (docs/pages/development.md, "The layout"): front-ends call the
 engine; the engine calls science, state and formats; science is functions on arrays. These tests read
 the modules' import statements (no import is run) and fail on an import circle, on a layer importing one
 above it, on a runtime module left at the package root, and on a module grown past the size a newcomer

@@ -67,7 +67,7 @@ def test_an_unsolvable_night_costs_at_most_ten_percent_more_than_no_solving(nigh
     Solving runs beside calibration (its own thread and process), so what it adds to the night's wall time is
     the wait for the solves still running once the last frame is calibrated, plus the second core shared:
     the first is compared exactly (from the runs' own events, so the load of a shared machine, which moves
-    whole runs by 2x here, cancels), the whole run's wall time is printed (``docs/headers-and-targets.md``)."""
+    whole runs by 2x here, cancels), the whole run's wall time is printed (``docs/pages/headers-and-targets.md``)."""
     runs = {}
     for mode, astrometry in (("off", "enabled = false"), ("on", UNSOLVABLE)):
         root = _copy(nights, tmp_path / mode, (SPEC.date,))

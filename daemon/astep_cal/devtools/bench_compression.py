@@ -15,7 +15,6 @@ pass ``fitsverify`` and ``funpack`` when they are installed. Prints a table, wri
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from astropy.io import fits
 
 from astep_cal.devtools.defect_scene import DefectScene, defect_scene
 from astep_cal.devtools.evaluate import aperture_fidelity, calibrate_scene
+from astep_cal.devtools.harness import write_report
 from astep_cal.formats import products
 from astep_cal.science.calibrate import CalibratedFrame
 from astep_cal.support.config import OutputSettings
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = measure(args.size, default_forms(args.levels, args.tile_rows, args.err_levels), args.repeats)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     return 0
 
 

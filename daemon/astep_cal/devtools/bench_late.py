@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astep_cal.devtools.harness import write_report
 from astep_cal.state import entries
 
 FORMS = {"compressed": "", "plain": "[output]\ncompress = false\n"}
@@ -155,7 +156,7 @@ def late_frame_round(night_dir: Path, work: Path, mem_limit: float, index: int =
 
 
 def print_late(result: dict[str, Any]) -> None:
-    """The table of docs/compression.md from a (median) flat record."""
+    """The table of docs/pages/compression.md from a (median) flat record."""
     nan = float("nan")
     print("| form | steady cadence (s) | late frame (`once`): wall (s) | CPU (s) | its frame work (s) | wall / work "
           "| late frame in the daemon: wall (s) | wall / work | bytes written / raw byte | CAL MB / frame |")
@@ -184,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         night_dir = make_bench_night(Path(tmp) / "night-root", args.science, args.size)
         result = late_frame_round(night_dir, Path(tmp) / "work", args.mem_limit, index=int(args.plain_first))
     print_late(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_report(args.out, result)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The camera has read noise 20 e- and gain 1.5 e-/ADU and writes no GAIN/RDNOISE cards; the defaults stay
 at 9 e- and 2.0 e-/ADU. The night must measure its detector and calibrate with it: the figures printed
-are the ones docs/instrument.md quotes and tests/test_detector.py asserts.
+are the ones docs/pages/instrument.md quotes and tests/test_detector.py asserts.
 
     python -m astep_cal.devtools.detector_check OUT_DIR [--size 1024] [--trim 30]
 """

@@ -1,6 +1,6 @@
 """``make fuzz``: mutated inputs of every kind fed through the real commands, counting what goes wrong.
 
-Kinds (docs/hostile-input.md):
+Kinds (docs/pages/hostile-input.md):
 
 - ``fits``: a real raw science frame, mutated (bit flips, truncations, header card changes, wrong
   BITPIX/NAXIS/NAXISn, junk appended, gzip/zip/bzip2 wrappers, gzip bombs), put by batches into a

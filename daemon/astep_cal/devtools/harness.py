@@ -129,3 +129,9 @@ class DaemonProcess:
             self.process.wait()
         self.log_file.close()
         self.sock.close()
+
+
+def write_report(path: Path, document: Any) -> None:
+    """A benchmark's or a campaign's JSON report (bench-results/ by default), its folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1))

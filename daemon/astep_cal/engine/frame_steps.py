@@ -137,7 +137,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
         kw.DARK_SCALE.card(round(dark.scale, 6)),
         kw.BIAS_ORIGIN.card(dark.bias_origin),
-        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (docs/data-products.md)
+        kw.FLAT.card(flat_record["file"]),  # path relative to the data root (docs/pages/data-products.md)
         kw.FLAT_NIGHT.card(flat_record["night"]),
         *noise_cards(model, measured, settings.calibration.trim).items(),
         # What the ledger needs to be rebuilt from this file alone (recovery.py):

@@ -23,7 +23,7 @@ def render(date: str, figures: dict[str, Any]) -> str:
         value = figures.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             name = f"{PREFIX}_{key}"
-            lines += [f"# HELP {name} astep-cal night health figure {key} (docs/health.md)",
+            lines += [f"# HELP {name} astep-cal night health figure {key} (docs/pages/health.md)",
                       f"# TYPE {name} gauge", f'{name}{{night="{date}"}} {value}']
     name = f"{PREFIX}_alert"
     lines += [f"# HELP {name} 1 when the night raised this kind of alert", f"# TYPE {name} gauge"]

@@ -39,7 +39,7 @@ class StepSkipped(Exception):
 
 @dataclass(frozen=True)
 class StageEvents:
-    """How one kind of step reports itself (the event names are catalogued in docs/log-events.md)."""
+    """How one kind of step reports itself (the event names are catalogued in docs/pages/log-events.md)."""
 
     done: str | None  # logged on success with the step's fields, its result record and duration_s;
     #                   None when the caller logs the success itself (it knows more, e.g. a solve's tries)

@@ -24,7 +24,7 @@ def card_entry(key: str, value: Any, comment: str) -> tuple[Any, str]:
     astropy would cut such a comment itself and print ``VerifyWarning: Card is too long, comment will be
     truncated`` on the console for every file written (a long plate-solve failure reason, a long raw file
     name): noise in an operator's terminal and journal. The value is what matters; every keyword's
-    meaning is documented (docs/data-products.md). A string too long for one card is continued (CONTINUE
+    meaning is documented (docs/pages/data-products.md). A string too long for one card is continued (CONTINUE
     cards), and astropy then places the comment on the last one itself.
     """
     image = fits.Card(key, value).image
@@ -45,7 +45,7 @@ def atomic_write_hdul(path: Path, hdul: fits.HDUList, make_parents: bool = True)
     On one thread: compressing the extensions on two threads at once (astropy's compressor lets go of
     the GIL) gave the same frame other bytes in another process (test_compare_outputs and test_crash
     caught it), most likely cfitsio's dither random table, filled on first use, raced by the threads
-    (docs/compression.md)."""
+    (docs/pages/compression.md)."""
     atomic_write(path, lambda handle: hdul.writeto(handle, checksum=True), make_parents)
 
 

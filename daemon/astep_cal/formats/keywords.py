@@ -1,7 +1,7 @@
 """The header keywords astep-cal writes, defined once: name and comment of every card.
 
 CAL files and masters carry their provenance in ``ASTC*`` cards; :mod:`recovery` rebuilds a lost
-ledger from them, :mod:`products` and :mod:`astrometry` write them, docs/data-products.md ("CAL header
+ledger from them, :mod:`products` and :mod:`astrometry` write them, docs/pages/data-products.md ("CAL header
 keywords") documents them. A keyword is used by its constant here, never by a string typed again elsewhere, so
 the writer and the readers cannot drift apart. (Quality cards — FWHM, stars, sky noise — are the
 quality module's.) No numpy or astropy: the light commands may import it.

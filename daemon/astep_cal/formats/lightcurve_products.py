@@ -21,7 +21,7 @@ from astep_cal.formats.png import as_palette_png
 from astep_cal.support.config import Target
 from astep_cal.support.storage import atomic_write_bytes
 
-# column, format, meaning (the CSV's header comments and docs/data-products.md say the same)
+# column, format, meaning (the CSV's header comments and docs/pages/data-products.md say the same)
 COLUMNS = (
     ("bjd_tdb", "%.6f", "mid-exposure, BJD_TDB (days)"),
     ("rel_flux", "%.6f", "target / weighted comparison ensemble, normalised to the median of the good points"),

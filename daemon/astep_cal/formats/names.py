@@ -1,7 +1,7 @@
 """Where things live and what they are called, defined once: the night directories, the CAL and
 master file names, and file names as FITS header values.
 
-Layout of a data root (docs/data-products.md, "The data root")::
+Layout of a data root (docs/pages/data-products.md, "The data root")::
 
     ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS/          *_SCIENCE*.fits, *_DARK*.fits, *_BIAS*.fits
     ROOT/YYYY-MM-DD/YYYY-MM-DD-CAMS_SKYFLAT/  *_SKYFLAT*.fits, *_DARK*.fits
@@ -85,7 +85,7 @@ def cal_name(raw_name: str) -> str:
 
 
 def cat_path(cal_path: Path) -> Path:
-    """The source catalogue beside a CAL file: ``..._SCIENCE_CAT.fits`` (docs/data-products.md)."""
+    """The source catalogue beside a CAL file: ``..._SCIENCE_CAT.fits`` (docs/pages/data-products.md)."""
     return cal_path.with_name(cal_path.name.removesuffix("_CAL.fits") + "_CAT.fits")
 
 

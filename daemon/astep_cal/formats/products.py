@@ -165,7 +165,7 @@ def sky_noise(data: np.ndarray, mask: np.ndarray) -> float | None:
 
     One step for the whole image (cfitsio's "absolute" quantisation, a negative ``NOISEBIT``) instead
     of cfitsio's estimate of each tile's noise: that estimate was ~70 % of the compressor's CPU
-    (docs/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
+    (docs/pages/compression.md). Measured on the image, not taken from ``ERR``: the image's bytes depend
     on the image alone (test_crash: a run restarted after a kill gave other image bytes when the step
     came from ``ERR``).
     """

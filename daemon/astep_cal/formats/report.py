@@ -80,7 +80,7 @@ def render_report(document: dict[str, Any]) -> str:
 
 
 def health_lines(night: str, health: dict[str, Any] | None) -> list[str]:
-    """The night's health figures and its alerts, one line each (docs/health.md)."""
+    """The night's health figures and its alerts, one line each (docs/pages/health.md)."""
     from astep_cal.state.alerts import alert_line
 
     if not health or "status" in health:

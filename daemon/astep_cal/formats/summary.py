@@ -90,7 +90,7 @@ def frame_metrics(name: str, entry: dict[str, Any], solving: bool = True) -> dic
         "masked_fraction": measured.get("masked_fraction"),
         "wcs_residual_arcsec": solve.get("residual_arcsec"),
         "wcs_matched": solve.get("n_matched"),
-        "zp": entry.get("health", {}).get("zp"),  # the frame's zero point (docs/health.md)
+        "zp": entry.get("health", {}).get("zp"),  # the frame's zero point (docs/pages/health.md)
         "sky_mag_arcsec2": entry.get("health", {}).get("sky_mag_arcsec2"),
     }
 

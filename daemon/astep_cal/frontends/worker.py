@@ -79,14 +79,14 @@ IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stam
 class Progress:
     """What the worker is doing, for STATUS= and ``astep-cal status`` (written by the worker only)."""
 
-    night: str | None = None
+    night: str | None = None  # the night in progress, and how far it is
     done: int = 0
     total: int = 0
-    calibrated: int = 0
+    last_night: str | None = None  # the last night finished, and how many are done
+    nights_done: int = 0
+    calibrated: int = 0  # the night in progress, as its ledger totals say
     solved: int = 0
     failed: int = 0
-    nights_done: int = 0
-    last_night: str | None = None
     waiting: str | None = None  # why the worker waits for the storage (disk full, root gone)
     stuck: dict[str, str] = field(default_factory=dict)  # night -> why it cannot be worked on
     error: str | None = None  # an error outside any night, while it lasts

@@ -48,7 +48,7 @@ class CalibratedFrame:
     error: np.ndarray | None = None  # float32, electrons, 1 sigma per pixel (REPLACED_ERR where replaced)
 
 
-REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (docs/data-products.md)
+REPLACED_ERR = np.float32(1e6)  # ERR of BAD, COSMIC and SATURATED pixels: no measurement there (docs/pages/data-products.md)
 
 
 def sky_level(data: np.ndarray, usable: np.ndarray) -> float:

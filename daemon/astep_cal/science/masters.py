@@ -30,7 +30,7 @@ from astep_cal.support.config import CalibrationSettings
 
 
 class MaskBit(IntFlag):
-    """Bits of the ``MASK`` extension of every calibrated frame (documented in docs/data-products.md)."""
+    """Bits of the ``MASK`` extension of every calibrated frame (documented in docs/pages/data-products.md)."""
 
     BAD = 1  # hot pixel (dark current) or dead pixel (flat response near 0): value replaced
     SATURATED = 2  # raw value at or above the saturation level

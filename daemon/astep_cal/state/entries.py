@@ -2,14 +2,14 @@
 
 Every reader (rules, status rows, summary, recovery, reprocess, the tools) goes through these instead
 of spelling the layout again (``entry.get("calibrate", {}).get("status")`` in five modules drifted).
-The layout (docs/data-products.md, "The ledger")::
+The layout (docs/pages/data-products.md, "The ledger")::
 
     night record  {"masters": MastersRecord, "problems": [...], "listing": str, "inventory": {...},
                    "frames": {raw name: FrameEntry}}
     FrameEntry    {"raw": "size:mtime_ns", "output": "size:mtime_ns",
                    "calibrate": CalibrateRecord, "catalogue": CatalogueRecord, "astrometry": SolveRecord,
                    "health": {"zp", "zp_scatter", "zp_stars", "sky_mag_arcsec2", "moon_alt_deg", ...}}
-    and the night record's "health" (its figures and alerts: docs/health.md)
+    and the night record's "health" (its figures and alerts: docs/pages/health.md)
 
 A step's record always has ``status`` (ok/failed/blocked for calibrate, solved/failed for astrometry)
 and, when it failed, ``error`` — the stage runner's convention (``stages``). No numpy or astropy: the

@@ -87,7 +87,7 @@ def night_totals(night: dict[str, Any]) -> dict[str, Any]:
     retry_times = [s["retry_after"] for s in solves if s.get("status") == "failed" and "retry_after" in s]
     masters = entries.masters_record(night)
     flat = masters.get("flat")
-    health = alerts.compact(night.get("health"))  # only on nights measured (docs/health.md)
+    health = alerts.compact(night.get("health"))  # only on nights measured (docs/pages/health.md)
     return {
         "science": night.get("inventory", {}).get("science", len(frames)),
         "calibrated": calibrate["ok"], "cal_failed": calibrate["failed"], "blocked": calibrate["blocked"],

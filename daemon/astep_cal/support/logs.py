@@ -1,6 +1,6 @@
 """Structured logging with structlog: readable in a terminal, JSON lines in files, fields in journald.
 
-Every event has a stable name (``frame_calibrated``, ``frame_failed`` …, catalogued in docs/log-events.md) and
+Every event has a stable name (``frame_calibrated``, ``frame_failed`` …, catalogued in docs/pages/log-events.md) and
 typed fields (``night``, ``frame``, ``stage``, ``duration_s``, ``error``), so monitoring can be written
 against the names rather than against prose.
 """

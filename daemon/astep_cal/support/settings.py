@@ -1,5 +1,5 @@
 """The typed settings: one frozen dataclass per section of the configuration file, every field with
-its default (``etc/astep-cal.toml`` and docs/configuration.md document each key). Parsing and validation
+its default (``etc/astep-cal.toml`` and docs/pages/configuration.md document each key). Parsing and validation
 live in ``config``; these are the types every layer takes."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class AstrometrySettings:
 class OutputSettings:
     """How CAL files are written (changing these does not redo calibrated frames)."""
 
-    compress: bool = True  # tile-compressed CAL files (RICE + subtractive dithering; docs/compression.md)
+    compress: bool = True  # tile-compressed CAL files (RICE + subtractive dithering; docs/pages/compression.md)
     quantize_level: float = 16.0  # image quantisation step = the frame's sky noise / quantize_level
     err_quantize_level: float = 64.0  # ERR quantisation step = the same sky noise / err_quantize_level
     tile_rows: int = 64  # rows per compressed tile (whole-row bands; astropy's default is 1 row a tile)
@@ -151,7 +151,7 @@ class PhotometrySettings:
 
 @dataclass(frozen=True)
 class HealthSettings:
-    """The instrument's health (docs/health.md): zero points, flat changes, detector, alerts.
+    """The instrument's health (docs/pages/health.md): zero points, flat changes, detector, alerts.
 
     Changing these redoes nothing already measured; the alerts use them from the next night closed.
     """
