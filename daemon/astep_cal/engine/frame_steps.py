@@ -299,6 +299,15 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     return entry["calibrate"]["status"]
 
 
+def _cut_short(result: Any, given_s: float | None, settings: Settings) -> bool:
+    """Whether a failed solve failed because the night's wait cut its time (it was given less than its
+    frame budget and used up what it was given), rather than for its own reason (a crash, its own
+    timeout, no match), which is a try like any other."""
+    if given_s is None or given_s >= settings.astrometry.frame_budget_s:
+        return False
+    return float(getattr(result, "duration_s", 0.0) or 0.0) >= 0.9 * given_s
+
+
 def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSolving | None = None) -> dict[str, Any]:
     """Plate-solve one CAL file (WCS merged into it) and return its ledger record.
 
@@ -311,14 +320,14 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
     """
     if solving is not None and solving.spent():
         return solving.defer(tries - 1)
-    cut = solving is not None and solving.budgeted(settings.astrometry) != settings.astrometry
+    given_s = solving.budgeted(settings.astrometry).frame_budget_s if solving is not None else None
     with run_stage("astrometry", None, SOLVE_STEP) as step:
         step["result"] = solve_and_merge(cal_path, settings, solving)
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
-    if cut and record["status"] == "failed":  # given only the night's wait: not a try, deferred
-        return solving.defer(tries - 1)
+    if record["status"] == "failed" and _cut_short(step["result"], given_s, settings):
+        return solving.defer(tries - 1)  # it ran out of the night's wait, not of its own tries: not a try
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)
         if record["catalogue"] == "ok" and settings.health.enabled:
