@@ -22,6 +22,7 @@ from astep_cal.engine import astrometry
 from astep_cal.engine.frame_health import frame_health
 from astep_cal.engine.night_detector import frame_noise, noise_cards
 from astep_cal.engine.night_masters import Masters, memory_budget
+from astep_cal.engine.prometheus import write_frame
 from astep_cal.engine.rules import calibration_fingerprint
 from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import (
@@ -333,6 +334,9 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
         if record["catalogue"] == "ok" and settings.health.enabled:
             with run_stage("health", None, HEALTH_STEP) as health:
                 health.update(frame_health(cal_path, settings.health))
+            if settings.health.prometheus_textfile and health["status"] == "ok":
+                failed = write_frame(Path(settings.health.prometheus_textfile), cal_path, health)
+                health.update({"prometheus_error": failed} if failed else {})
             record["health"] = health
     return record
 

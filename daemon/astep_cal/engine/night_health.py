@@ -17,7 +17,7 @@ from typing import Any
 from astep_cal.engine.night_masters import find_borrowed_flat
 from astep_cal.engine.prometheus import write_textfile
 from astep_cal.engine.stages import StageEvents, run_stage
-from astep_cal.formats import products
+from astep_cal.formats import names, products
 from astep_cal.formats.raw_night import NightInventory
 from astep_cal.science.flat_change import clear_sky_throughput, compare_flats
 from astep_cal.state import alerts, entries
@@ -54,12 +54,14 @@ def frame_figures(night: dict[str, Any], percentile: float) -> dict[str, Any]:
 
 
 def detector_figures(night: dict[str, Any], inventory: NightInventory) -> dict[str, Any]:
-    """Bias level, hot pixels, dark current (from the masters' record), gain and CCD temperature."""
+    """Bias level, read noise, hot pixels, dark current (from the masters' record and its detector
+    measurement), gain and CCD temperature."""
     masters = entries.masters_record(night)
-    mask, bias = masters.get("mask") or {}, masters.get("bias") or {}
+    mask, bias, measured = masters.get("mask") or {}, masters.get("bias") or {}, masters.get("detector") or {}
     temps = [f.ccd_temp for f in inventory.science if f.ccd_temp is not None]
     gains = [entries.calibration(f).get("gain") for f in night.get("frames", {}).values()]
-    return {"bias_adu": bias.get("bias_adu"), "n_hot": mask.get("n_hot"), "dark_e_per_s": mask.get("dark_e_per_s"),
+    return {"bias_adu": bias.get("bias_adu"), "read_noise_adu": measured.get("read_noise_adu"),
+            "read_noise_e": measured.get("read_noise_e"), "n_hot": mask.get("n_hot"), "dark_e_per_s": mask.get("dark_e_per_s"),
             "gain": _median(gains), "ccd_temp_c": _median(temps)}
 
 
@@ -74,11 +76,13 @@ def flat_figures(root: Path, date: str, night: dict[str, Any], settings: Setting
         return None
     key = [previous[0], flat.get("inputs", [])]
     known = (night.get("health") or {}).get("flat_change")
-    if known and known.get("key") == key:
+    thumbnail = names.cal_dir(root, date) / names.FLAT_RATIO
+    if known and known.get("key") == key and thumbnail.is_file():
         return known
     h = settings.health
     change = compare_flats(products.read_master(root / flat["file"])[0], products.read_master(previous[1])[0],
                            threshold=h.flat_structure_threshold, min_pixels=h.flat_structure_min_px)
+    products.write_flat_ratio(thumbnail, change.thumbnail, previous[0])  # summary.png draws it
     return {"against": previous[0], "key": key, **change.record()}
 
 

@@ -27,6 +27,7 @@ MASTER_FLAT = "master_flat.fits"
 PIXEL_MASK = "bad_pixel_mask.fits"
 SUMMARY_JSON = "summary.json"
 SUMMARY_PNG = "summary.png"
+FLAT_RATIO = "health/flat_ratio.fits"  # under the _CAL directory: the flat-ratio thumbnail (summary PNG)
 
 
 DEFAULT_CAMERA = "CAMS"  # ASTEP 400's one camera; ASTEP+ writes CAMB (blue) and CAMR (red)

@@ -52,6 +52,24 @@ def read_master(path: Path) -> tuple[np.ndarray, fits.Header]:
         return np.array(hdul[0].data), hdul[0].header.copy()
 
 
+def write_flat_ratio(path: Path, thumbnail: np.ndarray, against: str) -> None:
+    """The flat-ratio thumbnail (the night's flat over ``against``'s, block-averaged), atomically; its
+    folder is made in the existing ``_CAL`` directory (never the parents)."""
+    path.parent.mkdir(exist_ok=True)
+    hdu = fits.PrimaryHDU(np.asarray(thumbnail, np.float32))
+    hdu.header["AGAINST"] = (against, "night of the flat divided by")
+    atomic_write_hdul(path, fits.HDUList([hdu]), make_parents=False)
+
+
+def read_flat_ratio(path: Path) -> tuple[np.ndarray, str] | None:
+    """The thumbnail and the night it is against; None when absent or unreadable."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return np.array(hdul[0].data, np.float32), str(hdul[0].header.get("AGAINST", ""))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 @functools.lru_cache(maxsize=64)
 def _master_header(path: str, mtime_ns: int) -> fits.Header:
     return fits.getheader(path)

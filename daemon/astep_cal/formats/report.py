@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from astep_cal.formats.lightcurve_products import report_lines
-from astep_cal.formats.summary import fmt, frame_rows
+from astep_cal.formats.summary import frame_rows
+from astep_cal.formats.summary_png import fmt
 
 _TABLE = (("time", "time", 8), ("frame", "frame", 0), ("sky_e", "sky e-", 7), ("sky_noise_e", "noise", 6),
           ("n_stars", "stars", 5), ("fwhm_arcsec", "FWHM\"", 6), ("ellipticity", "ellip", 5),

@@ -5,8 +5,8 @@ to its CAL frames, together well under 300 KB:
 
 * ``summary.json``: counts, the masters used and where they came from, failures with their reasons,
   and the quality metrics of every frame (schema below, ``SCHEMA_VERSION``);
-* ``summary.png``: sky, FWHM, star count and WCS residual against time, failures marked, and a
-  thumbnail of the master flat.
+* ``summary.png``: sky, FWHM, star count and WCS residual against time, failures marked, a
+  thumbnail of the master flat and of its ratio to the previous night's own flat (summary_png).
 
 Both are built from the ledger alone (the ledger already holds every metric), so the summary, the
 ``astep-cal report`` text and the status table can never disagree. The pipeline rewrites the two files
@@ -16,10 +16,8 @@ only when the summary's content changed, so a run with nothing to do writes noth
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import statistics
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from astep_cal import __version__
+from astep_cal.formats import products, summary_png
 from astep_cal.formats.lightcurve_products import summary_section
-from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
-from astep_cal.formats.png import as_palette_png
+from astep_cal.formats.names import FLAT_RATIO, SUMMARY_JSON, SUMMARY_PNG, cal_dir
 from astep_cal.frontends.status import night_row_of
 from astep_cal.state import entries
 from astep_cal.support.config import Settings
@@ -38,7 +36,6 @@ from astep_cal.support.storage import atomic_write_bytes
 SCHEMA_VERSION = 1
 
 
-FLAT_PREVIEW_PIXELS = 160  # the master flat is block-averaged to at most this many pixels a side
 FRAME_COLUMNS = ("frame", "time", "calibrate", "astrometry", "sky_e", "sky_noise_e", "n_stars", "fwhm_arcsec",
                  "fwhm_px", "ellipticity", "n_cosmic", "masked_fraction", "wcs_residual_arcsec", "wcs_matched",
                  "zp", "sky_mag_arcsec2")
@@ -252,132 +249,17 @@ def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settin
     json_path, png_path = directory / SUMMARY_JSON, directory / SUMMARY_PNG
     if png_path.is_file() and _same_content(document, json_path):
         return None
-    png = render_png(document, flat_preview(root, entries.masters_record(night)))
+    compared = (night.get("health") or {}).get("flat_change")
+    ratio = products.read_flat_ratio(directory / FLAT_RATIO) if compared else None
+    png = render_png(document, summary_png.flat_preview(root, entries.masters_record(night)), ratio)
     payload = json.dumps(document, separators=(",", ":")).encode()
     atomic_write_bytes(png_path, png, make_parents=False)
     atomic_write_bytes(json_path, payload, make_parents=False)
     return Written(json_path, png_path, round(len(payload) / 1024, 1), round(len(png) / 1024, 1))
 
 
-# --- the picture --------------------------------------------------------------------------------
+# --- the picture (formats/summary_png.py) ---------------------------------------------------------
 
-def flat_preview(root: Path, masters: dict[str, Any]) -> np.ndarray | None:
-    """The master flat block-averaged to at most FLAT_PREVIEW_PIXELS a side; None if there is none."""
-    from astropy.io import fits
-
-    flat = masters.get("flat")
-    if not flat or not flat.get("file"):
-        return None
-    try:
-        data = fits.getdata(root / flat["file"]).astype(np.float32)
-    except (OSError, ValueError):
-        return None
-    factor = max(1, int(np.ceil(max(data.shape) / FLAT_PREVIEW_PIXELS)))
-    rows, cols = data.shape[0] // factor * factor, data.shape[1] // factor * factor
-    return data[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
-
-
-def _times(frames: list[dict[str, Any]]) -> list[Any]:
-    """Frame times as datetimes (naive UTC) for the x axis; the frame index when a time is unknown."""
-    times = []
-    for frame in frames:
-        try:
-            times.append(dt.datetime.fromisoformat(frame["time"]).replace(tzinfo=None))
-        except (TypeError, ValueError):
-            return list(range(len(frames)))
-    return times
-
-
-_PANELS = (("sky_e", "sky (e-)"), ("fwhm_arcsec", "FWHM (\u2033)"), ("n_stars", "stars"),
-           ("wcs_residual_arcsec", "WCS rms (\u2033)"))
-
-
-def render_png(document: dict[str, Any], flat: np.ndarray | None) -> bytes:
-    """The night at a glance, as a small palette PNG (~40 KB): four metrics against time and the flat."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure  # no pyplot: no global state, safe in the worker thread
-
-    frames = frame_rows(document)
-    times = _times(frames)
-    figure = Figure(figsize=(9.6, 6.4), dpi=72)
-    grid = figure.add_gridspec(len(_PANELS), 2, width_ratios=(2.3, 1), hspace=0.15, wspace=0.25,
-                               left=0.08, right=0.97, top=0.9, bottom=0.08)
-    axes = [figure.add_subplot(grid[0, 0])]
-    axes += [figure.add_subplot(grid[i, 0], sharex=axes[0]) for i in range(1, len(_PANELS))]
-    for ax, (key, label) in zip(axes, _PANELS):
-        _plot_metric(ax, times, frames, key, label)
-    for ax in axes[:-1]:
-        ax.tick_params(labelbottom=False)
-    if times and isinstance(times[0], dt.datetime):
-        import matplotlib.dates as mdates
-
-        pad = max((max(times) - min(times)) * 0.03, dt.timedelta(minutes=1))
-        axes[-1].set_xlim(min(times) - pad, max(times) + pad)  # also when only failures are drawn
-        locator = mdates.AutoDateLocator(maxticks=8)
-        axes[-1].xaxis.set_major_locator(locator)
-        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        axes[-1].set_xlabel("UTC")
-    else:
-        axes[-1].set_xlabel("frame")
-    _draw_flat(figure.add_subplot(grid[:3, 1]), flat, document["masters"]["flat"])
-    _draw_counts(figure.add_subplot(grid[3, 1]), document, frames)
-    counts = document["counts"]
-    figure.suptitle(f"ASTEP {document['night']} \u2014 {document['state']} \u2014 {counts['frames']} frames, "
-                    f"{counts['calibrated']} calibrated, {counts['solved']} solved, {counts['failed']} failed",
-                    fontsize=12)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # tick-locator notes on odd time spans are not news
-        warnings.simplefilter("ignore", UserWarning)
-        figure.savefig(buffer, format="png", dpi=72)
-    return as_palette_png(buffer.getvalue())
-
-
-def _plot_metric(ax: Any, times: list[Any], frames: list[dict[str, Any]], key: str, label: str) -> None:
-    good = [(t, f[key]) for t, f in zip(times, frames) if isinstance(f.get(key), (int, float))]
-    if good:
-        ax.plot([t for t, _ in good], [v for _, v in good], ".-", color="tab:blue", ms=4, lw=0.8)
-    for t, frame in zip(times, frames):  # failures: a red line across the panel, blocked: orange
-        if "failed" in (frame["calibrate"], frame["astrometry"]):
-            ax.axvline(t, color="tab:red", lw=1.0, alpha=0.7)
-        elif frame["calibrate"] == "blocked":
-            ax.axvline(t, color="tab:orange", lw=1.0, alpha=0.7)
-    if good:  # from zero: a 1 % wobble must not look like a bad night
-        ax.set_ylim(0, 1.15 * max(max(v for _, v in good), 1e-3))
-    else:
-        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
-    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
-    ax.set_ylabel(label, fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.grid(alpha=0.3)
-
-
-def _draw_flat(ax: Any, flat: np.ndarray | None, origin: dict[str, Any]) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if flat is None:
-        ax.text(0.5, 0.5, "no master flat", transform=ax.transAxes, ha="center", va="center")
-        return
-    low, high = np.percentile(flat, [1, 99])
-    image = ax.imshow(flat, cmap="gray", origin="lower", vmin=low, vmax=high, interpolation="nearest")
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
-    where = "own" if origin.get("origin") == "own" else f"from {origin.get('night')}"
-    ax.set_title(f"master flat ({where})", fontsize=9)
-
-
-def _draw_counts(ax: Any, document: dict[str, Any], frames: list[dict[str, Any]]) -> None:
-    ax.axis("off")
-    medians, counts = document["medians"], document["counts"]
-    lines = [f"median FWHM {fmt(medians['fwhm_arcsec'], '.2f')}\u2033",
-             f"median sky {fmt(medians['sky_e'], '.0f')} e- (\u03c3 {fmt(medians['sky_noise_e'], '.1f')})",
-             f"median stars {fmt(medians['n_stars'], '.0f')}",
-             f"median WCS rms {fmt(medians['wcs_residual_arcsec'], '.2f')}\u2033",
-             f"blocked {counts['blocked']}, retries {counts['retries_pending']}, problems {counts['problems']}"]
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", fontsize=9, family="monospace")
-    if any(f["calibrate"] == "failed" or f["astrometry"] == "failed" for f in frames):
-        ax.text(0.0, 0.0, "red lines: failed frames", va="bottom", fontsize=8, color="tab:red")
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def render_png(document: dict[str, Any], flat: np.ndarray | None, ratio: tuple[np.ndarray, str] | None = None) -> bytes:
+    """The night at a glance, as a small palette PNG: see :func:`summary_png.render`."""
+    return summary_png.render(document, frame_rows(document), flat, ratio)

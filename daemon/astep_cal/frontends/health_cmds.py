@@ -22,7 +22,8 @@ from astep_cal.support.storage import atomic_write_bytes
 COLUMNS = (("night", "night", ""), ("throughput", "ZP clear", ".3f"), ("zp_median", "ZP med", ".3f"),
            ("n_zp", "n", "d"), ("sky_mag_arcsec2", "sky", ".2f"), ("fwhm_arcsec", "FWHM", ".2f"),
            ("ellipticity", "ell", ".3f"), ("n_hot", "hot", "d"), ("bias_adu", "bias", ".1f"),
-           ("dark_e_per_s", "dark", ".3f"), ("ccd_temp_c", "T", ".1f"), ("flat_structures", "flat str", "d"),
+           ("read_noise_adu", "RN", ".2f"), ("dark_e_per_s", "dark", ".3f"), ("ccd_temp_c", "T", ".1f"),
+           ("flat_structures", "flat str", "d"),
            ("flat_large_scale_std", "flat std", ".4f"), ("moon_alt_max_deg", "moon", ".0f"))
 ALERT_NIGHTS = 7  # status shows the alerts of the last this many nights
 

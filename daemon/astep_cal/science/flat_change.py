@@ -30,6 +30,7 @@ class FlatChange:
 
     large_scale_std: float
     structures: list[dict[str, Any]] = field(default_factory=list)
+    thumbnail: np.ndarray | None = field(default=None, compare=False, repr=False)  # the ratio, binned small
 
     def record(self) -> dict[str, Any]:
         return {"large_scale_std": round(self.large_scale_std, 5), "n_structures": len(self.structures),
@@ -40,6 +41,20 @@ def _binned(image: np.ndarray, size: int) -> np.ndarray:
     """``image`` averaged in size x size blocks (edges cropped): fast smoothing of a large frame."""
     ny, nx = (image.shape[0] // size) * size, (image.shape[1] // size) * size
     return image[:ny, :nx].reshape(ny // size, size, nx // size, size).mean(axis=(1, 3))
+
+
+THUMBNAIL_PIXELS = 96  # the ratio map is block-averaged to at most this many pixels a side (summary PNG)
+
+
+def ratio_thumbnail(ratio: np.ndarray, pixels: int = THUMBNAIL_PIXELS) -> np.ndarray:
+    """``ratio`` block-averaged to at most ``pixels`` a side (NaN blocks where it had no good pixel)."""
+    factor = max(1, int(np.ceil(max(ratio.shape) / pixels)))
+    ny, nx = ratio.shape[0] // factor * factor, ratio.shape[1] // factor * factor
+    blocks = ratio[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
+    good = np.isfinite(blocks).sum(axis=(1, 3))
+    total = np.where(np.isfinite(blocks), blocks, 0.0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(good > 0, total / np.maximum(good, 1), np.nan).astype(np.float32)
 
 
 def flat_ratio(flat: np.ndarray, previous: np.ndarray, min_response: float = 0.5) -> np.ndarray:
@@ -96,7 +111,7 @@ def compare_flats(flat: np.ndarray, previous: np.ndarray, *, threshold: float = 
             "size_px": int(max(rows.stop - rows.start, cols.stop - cols.start) * smooth_px),
             "area_px": n_pixels, "depth": round(deepest, 4)})
     structures.sort(key=lambda s: -s["area_px"])
-    return FlatChange(large_scale, structures)
+    return FlatChange(large_scale, structures, ratio_thumbnail(ratio))
 
 
 def clear_sky_throughput(zero_points: list[float], percentile: float = 90.0) -> float | None:

@@ -10,7 +10,10 @@ so judging a night costs the same on a 500-night root as on a 5-night one. The k
 ``hot_pixels``   the hot-pixel count exceeds the first ``min_baseline_nights`` nights' (median) by
                  ``hot_pixel_rise_pct``: a slow growth does not drag its own baseline along;
 ``fwhm``         the median FWHM moved by more than ``fwhm_drift_pct`` from the baseline (focus);
-``ellipticity``  the median ellipticity rose by more than ``ellipticity_rise`` (guiding).
+``ellipticity``  the median ellipticity rose by more than ``ellipticity_rise`` (guiding);
+``read_noise``   the read noise (ADU, from the night's biases or equal darks) moved by more than
+                 ``read_noise_jump_pct`` from the baseline (the camera's electronics);
+``bias``         the bias level (the night's master bias) moved by more than ``bias_jump_adu`` ADU.
 
 A baseline leaves out nights that raised that alert (an unacknowledged condition keeps alerting until
 someone acts) and nights before its last acknowledgement: ``astep-cal ack KIND`` records, in the state
@@ -29,7 +32,7 @@ from typing import Any
 from astep_cal.support.config import HealthSettings
 from astep_cal.support.storage import atomic_write_bytes
 
-KINDS = ("throughput", "flat", "hot_pixels", "fwhm", "ellipticity")
+KINDS = ("throughput", "flat", "hot_pixels", "fwhm", "ellipticity", "read_noise", "bias")
 ACKS_FILE = "health_acks.json"
 
 History = list[tuple[str, dict[str, Any]]]  # (night, its health totals), oldest first
@@ -106,11 +109,32 @@ def _ellipticity(figures: dict[str, Any], history: History, acks: dict[str, Any]
     return {"ellipticity": figures["ellipticity"], "baseline": reference, "rise": round(rise, 3)}
 
 
+def _read_noise(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
+    reference = _recent_median("read_noise", "read_noise_adu", figures, history, acks, h)
+    if reference is None or reference <= 0:
+        return None
+    jump_pct = (figures["read_noise_adu"] / reference - 1.0) * 100.0
+    if abs(jump_pct) <= h.read_noise_jump_pct:
+        return None
+    return {"read_noise_adu": figures["read_noise_adu"], "baseline": round(reference, 3), "jump_pct": round(jump_pct, 1)}
+
+
+def _bias(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> dict | None:
+    reference = _recent_median("bias", "bias_adu", figures, history, acks, h)
+    if reference is None:
+        return None
+    jump = figures["bias_adu"] - reference
+    if abs(jump) <= h.bias_jump_adu:
+        return None
+    return {"bias_adu": figures["bias_adu"], "baseline": round(reference, 2), "jump_adu": round(jump, 2)}
+
+
 def evaluate(figures: dict[str, Any], history: History, acks: dict[str, Any], h: HealthSettings) -> list[dict]:
     """The alerts a night raises: ``[{"kind": ..., figures...}]`` (``history``: earlier nights only)."""
     found = {"throughput": _throughput(figures, history, acks, h), "flat": _flat(figures, h),
              "hot_pixels": _hot_pixels(figures, history, acks, h), "fwhm": _fwhm(figures, history, acks, h),
-             "ellipticity": _ellipticity(figures, history, acks, h)}
+             "ellipticity": _ellipticity(figures, history, acks, h),
+             "read_noise": _read_noise(figures, history, acks, h), "bias": _bias(figures, history, acks, h)}
     return [{"kind": kind, **details} for kind, details in found.items() if details is not None]
 
 
@@ -148,7 +172,8 @@ def acknowledge(state_dir: Path, kind: str, after_night: str) -> dict[str, Any]:
 # --- what the ledger's index keeps of a night's health ------------------------------------------
 
 TOTAL_KEYS = ("throughput", "zp_median", "n_zp", "sky_mag_arcsec2", "moon_alt_max_deg", "fwhm_arcsec",
-              "ellipticity", "bias_adu", "n_hot", "dark_e_per_s", "gain", "ccd_temp_c")
+              "ellipticity", "bias_adu", "read_noise_adu", "read_noise_e", "n_hot", "dark_e_per_s", "gain",
+              "ccd_temp_c")
 
 
 def compact(health: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -212,7 +212,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("headers: keywords must not be empty; pointing entries are \"RAKEY/DECKEY\"")
     h = settings.health
     if not 0 < h.throughput_percentile <= 100 or h.baseline_nights < 1 or h.min_baseline_nights < 1 \
-            or h.query_timeout_s <= 0 or min(h.throughput_drop_pct, h.hot_pixel_rise_pct, h.fwhm_drift_pct) <= 0:
+            or h.query_timeout_s <= 0 or min(h.throughput_drop_pct, h.hot_pixel_rise_pct, h.fwhm_drift_pct,
+                                             h.read_noise_jump_pct, h.bias_jump_adu) <= 0:
         raise ConfigError("health: throughput_percentile in (0, 100], baseline nights, query_timeout_s and "
                           "the alert thresholds must be positive")
     if settings.cosmics.niter < 1:

@@ -171,6 +171,8 @@ class HealthSettings:
     hot_pixel_rise_pct: float = 30.0  # alert when hot pixels exceed the first min_baseline_nights nights' count by this much
     fwhm_drift_pct: float = 25.0  # alert when the night's median FWHM moves this far from the baseline
     ellipticity_rise: float = 0.1  # alert when the night's median ellipticity rises this much
+    read_noise_jump_pct: float = 10.0  # alert when the night's read noise (ADU) moves this far from the baseline
+    bias_jump_adu: float = 10.0  # alert when the night's bias level moves this many ADU from the baseline
     prometheus_textfile: str = ""  # node_exporter textfile collector file (.prom); empty: not written
 
 
