@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults docs bench bench-state bench-photometry bench-compression bench-late soak soak-short fuzz fuzz-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs season bench bench-health bench-state bench-photometry bench-compression bench-late soak soak-short fuzz fuzz-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -67,6 +67,15 @@ docs: venv
 # SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
 test-faults: system-deps venv
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
+
+# The instrument-health season (docs/pages/health.md) through the real daemon with 22 nights (~6 min);
+# make test runs the same test with 8 nights (~2 min).
+season: system-deps venv
+	ASTEP_SEASON_NIGHTS=22 $(BIN)/pytest -q -s tests/test_health.py $(PYTEST_ARGS)
+
+# The health steps' cost against the frame work of a 4096² night, same run, medians (~5 min).
+bench-health: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.bench_health $(BENCH_HEALTH_ARGS)
 
 bench: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench $(BENCH_ARGS)
