@@ -302,6 +302,7 @@ def test_prometheus_frame_and_night_blocks_replace_only_their_own(tmp_path):
     assert 'astep_cal_health_alert{night="2026-07-01",kind="flat"} 1' in text
     assert not list(tmp_path.glob(".*astep-tmp*"))
     assert "No such file" in prometheus.write_frame(tmp_path / "gone" / "x.prom", cal, {"zp": 19.0})
+    assert "No such file" in prometheus.write_textfile(tmp_path / "gone" / "x.prom", "2026-07-01", {"zp": 19.0})
 
 
 def test_a_missing_or_hanging_query_starkd_fails_the_step_only(season, tmp_path):

@@ -7,7 +7,8 @@ frame) are built through the real :class:`~astep_cal.state.ledger.Ledger`, then 
   solve save per frame, as the pipeline does), each ``save`` timed; median and the slowest, at the end
   of the night when its file is largest;
 - **status**: ``astep-cal status --json`` in its own process (start-up included); and ``report`` of
-  the last night (its summary built from that night's file);
+  the last night (its summary built from that night's file); ``astep-cal trends`` and ``trends --json``
+  (every night carries health figures, one in five with alerts: docs/pages/health.md);
 - **the daemon's memory from the state**: RSS of a real ``astep-cal run`` started on a root with the
   archive's ledger, less the RSS of one started with an empty ledger; and on the 150-night root below,
   the duration of its full reconcile (start) and of its periodic ones (every 3 s here);
@@ -45,7 +46,7 @@ from astep_cal.state.ledger import Ledger, RootLock
 from astep_cal.support.config import Settings
 from astep_cal.support.storage import fingerprint
 
-TARGETS = {"record_ms": 50.0, "status_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
+TARGETS = {"record_ms": 50.0, "status_s": 2.0, "trends_s": 2.0, "daemon_state_rss_mb": 100.0, "once_idle_s": 60.0}
 
 
 def frame_entry(name: str, raw: dict[str, int], config: str, index: int) -> dict[str, Any]:
@@ -74,12 +75,30 @@ def frame_names(date: str, n: int) -> list[str]:
     return [f"{date}_{20 + i // 3600 % 4:02d}.{i // 60 % 60:02d}.{i % 60:02d}_{i:04d}_SCIENCE.fits" for i in range(n)]
 
 
+def health_record(index: int) -> dict[str, Any]:
+    """A night's health as ``night_health`` records it (figures, flat change, alerts, 7-night trend);
+    one night in five raised two alerts."""
+    figures = {"throughput": 19.0 - 0.001 * (index % 7), "zp_median": 18.98, "n_zp": 980, "zp_frame_scatter": 0.031,
+               "sky_mag_arcsec2": 21.4, "moon_alt_max_deg": -12.0, "moon_illumination": 0.4, "fwhm_arcsec": 2.4,
+               "ellipticity": 0.06, "bias_adu": 1000.2, "read_noise_adu": 4.51, "read_noise_e": 9.02,
+               "n_hot": 2000 + index, "dark_e_per_s": 0.2, "gain": 2.0, "ccd_temp_c": -60.0,
+               "flat_change": {"against": "2026-02-28", "key": ["2026-02-28", []], "large_scale_std": 0.002,
+                               "n_structures": 0, "structures": []}}
+    figures["alerts"] = [{"kind": "throughput", "throughput": 18.9, "baseline": 19.0, "drop_pct": 8.0,
+                          "baseline_nights": 5}, {"kind": "hot_pixels", "n_hot": 2600, "baseline": 2000,
+                                                   "rise_pct": 30.0}] if index % 5 == 0 else []
+    figures["trend"] = [{"night": "2026-02-28", "throughput": 19.0, "n_hot": 2000, "fwhm_arcsec": 2.4,
+                         "ellipticity": 0.06, "sky_mag_arcsec2": 21.4, "alerts": []}] * 7
+    return figures
+
+
 def night_record(date: str, names: list[str], raw: dict[str, int], config: str, listing: str | None) -> dict[str, Any]:
     record = {"masters": {"shape": [4096, 4096], "darks": {"60": {"file": "master_dark_60s.fits", "inputs": []}},
                           "flat": {"night": date, "file": f"{date}/{date}-CAMS_CAL/masters/master_flat.fits"},
                           "mask": {"file": "bad_pixel_mask.fits"}, "complete": True},
               "problems": [], "inventory": {"science": len(names), "darks": 20, "biases": 0, "flats": 20},
-              "frames": {name: frame_entry(name, raw, config, i) for i, name in enumerate(names)}}
+              "frames": {name: frame_entry(name, raw, config, i) for i, name in enumerate(names)},
+              "health": health_record(int(date[-2:]) + 31 * int(date[5:7]))}
     if listing is not None:
         record["listing"] = listing
     return record
@@ -269,6 +288,8 @@ def measure(work: Path, sizes: list[int], frames: int, once_nights: int, baselin
         ledger_arg = ["--ledger", str(state / "ledger.json")]
         row["status_s"] = time_command(["status", str(empty_root), "--json", *ledger_arg])
         row["report_s"] = time_command(["report", night_dates(nights)[-1], str(empty_root), "--json", *ledger_arg])
+        row["trends_s"] = time_command(["trends", str(empty_root), *ledger_arg])
+        row["trends_json_s"] = time_command(["trends", str(empty_root), "--json", *ledger_arg])
         rss = run_daemon(empty_root, state, 8.0)["rss_mb"]
         row["daemon_rss_mb"], row["daemon_state_rss_mb"] = rss, round(rss - rss_empty, 1)
         row.update(time_recording(state, frames))
@@ -298,6 +319,8 @@ def check_targets(results: dict[str, Any]) -> dict[str, bool]:
         checks[f"record one frame <= {TARGETS['record_ms']:g} ms ({nights} nights)"] = (
             row["record_end_of_night_median_ms"] <= TARGETS["record_ms"])
         checks[f"status <= {TARGETS['status_s']:g} s ({nights} nights)"] = row["status_s"] <= TARGETS["status_s"]
+        checks[f"trends, trends --json <= {TARGETS['trends_s']:g} s ({nights} nights)"] = (
+            max(row["trends_s"], row["trends_json_s"]) <= TARGETS["trends_s"])
         checks[f"daemon RSS from the state <= {TARGETS['daemon_state_rss_mb']:g} MB ({nights} nights)"] = (
             row["daemon_state_rss_mb"] <= TARGETS["daemon_state_rss_mb"])
     if "once_idle" in results:

@@ -125,7 +125,10 @@ def night_health(root: Path, inventory: NightInventory, night: dict[str, Any], l
         night["health"] = figures
         log.info("night_health", throughput=figures["throughput"], n_zp=figures["n_zp"], n_hot=figures["n_hot"],
                  fwhm_arcsec=figures["fwhm_arcsec"], alerts=[a["kind"] for a in found])
-        if h.prometheus_textfile:
-            write_textfile(Path(h.prometheus_textfile), date, alerts.compact(figures))
+        failed = write_textfile(Path(h.prometheus_textfile), date, alerts.compact(figures)) \
+            if h.prometheus_textfile else None
+        if failed:  # the monitoring's file, not the night's health: recorded and logged, never fatal
+            figures["prometheus_error"] = failed
+            log.warning("prometheus_failed", error=failed)
     if step.get("status") == "failed":
         night["health"] = {"status": "failed", "error": step["error"]}

@@ -71,9 +71,14 @@ def _replace_block(path: Path, prefix: str, block: str) -> None:
         atomic_write_bytes(path, text.encode(), make_parents=False)
 
 
-def write_textfile(path: Path, date: str, figures: dict[str, Any]) -> None:
-    """Replace the night block of ``path`` (its directory must exist: the collector's)."""
-    _replace_block(path, PREFIX, render(date, figures))
+def write_textfile(path: Path, date: str, figures: dict[str, Any]) -> str | None:
+    """Replace the night block of ``path`` (its directory must exist: the collector's); the error text
+    when it could not be written (the night's health is recorded all the same), else None."""
+    try:
+        _replace_block(path, PREFIX, render(date, figures))
+    except OSError as error:
+        return f"prometheus textfile {path}: {error}"
+    return None
 
 
 def write_frame(path: Path, cal_path: Path, record: dict[str, Any]) -> str | None:
