@@ -61,8 +61,8 @@ def detector_figures(night: dict[str, Any], inventory: NightInventory) -> dict[s
     temps = [f.ccd_temp for f in inventory.science if f.ccd_temp is not None]
     gains = [entries.calibration(f).get("gain") for f in night.get("frames", {}).values()]
     return {"bias_adu": bias.get("bias_adu"), "read_noise_adu": measured.get("read_noise_adu"),
-            "read_noise_e": measured.get("read_noise_e"), "n_hot": mask.get("n_hot"), "dark_e_per_s": mask.get("dark_e_per_s"),
-            "gain": _median(gains), "ccd_temp_c": _median(temps)}
+            "read_noise_e": measured.get("read_noise_e"), "n_hot": mask.get("n_hot"),
+            "dark_e_per_s": mask.get("dark_e_per_s"), "gain": _median(gains), "ccd_temp_c": _median(temps)}
 
 
 def flat_figures(root: Path, date: str, night: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
