@@ -73,7 +73,7 @@ test-faults: system-deps venv
 season: system-deps venv
 	ASTEP_SEASON_NIGHTS=22 $(BIN)/pytest -q -s tests/test_health.py $(PYTEST_ARGS)
 
-# The health steps' cost against the frame work of a 4096² night, same run, medians (~5 min).
+# The health steps' cost against the frame work of a 4096² night, same run, medians (~8 min).
 bench-health: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_health $(BENCH_HEALTH_ARGS)
 

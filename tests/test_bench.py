@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import run_cli_subprocess
 
 from astep_cal.devtools.bench import astep_cadence, print_table, projection_h, summarise
 
@@ -41,9 +42,23 @@ def test_state_bench_on_a_tiny_archive(tmp_path):
     assert changed == 0 and seconds < 60
     recorded = bench_state.time_recording(state, 20)
     assert 0 < recorded["record_median_ms"] <= recorded["record_max_ms"]
-    results = {"archives": {"3": {"record_end_of_night_median_ms": 5.0, "status_s": 3.0, "daemon_state_rss_mb": 1.0}},
+    trends = run_cli_subprocess("trends", root, "--json", "--ledger", state / "ledger.json")
+    assert [r["night"] for r in json.loads(trends.stdout)["nights"]] == dates  # every night has health figures
+    results = {"archives": {"3": {"record_end_of_night_median_ms": 5.0, "status_s": 3.0, "trends_s": 0.5,
+                                  "trends_json_s": 2.5, "daemon_state_rss_mb": 1.0}},
                "once_idle": {"nights": 3, "seconds": seconds, "files_changed": changed}}
-    assert list(bench_state.check_targets(results).values()) == [True, False, True, True]
+    assert list(bench_state.check_targets(results).values()) == [True, False, False, True, True]
+
+
+def test_health_bench_ratios():
+    from astep_cal.devtools.bench_health import ratios
+
+    result = {"frame_work_s": 10.0, "zero_point_s": 0.09, "zero_points": 5, "night_wall_s": 100.0,
+              "pieces": {"prometheus_frame_s": 0.01, "night_health_s": 1.0, "history_500_s": 0.001, "alerts_s": 0.002,
+                         "trend_s": 0.0, "prometheus_night_s": 0.007}}
+    found = ratios(result)["ratios_pct"]
+    assert found["health_per_frame"] == 1.0 and found["trends_alerts_this_night"] == 0.01
+    assert found["all_health_this_night"] == 1.5 and found["all_health_1000_frame_night"] == 1.01
 
 
 def _round(steady_s: float, cosmic_cpu_s: float, without_photometry_s: float = 3.6, radec_max: float = 0.15) -> dict:
