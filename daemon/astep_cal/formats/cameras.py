@@ -44,6 +44,18 @@ def camera_dirs(root: Path, date: str) -> list[str]:
     return sorted(c for c in found if CAMERA_NAME.match(c) and (root / date / f"{prefix}{c}").is_dir())
 
 
+def output_units(root: Path, date: str) -> list[str]:
+    """The night keys of a night directory's ``DATE-<SUFFIX>_CAL`` output directories (ledger recovery:
+    whatever cameras were configured when they were written)."""
+    try:
+        entries = os.listdir(root / date)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    prefix = f"{date}-"
+    found = [name[len(prefix):-len("_CAL")] for name in entries if name.startswith(prefix) and name.endswith("_CAL")]
+    return [night_unit(date, c) for c in sorted(found) if CAMERA_NAME.match(c)]
+
+
 def night_units(root: Path, date: str, cameras: Sequence[str] = (DEFAULT_CAMERA,)) -> list[str]:
     """The night keys of one date directory, in the configured order (``auto``: sorted suffixes)."""
     if tuple(cameras) == (AUTO_CAMERAS,):

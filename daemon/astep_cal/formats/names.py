@@ -98,6 +98,12 @@ def masters_dir(root: Path, date: str) -> Path:
     return cal_dir(root, date) / "masters"
 
 
+def unit_of_cal_file(cal_path: Path) -> str:
+    """The night key a CAL file belongs to, from its directory ``DATE/DATE-CAMERA_CAL/``."""
+    date = cal_path.parents[1].name
+    return night_unit(date, cal_path.parent.name.removeprefix(f"{date}-").removesuffix("_CAL"))
+
+
 def fits_stem(name: str) -> str:
     """The name without its FITS suffix: ``a_SCIENCE.fits.fz`` -> ``a_SCIENCE``."""
     lower = name.lower()

@@ -15,7 +15,6 @@ stop a night.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import re

@@ -15,10 +15,8 @@ No numpy, no astropy: ``status`` imports it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
