@@ -9,40 +9,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import pytest
-from conftest import SMALL, daemon_config, parse_events, read_ledger, run_cli_subprocess
+from conftest import daemon_config, parse_events, read_ledger, run_cli_subprocess
 
-from astep_cal.devtools.synthetic import NightSpec, make_night
-from astep_cal.devtools.transit import TransitSpec
+from astep_cal.devtools.depth_ratio_check import CONFIG, DATE, SPEC, make_astep_plus
 from astep_cal.formats import names
 from astep_cal.formats.cameras import discover_units, night_units, output_units
 from astep_cal.state.ledger_schema import is_night_key
 
-DATE = "2026-07-01"
 DEPTHS = {"CAMB": 0.015, "CAMR": 0.010}  # a chromatic eclipse (a blended binary): blue/red = 1.5
-# 512² at 7.2"/px (solves), ASTEP's own header keywords (the target from SCINAME + SCIDCRD, no config),
-# 14 frames 10 min apart around a 1.3 h transit; each camera its own noise and its own sensor.
-SPEC = dataclasses.replace(NightSpec(**SMALL), fwhm_arcsec=30.0, n_science=14, cadence_s=600.0, n_cosmic_rays=4,
-                           header_style="astep", transit=TransitSpec(mid_time="2026-07-01T21:05:00", duration_h=1.3))
-ASTEP_PLUS = 'cameras = ["CAMB", "CAMR"]\n[logging]\nformat = "json"\n'
-
-
-def make_astep_plus(root: Path, spec: NightSpec = SPEC, depths: dict[str, float] = DEPTHS, **changes) -> dict:
-    truths = {}
-    for index, (camera, depth) in enumerate(depths.items()):
-        camera_spec = dataclasses.replace(spec, camera=camera, seed=spec.seed + 10 * index, sensor_seed=42 + index,
-                                          transit=dataclasses.replace(spec.transit, depth=depth) if spec.transit
-                                          else None, **changes)
-        truths[camera] = make_night(root, camera_spec, truth_dir=root / ".truth" / camera)
-    return truths
+# The check's night (devtools/depth_ratio_check.py): 2 x 14 frames 512², ASTEP's header keywords (the target
+# from SCINAME + SCIDCRD, no configuration), each camera its own noise and its own sensor.
+ASTEP_PLUS = CONFIG
 
 
 @pytest.fixture(scope="module")
 def once_night(tmp_path_factory):
     root = tmp_path_factory.mktemp("astep_plus")
-    truths = make_astep_plus(root)
+    truths = make_astep_plus(root, DEPTHS)
     config = root / "astep_plus.toml"
     config.write_text(ASTEP_PLUS)
     started = time.monotonic()
@@ -118,7 +103,7 @@ def test_the_daemon_processes_each_camera_when_its_own_sets_are_there(tmp_path, 
     for its flats (no_flat_wait_s), then is processed with its own."""
     root = tmp_path / "root"
     small = dataclasses.replace(SPEC, shape=(256, 256), pixel_scale_arcsec=14.4, n_science=2, transit=None)
-    make_astep_plus(root, small)
+    make_astep_plus(root, DEPTHS, small)
     red_flats = root / DATE / f"{DATE}-CAMR_SKYFLAT"
     held = tmp_path / "held"
     red_flats.rename(held)
