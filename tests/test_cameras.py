@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 
 import pytest
@@ -124,6 +125,14 @@ def test_the_daemon_processes_each_camera_when_its_own_sets_are_there(tmp_path, 
         assert len(night["frames"]) == 2 and night["masters"]["flat"]["night"] == unit
         assert (names.cal_dir(root, unit) / "summary.json").is_file()
     assert not any(e["event"] == "science_dir_missing" for e in daemon.events())
+    # the ledger lost: rebuilt from both cameras' CAL files and masters, nothing redone
+    shutil.rmtree(root / ".astep-cal")
+    config = tmp_path / "once.toml"
+    config.write_text(ASTEP_PLUS + '[astrometry]\nenabled = false\n')
+    completed = run_cli_subprocess("once", root, "--config", config)
+    events = [e["event"] for e in parse_events(completed.stderr)]
+    assert completed.returncode == 0 and "ledger_rebuilt" in events and "frame_calibrated" not in events
+    assert read_ledger(root)["nights"].keys() == ledger["nights"].keys()
 
 
 def test_night_keys_and_discovery(tmp_path):

@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     once = commands.add_parser("once", help="calibrate and solve every night not done yet, then exit")
     once.add_argument("root", help="data root holding YYYY-MM-DD night directories")
-    once.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    once.add_argument("--night", help="only this night (YYYY-MM-DD: every camera; YYYY-MM-DD-CAMR: one)")
     once.add_argument("--force", action="store_true", help="redo the night(s) even if done")
     once.add_argument("--mem-limit", type=float, metavar="GB", help="peak memory bound (default 2.0)")
     once.add_argument("--config", help="TOML configuration file")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="clear failed frames so they are tried again")
     retry.add_argument("root")
-    retry.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    retry.add_argument("--night", help="only this night (YYYY-MM-DD: every camera; YYYY-MM-DD-CAMR: one)")
     retry.add_argument("--config")
     retry.add_argument("--ledger")
     retry.set_defaults(func=cmd_retry)
