@@ -130,8 +130,8 @@ def depth_ratio(blue: Curve, red: Curve, ephemeris: tuple[float, float, float] |
     b, r = depths
     mid, duration_d = found
     significant = b.depth > SIGNIFICANT * b.error and r.depth > SIGNIFICANT * r.error
-    if r.depth <= 0:
+    if b.depth <= 0 or r.depth <= 0:  # a colour without a dip: no ratio to speak of
         return DepthRatio("no_transit", None, None, b, r, mid, duration_d * 24, method)
     ratio = b.depth / r.depth
-    error = abs(ratio) * float(np.hypot(b.error / b.depth if b.depth else np.inf, r.error / r.depth))
+    error = ratio * float(np.hypot(b.error / b.depth, r.error / r.depth))
     return DepthRatio("ok" if significant else "no_transit", ratio, error, b, r, mid, duration_d * 24, method)
