@@ -97,6 +97,7 @@ class NightSpec:
     #                                pseudo-WCS cards, and no RA/DEC, OBJCTRA/OBJCTDEC or OBJECT
     throughput: float = 1.0  # fraction of the starlight the optics pass (frost on the mirror: < 1)
     flat_ring: tuple[float, ...] = ()  # (x, y, r_in, r_out, depth): an ice/dust donut in the light path
+    camera: str = "CAMS"  # the raw directories' suffix: DATE-CAMB, DATE-CAMR for ASTEP+'s two cameras
 
 
 @dataclass
@@ -223,8 +224,8 @@ def _write_raw(path: Path, data: np.ndarray, header: fits.Header) -> None:
 
 def _schedule(root: Path, spec: NightSpec) -> list[_Plan]:
     """Every raw frame with its time: calibrations (flats first) end 10 min before the science."""
-    cams = root / spec.date / f"{spec.date}-CAMS"
-    skyflat = root / spec.date / f"{spec.date}-CAMS_SKYFLAT"
+    cams = root / spec.date / f"{spec.date}-{spec.camera}"
+    skyflat = root / spec.date / f"{spec.date}-{spec.camera}_SKYFLAT"
     start = dt.datetime.fromisoformat(spec.start_time)
     calib = ([("SKYFLAT", spec.flat_exptime, skyflat)] * spec.n_flats
              + [("FLATDARK", spec.flat_exptime, skyflat)] * spec.n_flat_darks

@@ -126,7 +126,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
     flat_record = masters.record["flat"]
     root = cal_path.parents[2]
     noise = master_noise(masters.library, dark,
-                         products.master_header(masters_dir(root, cal_path.parents[1].name)
+                         products.master_header(masters_dir(root, names.unit_of_cal_file(cal_path))
                                                 / names.dark_file_name(dark.source_exptime)),
                          products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
     result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=model.gain,
@@ -147,7 +147,7 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         kw.CONFIG.card(calibration_fingerprint(settings)),
     ])
     provenance.update(quality_cards)
-    make_output_dirs(cal_path.parents[2], cal_path.parents[1].name)
+    make_output_dirs(cal_path.parents[2], names.unit_of_cal_file(cal_path))
     keep_foreign_file(cal_path, record, log)
     products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
                                                                        measured_quality.sources if measured_quality

@@ -18,6 +18,7 @@ from astep_cal.engine.night_masters import find_borrowed_flat
 from astep_cal.engine.prometheus import write_textfile
 from astep_cal.engine.stages import StageEvents, run_stage
 from astep_cal.formats import names, products
+from astep_cal.formats.names import split_unit
 from astep_cal.formats.raw_night import NightInventory
 from astep_cal.science.flat_change import clear_sky_throughput, compare_flats
 from astep_cal.state import alerts, entries
@@ -87,10 +88,11 @@ def flat_figures(root: Path, date: str, night: dict[str, Any], settings: Setting
 
 
 def history(ledger: Ledger, date: str) -> alerts.History:
-    """The earlier nights' health totals (the index rows: no night file is read)."""
+    """The same camera's earlier nights' health totals (the index rows: no night file is read)."""
     rows = []
+    day, camera = split_unit(date)
     for other in ledger.dates():
-        if other < date:
+        if split_unit(other)[1] == camera and split_unit(other)[0] < day:
             figures = ledger.totals(other).get("health")
             if figures:
                 rows.append((other, figures))

@@ -77,15 +77,18 @@ def of_shape(frames: list[RawFrame], shape: tuple[int, int]) -> tuple[list[RawFr
 
 
 def find_borrowed_flat(root: Path, date: str, max_age_days: int) -> tuple[str, Path] | None:
-    """The nearest earlier night (within ``max_age_days``) that made a master flat from its own flats."""
-    night = dt.date.fromisoformat(date)
+    """The nearest earlier night of the same camera (within ``max_age_days``) that made a master flat from
+    its own flats: its night key and the flat."""
+    day, camera = names.split_unit(date)
+    night = dt.date.fromisoformat(day)
     candidates = sorted((p.name for p in root.iterdir() if p.is_dir() and valid_date(p.name)), reverse=True)
-    for other in candidates:
-        age = (night - dt.date.fromisoformat(other)).days
+    for other_day in candidates:
+        age = (night - dt.date.fromisoformat(other_day)).days
         if age <= 0:
             continue
         if age > max_age_days:
             break
+        other = names.night_unit(other_day, camera)
         path = masters_dir(root, other) / names.MASTER_FLAT
         if path.is_file() and fits.getval(path, kw.MASTER_NIGHT.name) == other:
             return other, path

@@ -85,7 +85,8 @@ def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings
 
     frames = night_catalogues(cal_dir, night, log)
     records = {}
-    for target in night_targets(frames, settings, log):
+    targets = night_targets(frames, settings, log)
+    for target in targets:
         curve = light_curve(frames, target, settings.photometry.bin_minutes)
         for level, event, fields in curve.events:
             getattr(log, level)(event, **fields)
@@ -98,4 +99,45 @@ def night_light_curves(cal_dir: Path, date: str, night: dict[str, Any], settings
         elif curve.status == "not_observed":
             log.debug("lightcurve_not_observed", target=target.name)
         records[target.name] = record
-    return {"frames": len(frames), "targets": records}
+    ratios = night_depth_ratios(cal_dir, date, records, targets, log)
+    return {"frames": len(frames), "targets": records, **({"depth_ratios": ratios} if ratios else {})}
+
+
+def night_depth_ratios(cal_dir: Path, night: str, records: dict[str, Any], targets: list[Target],
+                       log: Any) -> dict[str, Any]:
+    """ASTEP+: for each target whose light curve this camera wrote and the night's other colour has too
+    (blue ``CAMB``, red ``CAMR``), the blue/red transit depth ratio (``science.depth_ratio``), written
+    beside both light curves (``formats.depth_ratio_products``) and logged (``depth_ratio_written``).
+
+    Whichever camera closes last finds both curves; a camera closed again (late frames) writes it anew."""
+    from astep_cal.formats import depth_ratio_products as products_
+    from astep_cal.science.depth_ratio import Curve, depth_ratio
+    from astep_cal.science.lightcurve import BAD_POINT
+
+    date, camera = names.split_unit(night)
+    if camera not in (names.BLUE_CAMERA, names.RED_CAMERA):
+        return {}
+    root = cal_dir.parent.parent
+    dirs = {colour: names.cal_dir(root, names.night_unit(date, c))
+            for colour, c in (("blue", names.BLUE_CAMERA), ("red", names.RED_CAMERA))}
+    ratios = {}
+    for target in targets:
+        record = records.get(target.name, {})
+        paths = {colour: directory / record.get("csv", "") for colour, directory in dirs.items()}
+        if record.get("status") != "ok" or not all(p.is_file() for p in paths.values()):
+            continue
+        try:
+            curves = {c: Curve(*products_.read_light_curve(p, BAD_POINT)) for c, p in paths.items()}
+        except (OSError, ValueError) as error:
+            log.warning("depth_ratio_failed", target=target.name, error=f"{type(error).__name__}: {error}")
+            continue
+        ephemeris = (target.t0, target.period, target.duration_h) if target.period > 0 else None
+        result = depth_ratio(curves["blue"], curves["red"], ephemeris)
+        ratio = products_.ratio_record(result, date, target.name,
+                                       {c: str(p.relative_to(root / date)) for c, p in paths.items()})
+        ratio["file"] = products_.write_ratio(list(dirs.values()), ratio)
+        log.info("depth_ratio_written", target=target.name, status=ratio["status"], ratio=ratio["ratio"],
+                 error=ratio["error"], blue_depth=ratio["blue"].get("depth"), red_depth=ratio["red"].get("depth"),
+                 method=ratio["method"], file=ratio["file"])
+        ratios[target.name] = ratio
+    return ratios

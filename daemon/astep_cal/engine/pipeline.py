@@ -26,11 +26,11 @@ from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_wor
 from astep_cal.engine.solve_budget import NightSolving
 from astep_cal.engine.stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
 from astep_cal.formats import names, summary
+from astep_cal.formats.cameras import discover_units
 from astep_cal.formats.names import cal_dir, masters_dir
 from astep_cal.formats.raw_night import (
     NightInventory,
     RawFrame,
-    discover_nights,
     make_output_dirs,
     problem_record,
     raw_listing,
@@ -295,18 +295,19 @@ class NightRun:
 
 def process_root(root: Path, settings: Settings, ledger: Ledger, *, nights: list[str] | None = None,
                  force: bool = False, progress: ProgressCallback | None = None) -> list[NightResult]:
-    """Process every night under ``root`` (or only ``nights``), oldest first. Solves an earlier run deferred
+    """Process every night under ``root`` (or only ``nights``: night keys, or dates for all their cameras),
+    oldest first, each camera of a night as its own unit (``formats/cameras``). Solves an earlier run deferred
     (a night's budget of failed solving spent) are tried again, under this run's budget.
 
     A night with nothing to do (:func:`night_has_work`) is not opened: a run over a finished archive
     costs a listing and a stat per file, and writes nothing.
     """
     log = get_logger()
-    found, problems = discover_nights(root)
+    found, problems = discover_units(root, settings.cameras)
     for problem in problems:
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
     ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]
-    selected = [d for d in found if nights is None or d in nights]
+    selected = [d for d in found if nights is None or d in nights or names.unit_date(d) in nights]
     results = [NightRun(root, date, settings, ledger, force, progress, retry_deferred=True).run() for date in selected
                if force or night_has_work(root, date, ledger, settings, retry_blocked=True, new_settings_count=True,
                                           deferred=True)]

@@ -52,11 +52,12 @@ def needs_solve(entry: dict[str, Any], settings: Settings, deferred: bool = Fals
 def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
     """Forget failed stages (and solve tries) so the next run retries them; returns how many frames.
 
-    Only nights whose totals show failures are opened."""
+    Only nights whose totals show failures are opened; a date in ``nights`` means every camera of it."""
     cleared = 0
     for date in ledger.dates():
         totals = ledger.totals(date)
-        if (nights is not None and date not in nights) or not (totals["cal_failed"] or totals["solve_failed"]):
+        named = nights is None or date in nights or names.unit_date(date) in nights
+        if not named or not (totals["cal_failed"] or totals["solve_failed"]):
             continue
         for entry in ledger.night(date).get("frames", {}).values():
             touched = False

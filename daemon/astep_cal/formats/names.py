@@ -16,6 +16,7 @@ No numpy or astropy: the light commands (status, rescan, retry) and the watcher 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -31,7 +32,11 @@ FLAT_RATIO = "health/flat_ratio.fits"  # under the _CAL directory: the flat-rati
 
 
 DEFAULT_CAMERA = "CAMS"  # ASTEP 400's one camera; ASTEP+ writes CAMB (blue) and CAMR (red)
+BLUE_CAMERA, RED_CAMERA = "CAMB", "CAMR"  # the pair whose transit depths are compared (science/depth_ratio.py)
+AUTO_CAMERAS = "auto"  # the ``cameras`` setting that takes every DATE-<SUFFIX> science directory of a night
+CAMERA_NAME = re.compile(r"^[A-Z0-9]+$")  # a camera suffix: no '_' (that starts _SKYFLAT, _CAL), no '/', no '.'
 _CAMERA = re.compile(r"^(\d{4}-\d{2}-\d{2})-([A-Z0-9]+)$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def night_unit(date: str, camera: str = DEFAULT_CAMERA) -> str:
@@ -44,6 +49,32 @@ def split_unit(night: str) -> tuple[str, str]:
     """``(date, camera)`` of a night key (:func:`night_unit`)."""
     match = _CAMERA.match(night)
     return (match.group(1), match.group(2)) if match else (night, DEFAULT_CAMERA)
+
+
+def valid_date(name: str) -> bool:
+    """``YYYY-MM-DD`` and a real calendar date."""
+    if not isinstance(name, str) or not _DATE.match(name):
+        return False
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
+
+
+def valid_unit(key: object) -> bool:
+    """A night key: a valid date, or ``DATE-CAMERA`` for a camera other than the default (the default
+    camera's night is only ever the plain date, so one night never has two keys). Keys become file
+    names (``nights/<key>.json``) and directory names: nothing else passes."""
+    if not isinstance(key, str):
+        return False
+    date, camera = split_unit(key)
+    return valid_date(date) and (key == date or (camera != DEFAULT_CAMERA and bool(CAMERA_NAME.match(camera))))
+
+
+def unit_date(night: str) -> str:
+    """The date of a night key: the name of the night's directory under the data root."""
+    return split_unit(night)[0]
 
 
 def _camera_dir(root: Path, night: str, what: str = "") -> Path:
@@ -66,6 +97,12 @@ def cal_dir(root: Path, date: str) -> Path:
 
 def masters_dir(root: Path, date: str) -> Path:
     return cal_dir(root, date) / "masters"
+
+
+def unit_of_cal_file(cal_path: Path) -> str:
+    """The night key a CAL file belongs to, from its directory ``DATE/DATE-CAMERA_CAL/``."""
+    date = cal_path.parents[1].name
+    return night_unit(date, cal_path.parent.name.removeprefix(f"{date}-").removesuffix("_CAL"))
 
 
 def fits_stem(name: str) -> str:

@@ -15,7 +15,6 @@ stop a night.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import re
@@ -26,7 +25,16 @@ from typing import Any
 
 from astropy.io import fits
 
-from astep_cal.formats.names import FITS_SUFFIXES, cal_dir, cams_dir, fits_stem, masters_dir, skyflat_dir
+from astep_cal.formats.names import (  # noqa: F401 (valid_date re-exported: callers import it from here)
+    FITS_SUFFIXES,
+    cal_dir,
+    cams_dir,
+    fits_stem,
+    masters_dir,
+    skyflat_dir,
+    unit_date,
+    valid_date,
+)
 from astep_cal.formats.raw_headers import image_hdu, kind_from_header, read_ccd_temp, read_date_obs, read_exptime
 from astep_cal.formats.raw_limits import MAX_PIXELS, Refusal, screen_gzip, screen_magic, screen_plain
 from astep_cal.formats.stat_memo import StatMemo
@@ -70,10 +78,11 @@ class Problem:
 
 @dataclass
 class NightInventory:
-    """Every raw frame of one night, by role, plus the problems found while reading them."""
+    """Every raw frame of one night (one camera's: ``date`` is the night key), by role, plus the problems
+    found while reading them."""
 
     date: str
-    night_dir: Path
+    night_dir: Path  # ROOT/YYYY-MM-DD, shared by the night's cameras
     science: list[RawFrame] = field(default_factory=list)
     darks: list[RawFrame] = field(default_factory=list)  # from both raw directories
     biases: list[RawFrame] = field(default_factory=list)
@@ -95,25 +104,15 @@ class NightInventory:
 
 
 def make_output_dirs(root: Path, date: str) -> None:
-    """Create ``_CAL/masters`` under the night directory, never the night directory or root itself
+    """Create the night key's ``_CAL/masters`` under the night directory, never the night directory or root itself
     (an unmounted root must make writes fail, not be recreated on the wrong disk)."""
-    night = root / date
+    night = root / unit_date(date)
     if not night.is_dir():
         raise FileNotFoundError(f"the night directory {night} is not there")
     for directory in (cal_dir(root, date), masters_dir(root, date)):
         if directory.exists() and not within_root(directory, root):
             raise PermissionError(f"{directory} links out of the data root: refused")
     masters_dir(root, date).mkdir(parents=True, exist_ok=True)
-
-
-def valid_date(name: str) -> bool:
-    if not DATE_PATTERN.match(name):
-        return False
-    try:
-        dt.date.fromisoformat(name)
-    except ValueError:
-        return False
-    return True
 
 
 def discover_nights(root: Path) -> tuple[list[str], list[Problem]]:
@@ -169,7 +168,7 @@ def directories_stamp(root: Path, date: str) -> tuple:
     file rewritten in place is seen by the file events instead).
     """
     stamp = []
-    for directory in (root / date, cams_dir(root, date), skyflat_dir(root, date), cal_dir(root, date)):
+    for directory in (root / unit_date(date), cams_dir(root, date), skyflat_dir(root, date), cal_dir(root, date)):
         try:
             stat = directory.stat()
         except OSError:
@@ -344,7 +343,7 @@ inspect_known_frame: StatMemo[RawFrame | Problem] = StatMemo(inspect_frame)  # u
 
 def take_inventory(root: Path, date: str) -> NightInventory:
     """Classify every file of one night. Missing directories are problems, not errors."""
-    inventory = NightInventory(date=date, night_dir=root / date)
+    inventory = NightInventory(date=date, night_dir=root / unit_date(date))
     for directory, role in ((inventory.cams_dir, "CAMS"), (inventory.skyflat_dir, "SKYFLAT")):
         if not directory.is_dir():
             event = "science_dir_missing" if role == "CAMS" else "skyflat_dir_missing"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from astep_cal.formats.depth_ratio_products import report_lines as depth_ratio_lines
 from astep_cal.formats.lightcurve_products import report_lines
 from astep_cal.formats.summary import frame_rows
 from astep_cal.formats.summary_png import fmt
@@ -76,6 +77,7 @@ def render_report(document: dict[str, Any]) -> str:
         lines += ["", "unusable input files:"]
         lines += [f"  {p['path']}: {p['event']} ({p['reason']})" for p in document["problems"]]
     lines += report_lines(document.get("photometry", {}))
+    lines += depth_ratio_lines(document.get("depth_ratios", {}))
     lines += health_lines(document["night"], document.get("health"))
     return "\n".join(lines)
 

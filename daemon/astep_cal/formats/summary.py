@@ -204,7 +204,15 @@ def build_summary(date: str, night: dict[str, Any], settings: Settings) -> dict[
         "frames": frame_table(frames),
         "photometry": summary_section(entries.photometry_record(night)),
         "health": night.get("health"),
+        **_depth_ratios(entries.photometry_record(night)),
     }
+
+
+def _depth_ratios(photometry: dict[str, Any] | None) -> dict[str, Any]:
+    """``depth_ratios`` (ASTEP+: blue/red transit depth per target, formats/depth_ratio_products.py), only
+    on nights that have one: a single-camera night's summary is unchanged."""
+    ratios = (photometry or {}).get("depth_ratios")
+    return {"depth_ratios": ratios} if ratios else {}
 
 
 def _without_time(document: dict[str, Any]) -> dict[str, Any]:

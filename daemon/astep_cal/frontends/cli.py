@@ -65,14 +65,14 @@ def _root(args: argparse.Namespace, settings: Settings | None = None) -> Path:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from astep_cal.engine.pipeline import process_root
-    from astep_cal.formats.raw_night import valid_date
+    from astep_cal.formats.names import valid_unit
     from astep_cal.state.recovery import open_ledger
 
     settings = _settings(args)
     configure(settings.logging.format, settings.logging.level)
     root = _root(args)
-    if args.night and not valid_date(args.night):
-        raise ConfigError(f"--night {args.night}: not a YYYY-MM-DD date")
+    if args.night and not valid_unit(args.night):
+        raise ConfigError(f"--night {args.night}: not a YYYY-MM-DD date nor a night key YYYY-MM-DD-CAMERA")
     ledger_path = settings.ledger_path(root)
     with RootLock(ledger_path):
         ledger = open_ledger(ledger_path, root, get_logger())
@@ -170,13 +170,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_ATTENTION if attention else EXIT_OK
 
 
-def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The night's summary, built from the ledger; or a summary.json file given instead of a date."""
-    from astep_cal.formats.raw_night import valid_date
+def _load_summaries(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The night's summaries, built from the ledger — a date gives one per camera (``DATE``, ``DATE-CAMB``,
+    ``DATE-CAMR``...), a night key its own; or a summary.json file given instead of a date."""
+    from astep_cal.formats.names import unit_date, valid_unit
     from astep_cal.formats.summary import build_summary, is_summary
 
     given = Path(args.night)
-    if not valid_date(args.night) and given.is_file():
+    if not valid_unit(args.night) and given.is_file():
         from astep_cal.formats.summary_schema import summary_problem
         from astep_cal.support.text import printable
 
@@ -189,37 +190,39 @@ def _load_summary(args: argparse.Namespace) -> dict[str, Any] | None:
         problem = summary_problem(document)
         if problem is not None:
             raise ConfigError(f"{printable(given)}: not a valid summary.json: {printable(problem)}")
-        return document
-    if not valid_date(args.night):
-        raise ConfigError(f"{args.night}: not a YYYY-MM-DD date nor a summary.json file")
+        return [document]
+    if not valid_unit(args.night):
+        raise ConfigError(f"{args.night}: not a YYYY-MM-DD date, a night key YYYY-MM-DD-CAMERA nor a summary.json file")
     settings = _settings(args)
     root = _root(args, settings)
     ledger_path = settings.ledger_path(root)
-    night = Ledger.load(ledger_path).peek(args.night) if ledger_path.exists() else None
-    if not night or not night.get("frames"):
-        return None
-    return build_summary(args.night, night, settings)
+    ledger = Ledger.load(ledger_path) if ledger_path.exists() else None
+    keys = [] if ledger is None else [k for k in ledger.dates() if k == args.night or (
+        args.night == unit_date(args.night) and unit_date(k) == args.night)]
+    nights = [(key, ledger.peek(key)) for key in keys]
+    return [build_summary(key, night, settings) for key, night in nights if night and night.get("frames")]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from astep_cal.formats.report import render_report
 
-    document = _load_summary(args)
-    if document is None:
+    documents = _load_summaries(args)
+    if not documents:
         print(f"astep-cal: no processed frames for night {args.night}", file=sys.stderr)
         return EXIT_USAGE
     from astep_cal.support.text import printable
 
     # JSON escapes control characters itself; the text report shows them as escapes (a file name or an
-    # error message may hold a terminal escape sequence)
+    # error message may hold a terminal escape sequence). Several cameras: one after the other (JSON: a list).
     try:
-        text = json.dumps(document, indent=1) if args.json else printable(render_report(document), keep_newlines=True)
+        text = (json.dumps(documents[0] if len(documents) == 1 else documents, indent=1) if args.json else
+                "\n\n".join(printable(render_report(d), keep_newlines=True) for d in documents))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:  # a layout the check let by
         print(f"astep-cal: cannot render this summary: {printable(type(error).__name__)}: {printable(error)}",
               file=sys.stderr)
         return EXIT_USAGE
     print(text)
-    return EXIT_ATTENTION if document.get("attention") else EXIT_OK
+    return EXIT_ATTENTION if any(d.get("attention") for d in documents) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -292,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     once = commands.add_parser("once", help="calibrate and solve every night not done yet, then exit")
     once.add_argument("root", help="data root holding YYYY-MM-DD night directories")
-    once.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    once.add_argument("--night", help="only this night (YYYY-MM-DD: every camera; YYYY-MM-DD-CAMR: one)")
     once.add_argument("--force", action="store_true", help="redo the night(s) even if done")
     once.add_argument("--mem-limit", type=float, metavar="GB", help="peak memory bound (default 2.0)")
     once.add_argument("--config", help="TOML configuration file")
@@ -318,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     report = commands.add_parser("report", help="print one night's summary (frames, masters, metrics, failures)")
-    report.add_argument("night", metavar="DATE", help="YYYY-MM-DD, or the path of a night's summary.json")
+    report.add_argument("night", metavar="DATE", help="YYYY-MM-DD (every camera of the night), a night key "
+                        "YYYY-MM-DD-CAMERA, or the path of a night's summary.json")
     _reader_options(report, json_help="the summary document as JSON")
     report.set_defaults(func=cmd_report)
 
@@ -335,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser("retry", help="clear failed frames so they are tried again")
     retry.add_argument("root")
-    retry.add_argument("--night", help="only this night (YYYY-MM-DD)")
+    retry.add_argument("--night", help="only this night (YYYY-MM-DD: every camera; YYYY-MM-DD-CAMR: one)")
     retry.add_argument("--config")
     retry.add_argument("--ledger")
     retry.set_defaults(func=cmd_retry)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from astep_cal.formats.names import unit_date
 from astep_cal.state import alerts
 from astep_cal.state.ledger import Ledger
 from astep_cal.support.config import ConfigError, Settings
@@ -46,7 +47,7 @@ def trend_rows(ledger: Ledger, first: str | None = None, last: str | None = None
     """One row per night with health figures, oldest first (from the index rows)."""
     rows = []
     for date in ledger.dates():
-        if (first and date < first) or (last and date > last):
+        if (first and unit_date(date) < first) or (last and unit_date(date) > last):
             continue
         figures = ledger.totals(date).get("health")
         if figures:
@@ -79,7 +80,7 @@ def render_png(rows: list[dict[str, Any]]) -> bytes:
 
     panels = (("throughput", "clear-sky ZP (mag)"), ("n_hot", "hot pixels"), ("fwhm_arcsec", "FWHM (\")"),
               ("ellipticity", "ellipticity"), ("sky_mag_arcsec2", "sky (mag/\"²)"))
-    nights = [dt.date.fromisoformat(r["night"]) for r in rows]
+    nights = [dt.date.fromisoformat(unit_date(r["night"])) for r in rows]
     figure, axes = plt.subplots(len(panels), 1, figsize=(8, 9), sharex=True)
     for ax, (key, label) in zip(axes, panels):
         points = [(n, r[key]) for n, r in zip(nights, rows) if r.get(key) is not None]

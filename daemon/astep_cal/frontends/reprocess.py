@@ -12,9 +12,7 @@ as ``astep-cal once`` — the same engine functions from :mod:`pipeline` (``ensu
   small dicts, never pixels: a masters task writes ``_CAL/masters/`` once, frame tasks read them from
   disk (cached per worker process) and write their CAL file atomically, so a worker killed mid-task
   leaves nothing partial and the retried task, starting again from the ledger entry the client sent,
-  simply writes the same file.
-
-Worker-side functions are module-level and take only picklable values.
+  simply writes the same file. Worker-side functions are module-level and take only picklable values.
 """
 
 from __future__ import annotations
@@ -36,8 +34,9 @@ from astep_cal.engine.night_masters import Masters, ensure_masters, load_masters
 from astep_cal.engine.pipeline import NightResult, close_night, frames_to_do, open_night
 from astep_cal.engine.rules import needs_calibration, needs_solve
 from astep_cal.formats import names
+from astep_cal.formats.cameras import discover_units
 from astep_cal.formats.names import cal_dir, masters_dir
-from astep_cal.formats.raw_night import NightInventory, RawFrame, discover_nights, take_inventory, valid_date
+from astep_cal.formats.raw_night import NightInventory, RawFrame, take_inventory, valid_date
 from astep_cal.science.masters import cpu_count
 from astep_cal.state import entries
 from astep_cal.state.ledger import Ledger
@@ -74,7 +73,8 @@ def parse_night_range(text: str | None) -> tuple[str | None, str | None]:
 
 
 def select_nights(nights: list[str], first: str | None, last: str | None) -> list[str]:
-    return [d for d in nights if (first is None or d >= first) and (last is None or d <= last)]
+    days = {d: names.unit_date(d) for d in nights}  # a date's every camera is in its range
+    return [d for d in nights if (first is None or days[d] >= first) and (last is None or days[d] <= last)]
 
 
 # --- worker side ----------------------------------------------------------------------------------
@@ -182,8 +182,7 @@ class Reprocess:
     def __init__(self, client: Any, root: Path, settings: Settings, ledger: Ledger, *, force: bool = False,
                  progress: ProgressCallback | None = None, on_result: Callable[[str, str], None] | None = None):
         self.client, self.root, self.settings, self.ledger = client, root, settings, ledger
-        self.force, self.progress = force, progress
-        self.on_result = on_result  # (kind, key) after each collected result: a hook for tests
+        self.force, self.progress, self.on_result = force, progress, on_result  # on_result(kind, key): a test hook
         self.log = get_logger()
         self.run_id = uuid.uuid4().hex[:8]  # task keys stay unique on a long-lived shared scheduler
         self.plans: dict[str, NightPlan] = {}
@@ -392,7 +391,7 @@ def reprocess_root(client: Any, root: Path, settings: Settings, ledger: Ledger, 
                    on_result: Callable[[str, str], None] | None = None) -> list[NightResult]:
     """Reprocess every night of ``root`` between ``first`` and ``last`` (inclusive), oldest first."""
     log = get_logger()
-    found, problems = discover_nights(root)
+    found, problems = discover_units(root, settings.cameras)
     for problem in problems:
         log.warning(problem.event, path=str(problem.path), error=problem.reason)
     ledger.root_problems = [{"path": p.path.name, "event": p.event, "reason": p.reason} for p in problems]

@@ -17,7 +17,7 @@ from watchdog.events import EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileS
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from astep_cal.formats.names import cams_dir, skyflat_dir
+from astep_cal.formats.names import cams_dir, skyflat_dir, split_unit, unit_date
 from astep_cal.formats.raw_night import Problem, inspect_frame, is_fits_name, is_temporary, valid_date
 from astep_cal.support.config import DaemonSettings
 
@@ -27,7 +27,8 @@ READ_ONLY_EVENTS = (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE)
 
 
 class NightEvents(FileSystemEventHandler):
-    """Remembers the last event time per night date; thread-safe, bounded by the number of nights."""
+    """Remembers the last event time per night date (the worker looks at each of its cameras, ``cameras``);
+    thread-safe, bounded by the number of nights."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -89,13 +90,16 @@ def _night_files(night_dir: Path, date: str) -> list[Path]:
 
 
 def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float | None = None) -> Readiness:
-    """Is the night's raw data complete? Decided from the file system (stat and FITS headers) only."""
+    """Is the night's raw data complete? Decided from the file system (stat and FITS headers) only.
+
+    ``date`` is a night key: each camera of a night waits for its own science and sky-flat sets (the
+    marker file in the night directory says the whole night, every camera, is complete)."""
     now = time.time() if now is None else now
-    night_dir = root / date
+    night_dir = root / unit_date(date)
     if (night_dir / settings.marker_file).exists():
         return Readiness(True, "marker")
     if not cams_dir(root, date).is_dir():
-        return Readiness(False, "no -CAMS directory yet")
+        return Readiness(False, f"no -{split_unit(date)[1]} directory yet")
     files = _night_files(night_dir, date)
     if any(is_temporary(p.name) for p in files):
         return Readiness(False, "transfer in progress", settings.settle_seconds)

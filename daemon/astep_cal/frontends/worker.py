@@ -30,7 +30,8 @@ from typing import Any
 
 from astep_cal.engine.pipeline import NightRun
 from astep_cal.engine.rules import clear_failures, night_has_work
-from astep_cal.formats.raw_night import directories_stamp, discover_nights
+from astep_cal.formats.cameras import discover_units, units_of_dates
+from astep_cal.formats.raw_night import directories_stamp
 from astep_cal.frontends.control import RETRY_REQUEST
 from astep_cal.frontends.status import night_row, night_rows
 from astep_cal.frontends.watcher import NightEvents, night_readiness
@@ -266,15 +267,15 @@ class NightWorker:
         its cost follows the nights that changed, not the size of the archive.
         """
         now = time.monotonic()
-        for night in self.events.take():
-            self.pending[night] = now
+        for night in units_of_dates(self.root, list(self.events.take()), self.settings.cameras):
+            self.pending[night] = now  # an event names a date: each of its cameras is looked at
         full = self.rescan_all.is_set()
         if not full and now - self._last_reconcile < self.settings.daemon.reconcile_interval_s:
             return False
         self.rescan_all.clear()
         self._last_reconcile = now
         self._apply_retry_request()
-        nights, _ = discover_nights(self.root)
+        nights, _ = discover_units(self.root, self.settings.cameras)
         for night in nights:
             if self._guarded(night, self._has_work, night, not full):
                 self.pending.setdefault(night, now)

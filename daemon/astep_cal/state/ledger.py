@@ -47,7 +47,7 @@ from typing import Any
 
 from astep_cal import __version__
 from astep_cal.state import alerts, entries
-from astep_cal.state.ledger_schema import check_index, check_night, is_date, read_document
+from astep_cal.state.ledger_schema import check_index, check_night, is_night_key, read_document
 from astep_cal.state.root_lock import NIGHTS_DIR, LedgerLocked, RootLock  # noqa: F401 (the ledger's lock)
 from astep_cal.support.storage import atomic_write_bytes
 
@@ -202,7 +202,7 @@ class Ledger:
         writes), add night files the index lacks, drop rows whose file is gone."""
         rows = self.index["nights"]
         on_disk = {p.name[:-5] for p in self.nights_dir.glob("*.json")} if self.nights_dir.is_dir() else set()
-        on_disk = {name for name in on_disk if is_date(name)}  # anything else in nights/ is not ours
+        on_disk = {name for name in on_disk if is_night_key(name)}  # anything else in nights/ is not ours
         for date in sorted(on_disk | set(rows)):
             stamp = _stamp(self._night_path(date))
             row = rows.get(date)
@@ -217,8 +217,8 @@ class Ledger:
                     rows[date] = {"totals": night_totals(night), "file": stamp}
 
     def _night_path(self, date: str) -> Path:
-        if not is_date(date):  # never a path outside nights/ (the index's keys were checked on load)
-            raise ValueError(f"not a night date: {date!r}")
+        if not is_night_key(date):  # never a path outside nights/ (the index's keys were checked on load)
+            raise ValueError(f"not a night key: {date!r}")
         return self.nights_dir / f"{date}.json"
 
     def _read_night(self, date: str) -> dict[str, Any]:

@@ -15,34 +15,29 @@ No numpy, no astropy: ``status`` imports it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from astep_cal.formats.names import valid_unit
+
 MAX_DEPTH = 24  # deepest nesting of a real ledger file is 6
 MAX_BYTES = 256 << 20  # a night of 1000 frames is ~1.5 MB; the index of 1000 nights ~0.5 MB
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class LedgerInvalid(ValueError):
     """A ledger file that is not a ledger (its reason says where)."""
 
 
-def is_date(key: object) -> bool:
-    """A night's key: a real calendar date as YYYY-MM-DD (it becomes ``nights/<key>.json``)."""
-    if not isinstance(key, str) or not _DATE.match(key):
-        return False
-    try:
-        dt.date.fromisoformat(key)
-    except ValueError:
-        return False
-    return True
+def is_night_key(key: object) -> bool:
+    """A night's key (it becomes ``nights/<key>.json``): a real calendar date as YYYY-MM-DD, or
+    ``YYYY-MM-DD-CAMERA`` for a camera other than the default (:func:`names.valid_unit`: capitals and
+    digits after the date, so never a path)."""
+    return valid_unit(key)
 
 
 def is_file_name(key: object) -> bool:
@@ -159,7 +154,7 @@ def _short(value: Any) -> str:
 
 # --- the layout (state/entries.py describes the records) -------------------------------------------
 
-DATE = Check(is_date, "a YYYY-MM-DD date")
+DATE = Check(is_night_key, "a night key (YYYY-MM-DD or YYYY-MM-DD-CAMERA)")
 FILE_NAME = Check(is_file_name, "a file name")
 REL_PATH = Check(is_relative_path, "a relative path without ..")
 OPT_NUM = (int, float, type(None))

@@ -16,6 +16,7 @@ from astropy.io import fits
 
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
+from astep_cal.formats.cameras import output_units
 from astep_cal.formats.names import cal_dir, masters_dir
 from astep_cal.formats.raw_night import discover_nights
 from astep_cal.state.ledger import Ledger
@@ -119,7 +120,7 @@ def rebuild_from_outputs(root: Path, ledger: Ledger, only: list[str] | None = No
     ledger file was lost); returns the frames recovered."""
     recovered = 0
     nights, _ = discover_nights(root)
-    for date in nights:
+    for date in [unit for day in nights for unit in output_units(root, day)]:
         if only is not None and date not in only:
             continue
         directory = cal_dir(root, date)

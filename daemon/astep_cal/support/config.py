@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,19 @@ _SECTIONS = {
 }
 
 
+def _cameras(value: Any) -> list[str]:
+    """``cameras``: a list of directory suffixes, or ``"auto"`` (kept as ``["auto"]``)."""
+    if value == "auto":
+        return ["auto"]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'cameras: expected a list of camera suffixes or "auto", got {value!r}')
+    return value
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Check a TOML value against the type of its default (ints are accepted for floats)."""
     if isinstance(default, tuple):
-        return _coerce_list(name, value, "" if name.startswith("headers.") else 0.0)
+        return _coerce_list(name, value, "" if name.startswith("headers.") or name == "cameras" else 0.0)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -98,6 +108,7 @@ class _TopLevel:
     data_root: str = ""
     ledger: str = ""
     mem_limit_gb: float = 2.0
+    cameras: tuple[str, ...] = ("CAMS",)
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
@@ -108,6 +119,8 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] must be a table")
             sections[key] = _build(_SECTIONS[key], value, f"{key}.")
+        elif key == "cameras":
+            top[key] = _cameras(value)
         else:
             top[key] = value
     base = _build(_TopLevel, top, "")
@@ -179,6 +192,7 @@ def validate(settings: Settings) -> None:
     """Refuse values that are well-typed but meaningless: non-finite numbers, numbers out of their
     range (:data:`_RANGES`), and inconsistent pairs."""
     _check_ranges(settings)
+    _validate_cameras(settings.cameras)
     a = settings.astrometry
     if not 0 < a.scale_low_deg <= a.scale_high_deg:
         raise ConfigError("astrometry.scale_low_deg must be > 0 and <= scale_high_deg")
@@ -222,6 +236,15 @@ def validate(settings: Settings) -> None:
         raise ConfigError("logging.format must be auto, console, json or journal")
     if settings.logging.level not in {"debug", "info", "warning", "error"}:
         raise ConfigError("logging.level must be debug, info, warning or error")
+
+
+def _validate_cameras(cameras: tuple[str, ...]) -> None:
+    """Suffixes become directory names and night keys (``DATE-CAMR``): capitals and digits only, unique."""
+    if cameras == ("auto",):
+        return
+    if not cameras or len(set(cameras)) != len(cameras) or not all(re.fullmatch(r"[A-Z0-9]+", c) for c in cameras):
+        raise ConfigError('cameras: a list of unique directory suffixes of capitals and digits ("CAMB", "CAMR"), '
+                          f'or "auto"; got {list(cameras)!r}')
 
 
 def _validate_photometry(p: PhotometrySettings) -> None:

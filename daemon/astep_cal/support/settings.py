@@ -206,6 +206,9 @@ class Settings:
     data_root: str = ""  # the daemon's data root; the batch command takes ROOT as an argument
     ledger: str = ""  # empty: DATA_ROOT/.astep-cal/ledger.json
     mem_limit_gb: float = 2.0  # bound on the process's peak memory
+    # The camera directories of a night (DATE-<SUFFIX>), each its own unit of work (formats/cameras.py):
+    # ("CAMS",) for ASTEP 400, ("CAMB", "CAMR") for ASTEP+, ("auto",) for every DATE-<SUFFIX> directory
+    cameras: tuple[str, ...] = ("CAMS",)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     cosmics: CosmicSettings = field(default_factory=CosmicSettings)
     astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
