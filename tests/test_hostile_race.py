@@ -6,8 +6,11 @@ own or is refused, and the target is never left a link."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import select
+import struct
 import time
 
 import pytest
@@ -19,18 +22,29 @@ VICTIM_TEXT = b"root:$6$precious:19000:0:99999:7:::\n"
 
 
 def _swapper(directory: str, victim: str, targets: tuple[str, ...], stop: "multiprocessing.Event") -> None:
-    """The attacker: every temporary file and every target seen is replaced by a link to the victim."""
+    """The attacker: told by inotify of every file created in the directory, it replaces each temporary
+    file (and every target) with a link to the victim at once — within microseconds of ``mkstemp``,
+    which is what the window before a reopen by name is."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(os.O_NONBLOCK)
+    libc.inotify_add_watch(watch, directory.encode(), 0x100)  # IN_CREATE
     count = 0
     while not stop.is_set():
-        for name in os.listdir(directory):
-            if TEMP_MARKER in name or name in targets:
-                link = os.path.join(directory, f"attack-{count}")
-                count += 1
-                try:
-                    os.symlink(victim, link)
-                    os.rename(link, os.path.join(directory, name))  # atomic: the name is now the link
-                except OSError:
-                    pass
+        if not select.select([watch], [], [], 0.1)[0]:
+            continue
+        events, offset, created = os.read(watch, 1 << 16), 0, []
+        while offset < len(events):
+            length = struct.unpack_from("iIII", events, offset)[3]
+            created.append(events[offset + 16:offset + 16 + length].rstrip(b"\0").decode())
+            offset += 16 + length
+        for name in [n for n in created if TEMP_MARKER in n] + (list(targets) if created else []):
+            link = os.path.join(directory, f"attack-{count}")
+            count += 1
+            try:
+                os.symlink(victim, link)
+                os.rename(link, os.path.join(directory, name))  # atomic: the name is now the link
+            except OSError:
+                pass
 
 
 def _slow_writer(payload: bytes):
