@@ -185,11 +185,16 @@ MASTERS = Record({"darks": MapOf(MASTER_FILE, Check(is_number_key, "an exposure 
 NIGHT = Record({"frames": MapOf(FRAME, FILE_NAME), "masters": MASTERS, "problems": ListOf(PROBLEM),
                 "inventory": MapOf(int), "listing": str, "stuck": Record({"reason": str}), "photometry": MapOf(ANY)},
                ("frames",))
+# a night's health as the index row keeps it (alerts.compact): read by status (alert lines), trends, alerts
+HEALTH_KEYS = ("throughput", "zp_median", "n_zp", "sky_mag_arcsec2", "moon_alt_max_deg", "fwhm_arcsec", "ellipticity",
+               "bias_adu", "n_hot", "dark_e_per_s", "gain", "ccd_temp_c", "flat_structures", "flat_large_scale_std")
+HEALTH = Record({**{key: OPT_NUM for key in HEALTH_KEYS}, "flat_against": OPT_STR, "alerts": ListOf(str),
+                 "alert_details": ListOf(Record({"kind": str}, ("kind",)))})
 TOTALS = Record({"science": int, "calibrated": int, "cal_failed": int, "blocked": int, "solved": int,
                  "solve_failed": int,
                  "failed_solve_tries": MapOf(int, Check(lambda k: isinstance(k, str) and k.isdigit(), "a try count")), "next_retry": OPT_NUM,
                  "fwhm_arcsec": OPT_NUM, "darks": ListOf(Check(is_number_key, "an exposure time")),
-                 "flat": OPT_STR, "problems": int, "stuck": OPT_STR},
+                 "flat": OPT_STR, "problems": int, "stuck": OPT_STR, "health": (HEALTH, type(None))},
                 ("science", "calibrated", "cal_failed", "blocked", "solved", "solve_failed", "failed_solve_tries",
                  "next_retry", "fwhm_arcsec", "darks", "flat", "problems"))
 ROW = Record({"totals": TOTALS, "file": (ListOf(int), type(None))}, ("totals",))
