@@ -94,12 +94,19 @@ def _health_alerts(details):  # make fuzz: AttributeError/TypeError out of statu
     return damage
 
 
+def _night_flat_change_a_list(root: Path) -> None:  # make fuzz: AttributeError out of alerts.compact
+    night = json.loads(_night_file(root).read_text())
+    night["health"] = {"throughput": 0.9, "flat_change": [1], "alerts": []}
+    _night_file(root).write_text(json.dumps(night))
+
+
 HOSTILE = {"frames of the wrong type": _wrong_frames, "masters a list": _masters_list,
            "deeply nested night file": _deep_night, "deeply nested index": _deep_index,
            "index key out of the state directory": _traversal_key, "totals of the wrong type": _wrong_totals,
            "schema an object": _schema_an_object, "try count not a number": _tries_not_a_number, "FWHM a string": _fwhm_a_string,
            "alert details a string": _health_alerts("x"), "an alert not an object": _health_alerts([7]),
-           "an alert without a kind": _health_alerts([{"fwhm_arcsec": 3.0}])}
+           "an alert without a kind": _health_alerts([{"fwhm_arcsec": 3.0}]),
+           "night health's flat change a list": _night_flat_change_a_list}
 
 
 def _copy(processed: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
