@@ -85,10 +85,28 @@ def _tries_not_a_number(root: Path) -> None:  # make fuzz: int("a") in the statu
     index_path.write_text(json.dumps(index))
 
 
+def _health_alerts(details):  # make fuzz: AttributeError/TypeError out of status's alert lines
+    def damage(root: Path) -> None:
+        index_path = root / ".astep-cal" / "ledger.json"
+        index = json.loads(index_path.read_text())
+        index["nights"][DATE]["totals"]["health"] = {"alerts": ["fwhm"], "alert_details": details}
+        index_path.write_text(json.dumps(index))
+    return damage
+
+
+def _night_flat_change_a_list(root: Path) -> None:  # make fuzz: AttributeError out of alerts.compact
+    night = json.loads(_night_file(root).read_text())
+    night["health"] = {"throughput": 0.9, "flat_change": [1], "alerts": []}
+    _night_file(root).write_text(json.dumps(night))
+
+
 HOSTILE = {"frames of the wrong type": _wrong_frames, "masters a list": _masters_list,
            "deeply nested night file": _deep_night, "deeply nested index": _deep_index,
            "index key out of the state directory": _traversal_key, "totals of the wrong type": _wrong_totals,
-           "schema an object": _schema_an_object, "try count not a number": _tries_not_a_number, "FWHM a string": _fwhm_a_string}
+           "schema an object": _schema_an_object, "try count not a number": _tries_not_a_number, "FWHM a string": _fwhm_a_string,
+           "alert details a string": _health_alerts("x"), "an alert not an object": _health_alerts([7]),
+           "an alert without a kind": _health_alerts([{"fwhm_arcsec": 3.0}]),
+           "night health's flat change a list": _night_flat_change_a_list}
 
 
 def _copy(processed: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
@@ -139,3 +157,17 @@ def test_the_daemon_starts_on_a_hostile_ledger_keeps_it_aside_and_rebuilds(proce
     assert len(frames) == 3 and all(f["calibrate"]["status"] == "ok" for f in frames.values())
     rows = json.loads(_status(root, daemon.config_path, "--json").stdout)["nights"]
     assert [(r["night"], r["state"]) for r in rows] == [(DATE, "done")]
+
+
+def test_status_on_a_planted_acknowledgement_file_prints_no_traceback(processed, tmp_path):
+    """make fuzz's neighbour: an alert in the index and an acknowledgement that is not an object."""
+    from astep_cal.state.alerts import ACKS_FILE
+
+    def damage(root: Path) -> None:
+        _health_alerts([{"kind": "fwhm", "fwhm_arcsec": 3.0}])(root)
+        (root / ".astep-cal" / ACKS_FILE).write_text(json.dumps({"fwhm": "yesterday", "flat": [1]}))
+
+    root, _ = _copy(processed, tmp_path, damage)
+    done = _status(root, no_solve_config(tmp_path))
+    assert "Traceback" not in done.stderr and done.returncode in (0, 1), done.stderr
+    assert f"ALERT {DATE} fwhm" in done.stdout  # the valid alert is still shown, not acknowledged

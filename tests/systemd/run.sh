@@ -237,6 +237,26 @@ missing = [k for k in ("EVENT", "NIGHT", "FRAME", "DURATION_S") if k not in entr
 assert not missing and entry["NIGHT"] == sys.argv[2], (missing, entry.get("NIGHT"))
 print("journal fields:", {k: entry[k] for k in ("EVENT", "NIGHT", "FRAME", "DURATION_S", "PRIORITY")})
 EOF
+# A logged exception keeps its traceback in the real journald: EXCEPTION=, and after MESSAGE's first line.
+C systemd-run --quiet --wait -p User=astep-cal /opt/astep-cal/current/bin/python -c '
+from astep_cal.support import logs
+logs.configure("journal", "info")
+try:
+    {}["missing"]
+except KeyError:
+    logs.get_logger().exception("traceback_check", error="KeyError")
+' || die "systemd-run of the traceback check failed"
+wait_for 10 "the traceback_check event" 'C journalctl -o json --no-pager EVENT=traceback_check | grep -q .'
+C journalctl -o json --no-pager EVENT=traceback_check | tail -1 > "$RUN/traceback.json"
+/usr/bin/python3 - "$RUN/traceback.json" <<'EOF' || die "the journal lost the traceback"
+import json, sys
+entry = json.loads(open(sys.argv[1]).read())
+text = lambda v: bytes(v).decode() if isinstance(v, list) else v  # journalctl gives unprintable values as bytes
+exception, message = text(entry.get("EXCEPTION", "")), text(entry["MESSAGE"])
+assert "Traceback (most recent call last)" in exception and "KeyError" in exception, entry
+assert "Traceback (most recent call last)" in message, message
+print("journal traceback:", len(exception.splitlines()), "lines in EXCEPTION")
+EOF
 
 # --- reload = rescan -------------------------------------------------------------------------------
 before=$(events rescan)

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 DATE = "2026-07-01"
+LATER = "2026-07-02"  # a good night after the mutated one, in every batch: it must not be held up
+LATER_BOUND_S = 300  # its CAL files must be written within this of the batch's start, else a stall
 BATCH = 40  # mutated frames per `once` run
 ALARM_S = 20  # an in-process input taking longer is a hang
 BATCH_TIMEOUT_S = 900
@@ -59,6 +61,7 @@ class Tally:
     tracebacks: int = 0
     hangs: int = 0
     unaccounted: int = 0  # fits: a mutated file neither calibrated, failed nor a problem, or twice
+    later_stalls: int = 0  # fits: batches whose good later night was not calibrated within LATER_BOUND_S
     outcomes: dict[str, int] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
 
@@ -256,7 +259,7 @@ def fuzz_fits(base: Path, work: Path, count: int, rng: random.Random, tally: Tal
     config.write_text("[astrometry]\nenabled = false\n[photometry]\nenabled = false\n")
     while tally.inputs < count:
         root = work / f"batch-{tally.inputs}"
-        shutil.copytree(base, root, ignore=shutil.ignore_patterns(".astep-cal", f"{DATE}-CAMS_CAL"))
+        shutil.copytree(base, root, ignore=shutil.ignore_patterns(".astep-cal", "*-CAMS_CAL"))
         names = {}
         for index in range(min(BATCH, count - tally.inputs)):
             how, payload, suffix = mutate_fits(good, rng)
@@ -264,6 +267,7 @@ def fuzz_fits(base: Path, work: Path, count: int, rng: random.Random, tally: Tal
             (root / DATE / f"{DATE}-CAMS" / name).write_bytes(payload)
             names[name] = how
             tally.inputs += 1
+        started = time.time()
         process = subprocess.Popen([sys.executable, "-m", "astep_cal", "once", str(root), "--config", str(config)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_cap_memory)
         try:
@@ -283,6 +287,7 @@ def fuzz_fits(base: Path, work: Path, count: int, rng: random.Random, tally: Tal
             night = {}
             tally.find(f"no ledger after once ({error}): {err[-600:]}")
         _account(night, names, tally)
+        _check_later_night(root, started, names, tally)
         shutil.rmtree(root)
     return peak_kb
 
@@ -299,6 +304,22 @@ def _account(night: dict[str, Any], names: dict[str, str], tally: Tally) -> None
             tally.count(f"frame {frames[name].get('calibrate', {}).get('status')}")
         else:
             tally.count(next(p["event"] for p in night["problems"] if Path(p["path"]).name == name))
+
+
+def _check_later_night(root: Path, started: float, names: dict[str, str], tally: Tally) -> None:
+    """The good night after the mutated one: every science frame calibrated, within LATER_BOUND_S."""
+    raw = sorted(p.name for p in (root / LATER / f"{LATER}-CAMS").glob("*_SCIENCE.fits"))
+    cal = list((root / LATER / f"{LATER}-CAMS_CAL").glob("*.fits*"))
+    try:
+        frames = json.loads((root / ".astep-cal" / "nights" / f"{LATER}.json").read_text()).get("frames", {})
+    except (OSError, ValueError):
+        frames = {}
+    done = [name for name in raw if frames.get(name, {}).get("calibrate", {}).get("status") == "ok"]
+    late_s = max((p.stat().st_mtime for p in cal), default=float("inf")) - started
+    if not raw or len(done) != len(raw) or late_s > LATER_BOUND_S:
+        tally.later_stalls += 1
+        tally.find(f"later night stalled ({len(done)}/{len(raw)} calibrated, last CAL after {late_s:.0f} s) "
+                   f"behind {sorted(set(names.values()))}")
 
 
 def fuzz_json(base: Path, work: Path, kind: str, count: int, rng: random.Random, tally: Tally) -> None:
@@ -349,9 +370,10 @@ def make_base(work: Path) -> Path:
     from astep_cal.devtools.synthetic import NightSpec, make_night
 
     base = work / "base"
-    make_night(base, NightSpec(date=DATE, start_time=f"{DATE}T20:00:00", shape=(96, 96), pixel_scale_arcsec=38.4,
-                               fwhm_arcsec=96.0, n_science=1, n_darks=2, n_flats=2, n_flat_darks=1,
-                               n_cosmic_rays=2, n_hot_pixels=3, dead_column=40))
+    for date in (DATE, LATER):
+        make_night(base, NightSpec(date=date, start_time=f"{date}T20:00:00", shape=(96, 96), pixel_scale_arcsec=38.4,
+                                   fwhm_arcsec=96.0, n_science=1, n_darks=2, n_flats=2, n_flat_darks=1,
+                                   n_cosmic_rays=2, n_hot_pixels=3, dead_column=40))
     config = work / "base.toml"
     config.write_text("[astrometry]\nenabled = false\n")
     done = subprocess.run([sys.executable, "-m", "astep_cal", "once", str(base), "--config", str(config)],
@@ -382,6 +404,7 @@ def run(count: int, seed: int, work: Path, shipped: Path, fits: int | None = Non
     return {"date": time.strftime("%Y-%m-%d"), "seed": seed, "inputs": sum(t.inputs for t in tallies.values()),
             "tracebacks": sum(t.tracebacks for t in tallies.values()), "hangs": sum(t.hangs for t in tallies.values()),
             "unaccounted": sum(t.unaccounted for t in tallies.values()),
+            "later_night_stalls": tallies["fits"].later_stalls, "later_night_bound_s": LATER_BOUND_S,
             "peak_rss_mb": {"once": round(peak_kb / 1024, 1), "fuzz_process": round(self_kb / 1024, 1)},
             "duration_s": round(time.monotonic() - started, 1),
             "kinds": {kind: vars(tally) for kind, tally in tallies.items()}}
@@ -403,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     print(text)
-    clean = results["tracebacks"] == 0 and results["hangs"] == 0 and results["unaccounted"] == 0
+    clean = not (results["tracebacks"] or results["hangs"] or results["unaccounted"] or results["later_night_stalls"])
     return 0 if clean else 1
 
 

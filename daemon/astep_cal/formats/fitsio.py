@@ -5,6 +5,7 @@ The file-level pieces (atomic writes, fingerprints, storage errors) live in ``st
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,16 +66,34 @@ def read_image(path: Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
     return data, header
 
 
-def iter_row_bands(paths: list[Path], rows: int, band_height: int,
-                   hdus: list[int] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+MAX_KEPT_OPEN = 64  # inputs held open through a band iteration; with more, each band opens and closes each
+
+
+def kept_open_limit() -> int:
+    """How many inputs a band iteration may hold open: MAX_KEPT_OPEN, or a quarter of this process's
+    open-file limit when that is lower (the daemon's watcher, logs and solve-field need the rest)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_KEPT_OPEN if soft == resource.RLIM_INFINITY else max(1, min(MAX_KEPT_OPEN, soft // 4))
+
+
+def iter_row_bands(paths: list[Path], rows: int, band_height: int, hdus: list[int] | None = None,
+                   keep_open: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(row slice, stack)`` with ``stack[i]`` the rows of ``paths[i]``, as float32.
 
     Reading bands through ``HDU.section`` keeps memory at ``len(paths) * band_height * width``
     values instead of whole frames: this is what bounds the master-combine step by ``--mem-limit``.
-    The files are opened once and kept open for the whole iteration; ``hdus`` gives the image HDU of
-    each file (1 for fpack-compressed files, whose ``section`` decompresses only the tiles it needs).
+    ``hdus`` gives the image HDU of each file (1 for fpack-compressed files, whose ``section``
+    decompresses only the tiles it needs). Up to ``keep_open`` inputs (default :func:`kept_open_limit`)
+    are opened once for the whole iteration; a night with more (a thousand darks) would run out of file
+    descriptors that way, so then every band opens, reads and closes each input in turn: one open file
+    at a time, at the cost of a header parse per input and band (a gzip-compressed input is inflated
+    again from its start for every band).
     """
     indexes = hdus or [0] * len(paths)
+    limit = kept_open_limit() if keep_open is None else keep_open
+    if len(paths) > limit:
+        yield from _bands_one_file_at_a_time(paths, indexes, rows, band_height)
+        return
     handles = [fits.open(path, memmap=False, lazy_load_hdus=True) for path in paths]
     try:
         for start in range(0, rows, band_height):
@@ -85,3 +104,17 @@ def iter_row_bands(paths: list[Path], rows: int, band_height: int,
     finally:
         for handle in handles:
             handle.close()
+
+
+def _bands_one_file_at_a_time(paths: list[Path], indexes: list[int], rows: int,
+                              band_height: int) -> Iterator[tuple[slice, np.ndarray]]:
+    for start in range(0, rows, band_height):
+        band = slice(start, min(start + band_height, rows))
+        stack: np.ndarray | None = None
+        for position, (path, index) in enumerate(zip(paths, indexes)):
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as handle:
+                rows_read = np.asarray(handle[index].section[band, :], dtype=np.float32)
+            if stack is None:
+                stack = np.empty((len(paths),) + rows_read.shape, dtype=np.float32)
+            stack[position] = rows_read
+        yield band, stack

@@ -351,9 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read or write a data root and its state: run as root, they run as the tree's owner.
+ON_THE_TREE = {"once", "reprocess", "run", "rescan", "retry", "status", "report", "trends", "ack"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ON_THE_TREE:
+            from astep_cal.frontends.privileges import run_as_tree_owner
+
+            run_as_tree_owner(_settings(args), args.root)
         return args.func(args)
     except ConfigError as error:
         print(f"astep-cal: configuration error: {error}", file=sys.stderr)

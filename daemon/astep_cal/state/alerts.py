@@ -154,9 +154,13 @@ def read_acks(state_dir: Path) -> dict[str, Any]:
     """``{kind: {"after_night": date, "at": iso time}}``; {} when none was ever given (or unreadable)."""
     try:
         data = json.loads(acks_path(state_dir).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    # a hand-edited or planted file: only well-formed entries count
+    return {kind: ack for kind, ack in data.items()
+            if isinstance(ack, dict) and isinstance(ack.get("after_night", ""), str)}
 
 
 def acknowledge(state_dir: Path, kind: str, after_night: str) -> dict[str, Any]:

@@ -171,20 +171,37 @@ CALIBRATE = Record({**STEP, "output": FILE_NAME, "config": str, "software": str,
                     "n_saturated": int, "sky_e": OPT_NUM, "date_obs": OPT_STR, "quality": QUALITY})
 SOLVE = Record({**STEP, "tries": int, "retry_after": NUM, "hinted": bool, "n_matched": int,
                 "residual_arcsec": OPT_NUM, "pixel_scale_arcsec": OPT_NUM})
+# a frame's and a night's health records (engine/frame_health, engine/night_health): the figures the
+# night's medians, the index row (alerts.compact) and the alerts read
+FRAME_HEALTH = Record({**STEP, **{key: OPT_NUM for key in ("zp", "zp_scatter", "zp_stars", "sky_mag_arcsec2",
+                                                          "moon_alt_deg", "moon_illumination")}})
+ALERT = Record({"kind": str}, ("kind",))
+FLAT_CHANGE = Record({"against": OPT_STR, "large_scale_std": OPT_NUM, "n_structures": OPT_NUM,
+                      "structures": ListOf(Record({"area_px": NUM, "depth": NUM}))})
+NIGHT_HEALTH = Record({**STEP, **{key: OPT_NUM for key in (
+    "throughput", "zp_median", "n_zp", "zp_frame_scatter", "sky_mag_arcsec2", "moon_alt_max_deg", "moon_illumination",
+    "fwhm_arcsec", "ellipticity", "bias_adu", "n_hot", "dark_e_per_s", "gain", "ccd_temp_c")},
+    "flat_change": (FLAT_CHANGE, type(None)), "alerts": ListOf((str, ALERT))})
 FRAME = Record({"raw": FINGERPRINT, "calibrate": CALIBRATE, "catalogue": Record({**STEP, "file": FILE_NAME}),
-                "astrometry": SOLVE})
+                "astrometry": SOLVE, "health": FRAME_HEALTH})
 MASTER_FILE = Record({"file": REL_PATH, "inputs": ListOf(str), "night": DATE, "borrowed": bool})
 MASTERS = Record({"darks": MapOf(MASTER_FILE, Check(is_number_key, "an exposure time")), "flat": MASTER_FILE,
                   "bias": MASTER_FILE, "mask": MASTER_FILE, "problems": ListOf(PROBLEM), "shape": ListOf(int),
                   "complete": bool})
 NIGHT = Record({"frames": MapOf(FRAME, FILE_NAME), "masters": MASTERS, "problems": ListOf(PROBLEM),
-                "inventory": MapOf(int), "listing": str, "stuck": Record({"reason": str}), "photometry": MapOf(ANY)},
+                "inventory": MapOf(int), "listing": str, "stuck": Record({"reason": str}), "photometry": MapOf(ANY),
+                "health": (NIGHT_HEALTH, type(None))},
                ("frames",))
+# a night's health as the index row keeps it (alerts.compact): read by status (alert lines), trends, alerts
+HEALTH_KEYS = ("throughput", "zp_median", "n_zp", "sky_mag_arcsec2", "moon_alt_max_deg", "fwhm_arcsec", "ellipticity",
+               "bias_adu", "n_hot", "dark_e_per_s", "gain", "ccd_temp_c", "flat_structures", "flat_large_scale_std")
+HEALTH = Record({**{key: OPT_NUM for key in HEALTH_KEYS}, "flat_against": OPT_STR, "alerts": ListOf(str),
+                 "alert_details": ListOf(Record({"kind": str}, ("kind",)))})  # alerts' kinds and figures
 TOTALS = Record({"science": int, "calibrated": int, "cal_failed": int, "blocked": int, "solved": int,
                  "solve_failed": int,
                  "failed_solve_tries": MapOf(int, Check(lambda k: isinstance(k, str) and k.isdigit(), "a try count")), "next_retry": OPT_NUM,
                  "fwhm_arcsec": OPT_NUM, "darks": ListOf(Check(is_number_key, "an exposure time")),
-                 "flat": OPT_STR, "problems": int, "stuck": OPT_STR},
+                 "flat": OPT_STR, "problems": int, "stuck": OPT_STR, "health": (HEALTH, type(None))},
                 ("science", "calibrated", "cal_failed", "blocked", "solved", "solve_failed", "failed_solve_tries",
                  "next_retry", "fwhm_arcsec", "darks", "flat", "problems"))
 ROW = Record({"totals": TOTALS, "file": (ListOf(int), type(None))}, ("totals",))

@@ -19,15 +19,31 @@ _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critic
 
 
 def _journal_renderer(_logger: Any, method: str, event_dict: dict[str, Any]) -> str:
-    """Send the event to journald with every field as an upper-case journal field (EVENT=, NIGHT= …)."""
+    """Send the event to journald with every field as an upper-case journal field (EVENT=, NIGHT= …).
+
+    Runs after ``format_exc_info``: an exception's traceback is the ``EXCEPTION`` field and follows
+    the one-line summary in ``MESSAGE`` (what ``journalctl -u astep-cal`` shows), instead of the
+    ``EXC_INFO=True`` it was reduced to before.
+    """
     from systemd import journal  # imported here: only needed under systemd
 
+    journal.send(**journal_fields(method, event_dict))
+    raise structlog.DropEvent
+
+
+def journal_fields(method: str, event_dict: dict[str, Any]) -> dict[str, str]:
+    """The journal fields of one event (``MESSAGE`` included), as ``journal.send`` takes them."""
+    event_dict = dict(event_dict)
     event = str(event_dict.pop("event", ""))
     fields = {key.upper(): str(value) for key, value in event_dict.items() if key not in ("timestamp",)}
-    message = event + "".join(f" {k.lower()}={v}" for k, v in fields.items() if k != "LEVEL")
-    journal.send(message, EVENT=event, PRIORITY=str(_PRIORITY.get(method, 6)),
-                 SYSLOG_IDENTIFIER="astep-cal", **fields)
-    raise structlog.DropEvent
+    message = event + "".join(f" {k.lower()}={v}" for k, v in fields.items() if k not in ("LEVEL", "EXCEPTION"))
+    if "EXCEPTION" in fields:
+        message += "\n" + fields["EXCEPTION"].rstrip()
+    return {"MESSAGE": message, "EVENT": event, "PRIORITY": str(_PRIORITY.get(method, 6)),
+            "SYSLOG_IDENTIFIER": "astep-cal", **{k: v for k, v in fields.items() if k not in _RESERVED}}
+
+
+_RESERVED = ("MESSAGE", "EVENT", "PRIORITY", "SYSLOG_IDENTIFIER")
 
 
 def choose_format(requested: str) -> str:
@@ -48,7 +64,7 @@ def configure(log_format: str = "auto", level: str = "info") -> str:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if chosen == "journal":
-        processors.append(_journal_renderer)
+        processors += [structlog.processors.format_exc_info, _journal_renderer]
     elif chosen == "json":
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(sort_keys=True)]
     else:

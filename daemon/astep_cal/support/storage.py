@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -97,13 +98,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: 
         # someone who can write the directory may have swapped it in between.
         with open(temp_name, "r+b", opener=_no_follow) as handle:
             _same_file(fd, handle.fileno(), temp_name)
-            os.close(fd)
-            fd = -1
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         checkpoint(f"temp_written:{role}")
         os.replace(temp_name, path)
+        _renamed_ours(fd, path)
+        os.close(fd)
+        fd = -1
     except BaseException as error:
         if fd >= 0:
             os.close(fd)
@@ -117,6 +119,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_parents: 
 
 def _no_follow(name: str, flags: int) -> int:
     return os.open(name, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _renamed_ours(fd: int, path: Path) -> None:
+    """After the rename, the name must be the file written (``fd``): a link swapped in for the temporary
+    name just before the rename would now stand at ``path`` — removed again (unlink does not follow it)."""
+    ours, there = os.fstat(fd), os.lstat(path)
+    if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
+        if stat.S_ISLNK(there.st_mode):
+            path.unlink(missing_ok=True)
+        raise PermissionError(f"{path} was replaced while being written: refused")
 
 
 def _same_file(first: int, second: int, name: str) -> None:
