@@ -163,10 +163,11 @@ def make_fixed_night(base: Path, size: int = 256) -> FixedNight:
 
 def run_config(solve: bool) -> str:
     """One configuration for every front-end (the daemon's keys are ignored by the others): the
-    daemon processes a settled night at once, and a night without flats borrows without waiting."""
+    daemon processes a settled night at once, a night without flats borrows without waiting, and the
+    summary's picture is deferred (the daemon's default) but drawn before the quiet period ends."""
     astrometry = "enabled = true\ncpulimit_s = 30\n" if solve else "enabled = false\n"
     return (f"[astrometry]\n{astrometry}[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 0.0\n"
-            f'reconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
+            f'summary_png_delay_s = 0.5\nreconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
 
 
 def deliver_late(night: FixedNight, root: Path) -> None:

@@ -99,32 +99,60 @@ def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
 
 
 def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Ledger, settings: Settings,
-                result: "NightResult", log: Any, summarise: bool = True) -> None:
+                result: "NightResult", log: Any, summarise: bool = True, defer_png: bool = False) -> bool:
     """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the nightly summary
-    written (when frames were processed or it is missing), the night dropped from memory."""
+    written (when frames were processed, it is missing, or its picture is pending), the night dropped
+    from memory. ``defer_png`` (the daemon, while frames arrive one by one): when frames were processed,
+    summary.json is written and the PNG left for :func:`finish_summary` (the night's record says
+    ``summary_png = "pending"`` until then, so a restart draws it). True when the PNG was deferred."""
     date = inventory.date
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
-    remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
+    pending = night.get(entries.SUMMARY_PNG) == "pending"
+    remake = summarise and (result.to_do or pending or not summary.summary_path(inventory.cal_dir).is_file())
+    defer = remake and defer_png and result.to_do > 0
     if remake:  # new frames (late ones too): the light curves are made again, the health, then the summary
         write_night_photometry(root, date, night, settings, log)
         night_health(root, inventory, night, ledger, settings, log)
+        if defer:
+            night[entries.SUMMARY_PNG] = "pending"  # saved before summary.json is written
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
     if remake:
-        write_night_summary(root, date, night, settings, log)
+        write_night_summary(root, date, night, settings, log, png=not defer, refresh_png=pending)
+        if defer:
+            log.info("summary_png_deferred", night=date)
+        elif pending:
+            night.pop(entries.SUMMARY_PNG, None)  # drawn (or its failure logged): not pending any more
+            ledger.save()
     ledger.release(date)
+    return defer
 
 
-def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """summary.json + summary.png for the night, through the stage runner: a failure is logged
+def finish_summary(root: Path, date: str, ledger: Ledger, settings: Settings, log: Any) -> bool:
+    """Draw the summary PNG a daemon deferred (:func:`close_night`), once the night's frames stop
+    arriving; True when there was one to draw."""
+    night = ledger.night(date)
+    drawn = night.get(entries.SUMMARY_PNG) == "pending"
+    if drawn:
+        write_night_summary(root, date, night, settings, log, refresh_png=True)
+        night.pop(entries.SUMMARY_PNG, None)
+        ledger.save()
+    ledger.release(date)
+    return drawn
+
+
+def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any,
+                        png: bool = True, refresh_png: bool = False) -> None:
+    """summary.json + summary.png for the night (``png=False``: the JSON alone; ``refresh_png``: the PNG
+    drawn even when the JSON is unchanged), through the stage runner: a failure is logged
     (``summary_failed``), never raised (the night is done); storage trouble goes up like any step's."""
     if not night.get("frames"):
         return
     with run_stage("summary", log, SUMMARY_STEP, root=root) as step:
         make_output_dirs(root, date)  # refuses a _CAL directory that links out of the root
-        written = summary.write_summary(root, date, night, settings)
+        written = summary.write_summary(root, date, night, settings, png=png, refresh_png=refresh_png)
         if written is None:
             raise StepSkipped("nothing to summarise")
         step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
@@ -167,10 +195,12 @@ class NightRun:
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
                  progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 retry_deferred: bool = False):
+                 retry_deferred: bool = False, defer_png: bool = False):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
         self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
+        self.defer_png = defer_png  # the daemon: the summary's picture drawn once frames stop arriving
+        self.png_pending = False  # the summary's picture was deferred (finish_summary draws it)
         self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
         self.result = NightResult(date)
@@ -197,8 +227,8 @@ class NightRun:
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
             self._process(frames)
-        close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result, self.log,
-                    summarise=not self.should_stop())
+        self.png_pending = close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result,
+                                       self.log, summarise=not self.should_stop(), defer_png=self.defer_png)
         return self.result
 
     def _ensure_masters(self) -> Masters:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astep_cal.engine.pipeline import NightRun
+from astep_cal.engine.pipeline import NightRun, finish_summary
 from astep_cal.engine.rules import clear_failures, night_has_work
 from astep_cal.formats.raw_night import directories_stamp, discover_nights
 from astep_cal.frontends.control import RETRY_REQUEST
@@ -73,6 +73,14 @@ def _iso(mtime_ns: int) -> str:
 
 
 IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
+MIN_WAIT_S = 0.05  # the shortest wait of an idle worker for a night (or a summary picture) coming due
+
+
+def idle_wait_s(due: list[float], now: float) -> float:
+    """How long an idle worker sleeps: until the first night or summary picture comes due, at most
+    :data:`IDLE_TICK_S` (a file event wakes it sooner). Sleeping a whole tick past a night's settling
+    added up to 2 s to every late frame (issue 27)."""
+    return min([IDLE_TICK_S, *(max(MIN_WAIT_S, when - now) for when in due)])
 
 
 @dataclass
@@ -128,6 +136,7 @@ class NightWorker:
         self.rescan_all.set()  # catch up on every night at start
         self.progress = Progress()
         self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
+        self.pictures: dict[str, float] = {}  # night -> when to draw its deferred summary PNG (monotonic)
         self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
@@ -163,8 +172,10 @@ class NightWorker:
                 if night is None:
                     if self._storage_night is None:
                         self._storage_back()  # the data root is back and nothing failed on a write
+                    self._draw_pictures(time.monotonic())
                     self._turn_ok()
-                    self.events.wakeup.wait(IDLE_TICK_S)
+                    self.events.wakeup.wait(idle_wait_s([*self.pending.values(), *self.pictures.values()],
+                                                        time.monotonic()))
                     self.events.wakeup.clear()
                     continue
                 self._guarded(night, self._process, night)
@@ -175,6 +186,18 @@ class NightWorker:
             except Exception as error:  # never let the worker die silently
                 self._worker_error(error)
                 self.stop.wait(10)
+        self._draw_pictures(float("inf"))  # stopping: the deferred pictures now (else the ledger says pending)
+
+    def _draw_pictures(self, now: float) -> None:
+        """The deferred summary PNGs (``[daemon] summary_png_delay_s``) of nights that had no new frame
+        for that long: a night's summary is complete once its frames stop arriving."""
+        for night in [n for n, when in self.pictures.items() if when <= now]:
+            del self.pictures[night]
+            try:
+                self._guarded(night, finish_summary, self.root, night, self.ledger, self.settings, self.log)
+            except StorageUnavailable:
+                if now != float("inf"):
+                    raise  # waited out like any write; the ledger keeps it pending for the next run
 
     def _turn_ok(self) -> None:
         if self.progress.error is not None:
@@ -334,7 +357,7 @@ class NightWorker:
         readiness = night_readiness(self.root, night, self.settings.daemon)
         self._log_future(night, readiness.future)
         if not readiness.ready:
-            self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
+            self.pending[night] = now + min(max(readiness.wait_s, MIN_WAIT_S), 60.0)
             return False
         del self.pending[night]
         if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
@@ -354,8 +377,9 @@ class NightWorker:
             progress.calibrated, progress.solved, progress.failed = row["calibrated"], row["solved"], row["failed"]
             progress.heartbeat = time.monotonic()
 
+        delay = self.settings.daemon.summary_png_delay_s
         run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
-                       should_stop=self.stop.is_set, retry_deferred=retry_deferred)
+                       should_stop=self.stop.is_set, retry_deferred=retry_deferred, defer_png=delay > 0)
         try:
             run.run()
         except StorageUnavailable:
@@ -364,6 +388,8 @@ class NightWorker:
             progress.night = None
             raise
         self._unstuck(night)
+        if run.png_pending:
+            self.pictures[night] = time.monotonic() + delay  # debounced: each new frame puts it off again
         if not self.stop.is_set():
             progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
             progress.last_night = night

@@ -1,0 +1,84 @@
+"""A late frame in the daemon (issue 27): the summary's picture is deferred while frames arrive, never lost.
+
+The real daemon (``astep-cal run`` as a subprocess) on a small night; a frame arrives after the night
+was processed. summary.json shows it at once; summary.png is drawn once no frame came for
+``summary_png_delay_s``, at the daemon's stop, or — killed meanwhile — by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from conftest import daemon_config, read_ledger, small_spec
+
+from astep_cal.devtools.bench_late import _next_frame
+from astep_cal.devtools.synthetic import make_night
+from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
+from astep_cal.frontends.worker import IDLE_TICK_S, MIN_WAIT_S, idle_wait_s
+from astep_cal.state import entries
+
+
+def test_an_idle_worker_wakes_when_a_night_comes_due_not_a_tick_later():
+    assert idle_wait_s([], 100.0) == IDLE_TICK_S
+    assert abs(idle_wait_s([100.4, 130.0], 100.0) - 0.4) < 1e-9  # the first due, not a whole tick
+    assert idle_wait_s([99.0], 100.0) == MIN_WAIT_S  # overdue: looked at at once, not busy-looping
+    assert idle_wait_s([150.0], 100.0) == IDLE_TICK_S
+
+
+def _pending(root, date) -> bool:
+    return read_ledger(root)["nights"][date].get(entries.SUMMARY_PNG) == "pending"
+
+
+def _summary_frames(root, date) -> int:
+    return json.loads((cal_dir(root, date) / SUMMARY_JSON).read_text())["counts"]["frames"]
+
+
+def _night(tmp_path):
+    """A 3-frame night and a 4th frame held back (a copy of the last, 90 s later), with the name it will have."""
+    root = tmp_path / "data"
+    truth = make_night(root, small_spec())
+    science = sorted(truth.night_dir.rglob("*_SCIENCE.fits"))
+    held = tmp_path / "held.fits"
+    arriving = _next_frame(science[-1], held)
+    return root, truth.spec.date, held, arriving
+
+
+def test_the_picture_waits_for_the_frames_to_stop_and_is_drawn_then(tmp_path, daemons):
+    root, date, held, arriving = _night(tmp_path)
+    daemon = daemons(root, daemon_config(settle=0.5, extra="summary_png_delay_s = 2.0"))
+    daemon.wait_for(lambda: daemon.count("summary_written") >= 2, 120, "the night's summary and its picture")
+    assert daemon.count("summary_png_deferred") == 1
+    assert not _pending(root, date)
+    png = cal_dir(root, date) / SUMMARY_PNG
+    drawn = png.stat().st_mtime_ns
+    held.rename(arriving)
+    daemon.wait_for(lambda: daemon.count("summary_png_deferred") == 2, 120, "the late frame's run")
+    assert _summary_frames(root, date) == 4  # the JSON at once ...
+    assert _pending(root, date) and png.stat().st_mtime_ns == drawn  # ... the picture later
+    daemon.wait_for(lambda: not _pending(root, date), 30, "the deferred picture")
+    assert png.stat().st_mtime_ns > drawn
+    written = [e for e in daemon.events() if e["event"] == "summary_written"]
+    assert written[-1]["png_kb"] > 0 and written[-2]["png_kb"] is None
+    assert daemon.count("frame_calibrated") == 4
+    daemon.stop()
+    assert daemon.process.returncode == 0
+
+
+def test_a_picture_pending_at_a_kill_is_drawn_by_the_next_run(tmp_path, daemons):
+    root, date, held, arriving = _night(tmp_path)
+    config = daemon_config(settle=0.5, extra="summary_png_delay_s = 3600")
+    daemon = daemons(root, config)
+    daemon.wait_for(lambda: daemon.count("summary_png_deferred") == 1, 120, "the night's run")
+    assert _pending(root, date) and not (cal_dir(root, date) / SUMMARY_PNG).exists()
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(10)
+    again = daemons(root, config)
+    again.wait_for(lambda: again.count("summary_written") >= 1, 120, "the picture drawn after the restart")
+    assert not _pending(root, date) and (cal_dir(root, date) / SUMMARY_PNG).is_file()
+    assert again.count("frame_calibrated") == 0  # nothing redone but the summary
+    held.rename(arriving)  # a late frame, then a clean stop before the delay: drawn at the stop
+    again.wait_for(lambda: again.count("summary_png_deferred") == 1, 120, "the late frame's run")
+    again.stop(30)
+    assert again.process.returncode == 0 and not _pending(root, date)
+    assert _summary_frames(root, date) == 4
