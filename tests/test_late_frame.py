@@ -8,15 +8,24 @@ was processed. summary.json shows it at once; summary.png is drawn once no frame
 from __future__ import annotations
 
 import json
+import os
 import signal
+from dataclasses import replace
 
+import numpy as np
+from astropy.io import fits
 from conftest import daemon_config, read_ledger, small_spec
+from structlog.testing import capture_logs
 
 from astep_cal.devtools.bench_late import _next_frame
 from astep_cal.devtools.synthetic import make_night
-from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir
+from astep_cal.engine.masters_cache import MastersCache
+from astep_cal.engine.pipeline import NightRun
+from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir, cal_name
 from astep_cal.frontends.worker import IDLE_TICK_S, MIN_WAIT_S, idle_wait_s
 from astep_cal.state import entries
+from astep_cal.state.ledger import Ledger
+from astep_cal.support.config import Settings
 
 
 def test_an_idle_worker_wakes_when_a_night_comes_due_not_a_tick_later():
@@ -82,3 +91,39 @@ def test_a_picture_pending_at_a_kill_is_drawn_by_the_next_run(tmp_path, daemons)
     again.stop(30)
     assert again.process.returncode == 0 and not _pending(root, date)
     assert _summary_frames(root, date) == 4
+
+
+def _pixels(cal) -> list:
+    with fits.open(cal) as hdul:
+        return [hdu.data.copy() for hdu in hdul[1:4]]  # SCI, ERR, MASK (tile-compressed)
+
+
+def test_the_daemon_s_masters_are_kept_between_runs_of_a_night_and_read_again_when_changed(tmp_path):
+    """A late frame's run takes the night's masters from the cache (the same arrays, no read), calibrated
+    into the same bytes as a run that reads them; a master file changed on disk is read again."""
+    root, date, held, arriving = _night(tmp_path)
+    settings = Settings()
+    settings = replace(settings, astrometry=replace(settings.astrometry, enabled=False))
+    ledger = Ledger.load(root / ".astep-cal" / "ledger.json")
+    cache = MastersCache()
+    with capture_logs():
+        first = NightRun(root, date, settings, ledger, force=False, masters_cache=cache)
+        first.run()
+    assert cache.date == date and first.masters is not None
+    held.rename(arriving)
+    with capture_logs():
+        late = NightRun(root, date, settings, ledger, force=False, masters_cache=cache)
+        late.run()
+    assert late.result.calibrated == 1 and late.masters.flat is first.masters.flat  # not read back
+    cal = cal_dir(root, date) / cal_name(arriving.name)
+    kept = _pixels(cal)
+    with capture_logs():  # the same frame again, masters read from their files: the same CAL file
+        NightRun(root, date, settings, ledger, force=False).run()
+        ledger.night(date)["frames"].pop(arriving.name)
+        ledger.release(date)
+        cal.unlink()
+        NightRun(root, date, settings, ledger, force=False).run()
+    assert all(np.array_equal(a, b) for a, b in zip(_pixels(cal), kept, strict=True))  # bit-identical
+    flat = root / ledger.peek(date)["masters"]["flat"]["file"]
+    os.utime(flat, ns=(flat.stat().st_atime_ns, flat.stat().st_mtime_ns + 1))  # a master rewritten
+    assert cache.get(root, date, ledger.peek(date)["masters"]) is None

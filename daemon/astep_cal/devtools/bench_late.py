@@ -10,8 +10,10 @@ night) is paid by that one frame. For each output form (the default, tile-compre
    **marginal wall time over its frame work** (the ledger's calibration, catalogue and solve seconds
    of that frame);
 3. the same in the daemon (``astep-cal run``, imports paid once): the daemon started and idle, a new
-   frame arrives (a copy of the last one, one cadence later); from its arrival to the night's summary
-   rewritten, less the daemon's ``settle_seconds``, over that frame's work;
+   frame arrives (a copy of the last one, one cadence later); from its arrival to the night's run done
+   (``night_done``: CAL, catalogue, WCS, ledger, light curves, summary.json), less the daemon's
+   ``settle_seconds``, over that frame's work; and to the summary's picture drawn (deferred by
+   ``summary_png_delay_s``, which is subtracted too);
 4. **bytes written per raw byte**: every file astep-cal wrote under the root (CAL, CAT, masters,
    summaries, light curves, ledger) over the raw night's bytes; the CAL files alone beside it.
 
@@ -65,6 +67,7 @@ def frame_work_s(root: Path, date: str, raw_name: str) -> float:
 
 
 DAEMON_SETTLE_S = 0.5
+DAEMON_PNG_DELAY_S = 3.0
 
 
 def _next_frame(late: Path, held: Path) -> Path:
@@ -79,29 +82,39 @@ def _next_frame(late: Path, held: Path) -> Path:
     return late.with_name(f"{when.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits")
 
 
-def daemon_late(root: Path, work: Path, form: str, late: Path) -> tuple[float, float]:
-    """A new frame (:func:`_next_frame`) arriving in a processed night a daemon watches: seconds from
-    its arrival to the night's summary rewritten, less the daemon's ``settle_seconds`` (a deliberate
-    wait for the transfer to end, not work), and the frame's work from the ledger."""
+def _event_time(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def daemon_late(root: Path, work: Path, form: str, late: Path) -> dict[str, float]:
+    """A new frame (:func:`_next_frame`) arriving in a processed night a daemon watches: seconds from its
+    arrival to the night's run done (``night_done``: its CAL file, catalogue, WCS and ledger written; the
+    light curves and summary.json remade), less the daemon's ``settle_seconds`` (a deliberate wait for
+    the transfer to end, not work); the frame's work from the ledger; and the seconds to the summary's
+    picture drawn, less the settling and ``summary_png_delay_s`` (deferred while frames arrive)."""
     from astep_cal.devtools.harness import DaemonProcess
 
-    config = f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\n[logging]\nformat = \"json\"\n"
+    config = (f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\nsummary_png_delay_s = {DAEMON_PNG_DELAY_S}\n"
+              f'[logging]\nformat = "json"\n')
     held = work / form / "next-frame.fits"
     arriving = _next_frame(late, held)
     daemon = DaemonProcess(work / form, root, config)
     try:
         daemon.wait_message("READY=1", timeout=120)
         time.sleep(3.0)  # its start-up scan of the night finds nothing to do
-        before = daemon.count("summary_written")
+        before = daemon.count("night_done")
         arrived = time.time()
         held.rename(arriving)
-        daemon.wait_for(lambda: daemon.count("summary_written") > before, 600, "the new frame's summary")
-        written = [e for e in daemon.events() if e["event"] == "summary_written"][-1]
-        done = dt.datetime.fromisoformat(written["timestamp"].replace("Z", "+00:00")).timestamp()
+        daemon.wait_for(lambda: daemon.count("night_done") > before, 600, "the new frame's run")
+        done = _event_time([e for e in daemon.events() if e["event"] == "night_done"][-1])
+        drawn = daemon.wait_for(lambda: [e for e in daemon.events() if e["event"] == "summary_written"
+                                         and e.get("png_kb") and _event_time(e) > done], 120, "the summary's picture")
         daemon.stop(60)
     finally:
         daemon.close()
-    return done - arrived - DAEMON_SETTLE_S, frame_work_s(root, late.parent.parent.name, arriving.name)
+    return {"wall_s": done - arrived - DAEMON_SETTLE_S,
+            "frame_work_s": frame_work_s(root, late.parent.parent.name, arriving.name),
+            "summary_s": _event_time(drawn[-1]) - arrived - DAEMON_SETTLE_S - DAEMON_PNG_DELAY_S}
 
 
 def _tree_bytes(paths: list[Path]) -> int:
@@ -130,13 +143,14 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     written = [p for p in root.rglob("*") if p.is_file() and p not in set(raws)]
     cal = [p for p in written if p.name.endswith("_CAL.fits")]
     written_bytes = _tree_bytes(written)
-    daemon_s, daemon_work_s = daemon_late(root, work, form, late)
+    daemon = daemon_late(root, work, form, late)
     result = {
         "night_wall_s": first["wall_s"], **astep_cadence(work / form / "first.log"),
         "late_wall_s": second["wall_s"], "late_cpu_s": second["cpu_s"], "late_frame_work_s": work_s,
         "late_wall_over_work": second["wall_s"] / work_s if work_s else None,
-        "daemon_late_wall_s": daemon_s, "daemon_late_frame_work_s": daemon_work_s,
-        "daemon_late_wall_over_work": daemon_s / daemon_work_s if daemon_work_s else None,
+        "daemon_late_wall_s": daemon["wall_s"], "daemon_late_frame_work_s": daemon["frame_work_s"],
+        "daemon_late_wall_over_work": daemon["wall_s"] / daemon["frame_work_s"] if daemon["frame_work_s"] else None,
+        "daemon_late_summary_s": daemon["summary_s"],
         "raw_bytes": raw_bytes, "written_bytes": written_bytes, "written_per_raw_byte": written_bytes / raw_bytes,
         "cal_bytes_per_frame": _tree_bytes(cal) / max(1, len(cal)),
     }
@@ -159,13 +173,15 @@ def print_late(result: dict[str, Any]) -> None:
     """The table of docs/pages/compression.md from a (median) flat record."""
     nan = float("nan")
     print("| form | steady cadence (s) | late frame (`once`): wall (s) | CPU (s) | its frame work (s) | wall / work "
-          "| late frame in the daemon: wall (s) | wall / work | bytes written / raw byte | CAL MB / frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| late frame in the daemon: wall (s) | its frame work (s) | wall / work | to the summary PNG (s) "
+          "| bytes written / raw byte | CAL MB / frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for form in FORMS:
         r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
         print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
               f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
-              f"{r['daemon_late_wall_s']:.2f} | {r.get('daemon_late_wall_over_work') or nan:.2f} | "
+              f"{r['daemon_late_wall_s']:.2f} | {r['daemon_late_frame_work_s']:.2f} | "
+              f"{r.get('daemon_late_wall_over_work') or nan:.2f} | {r.get('daemon_late_summary_s') or nan:.2f} | "
               f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
     if result.get("cadence_compressed_over_plain"):
         print(f"steady cadence compressed / plain: {result['cadence_compressed_over_plain']:.3f}")

@@ -20,6 +20,7 @@ from typing import Any
 
 from astep_cal.engine import astrometry, photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
+from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.night_health import night_health
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
@@ -195,12 +196,13 @@ class NightRun:
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
                  progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 retry_deferred: bool = False, defer_png: bool = False):
+                 retry_deferred: bool = False, defer_png: bool = False, masters_cache: MastersCache | None = None):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
         self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
         self.defer_png = defer_png  # the daemon: the summary's picture drawn once frames stop arriving
         self.png_pending = False  # the summary's picture was deferred (finish_summary draws it)
+        self.masters_cache = masters_cache  # the daemon's: the night's masters kept between its runs
         self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
         self.result = NightResult(date)
@@ -237,6 +239,10 @@ class NightRun:
         if self._masters_error is not None:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
         night = self.ledger.night(self.date)
+        cache = self.masters_cache
+        if cache is not None and (kept := cache.get(self.root, self.date, entries.masters_record(night))):
+            self.masters = kept
+            return kept
         try:
             self.masters = ensure_masters(self.root, self.inventory, self.settings, entries.masters_record(night),
                                           self.log)
@@ -248,6 +254,8 @@ class NightRun:
         checkpoint("stage:masters_built")
         night["masters"] = self.masters.record
         self.ledger.save()
+        if cache is not None:
+            cache.keep(self.root, self.date, self.masters)
         return self.masters
 
     def _process(self, frames: list[RawFrame]) -> None:

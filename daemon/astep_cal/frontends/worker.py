@@ -19,6 +19,7 @@ a worker that makes no progress at all stops the watchdog pings (``worker_stalle
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.pipeline import NightRun, finish_summary
 from astep_cal.engine.rules import clear_failures, night_has_work
 from astep_cal.formats.raw_night import directories_stamp, discover_nights
@@ -77,9 +79,8 @@ MIN_WAIT_S = 0.05  # the shortest wait of an idle worker for a night (or a summa
 
 
 def idle_wait_s(due: list[float], now: float) -> float:
-    """How long an idle worker sleeps: until the first night or summary picture comes due, at most
-    :data:`IDLE_TICK_S` (a file event wakes it sooner). Sleeping a whole tick past a night's settling
-    added up to 2 s to every late frame (issue 27)."""
+    """An idle worker's sleep: until the first night or picture comes due, at most :data:`IDLE_TICK_S`
+    (a file event wakes it sooner); a whole tick past a night's settling cost late frames up to 2 s."""
     return min([IDLE_TICK_S, *(max(MIN_WAIT_S, when - now) for when in due)])
 
 
@@ -137,6 +138,7 @@ class NightWorker:
         self.progress = Progress()
         self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
         self.pictures: dict[str, float] = {}  # night -> when to draw its deferred summary PNG (monotonic)
+        self.masters = MastersCache()  # the last night's masters, for its next run (a late frame)
         self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
@@ -189,15 +191,11 @@ class NightWorker:
         self._draw_pictures(float("inf"))  # stopping: the deferred pictures now (else the ledger says pending)
 
     def _draw_pictures(self, now: float) -> None:
-        """The deferred summary PNGs (``[daemon] summary_png_delay_s``) of nights that had no new frame
-        for that long: a night's summary is complete once its frames stop arriving."""
+        """The deferred summary PNGs of nights without a new frame for ``summary_png_delay_s``."""
         for night in [n for n, when in self.pictures.items() if when <= now]:
             del self.pictures[night]
-            try:
+            with contextlib.suppress(StorageUnavailable):  # the ledger keeps it pending: the next run draws it
                 self._guarded(night, finish_summary, self.root, night, self.ledger, self.settings, self.log)
-            except StorageUnavailable:
-                if now != float("inf"):
-                    raise  # waited out like any write; the ledger keeps it pending for the next run
 
     def _turn_ok(self) -> None:
         if self.progress.error is not None:
@@ -378,8 +376,11 @@ class NightWorker:
             progress.heartbeat = time.monotonic()
 
         delay = self.settings.daemon.summary_png_delay_s
+        if self.masters.date != night:  # another night: its masters are not kept beside this one's
+            self.masters.clear()
         run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
-                       should_stop=self.stop.is_set, retry_deferred=retry_deferred, defer_png=delay > 0)
+                       should_stop=self.stop.is_set, retry_deferred=retry_deferred, defer_png=delay > 0,
+                       masters_cache=self.masters)
         try:
             run.run()
         except StorageUnavailable:
