@@ -2,7 +2,7 @@
 
 The real daemon (``astep-cal run`` as a subprocess) on a small night; a frame arrives after the night
 was processed. summary.json shows it at once; summary.png is drawn once no frame came for
-``summary_png_delay_s``, at the daemon's stop, or — killed meanwhile — by the next run.
+``close_delay_s``, at the daemon's stop, or — killed meanwhile — by the next run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from astep_cal.devtools.synthetic import make_night
 from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.pipeline import NightRun
 from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir, cal_name
-from astep_cal.frontends.worker import IDLE_TICK_S, MIN_WAIT_S, idle_wait_s
+from astep_cal.frontends.watcher import IDLE_TICK_S, MIN_WAIT_S, idle_wait_s
 from astep_cal.state import entries
 from astep_cal.state.ledger import Ledger
 from astep_cal.support.config import Settings
@@ -36,7 +36,7 @@ def test_an_idle_worker_wakes_when_a_night_comes_due_not_a_tick_later():
 
 
 def _pending(root, date) -> bool:
-    return read_ledger(root)["nights"][date].get(entries.SUMMARY_PNG) == "pending"
+    return read_ledger(root)["nights"][date].get(entries.CLOSE_PENDING) == "pending"
 
 
 def _summary_frames(root, date) -> int:
@@ -55,14 +55,14 @@ def _night(tmp_path):
 
 def test_the_picture_waits_for_the_frames_to_stop_and_is_drawn_then(tmp_path, daemons):
     root, date, held, arriving = _night(tmp_path)
-    daemon = daemons(root, daemon_config(settle=0.5, extra="summary_png_delay_s = 2.0"))
+    daemon = daemons(root, daemon_config(settle=0.5, extra="close_delay_s = 2.0"))
     daemon.wait_for(lambda: daemon.count("summary_written") >= 2, 120, "the night's summary and its picture")
-    assert daemon.count("summary_png_deferred") == 1
+    assert daemon.count("night_close_deferred") == 1
     assert not _pending(root, date)
     png = cal_dir(root, date) / SUMMARY_PNG
     drawn = png.stat().st_mtime_ns
     held.rename(arriving)
-    daemon.wait_for(lambda: daemon.count("summary_png_deferred") == 2, 120, "the late frame's run")
+    daemon.wait_for(lambda: daemon.count("night_close_deferred") == 2, 120, "the late frame's run")
     assert _summary_frames(root, date) == 4  # the JSON at once ...
     assert _pending(root, date) and png.stat().st_mtime_ns == drawn  # ... the picture later
     daemon.wait_for(lambda: not _pending(root, date), 30, "the deferred picture")
@@ -76,9 +76,9 @@ def test_the_picture_waits_for_the_frames_to_stop_and_is_drawn_then(tmp_path, da
 
 def test_a_picture_pending_at_a_kill_is_drawn_by_the_next_run(tmp_path, daemons):
     root, date, held, arriving = _night(tmp_path)
-    config = daemon_config(settle=0.5, extra="summary_png_delay_s = 3600")
+    config = daemon_config(settle=0.5, extra="close_delay_s = 3600")
     daemon = daemons(root, config)
-    daemon.wait_for(lambda: daemon.count("summary_png_deferred") == 1, 120, "the night's run")
+    daemon.wait_for(lambda: daemon.count("night_close_deferred") == 1, 120, "the night's run")
     assert _pending(root, date) and not (cal_dir(root, date) / SUMMARY_PNG).exists()
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
@@ -87,7 +87,7 @@ def test_a_picture_pending_at_a_kill_is_drawn_by_the_next_run(tmp_path, daemons)
     assert not _pending(root, date) and (cal_dir(root, date) / SUMMARY_PNG).is_file()
     assert again.count("frame_calibrated") == 0  # nothing redone but the summary
     held.rename(arriving)  # a late frame, then a clean stop before the delay: drawn at the stop
-    again.wait_for(lambda: again.count("summary_png_deferred") == 1, 120, "the late frame's run")
+    again.wait_for(lambda: again.count("night_close_deferred") == 1, 120, "the late frame's run")
     again.stop(30)
     assert again.process.returncode == 0 and not _pending(root, date)
     assert _summary_frames(root, date) == 4

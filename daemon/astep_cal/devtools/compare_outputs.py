@@ -167,7 +167,7 @@ def run_config(solve: bool) -> str:
     summary's picture is deferred (the daemon's default) but drawn before the quiet period ends."""
     astrometry = "enabled = true\ncpulimit_s = 30\n" if solve else "enabled = false\n"
     return (f"[astrometry]\n{astrometry}[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 0.0\n"
-            f'summary_png_delay_s = 0.5\nreconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
+            f'close_delay_s = 0.5\nreconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
 
 
 def deliver_late(night: FixedNight, root: Path) -> None:

@@ -100,48 +100,53 @@ def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
 
 
 def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Ledger, settings: Settings,
-                result: "NightResult", log: Any, summarise: bool = True, defer_png: bool = False) -> bool:
-    """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the nightly summary
-    written (when frames were processed, it is missing, or its picture is pending), the night dropped
-    from memory. ``defer_png`` (the daemon, while frames arrive one by one): when frames were processed,
-    summary.json is written and the PNG left for :func:`finish_summary` (the night's record says
-    ``summary_png = "pending"`` until then, so a restart draws it). True when the PNG was deferred."""
+                result: "NightResult", log: Any, summarise: bool = True, defer: bool = False) -> bool:
+    """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the light curves,
+    health and nightly summary remade (when frames were processed, the summary is missing, or a deferred
+    close is pending), the night dropped from memory.
+
+    ``defer`` (the daemon, fed frame by frame): when frames were processed, only the health and
+    summary.json are remade; the light curves (which read every catalogue of the night again) and the
+    summary's PNG are left for :func:`finish_night_close`, once frames stop arriving. The night's record
+    says ``close_pending`` until then, so a restart finishes it. Returns whether it was deferred."""
     date = inventory.date
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
-    pending = night.get(entries.SUMMARY_PNG) == "pending"
+    pending = night.get(entries.CLOSE_PENDING) == "pending"
     remake = summarise and (result.to_do or pending or not summary.summary_path(inventory.cal_dir).is_file())
-    defer = remake and defer_png and result.to_do > 0
+    deferred = remake and defer and result.to_do > 0
     if remake:  # new frames (late ones too): the light curves are made again, the health, then the summary
-        write_night_photometry(root, date, night, settings, log)
+        if deferred:
+            night[entries.CLOSE_PENDING] = "pending"  # saved before summary.json is written
+        else:
+            write_night_photometry(root, date, night, settings, log)
         night_health(root, inventory, night, ledger, settings, log)
-        if defer:
-            night[entries.SUMMARY_PNG] = "pending"  # saved before summary.json is written
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
     if remake:
-        write_night_summary(root, date, night, settings, log, png=not defer, refresh_png=pending)
-        if defer:
-            log.info("summary_png_deferred", night=date)
+        write_night_summary(root, date, night, settings, log, png=not deferred, refresh_png=pending)
+        if deferred:
+            log.info("night_close_deferred", night=date)
         elif pending:
-            night.pop(entries.SUMMARY_PNG, None)  # drawn (or its failure logged): not pending any more
+            night.pop(entries.CLOSE_PENDING, None)  # done (or its failures logged): not pending any more
             ledger.save()
     ledger.release(date)
-    return defer
+    return deferred
 
 
-def finish_summary(root: Path, date: str, ledger: Ledger, settings: Settings, log: Any) -> bool:
-    """Draw the summary PNG a daemon deferred (:func:`close_night`), once the night's frames stop
-    arriving; True when there was one to draw."""
+def finish_night_close(root: Path, date: str, ledger: Ledger, settings: Settings, log: Any) -> bool:
+    """The light curves and summary PNG a daemon deferred (:func:`close_night`), once the night's frames
+    stop arriving: the same products as a close that was not deferred. True when there was one to finish."""
     night = ledger.night(date)
-    drawn = night.get(entries.SUMMARY_PNG) == "pending"
-    if drawn:
+    pending = night.get(entries.CLOSE_PENDING) == "pending"
+    if pending:
+        write_night_photometry(root, date, night, settings, log)
         write_night_summary(root, date, night, settings, log, refresh_png=True)
-        night.pop(entries.SUMMARY_PNG, None)
+        night.pop(entries.CLOSE_PENDING, None)
         ledger.save()
     ledger.release(date)
-    return drawn
+    return pending
 
 
 def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any,
@@ -196,12 +201,12 @@ class NightRun:
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
                  progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 retry_deferred: bool = False, defer_png: bool = False, masters_cache: MastersCache | None = None):
+                 retry_deferred: bool = False, defer_close: bool = False, masters_cache: MastersCache | None = None):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
         self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
-        self.defer_png = defer_png  # the daemon: the summary's picture drawn once frames stop arriving
-        self.png_pending = False  # the summary's picture was deferred (finish_summary draws it)
+        self.defer_close = defer_close  # the daemon: light curves and summary PNG once frames stop arriving
+        self.close_pending = False  # the night's close was deferred (finish_night_close finishes it)
         self.masters_cache = masters_cache  # the daemon's: the night's masters kept between its runs
         self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
@@ -229,8 +234,8 @@ class NightRun:
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
             self._process(frames)
-        self.png_pending = close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result,
-                                       self.log, summarise=not self.should_stop(), defer_png=self.defer_png)
+        self.close_pending = close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result,
+                                       self.log, summarise=not self.should_stop(), defer=self.defer_close)
         return self.result
 
     def _ensure_masters(self) -> Masters:

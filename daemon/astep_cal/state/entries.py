@@ -25,7 +25,7 @@ CATALOGUE = "catalogue"
 ASTROMETRY = "astrometry"
 MASTERS = "masters"
 PHOTOMETRY = "photometry"
-SUMMARY_PNG = "summary_png"  # "pending": the daemon deferred the night's summary picture (drawn when idle)
+CLOSE_PENDING = "close_pending"  # "pending": the daemon deferred the light curves and summary PNG (done when idle)
 STUCK = "stuck"  # a night the daemon could not look at (permissions, I/O): {"reason", "since", "tries", "retry_after"}
 
 
