@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from dataclasses import replace
 
 import numpy as np
 from astropy.io import fits
-from conftest import daemon_config, read_ledger, small_spec
+from conftest import daemon_config, read_ledger, run_cli_subprocess, small_spec
 from structlog.testing import capture_logs
 
 from astep_cal.devtools.bench_late import _next_frame
 from astep_cal.devtools.synthetic import make_night
+from astep_cal.devtools.transit import TransitSpec
 from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.pipeline import NightRun
 from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir, cal_name
@@ -127,3 +129,33 @@ def test_the_daemon_s_masters_are_kept_between_runs_of_a_night_and_read_again_wh
     flat = root / ledger.peek(date)["masters"]["flat"]["file"]
     os.utime(flat, ns=(flat.stat().st_atime_ns, flat.stat().st_mtime_ns + 1))  # a master rewritten
     assert cache.get(root, date, ledger.peek(date)["masters"]) is None
+
+
+def test_light_curves_deferred_by_the_daemon_are_those_of_once(tmp_path, daemons):
+    """A target's light curve, remade by the daemon's deferred close after a late frame, is the one
+    ``once`` makes of the whole night at once (the same catalogues, the same function)."""
+    spec = replace(small_spec(), fwhm_arcsec=30.0, n_science=5, cadence_s=330.0, n_cosmic_rays=4,
+                   transit=TransitSpec(mid_time="2026-07-01T20:15:00", duration_h=0.5))
+    source = tmp_path / "source"
+    truth = make_night(source, spec)
+    date = truth.spec.date
+    roots = {name: tmp_path / name for name in ("daemon", "once")}
+    for root in roots.values():
+        shutil.copytree(source, root)
+    late = sorted((roots["daemon"] / date).rglob("*_SCIENCE.fits"))[-1]
+    held = tmp_path / "late.fits"
+    late.rename(held)
+    target = '[photometry]\ntargets = [{ name = "SYN-1", ra = %r, dec = %r }]\n' % (truth.target["ra"], truth.target["dec"])
+    daemon = daemons(roots["daemon"], daemon_config(settle=0.5, solve=True, extra="close_delay_s = 1.0") + target)
+    daemon.wait_for(lambda: daemon.count("night_close_deferred") == 1, 300, "the night without its last frame")
+    held.rename(late)
+    daemon.wait_for(lambda: daemon.count("night_close_deferred") == 2, 300, "the late frame's run")
+    daemon.wait_for(lambda: not _pending(roots["daemon"], date), 120, "the deferred close")
+    daemon.stop(30)
+    config = tmp_path / "once.toml"
+    config.write_text('[logging]\nformat = "json"\n' + target)
+    assert run_cli_subprocess("once", roots["once"], "--config", config).returncode == 0
+    curves = {name: (cal_dir(root, date) / "lightcurve_SYN-1.csv").read_text().splitlines()
+              for name, root in roots.items()}
+    assert len([line for line in curves["once"] if not line.startswith("#")]) == 1 + 5  # a header and 5 frames
+    assert curves["daemon"] == curves["once"]
