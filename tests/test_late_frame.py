@@ -2,7 +2,7 @@
 
 The real daemon (``astep-cal run`` as a subprocess) on a small night; a frame arrives after the night
 was processed. summary.json shows it at once; summary.png is drawn once no frame came for
-``close_delay_s``, at the daemon's stop, or — killed meanwhile — by the next run.
+``close_delay_s``, or — stopped or killed meanwhile — by the next start.
 """
 
 from __future__ import annotations
@@ -88,11 +88,14 @@ def test_a_picture_pending_at_a_kill_is_drawn_by_the_next_run(tmp_path, daemons)
     again.wait_for(lambda: again.count("summary_written") >= 1, 120, "the picture drawn after the restart")
     assert not _pending(root, date) and (cal_dir(root, date) / SUMMARY_PNG).is_file()
     assert again.count("frame_calibrated") == 0  # nothing redone but the summary
-    held.rename(arriving)  # a late frame, then a clean stop before the delay: drawn at the stop
+    held.rename(arriving)  # a late frame, then a clean stop before the delay: left pending, done at the next start
     again.wait_for(lambda: again.count("night_close_deferred") == 1, 120, "the late frame's run")
-    again.stop(30)
-    assert again.process.returncode == 0 and not _pending(root, date)
-    assert _summary_frames(root, date) == 4
+    assert again.stop() < 10 and again.process.returncode == 0
+    assert _pending(root, date) and _summary_frames(root, date) == 4
+    third = daemons(root, config)
+    third.wait_for(lambda: not _pending(root, date), 120, "the close finished by the next start")
+    assert third.count("frame_calibrated") == 0 and third.count("summary_written") == 1
+    third.stop()
 
 
 def _pixels(cal) -> list:

@@ -178,7 +178,8 @@ class NightWorker:
             except Exception as error:  # never let the worker die silently
                 self._worker_error(error)
                 self.stop.wait(10)
-        self._finish_closes(float("inf"))  # stopping: the deferred closes now (else the ledger says pending)
+        # Stopping: a deferred close is left pending (in the ledger): the next start finishes it, and a
+        # stop stays quick (matplotlib and the light curves could take longer than systemd waits).
 
     def _finish_closes(self, now: float) -> None:
         """The deferred closes (light curves, summary PNG) of nights without a new frame for ``close_delay_s``."""
