@@ -214,13 +214,16 @@ def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Pa
 
 def _recorded_frames(root: Path) -> set[str]:
     """Science frames with a calibration record in the ledger (schema 1 or 2; read while it is written:
-    every file is replaced atomically, a read that races a rename is tried again)."""
+    every file is replaced atomically, a read that races a rename is tried again), none of them while a
+    night's close is still deferred (``close_pending``: the daemon's light curves and summary PNG)."""
     state = root / ".astep-cal"
     try:
         index = json.loads((state / "ledger.json").read_text())
         nights = [json.loads(p.read_text()) for p in (state / "nights").glob("*.json")] if index.get("schema") == 2 \
             else list(index.get("nights", {}).values())
     except (OSError, ValueError):
+        return set()
+    if any(night.get("close_pending") for night in nights):
         return set()
     return {name for night in nights for name, frame in night.get("frames", {}).items() if frame.get("calibrate")}
 
