@@ -8,13 +8,11 @@ generator, then, for each of ``--repeats`` rounds, runs in separate processes:
 (b) ``floor``: bare ``astroscrappy.detect_cosmics`` on one calibrated frame (the per-frame floor);
 (c) ``astep-cal once`` on a fresh copy of the same night;
 (d) ``bench_frames`` on astep-cal's output: CPU seconds per stage of every frame, the cosmic-ray step
-    against bare astroscrappy on the same frames (CPU, and both against the truth), solve times,
-    a blind solve;
-(e) ``bench_late``: the default (compressed) output beside plain: a late frame's wall time over its
-    frame work, bytes written per raw byte, the steady cadence of each.
-
-Peak RSS comes from the OS (``wait4`` rusage of each child). Medians over the rounds and the ratios
-are printed as a table and written as JSON (``bench-results/bench.json``).
+    against bare astroscrappy on the same frames (CPU, and both against the truth), solve times, a blind solve;
+(e) ``bench_late``: the default (compressed) output beside plain: a late frame's wall time over its frame
+    work (``once``, the daemon), bytes written per raw byte, the steady cadence of each.
+Peak RSS comes from the OS (``wait4`` rusage of each child). Medians over the rounds, the ratios (end to end
+also per round) are printed as a table and written as JSON (``bench-results/bench.json``).
 """
 
 from __future__ import annotations
@@ -324,6 +322,11 @@ TARGETS = {  # checked on the medians of one run; m: medians, r: ratios, p: the 
         "cat_offset_max_px"] < 0.1,
     "issue 16: RA/Dec within 0.2\" of the Tycho-2 place (every one)": lambda m, r, p: m["astep_cal"][
         "cat_radec_max_arcsec"] < 0.2,
+    "issue 27: products <= 1.0 x the raw bytes": lambda m, r, p: m["late"]["compressed_written_per_raw_byte"] <= 1.0,
+    "issue 27: cadence compressed <= 1.1 x plain": lambda m, r, p: m["late"]["cadence_compressed_over_plain"] <= 1.1,
+    "issue 27: late frame in the daemon <= 1.3 x its work": lambda m, r, p: m["late"][
+        "compressed_daemon_late_wall_over_work"] <= 1.3,
+    "issue 15/27: end to end >= 8x the baseline in every round": lambda m, r, p: min(r["end_to_end_per_round"]) >= 8,
 }
 
 
@@ -344,6 +347,7 @@ def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, si
         "astep_calibrate_over_floor": (astep["calibrate_per_frame_s"] or 0) / floor,
         "cadence_with_over_without_photometry": steady / (medians["no_photometry"].get("steady_frame_s") or steady),
         "baseline_mask_over_astep_mask": medians["baseline"]["ccdmask_s"] / max(astep.get("mask_s") or 0.01, 0.01),
+        "end_to_end_per_round": [r["baseline"]["wall_s"] / r["astep_cal"]["wall_s"] for r in rounds],
     }
     summary = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -397,7 +401,8 @@ def print_table(summary: dict[str, Any]) -> None:
     print(f"solve (wall): {fr['solve_wall_s']:.2f} s median from the source list ({fr['solved_from_list']:.0f} of"
           f" {fr['n_frames']:.0f}), blind {fr['blind_solve_wall_s']:.2f} s (solved: {bool(fr['blind_solved'])})")
     r = summary["ratios"]
-    print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x")
+    print(f"\nbaseline / astep-cal end to end: {r['baseline_over_astep_end_to_end']:.2f}x (per round: "
+          f"{', '.join(f'{x:.2f}' for x in r['end_to_end_per_round'])})")
     print(f"astep-cal steady frame / astroscrappy floor: {r['astep_steady_frame_over_floor']:.2f}")
     print(f"steady cadence with / without the catalogue: {r['cadence_with_over_without_photometry']:.3f}")
     print(f"projected 1000-frame night: {summary['projection_1000_frames_h']:.2f} h\n")

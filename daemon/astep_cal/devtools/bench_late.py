@@ -10,8 +10,11 @@ night) is paid by that one frame. For each output form (the default, tile-compre
    **marginal wall time over its frame work** (the ledger's calibration, catalogue and solve seconds
    of that frame);
 3. the same in the daemon (``astep-cal run``, imports paid once): the daemon started and idle, a new
-   frame arrives (a copy of the last one, one cadence later); from its arrival to the night's summary
-   rewritten, less the daemon's ``settle_seconds``, over that frame's work;
+   frame arrives (a copy of the last one, one cadence later), then a second (the steady case: the first
+   after the daemon's start pays one-time costs); from its arrival to the night's run done
+   (``night_done``: CAL, catalogue, WCS, ledger, light curves, summary.json), less the daemon's
+   ``settle_seconds``, over that frame's work; and to the summary's picture drawn (deferred by
+   ``close_delay_s``, which is subtracted too);
 4. **bytes written per raw byte**: every file astep-cal wrote under the root (CAL, CAT, masters,
    summaries, light curves, ledger) over the raw night's bytes; the CAL files alone beside it.
 
@@ -65,43 +68,66 @@ def frame_work_s(root: Path, date: str, raw_name: str) -> float:
 
 
 DAEMON_SETTLE_S = 0.5
+DAEMON_CLOSE_DELAY_S = 3.0
 
 
-def _next_frame(late: Path, held: Path) -> Path:
-    """A copy of ``late`` observed one cadence later (DATE-OBS and name 90 s on), written to ``held``;
-    returns the name it will have in the night."""
+def _next_frame(late: Path, held: Path, later_s: float = 90.0) -> Path:
+    """A copy of ``late`` observed ``later_s`` later (DATE-OBS and name), written to ``held``; returns the
+    name it will have in the night."""
     from astropy.io import fits
 
     with fits.open(late) as hdul:
-        when = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=90)
+        when = dt.datetime.fromisoformat(hdul[0].header["DATE-OBS"]) + dt.timedelta(seconds=later_s)
         hdul[0].header["DATE-OBS"] = when.isoformat(timespec="milliseconds")
         hdul.writeto(held)
     return late.with_name(f"{when.strftime('%Y-%m-%d_%H.%M.%S')}_SCIENCE.fits")
 
 
-def daemon_late(root: Path, work: Path, form: str, late: Path) -> tuple[float, float]:
-    """A new frame (:func:`_next_frame`) arriving in a processed night a daemon watches: seconds from
-    its arrival to the night's summary rewritten, less the daemon's ``settle_seconds`` (a deliberate
-    wait for the transfer to end, not work), and the frame's work from the ledger."""
+def _event_time(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _one_arrival(daemon: Any, held: Path, arriving: Path) -> dict[str, float]:
+    """One frame dropped into the watched night: seconds to its run done and to the deferred close done."""
+    before = daemon.count("night_done")
+    arrived = time.time()
+    held.rename(arriving)
+    daemon.wait_for(lambda: daemon.count("night_done") > before, 600, "the new frame's run")
+    done = _event_time([e for e in daemon.events() if e["event"] == "night_done"][-1])
+    drawn = daemon.wait_for(lambda: [e for e in daemon.events() if e["event"] == "summary_written"
+                                     and e.get("png_kb") and _event_time(e) > done], 120, "the deferred close")
+    return {"wall_s": done - arrived - DAEMON_SETTLE_S,
+            "summary_s": _event_time(drawn[-1]) - arrived - DAEMON_SETTLE_S - DAEMON_CLOSE_DELAY_S}
+
+
+def daemon_late(root: Path, work: Path, form: str, late: Path) -> dict[str, float]:
+    """Two new frames (:func:`_next_frame`, 90 and 180 s after the last) arriving one by one in a processed
+    night a daemon watches. For each: seconds from its arrival to the night's run done (``night_done``: its
+    CAL file, catalogue, WCS, health and ledger written, summary.json remade), less the daemon's
+    ``settle_seconds`` (a deliberate wait for the transfer to end, not work), over the frame's work from
+    the ledger; and to the deferred close done (light curves, summary PNG), less the settling and
+    ``close_delay_s``. The second frame is the daemon's steady case; the first after its start also pays
+    one-time costs (the health step's first Moon position: astropy's ephemeris, ~1-4 s)."""
     from astep_cal.devtools.harness import DaemonProcess
 
-    config = f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\n[logging]\nformat = \"json\"\n"
-    held = work / form / "next-frame.fits"
-    arriving = _next_frame(late, held)
+    config = (f"{FORMS[form]}[daemon]\nsettle_seconds = {DAEMON_SETTLE_S}\nclose_delay_s = {DAEMON_CLOSE_DELAY_S}\n"
+              f'[logging]\nformat = "json"\n')
+    frames = []
+    for n, later_s in enumerate((90.0, 180.0)):
+        held = work / form / f"next-frame-{n}.fits"
+        frames.append((held, _next_frame(late, held, later_s)))
     daemon = DaemonProcess(work / form, root, config)
     try:
         daemon.wait_message("READY=1", timeout=120)
         time.sleep(3.0)  # its start-up scan of the night finds nothing to do
-        before = daemon.count("summary_written")
-        arrived = time.time()
-        held.rename(arriving)
-        daemon.wait_for(lambda: daemon.count("summary_written") > before, 600, "the new frame's summary")
-        written = [e for e in daemon.events() if e["event"] == "summary_written"][-1]
-        done = dt.datetime.fromisoformat(written["timestamp"].replace("Z", "+00:00")).timestamp()
+        first, steady = (_one_arrival(daemon, held, arriving) for held, arriving in frames)
         daemon.stop(60)
     finally:
         daemon.close()
-    return done - arrived - DAEMON_SETTLE_S, frame_work_s(root, late.parent.parent.name, arriving.name)
+    date = late.parent.parent.name
+    first_work, steady_work = (frame_work_s(root, date, arriving.name) for _, arriving in frames)
+    return {"wall_s": steady["wall_s"], "frame_work_s": steady_work, "summary_s": steady["summary_s"],
+            "first_wall_s": first["wall_s"], "first_frame_work_s": first_work}
 
 
 def _tree_bytes(paths: list[Path]) -> int:
@@ -130,13 +156,16 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     written = [p for p in root.rglob("*") if p.is_file() and p not in set(raws)]
     cal = [p for p in written if p.name.endswith("_CAL.fits")]
     written_bytes = _tree_bytes(written)
-    daemon_s, daemon_work_s = daemon_late(root, work, form, late)
+    daemon = daemon_late(root, work, form, late)
     result = {
         "night_wall_s": first["wall_s"], **astep_cadence(work / form / "first.log"),
         "late_wall_s": second["wall_s"], "late_cpu_s": second["cpu_s"], "late_frame_work_s": work_s,
         "late_wall_over_work": second["wall_s"] / work_s if work_s else None,
-        "daemon_late_wall_s": daemon_s, "daemon_late_frame_work_s": daemon_work_s,
-        "daemon_late_wall_over_work": daemon_s / daemon_work_s if daemon_work_s else None,
+        "daemon_late_wall_s": daemon["wall_s"], "daemon_late_frame_work_s": daemon["frame_work_s"],
+        "daemon_late_wall_over_work": daemon["wall_s"] / daemon["frame_work_s"] if daemon["frame_work_s"] else None,
+        "daemon_late_summary_s": daemon["summary_s"],
+        "daemon_first_late_wall_over_work": daemon["first_wall_s"] / daemon["first_frame_work_s"]
+        if daemon["first_frame_work_s"] else None,
         "raw_bytes": raw_bytes, "written_bytes": written_bytes, "written_per_raw_byte": written_bytes / raw_bytes,
         "cal_bytes_per_frame": _tree_bytes(cal) / max(1, len(cal)),
     }
@@ -159,13 +188,16 @@ def print_late(result: dict[str, Any]) -> None:
     """The table of docs/pages/compression.md from a (median) flat record."""
     nan = float("nan")
     print("| form | steady cadence (s) | late frame (`once`): wall (s) | CPU (s) | its frame work (s) | wall / work "
-          "| late frame in the daemon: wall (s) | wall / work | bytes written / raw byte | CAL MB / frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| late frame in the daemon: wall (s) | its frame work (s) | wall / work | first after start: wall / work "
+          "| to the deferred close (s) | bytes written / raw byte | CAL MB / frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for form in FORMS:
         r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
         print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
               f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
-              f"{r['daemon_late_wall_s']:.2f} | {r.get('daemon_late_wall_over_work') or nan:.2f} | "
+              f"{r['daemon_late_wall_s']:.2f} | {r['daemon_late_frame_work_s']:.2f} | "
+              f"{r.get('daemon_late_wall_over_work') or nan:.2f} | {r.get('daemon_first_late_wall_over_work') or nan:.2f} | "
+              f"{r.get('daemon_late_summary_s') or nan:.2f} | "
               f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
     if result.get("cadence_compressed_over_plain"):
         print(f"steady cadence compressed / plain: {result['cadence_compressed_over_plain']:.3f}")

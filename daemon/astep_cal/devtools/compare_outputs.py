@@ -163,10 +163,11 @@ def make_fixed_night(base: Path, size: int = 256) -> FixedNight:
 
 def run_config(solve: bool) -> str:
     """One configuration for every front-end (the daemon's keys are ignored by the others): the
-    daemon processes a settled night at once, and a night without flats borrows without waiting."""
+    daemon processes a settled night at once, a night without flats borrows without waiting, and the
+    summary's picture is deferred (the daemon's default) but drawn before the quiet period ends."""
     astrometry = "enabled = true\ncpulimit_s = 30\n" if solve else "enabled = false\n"
     return (f"[astrometry]\n{astrometry}[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 0.0\n"
-            f'reconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
+            f'close_delay_s = 0.5\nreconcile_interval_s = 30.0\n[logging]\nformat = "json"\n')
 
 
 def deliver_late(night: FixedNight, root: Path) -> None:
@@ -213,13 +214,16 @@ def run_batch(frontend: str, tree: Tree, night: FixedNight, root: Path, work: Pa
 
 def _recorded_frames(root: Path) -> set[str]:
     """Science frames with a calibration record in the ledger (schema 1 or 2; read while it is written:
-    every file is replaced atomically, a read that races a rename is tried again)."""
+    every file is replaced atomically, a read that races a rename is tried again), none of them while a
+    night's close is still deferred (``close_pending``: the daemon's light curves and summary PNG)."""
     state = root / ".astep-cal"
     try:
         index = json.loads((state / "ledger.json").read_text())
         nights = [json.loads(p.read_text()) for p in (state / "nights").glob("*.json")] if index.get("schema") == 2 \
             else list(index.get("nights", {}).values())
     except (OSError, ValueError):
+        return set()
+    if any(night.get("close_pending") for night in nights):
         return set()
     return {name for night in nights for name, frame in night.get("frames", {}).items() if frame.get("calibrate")}
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from astep_cal.engine import astrometry, photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
+from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.night_health import night_health
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
@@ -99,32 +100,65 @@ def frames_to_do(inventory: NightInventory, ledger: Ledger, settings: Settings,
 
 
 def close_night(root: Path, inventory: NightInventory, listing: str, ledger: Ledger, settings: Settings,
-                result: "NightResult", log: Any, summarise: bool = True) -> None:
-    """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the nightly summary
-    written (when frames were processed or it is missing), the night dropped from memory."""
+                result: "NightResult", log: Any, summarise: bool = True, defer: bool = False) -> bool:
+    """End a night: its inventory recorded, the ledger saved, ``night_done`` logged, the light curves,
+    health and nightly summary remade (when frames were processed, the summary is missing, or a deferred
+    close is pending), the night dropped from memory.
+
+    ``defer`` (the daemon, fed frame by frame): when frames were processed, only the health and
+    summary.json are remade; the light curves (which read every catalogue of the night again) and the
+    summary's PNG are left for :func:`finish_night_close`, once frames stop arriving. The night's record
+    says ``close_pending`` until then, so a restart finishes it. Returns whether it was deferred."""
     date = inventory.date
     night = ledger.night(date)  # asked for now: what is changed now is saved now
     record_inventory(night, inventory, listing, root, log)
-    remake = summarise and (result.to_do or not summary.summary_path(inventory.cal_dir).is_file())
+    pending = night.get(entries.CLOSE_PENDING) == "pending"
+    remake = summarise and (result.to_do or pending or not summary.summary_path(inventory.cal_dir).is_file())
+    deferred = remake and defer and result.to_do > 0
     if remake:  # new frames (late ones too): the light curves are made again, the health, then the summary
-        write_night_photometry(root, date, night, settings, log)
+        if deferred:
+            night[entries.CLOSE_PENDING] = "pending"  # saved before summary.json is written
+        else:
+            write_night_photometry(root, date, night, settings, log)
         night_health(root, inventory, night, ledger, settings, log)
     ledger.save()
     if result.to_do:
         log.info("night_done", **{k: v for k, v in vars(result).items() if k != "date"})
     if remake:
-        write_night_summary(root, date, night, settings, log)
+        write_night_summary(root, date, night, settings, log, png=not deferred, refresh_png=pending)
+        if deferred:
+            log.info("night_close_deferred", night=date)
+        elif pending:
+            night.pop(entries.CLOSE_PENDING, None)  # done (or its failures logged): not pending any more
+            ledger.save()
     ledger.release(date)
+    return deferred
 
 
-def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any) -> None:
-    """summary.json + summary.png for the night, through the stage runner: a failure is logged
+def finish_night_close(root: Path, date: str, ledger: Ledger, settings: Settings, log: Any) -> bool:
+    """The light curves and summary PNG a daemon deferred (:func:`close_night`), once the night's frames
+    stop arriving: the same products as a close that was not deferred. True when there was one to finish."""
+    night = ledger.night(date)
+    pending = night.get(entries.CLOSE_PENDING) == "pending"
+    if pending:
+        write_night_photometry(root, date, night, settings, log)
+        write_night_summary(root, date, night, settings, log, refresh_png=True)
+        night.pop(entries.CLOSE_PENDING, None)
+        ledger.save()
+    ledger.release(date)
+    return pending
+
+
+def write_night_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, log: Any,
+                        png: bool = True, refresh_png: bool = False) -> None:
+    """summary.json + summary.png for the night (``png=False``: the JSON alone; ``refresh_png``: the PNG
+    drawn even when the JSON is unchanged), through the stage runner: a failure is logged
     (``summary_failed``), never raised (the night is done); storage trouble goes up like any step's."""
     if not night.get("frames"):
         return
     with run_stage("summary", log, SUMMARY_STEP, root=root) as step:
         make_output_dirs(root, date)  # refuses a _CAL directory that links out of the root
-        written = summary.write_summary(root, date, night, settings)
+        written = summary.write_summary(root, date, night, settings, png=png, refresh_png=refresh_png)
         if written is None:
             raise StepSkipped("nothing to summarise")
         step.update(path=str(written.json_path.relative_to(root)), json_kb=written.json_kb, png_kb=written.png_kb)
@@ -167,10 +201,13 @@ class NightRun:
 
     def __init__(self, root: Path, date: str, settings: Settings, ledger: Ledger, force: bool,
                  progress: ProgressCallback | None = None, should_stop: Callable[[], bool] = lambda: False,
-                 retry_deferred: bool = False):
+                 retry_deferred: bool = False, defer_close: bool = False, masters_cache: MastersCache | None = None):
         self.root, self.date, self.settings, self.ledger = root, date, settings, ledger
         self.force, self.progress, self.should_stop = force, progress, should_stop
         self.retry_deferred = retry_deferred  # solves deferred by an earlier pass's budget are work too
+        self.defer_close = defer_close  # the daemon: light curves and summary PNG once frames stop arriving
+        self.close_pending = False  # the night's close was deferred (finish_night_close finishes it)
+        self.masters_cache = masters_cache  # the daemon's: the night's masters kept between its runs
         self.solving = NightSolving(settings.astrometry.night_budget_s)
         self.log = get_logger(night=date)
         self.result = NightResult(date)
@@ -197,8 +234,8 @@ class NightRun:
         if frames:
             self.log.info("night_started", frames=len(frames), science=len(self.inventory.science))
             self._process(frames)
-        close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result, self.log,
-                    summarise=not self.should_stop())
+        self.close_pending = close_night(self.root, self.inventory, listing, self.ledger, self.settings, self.result,
+                                       self.log, summarise=not self.should_stop(), defer=self.defer_close)
         return self.result
 
     def _ensure_masters(self) -> Masters:
@@ -207,6 +244,10 @@ class NightRun:
         if self._masters_error is not None:
             raise self._masters_error  # tried once this run already: don't rebuild for every frame
         night = self.ledger.night(self.date)
+        cache = self.masters_cache
+        if cache is not None and (kept := cache.get(self.root, self.date, entries.masters_record(night))):
+            self.masters = kept
+            return kept
         try:
             self.masters = ensure_masters(self.root, self.inventory, self.settings, entries.masters_record(night),
                                           self.log)
@@ -218,6 +259,8 @@ class NightRun:
         checkpoint("stage:masters_built")
         night["masters"] = self.masters.record
         self.ledger.save()
+        if cache is not None:
+            cache.keep(self.root, self.date, self.masters)
         return self.masters
 
     def _process(self, frames: list[RawFrame]) -> None:

@@ -72,7 +72,7 @@ def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
 
 
 def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool,
-                   new_settings_count: bool = False, deferred: bool = False) -> bool:
+                   new_settings_count: bool = False, deferred: bool = False, close_pending: bool = True) -> bool:
     """Cheap check (directory listings and stat, no FITS read) for work left in a night.
 
     Work is: a night never looked at; raw files not seen as they are now (new, changed or removed
@@ -81,6 +81,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     frames (``retry_blocked``: a calibration they lack may have appeared) and frames made with other
     calibration settings (``new_settings_count``: what ``once`` redoes; the daemon does not redo the
     archive on a reload), and solves deferred by a night's budget (``deferred``: the daemon when idle, ``once``).
+    A close a daemon deferred is work (``close_pending``) unless that daemon has it scheduled itself.
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
     if ledger.totals(date).get("stuck"):
@@ -99,6 +100,8 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     outputs = _names_in(cal_dir(root, date))
     if frames and names.SUMMARY_JSON not in outputs:
         return True
+    if frames and close_pending and night.get(entries.CLOSE_PENDING) == "pending":
+        return True  # light curves and picture deferred by a daemon that stopped before making them
     config = calibration_fingerprint(settings)
     for name, entry in frames.items():
         calibrated = entries.calibration(entry)

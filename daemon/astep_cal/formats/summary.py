@@ -244,26 +244,36 @@ class Written:
     json_path: Path
     png_path: Path
     json_kb: float
-    png_kb: float
+    png_kb: float | None  # None: the PNG was left for later (``png=False``)
 
 
-def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settings) -> Written | None:
+def write_summary(root: Path, date: str, night: dict[str, Any], settings: Settings, png: bool = True,
+                  refresh_png: bool = False) -> Written | None:
     """Write summary.png then summary.json (atomically) unless unchanged; None when nothing was written.
 
-    The PNG goes first: a summary.json on disk always describes the PNG beside it.
+    The PNG goes first: a summary.json on disk describes the PNG beside it, except while the daemon
+    defers the picture (``png=False``: the JSON alone, the night's ledger record says the PNG is
+    pending). ``refresh_png``: draw the PNG even when summary.json already holds this content (the
+    deferred picture, drawn once frames stop arriving).
     """
     directory = cal_dir(root, date)
     document = build_summary(date, night, settings)
     json_path, png_path = directory / SUMMARY_JSON, directory / SUMMARY_PNG
-    if png_path.is_file() and _same_content(document, json_path):
+    same = _same_content(document, json_path)
+    if same and (not png or (png_path.is_file() and not refresh_png)):
         return None
-    compared = (night.get("health") or {}).get("flat_change")
-    ratio = products.read_flat_ratio(directory / FLAT_RATIO) if compared else None
-    png = render_png(document, summary_png.flat_preview(root, entries.masters_record(night)), ratio)
+    picture = None
+    if png:
+        compared = (night.get("health") or {}).get("flat_change")
+        ratio = products.read_flat_ratio(directory / FLAT_RATIO) if compared else None
+        picture = render_png(document, summary_png.flat_preview(root, entries.masters_record(night)), ratio)
     payload = json.dumps(document, separators=(",", ":")).encode()
-    atomic_write_bytes(png_path, png, make_parents=False)
-    atomic_write_bytes(json_path, payload, make_parents=False)
-    return Written(json_path, png_path, round(len(payload) / 1024, 1), round(len(png) / 1024, 1))
+    if picture is not None:
+        atomic_write_bytes(png_path, picture, make_parents=False)
+    if not same or picture is None:
+        atomic_write_bytes(json_path, payload, make_parents=False)
+    return Written(json_path, png_path, round(len(payload) / 1024, 1),
+                   round(len(picture) / 1024, 1) if picture is not None else None)
 
 
 # --- the picture (formats/summary_png.py) ---------------------------------------------------------

@@ -89,6 +89,16 @@ def _night_files(night_dir: Path, date: str) -> list[Path]:
     return [p for directory in _raw_dirs(night_dir, date) for p in directory.iterdir() if p.is_file()]
 
 
+IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
+MIN_WAIT_S = 0.05  # the shortest wait of an idle worker for a night (or a deferred close) coming due
+
+
+def idle_wait_s(due: list[float], now: float) -> float:
+    """An idle worker's sleep: until the first night or close comes due, at most :data:`IDLE_TICK_S`
+    (a file event wakes it sooner); a whole tick past a night's settling cost late frames up to 2 s."""
+    return min([IDLE_TICK_S, *(max(MIN_WAIT_S, when - now) for when in due)])
+
+
 def night_readiness(root: Path, date: str, settings: DaemonSettings, now: float | None = None) -> Readiness:
     """Is the night's raw data complete? Decided from the file system (stat and FITS headers) only.
 

@@ -19,6 +19,7 @@ a worker that makes no progress at all stops the watchdog pings (``worker_stalle
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import datetime as dt
@@ -28,13 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astep_cal.engine.pipeline import NightRun
+from astep_cal.engine.masters_cache import MastersCache
+from astep_cal.engine.pipeline import NightRun, finish_night_close
 from astep_cal.engine.rules import clear_failures, night_has_work
 from astep_cal.formats.cameras import discover_units, units_of_dates
 from astep_cal.formats.raw_night import directories_stamp
 from astep_cal.frontends.control import RETRY_REQUEST
 from astep_cal.frontends.status import night_row, night_rows
-from astep_cal.frontends.watcher import NightEvents, night_readiness
+from astep_cal.frontends.watcher import MIN_WAIT_S, NightEvents, idle_wait_s, night_readiness
 from astep_cal.state import entries
 from astep_cal.state.recovery import open_ledger
 from astep_cal.support.config import Settings
@@ -71,9 +73,6 @@ def _iso(mtime_ns: int) -> str:
         return dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return f"{mtime_ns} ns after 1970"
-
-
-IDLE_TICK_S = 2.0  # how often an idle worker re-checks pending nights (and stamps its heartbeat)
 
 
 @dataclass
@@ -129,6 +128,8 @@ class NightWorker:
         self.rescan_all.set()  # catch up on every night at start
         self.progress = Progress()
         self.pending: dict[str, float] = {}  # night -> when to look at it next (monotonic)
+        self.closes: dict[str, float] = {}  # night -> when to finish its deferred close (monotonic)
+        self.masters = MastersCache()  # the last night's masters, for its next run (a late frame)
         self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
@@ -164,8 +165,10 @@ class NightWorker:
                 if night is None:
                     if self._storage_night is None:
                         self._storage_back()  # the data root is back and nothing failed on a write
+                    self._finish_closes(time.monotonic())
                     self._turn_ok()
-                    self.events.wakeup.wait(IDLE_TICK_S)
+                    self.events.wakeup.wait(idle_wait_s([*self.pending.values(), *self.closes.values()],
+                                                        time.monotonic()))
                     self.events.wakeup.clear()
                     continue
                 self._guarded(night, self._process, night)
@@ -176,6 +179,15 @@ class NightWorker:
             except Exception as error:  # never let the worker die silently
                 self._worker_error(error)
                 self.stop.wait(10)
+        # Stopping: a deferred close is left pending (in the ledger): the next start finishes it, and a
+        # stop stays quick (matplotlib and the light curves could take longer than systemd waits).
+
+    def _finish_closes(self, now: float) -> None:
+        """The deferred closes (light curves, summary PNG) of nights without a new frame for ``close_delay_s``."""
+        for night in [n for n, when in self.closes.items() if when <= now]:
+            del self.closes[night]
+            with contextlib.suppress(StorageUnavailable):  # the ledger keeps it pending: the next run draws it
+                self._guarded(night, finish_night_close, self.root, night, self.ledger, self.settings, self.log)
 
     def _turn_ok(self) -> None:
         if self.progress.error is not None:
@@ -283,13 +295,17 @@ class NightWorker:
                       duration_s=round(time.monotonic() - now, 3))
         return True
 
+    def _night_has_work(self, night: str) -> bool:  # a close it has scheduled itself is not work
+        return night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True,
+                              close_pending=night not in self.closes)
+
     def _has_work(self, night: str, trust_stamp: bool) -> bool:
         stamp = directories_stamp(self.root, night)
         totals = self.ledger.totals(night)
         retry_due = totals["next_retry"] is not None and totals["next_retry"] <= time.time()
         if trust_stamp and self.finished.get(night) == stamp and not retry_due and not totals["blocked"]:
             return False
-        if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+        if self._night_has_work(night):
             self.finished.pop(night, None)
             return True
         self.finished[night] = stamp
@@ -335,10 +351,10 @@ class NightWorker:
         readiness = night_readiness(self.root, night, self.settings.daemon)
         self._log_future(night, readiness.future)
         if not readiness.ready:
-            self.pending[night] = now + min(max(readiness.wait_s, IDLE_TICK_S), 60.0)
+            self.pending[night] = now + min(max(readiness.wait_s, MIN_WAIT_S), 60.0)
             return False
         del self.pending[night]
-        if night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True):
+        if self._night_has_work(night):
             self.log.info("night_ready", night=night, reason=readiness.reason)
             return True
         self._unstuck(night)
@@ -355,8 +371,12 @@ class NightWorker:
             progress.calibrated, progress.solved, progress.failed = row["calibrated"], row["solved"], row["failed"]
             progress.heartbeat = time.monotonic()
 
+        delay = self.settings.daemon.close_delay_s
+        if self.masters.date != night:  # another night: its masters are not kept beside this one's
+            self.masters.clear()
         run = NightRun(self.root, night, self.settings, self.ledger, force=False, progress=on_frame,
-                       should_stop=self.stop.is_set, retry_deferred=retry_deferred)
+                       should_stop=self.stop.is_set, retry_deferred=retry_deferred, defer_close=delay > 0,
+                       masters_cache=self.masters)
         try:
             run.run()
         except StorageUnavailable:
@@ -365,6 +385,8 @@ class NightWorker:
             progress.night = None
             raise
         self._unstuck(night)
+        if run.close_pending:
+            self.closes[night] = time.monotonic() + delay  # debounced: each new frame puts it off again
         if not self.stop.is_set():
             progress.nights_done = sum(1 for row in night_rows(self.ledger, self.settings) if row["state"] == "done")
             progress.last_night = night

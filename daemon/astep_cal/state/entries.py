@@ -25,6 +25,7 @@ CATALOGUE = "catalogue"
 ASTROMETRY = "astrometry"
 MASTERS = "masters"
 PHOTOMETRY = "photometry"
+CLOSE_PENDING = "close_pending"  # "pending": the daemon deferred the light curves and summary PNG (done when idle)
 STUCK = "stuck"  # a night the daemon could not look at (permissions, I/O): {"reason", "since", "tries", "retry_after"}
 
 

@@ -155,7 +155,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "daemon.reconcile_interval_s": (0, YEAR_S, True), "daemon.poll_interval_s": (0, YEAR_S, True),
     "daemon.stall_timeout_s": (0, YEAR_S, True), "daemon.stop_grace_s": (0, YEAR_S, False),
     "daemon.storage_retry_s": (0, YEAR_S, True), "daemon.stuck_retry_s": (0, YEAR_S, True),
-    "daemon.stuck_retry_max_s": (0, YEAR_S, True),
+    "daemon.stuck_retry_max_s": (0, YEAR_S, True), "daemon.close_delay_s": (0, 86400, False),
 }
 
 

@@ -191,6 +191,7 @@ class DaemonSettings:
     storage_retry_s: float = 60.0  # disk full or data root gone: how often to try again
     stuck_retry_s: float = 60.0  # a night that could not be read (permissions, I/O) is tried again after
     stuck_retry_max_s: float = 3600.0  # ... this, doubled at each failed try, up to this
+    close_delay_s: float = 30.0  # light curves and summary PNG once no frame came for this long (0: every run)
 
 
 @dataclass(frozen=True)
