@@ -89,7 +89,8 @@ def _late() -> dict:
         late.update({f"{form}_steady_frame_s": cadence, f"{form}_late_wall_s": wall, f"{form}_late_cpu_s": wall,
                      f"{form}_late_frame_work_s": work, f"{form}_late_wall_over_work": wall / work,
                      f"{form}_written_per_raw_byte": per_raw, f"{form}_cal_bytes_per_frame": cal_bytes,
-                     f"{form}_daemon_late_wall_s": 2.6, f"{form}_daemon_late_wall_over_work": 2.6 / work})
+                     f"{form}_daemon_late_wall_s": 2.6, f"{form}_daemon_late_frame_work_s": work,
+                     f"{form}_daemon_late_wall_over_work": 2.6 / work})
     late["cadence_compressed_over_plain"] = 2.5 / 2.4
     return late
 

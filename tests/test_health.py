@@ -71,8 +71,8 @@ def night_closed(root, date: str) -> bool:
         night = read_ledger(root)["nights"].get(date, {})
     except (FileNotFoundError, ValueError):
         return False
-    summary = root / date / f"{date}-CAMS_CAL" / "summary.json"
-    return "health" in night and summary.is_file()
+    summary = root / date / f"{date}-CAMS_CAL" / "summary.png"  # drawn by the night's (deferred) close
+    return "health" in night and not night.get("close_pending") and summary.is_file()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def season(tmp_path_factory):
         made = make_night(source, spec, truth_dir=work / "truth" / spec.date)
         (made.night_dir / "NIGHT_COMPLETE").touch()
     prom = etc / "astep_cal.prom"
-    config_text = (f'[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 3600\n[logging]\nformat = "json"\n'
+    config_text = (f'[daemon]\nsettle_seconds = 1.0\nno_flat_wait_s = 3600\nclose_delay_s = 0.2\n[logging]\nformat = "json"\n'
                    f'[health]\nhot_pixel_rise_pct = {HOT_RISE_PCT}\nprometheus_textfile = "{prom}"\n')
     config = etc / "health.toml"
     config.write_text(config_text)

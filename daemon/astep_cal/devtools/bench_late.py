@@ -195,7 +195,7 @@ def print_late(result: dict[str, Any]) -> None:
         r = {key[len(form) + 1:]: value for key, value in result.items() if key.startswith(f"{form}_")}
         print(f"| {form} | {r.get('steady_frame_s') or nan:.2f} | {r['late_wall_s']:.2f} | {r['late_cpu_s']:.2f} | "
               f"{r['late_frame_work_s']:.2f} | {r.get('late_wall_over_work') or nan:.2f} | "
-              f"{r['daemon_late_wall_s']:.2f} | {r['daemon_late_frame_work_s']:.2f} | "
+              f"{r.get('daemon_late_wall_s') or nan:.2f} | {r.get('daemon_late_frame_work_s') or nan:.2f} | "
               f"{r.get('daemon_late_wall_over_work') or nan:.2f} | {r.get('daemon_first_late_wall_over_work') or nan:.2f} | "
               f"{r.get('daemon_late_summary_s') or nan:.2f} | "
               f"{r['written_per_raw_byte']:.3f} | {r['cal_bytes_per_frame'] / 1e6:.1f} |")
