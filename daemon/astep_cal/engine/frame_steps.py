@@ -326,7 +326,7 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
-    if record["status"] == "failed" and _cut_short(step["result"], given_s, settings):
+    if record["status"] == "failed" and (_cut_short(step["result"], given_s, settings) or solving and solving.cut):
         return solving.defer(tries - 1)  # it ran out of the night's wait, not of its own tries: not a try
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)

@@ -9,11 +9,15 @@ search; a night of 1000 of them once held the service for days, and every later 
   the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
   counted, so a clear night is not slowed;
-* solving runs beside calibration; once the night's frames are calibrated, solving may hold the night
-  ``wait_fraction`` (10 %) of the time the calibration took, or one ``frame_budget_s`` if that is more: each
-  solve started then is given only the time left (one that fails so cut is deferred, not a try), and those
-  left over are deferred too (a pass that calibrated nothing, e.g. the daemon's idle retry, has no such
-  limit);
+* solving runs beside calibration (``solve-field`` at a low CPU priority, ``solve_process``); once the
+  night's frames are calibrated, solving may hold the night ``wait_fraction`` (10 %) of the time the
+  calibration took (:meth:`NightSolving.wait_after_calibration`): each solve started then is given only the
+  time left, the one still running at the end is stopped (``cut_off``), and both, when they fail so, are
+  deferred, not tries; those left over are deferred too. A night whose failed solving so far fits in that
+  wait (none failed, or a solver failing at once) may wait one ``frame_budget_s`` instead, so that a small
+  clear night's last solves are not cut short; a night already failing may not (100 unsolvable 512² frames
+  once waited that whole minute after a 40 s calibration). A pass that calibrated nothing, e.g. the
+  daemon's idle retry, has no such limit;
 * once a frame is solved, the night's later frames of the same pointing (header pointing within
   ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within
   ``hint_radius_deg`` of its centre, pixel scale within ``hint_scale_tolerance``.
@@ -105,14 +109,30 @@ class NightSolving:
     failed_s: float = 0.0
     deferred: int = 0
     deadline: float | None = None  # monotonic time by which solving must end (close_after)
+    cut: bool = False  # the solves still running at the deadline were stopped (cut_off)
     solutions: list[SolveHint] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spent(self) -> bool:
         """Whether the next solve is to be deferred: failed solving used the budget, or the wait is over."""
         with self._lock:
-            return self.failed_s >= self.budget_s or (self.deadline is not None
-                                                      and time.monotonic() > self.deadline - MIN_SOLVE_S)
+            return self.cut or self.failed_s >= self.budget_s or (
+                self.deadline is not None and time.monotonic() > self.deadline - MIN_SOLVE_S)
+
+    def wait_after_calibration(self, calibration_s: float, settings: AstrometrySettings) -> float:
+        """How long the night may wait for its solves once its ``calibration_s`` of calibration is over:
+        ``wait_fraction`` of it; one ``frame_budget_s`` if that is more and the night's failed solving so far
+        fits in the wait (a clear night, or a solver that fails at once, never a night already failing)."""
+        wait_s = settings.wait_fraction * calibration_s
+        with self._lock:
+            failing = self.failed_s > wait_s
+        return wait_s if failing else max(wait_s, settings.frame_budget_s)
+
+    def cut_off(self) -> None:
+        """The wait is over and the solves still running are being stopped: a solve that fails now ran out
+        of the night's wait, not of its own tries (``frame_steps.solve_frame`` defers it)."""
+        with self._lock:
+            self.cut = True
 
     def close_after(self, wait_s: float) -> None:
         """The night's frames are calibrated: solving may go on for ``wait_s`` more, no longer."""
