@@ -147,11 +147,29 @@ def test_the_night_budget_counts_failed_solving_only():
 
 
 def test_after_calibration_solves_get_only_the_time_left():
-    settings = AstrometrySettings(frame_budget_s=60.0)
+    settings = AstrometrySettings(frame_budget_s=60.0, wait_fraction=0.1)
     solving = NightSolving(budget_s=300.0)
-    assert solving.budgeted(settings) == settings and not solving.spent()
-    solving.close_after(10.0)
-    assert 8.0 < solving.budgeted(settings).frame_budget_s <= 10.0 and not solving.spent()
-    solving.close_after(0.5)
+    assert solving.budgeted(settings) == settings and not solving.spent() and not solving.over()
+    solving.close_after(100.0, settings)  # a wait of 10 s; nothing failed yet: one frame budget
+    assert 58.0 < solving.budgeted(settings).frame_budget_s <= 60.0 and not solving.spent()
+    failed = type("R", (), {"solved": False, "duration_s": 11.0, "wcs_header": None})()
+    assert solving.learn(failed, None) is False  # failed on its own: a try
+    # a night already failing (more than the wait) gets the wait alone, not the floor of one frame budget
+    assert 8.0 < solving.budgeted(settings).frame_budget_s <= 10.0 and not solving.spent() and not solving.over()
+    solving.close_after(5.0, settings)
     assert solving.spent() and "wait for solves is over" in solving.defer(0)["reason"]
     assert solving.budgeted(settings).frame_budget_s == 1.0  # never less than a solve needs to start
+    time.sleep(0.6)
+    assert solving.over()
+    solving.cut_off()
+    assert solving.learn(failed, None) is True  # stopped by the end of the wait: deferred, not a try
+
+
+def test_a_solver_failing_at_once_keeps_the_floor():
+    """Failed solving that fits in the wait (a missing or crashing solve-field) does not end a small night's
+    solves early: each frame is still tried, as a try."""
+    settings = AstrometrySettings(frame_budget_s=60.0, wait_fraction=0.1)
+    solving = NightSolving(budget_s=300.0)
+    solving.learn(type("R", (), {"solved": False, "duration_s": 0.05, "wcs_header": None})(), None)
+    solving.close_after(2.0, settings)
+    assert not solving.spent() and solving.budgeted(settings).frame_budget_s > 58.0

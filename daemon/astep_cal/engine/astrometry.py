@@ -55,6 +55,7 @@ class SolveResult:
     residual_arcsec: float | None = None  # rms distance of those matches under the solved WCS
     from_list: bool = False  # solved from the CAL file's SOURCES table, not from the image
     from_hint: bool = False  # solved around a solution earlier in the night (solve_budget), not the pointing
+    cut_off: bool = False  # stopped by the end of the night's wait for its solves (solve_budget), not failed
 
 
 # --- pointing hints -----------------------------------------------------------------------------

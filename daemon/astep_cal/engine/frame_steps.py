@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,8 @@ def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | 
                               hints=solving.hints() if solving is not None else ())
     if solving is not None:
         shape = (header.get("NAXIS2"), header.get("NAXIS1"))
-        solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None)
+        if solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None):
+            result = replace(result, cut_off=True)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
@@ -326,7 +327,7 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
-    if record["status"] == "failed" and (_cut_short(step["result"], given_s, settings) or solving and solving.cut):
+    if record["status"] == "failed" and (_cut_short(step["result"], given_s, settings) or step["result"].cut_off):
         return solving.defer(tries - 1)  # it ran out of the night's wait, not of its own tries: not a try
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)

@@ -244,24 +244,21 @@ class NightRun:
                 if self.progress:
                     self.progress(self.date, index, len(frames))
             if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
-                self.solving.close_after(self.solving.wait_after_calibration(time.monotonic() - started,
-                                                                             self.settings.astrometry))
-                self._end_solves_at_deadline([future for _, future in pending])
+                self.solving.close_after(time.monotonic() - started, self.settings.astrometry)
+                self._end_solves_with_the_wait([future for _, future in pending])
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
                              night_budget_s=self.settings.astrometry.night_budget_s)
 
-    def _end_solves_at_deadline(self, futures: list[Future]) -> None:
-        """Wait for the night's solves until its deadline (``solve_budget``), then stop those still running:
-        a solve started before the deadline was set has its whole frame budget, which would hold the night
-        past its wait (those not started are deferred by ``solving.spent``)."""
-        left = (self.solving.deadline or 0.0) - time.monotonic()
-        if not wait_futures(futures, timeout=max(0.0, left)).not_done:
-            return
-        self.solving.cut_off()
-        while wait_futures(futures, timeout=0.2).not_done:  # a solve-field run may start between two kills
-            terminate_running_solves(grace_s=1.0)
+    def _end_solves_with_the_wait(self, futures: list[Future]) -> None:
+        """Wait for the night's solves until the end of its wait (``solve_budget``), then stop those still
+        running: a solve started before the wait was set has its whole frame budget, which would hold the
+        night past its wait (those not started yet are deferred by ``solving.spent``)."""
+        while wait_futures(futures, timeout=0.2).not_done:
+            if self.solving.over():
+                self.solving.cut_off()
+                terminate_running_solves(grace_s=1.0)  # again each turn: a run may start between two kills
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)

@@ -11,7 +11,7 @@ search; a night of 1000 of them once held the service for days, and every later 
   counted, so a clear night is not slowed;
 * solving runs beside calibration (``solve-field`` at a low CPU priority, ``solve_process``); once the
   night's frames are calibrated, solving may hold the night ``wait_fraction`` (10 %) of the time the
-  calibration took (:meth:`NightSolving.wait_after_calibration`): each solve started then is given only the
+  calibration took (:meth:`NightSolving.close_after`): each solve started then is given only the
   time left, the one still running at the end is stopped (``cut_off``), and both, when they fail so, are
   deferred, not tries; those left over are deferred too. A night whose failed solving so far fits in that
   wait (none failed, or a solver failing at once) may wait one ``frame_budget_s`` instead, so that a small
@@ -108,25 +108,41 @@ class NightSolving:
     budget_s: float
     failed_s: float = 0.0
     deferred: int = 0
-    deadline: float | None = None  # monotonic time by which solving must end (close_after)
-    cut: bool = False  # the solves still running at the deadline were stopped (cut_off)
+    deadline: float | None = None  # monotonic time by which solving must end (close_after) ...
+    floor_deadline: float | None = None  # ... or this one, while the night is not failing (see ``_end``)
+    wait_s: float = 0.0  # the wait after calibration (close_after)
+    cut: bool = False  # the solves still running at the end of the wait were stopped (cut_off)
     solutions: list[SolveHint] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spent(self) -> bool:
         """Whether the next solve is to be deferred: failed solving used the budget, or the wait is over."""
         with self._lock:
-            return self.cut or self.failed_s >= self.budget_s or (
-                self.deadline is not None and time.monotonic() > self.deadline - MIN_SOLVE_S)
+            end = self._end()
+            return self.cut or self.failed_s >= self.budget_s or (end is not None
+                                                                  and time.monotonic() > end - MIN_SOLVE_S)
 
-    def wait_after_calibration(self, calibration_s: float, settings: AstrometrySettings) -> float:
-        """How long the night may wait for its solves once its ``calibration_s`` of calibration is over:
-        ``wait_fraction`` of it; one ``frame_budget_s`` if that is more and the night's failed solving so far
-        fits in the wait (a clear night, or a solver that fails at once, never a night already failing)."""
-        wait_s = settings.wait_fraction * calibration_s
+    def close_after(self, calibration_s: float, settings: AstrometrySettings) -> None:
+        """The night's frames are calibrated, in ``calibration_s``: solving may go on for ``wait_fraction`` of
+        that, no longer; or for one ``frame_budget_s`` if that is more, as long as the night's failed solving
+        fits in the wait (a clear night, or a solver that fails at once; never a night already failing)."""
         with self._lock:
-            failing = self.failed_s > wait_s
-        return wait_s if failing else max(wait_s, settings.frame_budget_s)
+            now = time.monotonic()
+            self.wait_s = settings.wait_fraction * calibration_s
+            self.deadline = now + self.wait_s
+            self.floor_deadline = now + max(self.wait_s, settings.frame_budget_s)
+
+    def _end(self) -> float | None:
+        """When solving must end (None: no limit); under the lock."""
+        if self.deadline is None:
+            return None
+        return self.deadline if self.failed_s > self.wait_s else self.floor_deadline
+
+    def over(self) -> bool:
+        """Whether the wait after calibration is over (the solves still running are then stopped)."""
+        with self._lock:
+            end = self._end()
+            return end is not None and time.monotonic() >= end
 
     def cut_off(self) -> None:
         """The wait is over and the solves still running are being stopped: a solve that fails now ran out
@@ -134,33 +150,32 @@ class NightSolving:
         with self._lock:
             self.cut = True
 
-    def close_after(self, wait_s: float) -> None:
-        """The night's frames are calibrated: solving may go on for ``wait_s`` more, no longer."""
-        with self._lock:
-            self.deadline = time.monotonic() + wait_s
-
     def budgeted(self, settings: AstrometrySettings) -> AstrometrySettings:
-        """The settings of the next solve: its frame budget cut to the time left before the deadline."""
+        """The settings of the next solve: its frame budget cut to the time left before the end of the wait."""
         with self._lock:
-            if self.deadline is None:
+            end = self._end()
+            if end is None:
                 return settings
             return replace(settings, frame_budget_s=max(MIN_SOLVE_S, min(settings.frame_budget_s,
-                                                                         self.deadline - time.monotonic())))
+                                                                         end - time.monotonic())))
 
     def hints(self) -> tuple[SolveHint, ...]:
         with self._lock:
             return tuple(self.solutions)
 
-    def learn(self, result: Any, shape: tuple[int, int] | None) -> None:
-        """Count a failed solve's time, or keep a solution as a hint for the frames after it."""
+    def learn(self, result: Any, shape: tuple[int, int] | None) -> bool:
+        """Count a failed solve's time, or keep a solution as a hint for the frames after it. Returns whether
+        the solve failed because the end of the night's wait stopped it (``cut_off`` came before it ended)."""
         with self._lock:
             if not result.solved:
                 self.failed_s += result.duration_s
+                return self.cut
             elif result.wcs_header is not None and shape is not None:
                 hint = hint_from_wcs(result.wcs_header, shape)
                 if hint is not None:
                     self.solutions.append(hint)
                     del self.solutions[:-20]  # the recent pointings are enough
+            return False
 
     def defer(self, tries_so_far: int) -> dict[str, Any]:
         """The ledger record of a solve not run: the night's budget is spent (no try counted)."""
