@@ -40,6 +40,7 @@ from astep_cal.formats.fitsio import read_image
 from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, profile_cards, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
+from astep_cal.formats.wcs_cards import clean_wcs_header, mark_unsolved, merge_wcs
 from astep_cal.science import catalogue, quality
 from astep_cal.science.calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
 from astep_cal.science.masters import master_noise
@@ -235,7 +236,7 @@ def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
     if not path.is_file():
         return "missing"
     try:
-        products.add_catalogue_wcs(path, astrometry.clean_wcs_header(wcs_header))
+        products.add_catalogue_wcs(path, clean_wcs_header(wcs_header))
     except StorageUnavailable:
         raise
     except Exception as error:  # noqa: BLE001 - the solve itself is good: recorded, not raised
@@ -272,9 +273,9 @@ def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | 
         scale = solved_pixel_scale(result)
         if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
             extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
-        astrometry.merge_wcs(cal_path, result.wcs_header, extra)
+        merge_wcs(cal_path, result.wcs_header, extra)
     else:
-        astrometry.mark_unsolved(cal_path, result.error or "no solution")
+        mark_unsolved(cal_path, result.error or "no solution")
     return result
 
 
