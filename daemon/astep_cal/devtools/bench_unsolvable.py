@@ -66,7 +66,8 @@ def _time(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str]) -> dict[str, Any]:
+def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str],
+            keep_logs: Path | None = None) -> dict[str, Any]:
     """The daemon on a fresh copy of ``source`` in ``mode`` until both nights are done (figures above)."""
     first, second = dates
     root = work / mode / "root"
@@ -74,15 +75,22 @@ def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str]) -> dict
     config = (f"[daemon]\nsettle_seconds = 0.5\nno_flat_wait_s = 3600\n[astrometry]\n{MODES[mode]}"
               f"[logging]\nformat = \"json\"\n")
     daemon = DaemonProcess(work / mode, root, config)
+
+    def next_night_done() -> bool:
+        return any(e["event"] == "night_done" and e.get("night") == second for e in daemon.events())
+
     try:
-        daemon.wait_for(lambda: daemon.count("night_done") >= 2, 3600, "both nights done")
+        daemon.wait_for(next_night_done, 3600, "the next night done")
         events = daemon.events()
         daemon.stop(120)
     finally:
         daemon.close()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            shutil.copy(daemon.log_path, keep_logs / f"{mode}-{time.strftime('%H%M%S')}.log")
     of = {night: [e for e in events if e.get("night") == night] for night in dates}
 
-    def at(night: str, name: str) -> float:
+    def at(night: str, name: str) -> float:  # the night's first such event (the idle retry passes come later)
         return _time(next(e for e in of[night] if e["event"] == name))
 
     last_calibrated = max(_time(e) for e in of[first] if e["event"] == "frame_calibrated")
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--next-frames", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results/unsolvable.json"))
+    parser.add_argument("--keep-logs", type=Path, default=None, help="copy each run's daemon log there")
     args = parser.parse_args(argv)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="astep-bench-unsolvable-") as tmp:
@@ -177,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.rounds):
             order = list(MODES) if index % 2 == 0 else list(MODES)[::-1]
             started = time.monotonic()
-            rounds.append({mode: one_run(source, Path(tmp) / "work", mode, dates) for mode in order})
+            rounds.append({mode: one_run(source, Path(tmp) / "work", mode, dates, args.keep_logs) for mode in order})
             print(f"round {index + 1}: " + ", ".join(f"{mode} night {rounds[-1][mode]['night_s']:.1f} s"
                                                     for mode in MODES)
                   + f" ({time.monotonic() - started:.0f} s)", flush=True)
+            write_report(args.out, summarise(rounds, args.frames, args.size, args.next_frames))  # kept if cut short
     summary = summarise(rounds, args.frames, args.size, args.next_frames)
     print_summary(summary)
     write_report(args.out, summary)
