@@ -15,8 +15,8 @@ search; a night of 1000 of them once held the service for days, and every later 
   time left, the one still running at the end is stopped (``cut_off``), and both, when they fail so, are
   deferred, not tries; those left over are deferred too. A night whose failed solving so far fits in that
   wait (none failed, or a solver failing at once) may wait one ``frame_budget_s`` instead, so that a small
-  clear night's last solves are not cut short; a night already failing may not (100 unsolvable 512² frames
-  once waited that whole minute after a 40 s calibration). A pass that calibrated nothing, e.g. the
+  clear night's last solves are not cut short; a night already failing may not (with that floor for every
+  night, a 30-frame 512² night of unsolvable frames waited a whole minute after a 39 s calibration). A pass that calibrated nothing, e.g. the
   daemon's idle retry, has no such limit;
 * once a frame is solved, the night's later frames of the same pointing (header pointing within
   ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within

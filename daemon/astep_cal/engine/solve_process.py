@@ -55,10 +55,10 @@ SOLVE_NICENESS = 10  # solve-field's CPU priority below astep-cal's own (nice 0:
 def _in_child() -> None:
     """In the child: ask the kernel for SIGKILL when astep-cal dies (even by SIGKILL), so a crashed
     service never leaves ``solve-field`` running in its own session, orphaned; and lower its CPU priority
-    (``SOLVE_NICENESS``), so that solving, which runs beside the calibration, takes the cores the calibration
-    leaves free and never slows it: on a busy machine a night whose every solve-field search failed took
-    3x its calibration time (the calibration got a share of the CPU, not the core it needs). Raising the
-    niceness needs no privilege.
+    (``SOLVE_NICENESS``), so that solving, which runs beside the calibration, takes the CPU the calibration
+    leaves free: on a busy machine (more runnable processes than cores) a failing search would otherwise take
+    its equal share from the calibration, and a night of unsolvable frames calibrate slower than the same
+    night with solving off. Raising the niceness needs no privilege.
 
     This preexec_fn makes subprocess fork (not vfork), which runs the fork handlers of the libraries
     loaded: OpenBLAS's waits for its thread pool, and a fork from the solve thread while the main
