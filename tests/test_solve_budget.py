@@ -106,9 +106,10 @@ def test_under_a_night_budget_solves_are_deferred_at_once(nights, tmp_path):
 def test_deferred_solves_do_not_hold_the_next_night_and_are_retried_when_idle(nights, tmp_path, daemons):
     """The real daemon, two unsolvable nights: the second is calibrated, its CAL files written and its night
     closed while the first one's solves are still deferred; those are tried again only once the daemon is
-    idle, and recorded as tries."""
+    idle, and recorded as tries. A short retry back-off makes the first night's failed solves due again by
+    its end, as a long night's are: their retries wait for the second night too (they did not, before)."""
     root = _copy(nights, tmp_path / "data", (SPEC.date, SECOND.date))
-    daemon = daemons(root, daemon_config(settle=0.5, solve=True, astrometry=UNSOLVABLE))
+    daemon = daemons(root, daemon_config(settle=0.5, solve=True, astrometry=UNSOLVABLE + "retry_backoff_s = 1.0\n"))
     daemon.wait_for(lambda: daemon.count("night_done") >= 2, 240, "both nights done")
     events = daemon.events()
     done = [e for e in events if e["event"] == "night_done"]
@@ -139,12 +140,13 @@ def test_deferred_solves_do_not_hold_the_next_night_and_are_retried_when_idle(ni
     daemon.wait_for(lambda: daemon.count("deferred_solves_retried") >= 1, 120, "an idle retry of deferred solves")
     retried = next(e for e in daemon.events() if e["event"] == "deferred_solves_retried")
     assert retried["night"] == SPEC.date and _time(retried) > _time(done[1])
-    assert retried["frames"] == done[0]["deferred"]
-    daemon.wait_for(lambda: daemon.count("night_done") >= 3, 120, "the retry pass done")
-    tried_again = first_night_solves(_time(retried), float("inf"))
+    assert retried["frames"] >= done[0]["deferred"]  # (a retry pass of failed solves may defer some too)
+    daemon.wait_for(lambda: any(e["event"] == "night_done" and _time(e) > _time(retried) for e in daemon.events()),
+                    120, "the idle retry pass done")
+    tried_before = {e["frame"] for e in first_night_solves(0, _time(retried))}
+    tried_again = [e for e in first_night_solves(_time(retried), float("inf")) if e["frame"] not in tried_before]
     first = read_ledger(root)["nights"][SPEC.date]["frames"]
-    assert tried_again and all(first[e["frame"]]["astrometry"]["status"] == "failed" for e in tried_again)
-    assert all(first[e["frame"]]["astrometry"]["tries"] == e["tries"] == 1 for e in tried_again)
+    assert tried_again and all(e["tries"] == 1 and first[e["frame"]]["astrometry"]["tries"] >= 1 for e in tried_again)
     daemon.stop()
 
 
