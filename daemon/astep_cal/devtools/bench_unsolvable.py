@@ -16,7 +16,9 @@ start shows whether it waited for the first one's solves. For each run, from the
 * ``tail_s``: of it, the time after its last frame was calibrated (the wait for solves, then the summary);
 * ``next_start_s``: from the first night's ``night_done`` to the next night's ``night_started``;
 * ``next_night_s``: the next night's wall time; and from the ledger the first night's solves tried
-  (``failed``, their seconds) and ``deferred``.
+  (``failed``, their seconds) and ``deferred``;
+* ``daemon_cpu_s``, ``solve_field_cpu_s``: CPU seconds of the daemon itself and of its children (solve-field)
+  over the run: the work, which the load of a shared machine does not move as it moves wall times.
 
 Rounds alternate which mode runs first (the machine's load drifts); the medians, the ratio
 ``unsolvable / off`` of the night's wall time (of the medians, and the median of the rounds' ratios) and the
@@ -29,6 +31,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -66,6 +69,14 @@ def _time(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process itself and of its children it waited for (solve-field), from
+    ``/proc``: the work done, whatever the machine's load did to the wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
+
+
 def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str],
             keep_logs: Path | None = None) -> dict[str, Any]:
     """The daemon on a fresh copy of ``source`` in ``mode`` until both nights are done (figures above)."""
@@ -82,6 +93,7 @@ def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str],
     try:
         daemon.wait_for(next_night_done, 3600, "the next night done")
         events = daemon.events()
+        own_cpu_s, children_cpu_s = _cpu_s(daemon.process.pid)
         daemon.stop(120)
     finally:
         daemon.close()
@@ -104,6 +116,7 @@ def one_run(source: Path, work: Path, mode: str, dates: tuple[str, str],
         "next_start_s": at(second, "night_started") - at(first, "night_done"),
         "next_night_s": at(second, "night_done") - at(second, "night_started"),
         "calibrate_per_frame_s": statistics.median(calibrations),
+        "daemon_cpu_s": own_cpu_s, "solve_field_cpu_s": children_cpu_s,
         "tried": len(failed), "failed_solve_s": sum(failed),
         "failed_solve_per_frame_s": statistics.median(failed) if failed else None,
         "deferred": sum(s.get("status") == "deferred" for s in solves),
@@ -118,10 +131,13 @@ def worst_case_1000(settings: AstrometrySettings, calibrate_per_frame_s: float,
     """The bounds the budget settings give a night of ``frames`` unsolvable frames, with the measured
     per-frame figures put in (``docs/pages/headers-and-targets.md``, "Worst case").
 
-    First pass: solving runs beside calibration; once calibrated, the night waits for its solves at most
-    ``wait_fraction`` × its calibration time, and no solve at all runs once failed solving reached
-    ``night_budget_s`` (the one in flight then ends within ``frame_budget_s``): the night's wall time grows by
-    at most min(wait_fraction × T_cal, night_budget_s + frame_budget_s). Later, each idle retry pass costs at
+    First pass: solving runs beside calibration; once calibrated, a night whose every solve failed is not
+    waited for (one with some solved waits at most ``wait_fraction`` × its calibration time), and no solve at
+    all runs once failed solving reached ``night_budget_s`` (the one in flight then ends within
+    ``frame_budget_s``): the wait grows the night's wall time by at most
+    min(wait_fraction × T_cal, night_budget_s + frame_budget_s), nothing for an unsolvable night; what
+    solve-field's CPU (at most night_budget_s + frame_budget_s of it) takes from the calibration comes on top
+    when no core is free. Later, each idle retry pass costs at
     most night_budget_s + frame_budget_s (what a night arriving meanwhile waits), and every frame is tried
     at most ``max_tries`` times, each try at most ``frame_budget_s``."""
     pass_bound = settings.night_budget_s + settings.frame_budget_s
@@ -129,7 +145,7 @@ def worst_case_1000(settings: AstrometrySettings, calibrate_per_frame_s: float,
     per_try = failed_per_frame_s if failed_per_frame_s else settings.frame_budget_s
     return {
         "frames": frames,
-        "first_pass_extra_bound_s": min(settings.wait_fraction * calibration, pass_bound),
+        "first_pass_wait_bound_s": min(settings.wait_fraction * calibration, pass_bound),
         "calibration_s_at_measured_rate": calibration,
         "pass_bound_s": pass_bound,
         "idle_solving_bound_h": frames * settings.max_tries * settings.frame_budget_s / 3600,
@@ -160,11 +176,12 @@ def summarise(rounds: list[dict[str, dict[str, Any]]], frames: int, size: int, n
 def print_summary(summary: dict[str, Any]) -> None:
     print(f"{summary['frames']} frames of {summary['size']}², {summary['rounds']} rounds (medians):")
     print("| mode | night (s) | after the last calibration (s) | next night starts after (s) | next night (s) "
-          "| solves tried | their s | deferred |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| solves tried | their s | deferred | daemon CPU (s) | solve-field CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode, m in summary["medians"].items():
         print(f"| {mode} | {m['night_s']:.1f} | {m['tail_s']:.1f} | {m['next_start_s']:.1f} | "
-              f"{m['next_night_s']:.1f} | {m['tried']:g} | {m['failed_solve_s']:.1f} | {m['deferred']:g} |")
+              f"{m['next_night_s']:.1f} | {m['tried']:g} | {m['failed_solve_s']:.1f} | {m['deferred']:g} | "
+              f"{m.get('daemon_cpu_s', float('nan')):.1f} | {m.get('solve_field_cpu_s', float('nan')):.1f} |")
     rounds = ", ".join(f"{r:.3f}" for r in summary["ratio_night_s_per_round"])
     print(f"night wall time, unsolvable / off: {summary['ratio_night_s']:.3f} (of the medians); rounds: {rounds}")
     print("worst case, 1000 unsolvable frames:", summary["worst_case_1000"])
