@@ -81,6 +81,8 @@ def test_an_unsolvable_night_waits_for_its_solves_a_tenth_of_its_calibration(nig
     assert len(tried) + len(deferred) == LONGER.n_science and deferred and tried
     assert all(r["tries"] == 1 for r in tried) and all(r["tries"] == 0 for r in deferred)
     assert all(r["duration_s"] <= AstrometrySettings().frame_budget_s + 1.0 for r in tried)
+    # failed solving paced at wait_fraction of the calibration time (one solve may run over its pace)
+    assert sum(r["duration_s"] for r in tried) <= 0.1 * (last - start) + AstrometrySettings().frame_budget_s
     event = next(e for e in events if e["event"] == "solve_deferred")
     assert event["frames"] == len(deferred)
     for name in frames:  # a deferred frame's CAL file is whole and waits for its solve
@@ -205,6 +207,16 @@ def test_after_calibration_solves_get_only_the_time_left():
     assert solving.over()
     solving.cut_off()
     assert solving.learn(failed, None) is True  # stopped by the end of the wait: deferred, not a try
+
+
+def test_failed_solving_is_paced_while_a_pass_calibrates():
+    solving = NightSolving(budget_s=300.0)
+    solving.pace_from(time.monotonic() - 10.0, 0.1)  # calibrating for 10 s: 1 s of failed solving allowed
+    solving.learn(type("R", (), {"solved": False, "duration_s": 0.5, "wcs_header": None})(), None)
+    assert not solving.spent()
+    solving.learn(type("R", (), {"solved": False, "duration_s": 1.0, "wcs_header": None})(), None)
+    assert solving.spent() and "pace" in solving.defer(1)["reason"]
+    assert not NightSolving(budget_s=300.0, failed_s=1.5).spent()  # a pass that calibrates nothing: no pace
 
 
 def test_a_solver_failing_at_once_keeps_the_floor():

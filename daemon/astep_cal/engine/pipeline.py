@@ -234,6 +234,8 @@ class NightRun:
                     terminate_running_solves()
                     break
                 self._calibrate(frame)
+                if self.result.calibrated:  # a pass that calibrates: its failed solving is paced (solve_budget)
+                    self.solving.pace_from(started, self.settings.astrometry.wait_fraction)
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings, self.retry_deferred):
                     cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
