@@ -8,7 +8,9 @@ search; a night of 1000 of them once held the service for days, and every later 
 * the time a night spends on solves that *fail* is counted; once it passes ``night_budget_s`` in one pass,
   the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
-  counted, so a clear night is not slowed;
+  counted, so a clear night is not slowed; while a pass calibrates, its failed solving is also paced: no
+  more than ``wait_fraction`` of the time calibrating so far (:meth:`NightSolving.pace_from`; the solve that
+  goes over its pace is allowed to end), the solves beyond it deferred the same way;
 * solving runs beside calibration (``solve-field`` at a low CPU priority, ``solve_process``); once the
   night's frames are calibrated, solving may hold the night ``wait_fraction`` (10 %) of the time the
   calibration took (:meth:`NightSolving.close_after`): each solve started then is given only the
