@@ -131,13 +131,11 @@ def worst_case_1000(settings: AstrometrySettings, calibrate_per_frame_s: float,
     """The bounds the budget settings give a night of ``frames`` unsolvable frames, with the measured
     per-frame figures put in (``docs/pages/headers-and-targets.md``, "Worst case").
 
-    First pass: solving runs beside calibration; once calibrated, a night whose every solve failed is not
-    waited for (one with some solved waits at most ``wait_fraction`` × its calibration time), and no solve at
-    all runs once failed solving reached ``night_budget_s`` (the one in flight then ends within
-    ``frame_budget_s``): the wait grows the night's wall time by at most
-    min(wait_fraction × T_cal, night_budget_s + frame_budget_s), nothing for an unsolvable night; what
-    solve-field's CPU (at most night_budget_s + frame_budget_s of it) takes from the calibration comes on top
-    when no core is free. Later, each idle retry pass costs at
+    First pass: solving runs beside calibration, its failed solving paced at ``wait_fraction`` of the time
+    calibrating so far and stopped at ``night_budget_s`` (the solve going over either ends within
+    ``frame_budget_s``): at most min(night_budget_s, wait_fraction × T_cal) + frame_budget_s of solve-field,
+    which is what it can take from the calibration when no core is free. Once calibrated, a night whose every
+    solve failed is not waited for (one with some solved waits at most ``wait_fraction`` × T_cal). Later, each idle retry pass costs at
     most night_budget_s + frame_budget_s (what a night arriving meanwhile waits), and every frame is tried
     at most ``max_tries`` times, each try at most ``frame_budget_s``."""
     pass_bound = settings.night_budget_s + settings.frame_budget_s
@@ -145,6 +143,8 @@ def worst_case_1000(settings: AstrometrySettings, calibrate_per_frame_s: float,
     per_try = failed_per_frame_s if failed_per_frame_s else settings.frame_budget_s
     return {
         "frames": frames,
+        "first_pass_solving_bound_s": min(settings.night_budget_s, settings.wait_fraction * calibration)
+        + settings.frame_budget_s,
         "first_pass_wait_bound_s": min(settings.wait_fraction * calibration, pass_bound),
         "calibration_s_at_measured_rate": calibration,
         "pass_bound_s": pass_bound,
