@@ -216,6 +216,8 @@ def test_failed_solving_is_paced_while_a_pass_calibrates():
     assert not solving.spent()
     solving.learn(type("R", (), {"solved": False, "duration_s": 1.0, "wcs_header": None})(), None)
     assert solving.spent() and "pace" in solving.defer(1)["reason"]
+    solving.learn(type("R", (), {"solved": True, "duration_s": 2.0, "wcs_header": None})(), None)
+    assert not solving.spent()  # a night with a solve a success is not unsolvable: its night budget alone
     assert not NightSolving(budget_s=300.0, failed_s=1.5).spent()  # a pass that calibrates nothing: no pace
 
 

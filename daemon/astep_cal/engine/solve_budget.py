@@ -8,8 +8,8 @@ search; a night of 1000 of them once held the service for days, and every later 
 * the time a night spends on solves that *fail* is counted; once it passes ``night_budget_s`` in one pass,
   the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
-  counted, so a clear night is not slowed; while a pass calibrates, its failed solving is also paced: no
-  more than ``wait_fraction`` of the time calibrating so far (:meth:`NightSolving.pace_from`; the solve that
+  counted, so a clear night is not slowed; while a pass calibrates and none of its solves succeeded, its
+  failed solving is also paced: no more than ``wait_fraction`` of the time calibrating so far (:meth:`NightSolving.pace_from`; the solve that
   goes over its pace is allowed to end), the solves beyond it deferred the same way;
 * solving runs beside calibration (``solve-field`` at a low CPU priority, ``solve_process``); once the
   night's frames are calibrated, solving may hold the night ``wait_fraction`` (10 %) of the time the
@@ -139,8 +139,10 @@ class NightSolving:
                 self.paced_from, self.pace = started, fraction
 
     def _ahead(self) -> bool:
-        """Failed solving ahead of its pace (under the lock)."""
-        return self.paced_from is not None and self.failed_s > self.pace * (time.monotonic() - self.paced_from)
+        """Failed solving ahead of its pace, in a night with no solve a success yet (under the lock): once one
+        is, the night is not unsolvable, and its failures are bounded by the night's budget alone."""
+        return (self.paced_from is not None and not self.solved
+                and self.failed_s > self.pace * (time.monotonic() - self.paced_from))
 
     def close_after(self, calibration_s: float, settings: AstrometrySettings) -> None:
         """The night's frames are calibrated, in ``calibration_s``: solving may go on for ``wait_fraction`` of
