@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults docs season bench bench-health bench-state bench-photometry bench-compression bench-late soak soak-short fuzz fuzz-short clean install \
+.PHONY: all system-deps venv demo test test-faults docs season bench bench-health bench-state bench-photometry bench-compression bench-late bench-unsolvable soak soak-short fuzz fuzz-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -114,6 +114,12 @@ bench-compression: system-deps venv
 # A late frame's cost and the bytes a night writes, compressed (default) beside plain (docs/pages/compression.md).
 bench-late: system-deps venv
 	$(BIN)/python -m astep_cal.devtools.bench_late $(BENCH_LATE_ARGS)
+
+# A night of 100 frames that cannot be plate-solved against the same night with solving off, through the real
+# daemon, alternated rounds (docs/pages/headers-and-targets.md, "A bounded solve cost"): ~4 min a round at 512².
+BENCH_UNSOLVABLE_ARGS ?=
+bench-unsolvable: system-deps venv
+	$(BIN)/python -m astep_cal.devtools.bench_unsolvable $(BENCH_UNSOLVABLE_ARGS)
 
 # --- deployment (docs/pages/operations.md) ----------------------------------------------------------------
 # `make install` (as root) on the observatory machine; running it again upgrades in place and keeps

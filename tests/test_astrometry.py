@@ -14,6 +14,7 @@ from astropy.wcs import WCS
 
 from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.engine import astrometry
+from astep_cal.formats import wcs_cards
 from astep_cal.formats.products import sources_hdu
 from astep_cal.science.quality import Sources, measure_frame
 from astep_cal.support.config import AstrometrySettings
@@ -89,7 +90,7 @@ def test_solve_and_merge_matches_the_true_wcs(raw_night, tmp_path, blind):
     assert result.hinted is (not blind)
     assert result.n_matched >= 10 and result.residual_arcsec < 3.6  # under one pixel
     assert result.wcs_header["CTYPE1"] == "RA---TAN-SIP" and "A_ORDER" in result.wcs_header
-    astrometry.merge_wcs(cal, result.wcs_header, {"ASTCWCS": ("solved", "status")})
+    wcs_cards.merge_wcs(cal, result.wcs_header, {"ASTCWCS": ("solved", "status")})
     assert _error_px(cal, raw_night, raw.name) < 0.3
     with fits.open(cal) as hdul:
         assert hdul[0].header["ASTCWCS"] == "solved" and "MASK" in hdul
@@ -111,7 +112,7 @@ def test_solve_from_the_source_list_matches_the_true_wcs(raw_night, tmp_path, bl
     assert result.from_list and result.hinted is (not blind)
     assert "--x-column" in result.command and "--fits-image" not in result.command
     assert result.n_matched >= 10
-    astrometry.merge_wcs(cal, result.wcs_header, {})
+    wcs_cards.merge_wcs(cal, result.wcs_header, {})
     assert _error_px(cal, raw_night, raw.name) < 0.1
     assert list(tmp_path.glob("astep-solve-*")) == []
 
@@ -137,7 +138,7 @@ def test_a_loose_list_solve_is_redone_from_the_image(raw_night, tmp_path):
     fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header), sources_hdu(moved)]).writeto(path)
     result = astrometry.solve(path, fits.getheader(path), SETTINGS, tmp_root=tmp_path)
     assert result.solved and not result.from_list and "--fits-image" in result.command
-    astrometry.merge_wcs(path, result.wcs_header, {})
+    wcs_cards.merge_wcs(path, result.wcs_header, {})
     assert _error_px(path, raw_night, raw.name) < 0.05
     assert list(tmp_path.glob("astep-solve-*")) == []
 
@@ -159,12 +160,12 @@ def test_merging_twice_leaves_one_solution(raw_night, tmp_path):
     cal = _cal_like(raw, tmp_path)
     result = astrometry.solve(cal, fits.getheader(cal), SETTINGS)
     assert result.solved, result.error
-    astrometry.merge_wcs(cal, result.wcs_header, {})
-    astrometry.merge_wcs(cal, result.wcs_header, {})
+    wcs_cards.merge_wcs(cal, result.wcs_header, {})
+    wcs_cards.merge_wcs(cal, result.wcs_header, {})
     header = fits.getheader(cal)
     assert list(header.keys()).count("CRVAL1") == 1 and list(header.keys()).count("A_ORDER") == 1
     assert _error_px(cal, raw_night, raw.name) < 0.3
-    astrometry.mark_unsolved(cal, "field not solved\n(after a later retry)")
+    wcs_cards.mark_unsolved(cal, "field not solved\n(after a later retry)")
     header = fits.getheader(cal)
     assert header["ASTCWCS"] == "failed" and "CRVAL1" not in header and "A_ORDER" not in header
     assert header["ASTCWERR"].startswith("field not solved")

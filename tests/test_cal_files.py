@@ -176,7 +176,7 @@ def test_quantisation_noise_is_small_next_to_the_sky_noise(compressed_night, tmp
 def test_wcs_merge_leaves_compressed_pixels_untouched(compressed_night, tmp_path):
     """Merging the WCS (and marking a failed solve) rewrites only the header: through astropy's
     compressed-image HDU the image would be quantised a second time."""
-    from astep_cal.engine import astrometry
+    from astep_cal.formats import wcs_cards
 
     root, _, _ = compressed_night
     path = tmp_path / "copy_CAL.fits"
@@ -185,8 +185,8 @@ def test_wcs_merge_leaves_compressed_pixels_untouched(compressed_night, tmp_path
         before, error = np.array(hdul["SCI"].data), np.array(hdul["ERR"].data)
         wcs = fits.Header({key: hdul["SCI"].header[key] for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2")})
     wcs["CRVAL1"] += 0.01
-    astrometry.merge_wcs(path, wcs, {"ASTCWNM": (7, "test")})
-    astrometry.mark_unsolved(path, "test failure")
+    wcs_cards.merge_wcs(path, wcs, {"ASTCWNM": (7, "test")})
+    wcs_cards.mark_unsolved(path, "test failure")
     with fits.open(path) as hdul:
         assert np.array_equal(hdul["SCI"].data, before) and np.array_equal(hdul["ERR"].data, error)
         assert hdul["SCI"].header["ASTCWCS"] == "failed" and hdul["SCI"].header["ASTCWNM"] == 7

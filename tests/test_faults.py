@@ -37,8 +37,11 @@ BACKOFF_S = 4.0  # long enough that a second run comes back within it, even on a
 def _solver_config(tmp_path: Path, solve_field: str = "solve-field", extra: str = "",
                    timeout_s: float = 20.0) -> Path:
     path = tmp_path / f"solver-{abs(hash((solve_field, extra, timeout_s)))}.toml"
+    # A night already failing waits for its solves only wait_fraction of its calibration, and a 2-frame night's
+    # is a fraction of a second: the second solve would be deferred (solve_budget). These tests are about
+    # each try of a broken solver, so the wait is made generous: every frame is tried in every run.
     path.write_text(f'[astrometry]\nsolve_field = "{solve_field}"\nretry_backoff_s = {BACKOFF_S}\nmax_tries = 3\n'
-                    f'timeout_s = {timeout_s}\n{extra}\n[logging]\nformat = "json"\n')
+                    f'timeout_s = {timeout_s}\nwait_fraction = 1000\n{extra}\n[logging]\nformat = "json"\n')
     return path
 
 

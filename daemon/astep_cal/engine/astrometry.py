@@ -33,11 +33,11 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from astep_cal.engine.solve_budget import SolveHint, choose_hint, hint_arguments
-from astep_cal.engine.solve_process import output_tail, run_solve_field, terminate_running_solves  # noqa: F401 (re-exported)
+from astep_cal.engine.solve_process import output_tail, run_solve_field
 from astep_cal.formats.header_profile import DEFAULT_PROFILE, HeaderProfile, read_frame_header
 from astep_cal.formats.products import SOURCES_SINGLE, read_sources
 from astep_cal.formats.raw_headers import image_hdu
-from astep_cal.formats.wcs_cards import WCS_KEY, clean_wcs_header, mark_unsolved, merge_wcs, without_wcs  # noqa: F401 (re-exported)
+from astep_cal.formats.wcs_cards import clean_wcs_header, without_wcs
 from astep_cal.support.config import AstrometrySettings
 
 
@@ -55,6 +55,7 @@ class SolveResult:
     residual_arcsec: float | None = None  # rms distance of those matches under the solved WCS
     from_list: bool = False  # solved from the CAL file's SOURCES table, not from the image
     from_hint: bool = False  # solved around a solution earlier in the night (solve_budget), not the pointing
+    cut_off: bool = False  # stopped by the end of the night's wait for its solves (solve_budget), not failed
 
 
 # --- pointing hints -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from astep_cal.formats.fitsio import read_image
 from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, profile_cards, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
+from astep_cal.formats.wcs_cards import clean_wcs_header, mark_unsolved, merge_wcs
 from astep_cal.science import catalogue, quality
 from astep_cal.science.calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
 from astep_cal.science.masters import master_noise
@@ -236,7 +237,7 @@ def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
     if not path.is_file():
         return "missing"
     try:
-        products.add_catalogue_wcs(path, astrometry.clean_wcs_header(wcs_header))
+        products.add_catalogue_wcs(path, clean_wcs_header(wcs_header))
     except StorageUnavailable:
         raise
     except Exception as error:  # noqa: BLE001 - the solve itself is good: recorded, not raised
@@ -263,7 +264,8 @@ def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | 
                               hints=solving.hints() if solving is not None else ())
     if solving is not None:
         shape = (header.get("NAXIS2"), header.get("NAXIS1"))
-        solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None)
+        if solving.learn(result, shape if all(isinstance(n, int) for n in shape) else None):
+            result = replace(result, cut_off=True)
     checkpoint("stage:solve_returned")
     if result.solved and result.wcs_header is not None:
         extra = dict([kw.WCS_STATUS.card("solved"), kw.WCS_MATCHED.card(result.n_matched)])
@@ -272,9 +274,9 @@ def solve_and_merge(cal_path: Path, settings: Settings, solving: NightSolving | 
         scale = solved_pixel_scale(result)
         if scale is not None and isinstance(header.get("FWHMPIX"), (int, float)):
             extra.update(quality.fwhm_cards(float(header["FWHMPIX"]), scale, "solved"))
-        astrometry.merge_wcs(cal_path, result.wcs_header, extra)
+        merge_wcs(cal_path, result.wcs_header, extra)
     else:
-        astrometry.mark_unsolved(cal_path, result.error or "no solution")
+        mark_unsolved(cal_path, result.error or "no solution")
     return result
 
 
@@ -327,7 +329,7 @@ def solve_frame(cal_path: Path, settings: Settings, tries: int, solving: NightSo
     if step["status"] == "failed":
         return solve_record(step["error"], tries, settings)
     record = solve_record(step["result"], tries, settings)
-    if record["status"] == "failed" and _cut_short(step["result"], given_s, settings):
+    if record["status"] == "failed" and (_cut_short(step["result"], given_s, settings) or step["result"].cut_off):
         return solving.defer(tries - 1)  # it ran out of the night's wait, not of its own tries: not a try
     if record["status"] == "solved" and settings.photometry.enabled:
         record["catalogue"] = sky_catalogue(cal_path, step["result"].wcs_header)

@@ -14,17 +14,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astep_cal.engine import astrometry, photometry
+from astep_cal.engine import photometry
 from astep_cal.engine.frame_steps import calibrate_entry, log_solve, record_solve, solve_frame
 from astep_cal.engine.masters_cache import MastersCache
 from astep_cal.engine.night_health import night_health
 from astep_cal.engine.night_masters import Masters, ensure_masters
 from astep_cal.engine.rules import needs_calibration, needs_solve, night_has_work
 from astep_cal.engine.solve_budget import NightSolving
+from astep_cal.engine.solve_process import terminate_running_solves
 from astep_cal.engine.stages import PHOTOMETRY_STEP, SUMMARY_STEP, StepSkipped, run_stage
 from astep_cal.formats import names, summary
 from astep_cal.formats.cameras import discover_units
@@ -272,9 +274,11 @@ class NightRun:
                     self.log.info("night_interrupted", remaining=len(frames) - index + 1)
                     for _, future in pending:
                         future.cancel()
-                    astrometry.terminate_running_solves()
+                    terminate_running_solves()
                     break
                 self._calibrate(frame)
+                if self.result.calibrated:  # a pass that calibrates: its failed solving is paced (solve_budget)
+                    self.solving.pace_from(started, self.settings.astrometry.wait_fraction)
                 entry = self.ledger.frame(self.date, frame.name)
                 if needs_solve(entry, self.settings, self.retry_deferred):
                     cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
@@ -285,13 +289,21 @@ class NightRun:
                 if self.progress:
                     self.progress(self.date, index, len(frames))
             if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
-                astrometry_settings = self.settings.astrometry
-                self.solving.close_after(max(astrometry_settings.wait_fraction * (time.monotonic() - started),
-                                             astrometry_settings.frame_budget_s))
+                self.solving.close_after(time.monotonic() - started, self.settings.astrometry)
+                self._end_solves_with_the_wait([future for _, future in pending])
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
                              night_budget_s=self.settings.astrometry.night_budget_s)
+
+    def _end_solves_with_the_wait(self, futures: list[Future]) -> None:
+        """Wait for the night's solves until the end of its wait (``solve_budget``), then stop those still
+        running: a solve started before the wait was set has its whole frame budget, which would hold the
+        night past its wait (those not started yet are deferred by ``solving.spent``)."""
+        while wait_futures(futures, timeout=0.2).not_done:
+            if self.solving.over():
+                self.solving.cut_off()
+                terminate_running_solves(grace_s=1.0)  # again each turn: a run may start between two kills
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)

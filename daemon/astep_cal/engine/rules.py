@@ -72,7 +72,8 @@ def clear_failures(ledger: Ledger, nights: list[str] | None = None) -> int:
 
 
 def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, retry_blocked: bool,
-                   new_settings_count: bool = False, deferred: bool = False, close_pending: bool = True) -> bool:
+                   new_settings_count: bool = False, deferred: bool = False, close_pending: bool = True,
+                   solves: bool = True) -> bool:
     """Cheap check (directory listings and stat, no FITS read) for work left in a night.
 
     Work is: a night never looked at; raw files not seen as they are now (new, changed or removed
@@ -82,6 +83,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
     calibration settings (``new_settings_count``: what ``once`` redoes; the daemon does not redo the
     archive on a reload), and solves deferred by a night's budget (``deferred``: the daemon when idle, ``once``).
     A close a daemon deferred is work (``close_pending``) unless that daemon has it scheduled itself.
+    ``solves=False``: a solve due is not work (the daemon's question: does the night have more than solves?).
     An unusable file is recorded with the inventory, so it is never work again until it changes.
     """
     if ledger.totals(date).get("stuck"):
@@ -110,7 +112,7 @@ def night_has_work(root: Path, date: str, ledger: Ledger, settings: Settings, re
             return True
         if new_settings_count and status in ("ok", "failed") and calibrated.get("config") != config:
             return True
-        if status == "ok" and (needs_solve(entry, settings, deferred) or names.cal_name(name) not in outputs):
+        if status == "ok" and ((solves and needs_solve(entry, settings, deferred)) or names.cal_name(name) not in outputs):
             return True
     return False
 

@@ -8,12 +8,19 @@ search; a night of 1000 of them once held the service for days, and every later 
 * the time a night spends on solves that *fail* is counted; once it passes ``night_budget_s`` in one pass,
   the night's remaining solves are not run but recorded ``deferred`` (no try counted) and retried when the
   service is idle (the daemon) or by the next ``once``: successful solves are the work and are never
-  counted, so a clear night is not slowed;
-* solving runs beside calibration; once the night's frames are calibrated, solving may hold the night
-  ``wait_fraction`` (10 %) of the time the calibration took, or one ``frame_budget_s`` if that is more: each
-  solve started then is given only the time left (one that fails so cut is deferred, not a try), and those
-  left over are deferred too (a pass that calibrated nothing, e.g. the daemon's idle retry, has no such
-  limit);
+  counted, so a clear night is not slowed; while a pass calibrates and none of its solves succeeded, its
+  failed solving is also paced: no more than ``wait_fraction`` of the time calibrating so far (:meth:`NightSolving.pace_from`; the solve that
+  goes over its pace is allowed to end), the solves beyond it deferred the same way;
+* solving runs beside calibration (``solve-field`` at a low CPU priority, ``solve_process``); once the
+  night's frames are calibrated, solving may hold the night ``wait_fraction`` (10 %) of the time the
+  calibration took (:meth:`NightSolving.close_after`): each solve started then is given only the
+  time left, the one still running at the end is stopped (``cut_off``), and both, when they fail so, are
+  deferred, not tries; those left over are deferred too. A night failing with no success is not waited
+  for at all. A night whose failed solving so far fits in that wait (none failed, or a solver failing at
+  once) may wait one ``frame_budget_s`` instead, so that a small clear night's last solves are not cut
+  short; a night already failing may not (with that floor for every
+  night, a 30-frame 512² night of unsolvable frames waited a whole minute after a 39 s calibration). A pass that calibrated nothing, e.g. the
+  daemon's idle retry, has no such limit;
 * once a frame is solved, the night's later frames of the same pointing (header pointing within
   ``search_radius_deg`` of the solution, or no header pointing) are solved around that solution: within
   ``hint_radius_deg`` of its centre, pixel scale within ``hint_scale_tolerance``.
@@ -103,50 +110,108 @@ class NightSolving:
 
     budget_s: float
     failed_s: float = 0.0
+    solved: int = 0
     deferred: int = 0
-    deadline: float | None = None  # monotonic time by which solving must end (close_after)
+    deadline: float | None = None  # monotonic time by which solving must end (close_after) ...
+    floor_deadline: float | None = None  # ... or this one, while the night is not failing (see ``_end``)
+    wait_s: float = 0.0  # the wait after calibration (close_after)
+    cut: bool = False  # the solves still running at the end of the wait were stopped (cut_off)
+    paced_from: float | None = None  # monotonic start of a pass that calibrates (pace_from)
+    pace: float = 0.0  # ... whose failed solving may be this fraction of the time since
     solutions: list[SolveHint] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def spent(self) -> bool:
-        """Whether the next solve is to be deferred: failed solving used the budget, or the wait is over."""
+        """Whether the next solve is to be deferred: failed solving used the budget or its pace, or the wait
+        is over."""
         with self._lock:
-            return self.failed_s >= self.budget_s or (self.deadline is not None
-                                                      and time.monotonic() > self.deadline - MIN_SOLVE_S)
+            end = self._end()
+            return self.cut or self.failed_s >= self.budget_s or self._ahead() or (
+                end is not None and time.monotonic() > end - MIN_SOLVE_S)
 
-    def close_after(self, wait_s: float) -> None:
-        """The night's frames are calibrated: solving may go on for ``wait_s`` more, no longer."""
+    def pace_from(self, started: float, fraction: float) -> None:
+        """The pass calibrates frames (since ``started``): while it does, its failed solving may not pass
+        ``fraction`` of the time since. Solving runs beside calibration, and on a machine with no free core
+        its failing searches came out of the night's wall time: 100 unsolvable 512² frames took 1.5x the
+        night with solving off (``make bench-unsolvable``). A clear night fails nothing and is not paced."""
         with self._lock:
-            self.deadline = time.monotonic() + wait_s
+            if self.paced_from is None:
+                self.paced_from, self.pace = started, fraction
+
+    def _ahead(self) -> bool:
+        """Failed solving ahead of its pace, in a night with no solve a success yet (under the lock): once one
+        is, the night is not unsolvable, and its failures are bounded by the night's budget alone."""
+        return (self.paced_from is not None and not self.solved
+                and self.failed_s > self.pace * (time.monotonic() - self.paced_from))
+
+    def close_after(self, calibration_s: float, settings: AstrometrySettings) -> None:
+        """The night's frames are calibrated, in ``calibration_s``: solving may go on for ``wait_fraction`` of
+        that, no longer; or for one ``frame_budget_s`` if that is more, as long as the night's failed solving
+        fits in the wait (a clear night, or a solver that fails at once). A night already failing with no
+        solve of this pass a success is not waited for at all: its next solves would fail as well, and
+        deferring them costs nothing (with the wait, 100 unsolvable 512² frames took 10 % longer for it
+        alone, ``make bench-unsolvable``)."""
+        with self._lock:
+            now = time.monotonic()
+            self.wait_s = settings.wait_fraction * calibration_s
+            self.deadline = now + self.wait_s
+            self.floor_deadline = now + max(self.wait_s, settings.frame_budget_s)
+
+    def _end(self) -> float | None:
+        """When solving must end (None: no limit); under the lock."""
+        if self.deadline is None:
+            return None
+        if self.failed_s <= self.wait_s:
+            return self.floor_deadline
+        return self.deadline if self.solved else self.deadline - self.wait_s
+
+    def over(self) -> bool:
+        """Whether the wait after calibration is over (the solves still running are then stopped)."""
+        with self._lock:
+            end = self._end()
+            return end is not None and time.monotonic() >= end
+
+    def cut_off(self) -> None:
+        """The wait is over and the solves still running are being stopped: a solve that fails now ran out
+        of the night's wait, not of its own tries (``frame_steps.solve_frame`` defers it)."""
+        with self._lock:
+            self.cut = True
 
     def budgeted(self, settings: AstrometrySettings) -> AstrometrySettings:
-        """The settings of the next solve: its frame budget cut to the time left before the deadline."""
+        """The settings of the next solve: its frame budget cut to the time left before the end of the wait."""
         with self._lock:
-            if self.deadline is None:
+            end = self._end()
+            if end is None:
                 return settings
             return replace(settings, frame_budget_s=max(MIN_SOLVE_S, min(settings.frame_budget_s,
-                                                                         self.deadline - time.monotonic())))
+                                                                         end - time.monotonic())))
 
     def hints(self) -> tuple[SolveHint, ...]:
         with self._lock:
             return tuple(self.solutions)
 
-    def learn(self, result: Any, shape: tuple[int, int] | None) -> None:
-        """Count a failed solve's time, or keep a solution as a hint for the frames after it."""
+    def learn(self, result: Any, shape: tuple[int, int] | None) -> bool:
+        """Count a failed solve's time, or keep a solution as a hint for the frames after it. Returns whether
+        the solve failed because the end of the night's wait stopped it (``cut_off`` came before it ended)."""
         with self._lock:
             if not result.solved:
                 self.failed_s += result.duration_s
-            elif result.wcs_header is not None and shape is not None:
+                return self.cut
+            self.solved += 1
+            if result.wcs_header is not None and shape is not None:
                 hint = hint_from_wcs(result.wcs_header, shape)
                 if hint is not None:
                     self.solutions.append(hint)
                     del self.solutions[:-20]  # the recent pointings are enough
+            return False
 
     def defer(self, tries_so_far: int) -> dict[str, Any]:
         """The ledger record of a solve not run: the night's budget is spent (no try counted)."""
         with self._lock:
             self.deferred += 1
             over = self.failed_s >= self.budget_s
+            waited = self.deadline is not None
         reason = (f"the night's budget of failed solving ({self.budget_s:g} s) is spent" if over
-                  else "the night was calibrated and its wait for solves is over")
+                  else "the night was calibrated and its wait for solves is over" if waited
+                  else "failed solving is ahead of its pace (wait_fraction of the calibration time)")
         return {"status": "deferred", "tries": tries_so_far, "reason": reason}

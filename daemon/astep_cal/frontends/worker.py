@@ -133,6 +133,7 @@ class NightWorker:
         self.finished: dict[str, tuple] = {}  # night -> its directories' stamp when last found finished
         self._last_reconcile = -1e18
         self._storage_night: str | None = None  # the night a write failed on, while waiting for space
+        self._ready_reason: dict[str, str] = {}  # night -> why it was found complete (night_ready)
         self._deferred_rest: dict[str, float] = {}  # night -> no idle retry of its deferred solves before (monotonic)
         self.stuck: dict[str, Stuck] = {}  # nights that could not be worked on (permissions, I/O)
         self._future_seen: set[tuple[str, int]] = set()  # files dated in the future, logged once each
@@ -295,9 +296,9 @@ class NightWorker:
                       duration_s=round(time.monotonic() - now, 3))
         return True
 
-    def _night_has_work(self, night: str) -> bool:  # a close it has scheduled itself is not work
+    def _night_has_work(self, night: str, solves: bool = True) -> bool:  # a close it has scheduled is not work
         return night_has_work(self.root, night, self.ledger, self.settings, retry_blocked=True,
-                              close_pending=night not in self.closes)
+                              close_pending=night not in self.closes, solves=solves)
 
     def _has_work(self, night: str, trust_stamp: bool) -> bool:
         stamp = directories_stamp(self.root, night)
@@ -326,12 +327,22 @@ class NightWorker:
             raise StorageUnavailable(f"the data root {self.root} is not there (unmounted?)")
         self._collect_candidates()
         now = time.monotonic()
+        solves_only: list[str] = []
         for night in sorted(self.pending):
             if self.pending[night] > now:
                 continue
-            if self._guarded(night, self._ready_with_work, night, now):
-                return night
-        return None
+            work = self._guarded(night, self._ready_with_work, night, now)
+            if work == "frames":
+                break
+            if work == "solves":
+                solves_only.append(night)
+        else:
+            night = solves_only.pop(0) if solves_only else None
+        for later in solves_only:
+            self.pending[later] = now  # looked at again after the night chosen
+        if night is not None:
+            self.log.info("night_ready", night=night, reason=self._ready_reason.pop(night, ""))
+        return night
 
     def _deferred_night(self) -> str | None:
         """When idle: the oldest night with solves deferred by its budget (``solve_budget``), to try again.
@@ -346,19 +357,23 @@ class NightWorker:
                 return night
         return None
 
-    def _ready_with_work(self, night: str, now: float) -> bool:
-        """Whether the night is complete and has work (else it is looked at again later)."""
+    def _ready_with_work(self, night: str, now: float) -> str | None:
+        """The night's work when it is complete: ``"frames"`` (frames to calibrate, outputs to write) or
+        ``"solves"`` (only retries of failed solves, due after their back-off); None: no work, or not complete
+        (then it is looked at again later). A night with frames goes before an older night with only solves:
+        a long night's first failed solves are due again by its end, and their retries (up to a night's solve
+        budget) must not hold the night after it (issue 23)."""
         readiness = night_readiness(self.root, night, self.settings.daemon)
         self._log_future(night, readiness.future)
         if not readiness.ready:
             self.pending[night] = now + min(max(readiness.wait_s, MIN_WAIT_S), 60.0)
-            return False
+            return None
         del self.pending[night]
         if self._night_has_work(night):
-            self.log.info("night_ready", night=night, reason=readiness.reason)
-            return True
+            self._ready_reason[night] = readiness.reason
+            return "frames" if self._night_has_work(night, solves=False) else "solves"
         self._unstuck(night)
-        return False
+        return None
 
     def _process(self, night: str, retry_deferred: bool = False) -> None:
         progress = self.progress
