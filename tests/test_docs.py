@@ -292,3 +292,15 @@ def test_every_make_target_named_exists():
         named |= set(re.findall(r"`make ([a-z][a-z0-9-]*)", page.read_text()))
         named |= set(re.findall(r"^make ([a-z][a-z0-9-]*)", page.read_text(), re.M))
     assert named and not named - targets, f"make targets named in the docs but not in the Makefile: {sorted(named - targets)}"
+
+
+def test_the_layout_table_names_every_module():
+    """development.md's layout table lists each sub-package's modules: a module added (or moved) without
+    its row updated is a map a newcomer cannot trust."""
+    package = REPO / "daemon" / "astep_cal"
+    rows = {m.group(1): set(re.findall(r"`(\w+)`", m.group(2)))
+            for m in re.finditer(r"^\| `(\w+)/` \|[^|]*\|([^|]*)\|", (DOCS / "development.md").read_text(), re.M)}
+    for layer in sorted(p for p in package.iterdir() if (p / "__init__.py").is_file()):
+        modules = {f.stem for f in layer.glob("*.py")} - {"__init__"}
+        assert modules <= rows.get(layer.name, set()), f"{layer.name}/: {sorted(modules - rows.get(layer.name, set()))}"
+        assert rows[layer.name] <= modules, f"{layer.name}/ lists modules that do not exist"

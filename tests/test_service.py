@@ -178,7 +178,7 @@ def test_the_worker_hands_a_night_s_freed_memory_back():
 
     import numpy as np
 
-    from astep_cal.frontends.worker import release_free_memory
+    from astep_cal.support.memory import release_free_memory
 
     def anonymous_kb() -> int:
         gc.collect()
