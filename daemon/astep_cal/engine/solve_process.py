@@ -58,7 +58,8 @@ def _in_child() -> None:
     (``SOLVE_NICENESS``), so that solving, which runs beside the calibration, takes the CPU the calibration
     leaves free: on a busy machine (more runnable processes than cores) a failing search would otherwise take
     its equal share from the calibration, and a night of unsolvable frames calibrate slower than the same
-    night with solving off. Raising the niceness needs no privilege.
+    night with solving off. Raising the niceness needs no privilege, only the ``setpriority`` call, which the
+    unit's ``SystemCallFilter`` allows back out of ``@resources``.
 
     This preexec_fn makes subprocess fork (not vfork), which runs the fork handlers of the libraries
     loaded: OpenBLAS's waits for its thread pool, and a fork from the solve thread while the main
@@ -69,7 +70,10 @@ def _in_child() -> None:
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.nice(SOLVE_NICENESS)
+    try:
+        os.nice(SOLVE_NICENESS)
+    except OSError:  # a sandbox without setpriority (a unit's SystemCallFilter): solve at the same priority
+        pass  # (raised here, it would fail every solve with "Exception occurred in preexec_fn")
 
 
 _PR_SET_PDEATHSIG = 1
