@@ -289,7 +289,8 @@ install_signed "$upgrade"
 upgrade_seconds=$install_seconds
 grep -q "restarted astep-cal.service: it runs astep-cal $upgrade_version" "$RUN/install.log" \
     || { cat "$RUN/install.log"; die "install.sh did not restart the service on $upgrade_version"; }
-wait_for 60 "the upgraded daemon idle with the ledger's night" '[ "$(status_text)" = "idle — 1 nights done" ]'
+# (", last NIGHT" when it finished the close the old daemon's stop left pending: close_delay_s; nothing recalibrated)
+wait_for 60 "the upgraded daemon idle with the ledger's night" 'case "$(status_text)" in "idle — 1 nights done"*) true;; *) false;; esac'
 [ "$(daemon_version)" = "$upgrade_version" ] || die "the service runs $(daemon_version), not $upgrade_version"
 [ "$(C astep-cal --version)" = "astep-cal $upgrade_version" ] || die "astep-cal --version: $(C astep-cal --version)"
 [ "$(events frame_calibrated)" = "$calibrated" ] || die "the upgraded daemon recalibrated frames"
@@ -301,7 +302,7 @@ calibrated=$(events frame_calibrated)
 
 C /opt/astep-cal/install.sh --rollback > "$RUN/rollback.log" 2>&1 || { cat "$RUN/rollback.log"; die "install.sh --rollback failed"; }
 grep -q "rolled back: astep-cal $upgrade_version -> $version" "$RUN/rollback.log" || { cat "$RUN/rollback.log"; die "no rollback"; }
-wait_for 60 "the rolled-back daemon idle with both nights" '[ "$(status_text)" = "idle — 2 nights done" ]'
+wait_for 60 "the rolled-back daemon idle with both nights" 'case "$(status_text)" in "idle — 2 nights done"*) true;; *) false;; esac'
 [ "$(daemon_version)" = "$version" ] || die "after --rollback the service runs $(daemon_version), not $version"
 [ "$(events frame_calibrated)" = "$calibrated" ] || die "the rolled-back daemon recalibrated frames"
 say "rolled back: the service runs $(daemon_version) on the ledger $upgrade_version wrote: $(status_text)"
@@ -328,9 +329,9 @@ pid=$(C systemctl show -P MainPID astep-cal)
 sleep 12  # three watchdog periods: without WATCHDOG=1 every 2 s systemd would have killed it
 [ "$(C systemctl show -P MainPID astep-cal)" = "$pid" ] && [ "$(C systemctl show -P NRestarts astep-cal)" = 0 ] \
     || die "the service did not survive WatchdogSec=4s (watchdog pings missing)"
-[ "$(status_text)" = "idle — 2 nights done" ] || die "after a restart the ledger's night is not counted: $(status_text)"
+case "$(status_text)" in "idle — 2 nights done"*) ;; *) die "after a restart the ledger's night is not counted: $(status_text)";; esac
 C kill -KILL "$pid"
-wait_for 30 "a restart after SIGKILL" '[ "$(C systemctl show -P NRestarts astep-cal)" = 1 ] && [ "$(status_text)" = "idle — 2 nights done" ]'
+wait_for 30 "a restart after SIGKILL" '[ "$(C systemctl show -P NRestarts astep-cal)" = 1 ] && case "$(status_text)" in "idle — 2 nights done"*) true;; *) false;; esac'
 say "watchdog fed for 12 s at WatchdogSec=4s; SIGKILL -> restarted (pid $pid -> $(C systemctl show -P MainPID astep-cal))"
 C journalctl -u astep-cal --no-pager > "$CACHE/last-journal.txt" || true
 C systemctl stop astep-cal
