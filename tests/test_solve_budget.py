@@ -229,3 +229,30 @@ def test_a_solver_failing_at_once_keeps_the_floor():
     solving.learn(type("R", (), {"solved": False, "duration_s": 0.05, "wcs_header": None})(), None)
     solving.close_after(2.0, settings)
     assert not solving.spent() and solving.budgeted(settings).frame_budget_s > 58.0
+
+
+def test_a_stop_ends_a_pass_of_deferred_solves_at_once(nights, tmp_path):
+    """A pass of deferred solves (what the idle daemon runs) calibrates nothing, so it queues every solve at
+    once with no calibration-bound wait: a stop must cancel the queued ones and end the running one, not wait
+    for all of them. Before, a SIGTERM during such a pass waited up to ``night_budget_s`` (found by
+    ``make bench-unsolvable``: the daemon outlived its 20 s worker timeout, then its stop timeout)."""
+    from astep_cal.engine.pipeline import NightRun
+    from astep_cal.state.recovery import open_ledger
+    from astep_cal.support.config import load_settings
+    from astep_cal.support.logs import get_logger
+
+    root = _copy(nights, tmp_path / "stop", (SPEC.date,))
+    _timed_once(root, UNSOLVABLE)  # small budgets: most solves deferred
+    config = root / "retry.toml"  # the retry pass with budgets that would hold it for minutes
+    config.write_text(f'[astrometry]\n{WRONG_SCALE}frame_budget_s = 60\nnight_budget_s = 300\n')
+    settings = load_settings(config)
+    ledger = open_ledger(settings.ledger_path(root), root, get_logger())
+    deferred = [e for e in ledger.night(SPEC.date)["frames"].values() if e["astrometry"]["status"] == "deferred"]
+    assert len(deferred) >= 3
+    stop_at = time.monotonic() + 2.0
+    run = NightRun(root, SPEC.date, settings, ledger, force=False, retry_deferred=True,
+                   should_stop=lambda: time.monotonic() > stop_at)
+    run.run()
+    late_s = time.monotonic() - stop_at
+    print(f"{len(deferred)} deferred solves; the pass ended {late_s:.1f} s after the stop")
+    assert late_s <= STOP_S
