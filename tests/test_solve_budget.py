@@ -249,10 +249,19 @@ def test_a_stop_ends_a_pass_of_deferred_solves_at_once(nights, tmp_path):
     ledger = open_ledger(settings.ledger_path(root), root, get_logger())
     deferred = [e for e in ledger.night(SPEC.date)["frames"].values() if e["astrometry"]["status"] == "deferred"]
     assert len(deferred) >= 3
+    import structlog
+
+    from astep_cal.support import logs
+
+    saved = structlog.get_config()
+    logs.configure("json", "info")  # to this test's stderr (an earlier test's configuration names a closed one)
     stop_at = time.monotonic() + 2.0
     run = NightRun(root, SPEC.date, settings, ledger, force=False, retry_deferred=True,
                    should_stop=lambda: time.monotonic() > stop_at)
-    run.run()
+    try:
+        run.run()
+    finally:
+        structlog.configure(**saved)
     late_s = time.monotonic() - stop_at
     print(f"{len(deferred)} deferred solves; the pass ended {late_s:.1f} s after the stop")
     assert late_s <= STOP_S
