@@ -328,15 +328,15 @@ def test_interrupt_ends_the_workers_solve_fields(tmp_path):
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, TMPDIR=str(work)), preexec_fn=_ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
-    sessions: set[int] = set()
-    while time.monotonic() < deadline and not sessions and process.poll() is None:
-        sessions = _solver_sessions(work)
+    groups: set[int] = set()
+    while time.monotonic() < deadline and not groups and process.poll() is None:
+        groups = _solver_groups(work)
         time.sleep(0.005)
-    assert sessions, "no solve-field was seen running"
+    assert groups, "no solve-field was seen running"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert not _alive_in(sessions), "a solve-field outlived the run"
+    assert not _alive_in(groups), "a solve-field outlived the run"
 
 
 def _processes() -> list[tuple[int, bytes]]:
@@ -350,20 +350,20 @@ def _processes() -> list[tuple[int, bytes]]:
     return found
 
 
-def _solver_sessions(root: Path) -> set[int]:
-    """Sessions of the solve-field processes working on files under ``root`` (each solve has its own)."""
-    sessions = set()
+def _solver_groups(root: Path) -> set[int]:
+    """Process groups of the solve-field processes working on files under ``root`` (each solve has its own)."""
+    groups = set()
     for pid, command in _processes():
         if b"solve-field" in command and str(root).encode() in command:
             with contextlib.suppress(OSError):
-                sessions.add(os.getsid(pid))
-    return sessions
+                groups.add(os.getpgid(pid))
+    return groups
 
 
-def _alive_in(sessions: set[int]) -> bool:
+def _alive_in(groups: set[int]) -> bool:
     for pid, _ in _processes():
         with contextlib.suppress(OSError):
-            if os.getsid(pid) in sessions and not _zombie(pid):
+            if os.getpgid(pid) in groups and not _zombie(pid):
                 return True
     return False
 

@@ -60,7 +60,7 @@ def query_reference(ra: float, dec: float, radius_deg: float, settings: HealthSe
         out = Path(tmp) / "ref.fits"
         command = [exe, "-T", "-r", f"{ra:.6f}", "-d", f"{dec:.6f}", "-R", f"{radius_deg:.6f}", "-o", str(out),
                    settings.reference_index]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
         try:
             _, stderr = process.communicate(timeout=settings.query_timeout_s)
         except subprocess.TimeoutExpired:
