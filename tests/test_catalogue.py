@@ -23,6 +23,8 @@ def measured():
     frame = calibrate_scene(scene)
     found = quality.measure_frame(frame.data, frame.mask)
     error_before = frame.error.copy()
+    for array in (frame.data, frame.error, frame.mask):  # as in the pipeline, where the CAL file is being
+        array.flags.writeable = False                     # written from them meanwhile (frame_catalogue)
     table = catalogue.measure_catalogue(frame.data, frame.error, frame.mask, found.sources.positions(), found.fwhm_px, FACTORS,
                                         ANNULUS, scene.read_noise_e)
     distance, index = cKDTree(np.column_stack([scene.stars["x"], scene.stars["y"]])).query(

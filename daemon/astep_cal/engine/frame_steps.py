@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from astropy.io import fits
 
 from astep_cal import __version__
 from astep_cal.engine import astrometry
+from astep_cal.engine.frame_catalogue import Calibrated, measure_frame_catalogue, sky_catalogue, write_frame_catalogue
 from astep_cal.engine.frame_health import frame_health
 from astep_cal.engine.night_detector import frame_noise, noise_cards
 from astep_cal.engine.night_masters import Masters, memory_budget
@@ -38,17 +40,17 @@ from astep_cal.engine.stages import (
 from astep_cal.formats import keywords as kw
 from astep_cal.formats import names, products
 from astep_cal.formats.fitsio import read_image
-from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, profile_cards, read_frame_header
+from astep_cal.formats.header_profile import FrameHeader, HeaderProfile, read_frame_header
 from astep_cal.formats.names import masters_dir
 from astep_cal.formats.raw_night import RawFrame, make_output_dirs
-from astep_cal.formats.wcs_cards import clean_wcs_header, mark_unsolved, merge_wcs
-from astep_cal.science import catalogue, quality
+from astep_cal.formats.wcs_cards import mark_unsolved, merge_wcs
+from astep_cal.science import quality
 from astep_cal.science.calibrate import COSMIC_BYTES_PER_PIXEL, CalibratedFrame, CalibrationError, calibrate_frame
 from astep_cal.science.masters import master_noise
 from astep_cal.state.recovery import raw_fingerprint_card
 from astep_cal.support.config import Settings
 from astep_cal.support.faults import checkpoint
-from astep_cal.support.storage import StorageUnavailable, fingerprint
+from astep_cal.support.storage import fingerprint
 
 
 def cosmic_pixel_budget(settings: Settings, masters: Masters, raw: np.ndarray) -> int:
@@ -113,8 +115,17 @@ def frame_quality(result: Any, settings: Settings,
     return cards, record, measured if record.get("status") != "failed" else None
 
 
+@dataclass(frozen=True)
+class CalFile:
+    """A frame's CAL file made in memory, not yet written, and the calibrate record's fields it brings."""
+
+    hdul: fits.HDUList
+    fields: dict[str, Any]
+
+
 def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_path: Path,
-                   record: dict[str, Any], log: Any) -> "Calibrated":
+                   record: dict[str, Any], log: Any) -> tuple[Calibrated, CalFile]:
+    """Calibrate the frame in memory: what the catalogue needs of it, and its CAL file to write."""
     if masters.flat is None or masters.mask is None:
         raise FrameBlocked("no master flat (no sky flats tonight and none borrowable)")
     dark = masters.library.dark_for(frame.exptime)
@@ -130,10 +141,10 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
                          products.master_header(masters_dir(root, names.unit_of_cal_file(cal_path))
                                                 / names.dark_file_name(dark.source_exptime)),
                          products.master_header(root / flat_record["file"]), settings.calibration.combine_sigma)
-    result = calibrate_frame(raw, dark.data, masters.flat, masters.mask, gain=model.gain,
-                             read_noise_e=model.read_noise_e, saturation_adu=settings.calibration.saturation_adu,
-                             cosmics=settings.cosmics, max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw),
-                             noise=noise, trim=settings.calibration.trim)
+    result = read_only(calibrate_frame(
+        raw, dark.data, masters.flat, masters.mask, gain=model.gain, read_noise_e=model.read_noise_e,
+        saturation_adu=settings.calibration.saturation_adu, cosmics=settings.cosmics,
+        max_cosmic_pixels=cosmic_pixel_budget(settings, masters, raw), noise=noise, trim=settings.calibration.trim))
     quality_cards, quality_record, measured_quality = frame_quality(result, settings, log)
     provenance = dict([
         kw.DARK.card(names.dark_file_name(dark.source_exptime)),
@@ -148,12 +159,9 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         kw.CONFIG.card(calibration_fingerprint(settings)),
     ])
     provenance.update(quality_cards)
-    make_output_dirs(cal_path.parents[2], names.unit_of_cal_file(cal_path))
-    keep_foreign_file(cal_path, record, log)
-    products.write_calibrated(cal_path, products.calibrated_hdul(header, result, provenance, settings.output,
-                                                                       measured_quality.sources if measured_quality
-                                                                       else None))
-    record.update(
+    hdul = products.calibrated_hdul(header, result, provenance, settings.output,
+                                    measured_quality.sources if measured_quality else None)
+    fields = dict(
         output=cal_path.name, config=calibration_fingerprint(settings), software=__version__,
         dark={"exptime": dark.source_exptime, "scale": round(dark.scale, 6), "bias_origin": dark.bias_origin},
         flat={"night": flat_record["night"], "borrowed": bool(flat_record.get("borrowed"))},
@@ -161,7 +169,26 @@ def _calibrate_one(frame: RawFrame, masters: Masters, settings: Settings, cal_pa
         read_noise_source=model.read_noise_source, n_cosmic=result.n_cosmic, n_saturated=result.n_saturated,
         sky_e=round(result.sky_e, 2), date_obs=described.exposure_start, quality=quality_record,
     )
-    return Calibrated(result, measured_quality, header, model.gain, model.read_noise_e, described)
+    return Calibrated(result, measured_quality, header, model.gain, model.read_noise_e, described), CalFile(hdul, fields)
+
+
+def read_only(frame: CalibratedFrame) -> CalibratedFrame:
+    """The calibrated frame with its arrays made read-only: from here on every step only reads them, two at
+    once (the CAL file's write and the catalogue, ``frame_catalogue``). A step writing into one fails
+    loudly, and astropy's writer, which byteswaps a writable array in place and back, swaps a copy instead
+    (in place, the catalogue beside it would read swapped bytes)."""
+    for array in (frame.data, frame.mask, frame.error):
+        if array is not None:
+            array.flags.writeable = False
+    return frame
+
+
+def write_cal_file(cal_file: CalFile, cal_path: Path, record: dict[str, Any], log: Any) -> None:
+    """Write the CAL file (a foreign file in its place kept aside) and put its fields in the record."""
+    make_output_dirs(cal_path.parents[2], names.unit_of_cal_file(cal_path))
+    keep_foreign_file(cal_path, record, log)
+    products.write_calibrated(cal_path, cal_file.hdul)
+    record.update(cal_file.fields)
 
 
 def described_frame(header: fits.Header, settings: Settings, record: dict[str, Any], log: Any) -> FrameHeader:
@@ -176,73 +203,6 @@ def described_frame(header: fits.Header, settings: Settings, record: dict[str, A
         target = described.target
         record["target"] = {"name": target.name, "ra": target.ra, "dec": target.dec, "source": target.source}
     return described
-
-
-@dataclass(frozen=True)
-class Calibrated:
-    """What the catalogue step needs of a frame just calibrated, while it is still in memory."""
-
-    frame: CalibratedFrame
-    measured: quality.FrameQuality | None
-    header: fits.Header
-    gain: float
-    read_noise_e: float
-    described: FrameHeader | None = None
-
-
-# Header cards of the frame copied into its catalogue (what a light curve needs without the CAL file).
-_CATALOGUE_CARDS = ("DATE-OBS", "EXPTIME", "OBJECT", "FILTER")
-
-
-def catalogue_step(made: Calibrated, cal_path: Path, settings: Settings, record: dict[str, Any], log: Any) -> None:
-    """Measure the frame's catalogue from the quality step's detections and write it beside the CAL file.
-
-    Runs in the stage runner (``CATALOGUE_STEP``): a catalogue that cannot be made is recorded and logged
-    (``catalogue_failed``), never raised — the calibrated frame is good without it; storage trouble goes up.
-    """
-    measured, data = made.measured, made.frame
-    found = measured.sources if measured is not None else None
-    sources = found.positions()[:settings.photometry.max_sources] if found is not None else np.zeros((0, 2))
-    table = catalogue.measure_catalogue(
-        data.data, data.error if data.error is not None else np.full(data.data.shape, np.inf, np.float32),
-        data.mask, sources, measured.fwhm_px if measured else None, settings.photometry.aperture_factors,
-        settings.photometry.annulus_factors, made.read_noise_e)
-    path = names.cat_path(cal_path)
-    products.write_catalogue(path, table, catalogue_cards(made, measured, cal_path))
-    record.update(file=path.name, n_sources=len(table), fwhm_px=table.meta["FWHMUSED"])
-
-
-def catalogue_cards(made: Calibrated, measured: quality.FrameQuality | None, cal_path: Path) -> dict[str, tuple]:
-    """The CAT header: the frame's time and exposure, noise model, seeing, size and its CAL file."""
-    cards = {key: (made.header[key], "from the raw frame") for key in _CATALOGUE_CARDS if key in made.header}
-    if made.described is not None:
-        cards.update(profile_cards(made.described))
-    ny, nx = made.frame.data.shape
-    cards.update(CALFILE=(names.header_name(cal_path.name), "the calibrated frame"),
-                 IMWIDTH=(nx, "[px] image width"), IMHEIGHT=(ny, "[px] image height"),
-                 GAIN=(made.gain, "[e-/ADU] gain applied"), RDNOISE=(made.read_noise_e, "[e-] read noise"),
-                 SKYLEVEL=(round(made.frame.sky_e, 2), "[e-] median sky level"),
-                 **dict([kw.WCS_STATUS.card("pending")]))
-    if measured is not None:
-        cards["SKYNOISE"] = (round(measured.sky_noise_e, 2), "[e-] robust rms of the sky per pixel")
-        if measured.fwhm_px is not None:
-            cards["FWHMPIX"] = (round(measured.fwhm_px, 3), "[px] median stellar FWHM")
-    return cards
-
-
-def sky_catalogue(cal_path: Path, wcs_header: fits.Header) -> str:
-    """After a solve: RA/Dec into the frame's catalogue. The outcome for the astrometry record:
-    ``ok``, ``missing`` (no catalogue: photometry off when calibrated) or ``failed: why``."""
-    path = names.cat_path(cal_path)
-    if not path.is_file():
-        return "missing"
-    try:
-        products.add_catalogue_wcs(path, clean_wcs_header(wcs_header))
-    except StorageUnavailable:
-        raise
-    except Exception as error:  # noqa: BLE001 - the solve itself is good: recorded, not raised
-        return f"failed: {type(error).__name__}: {error}"
-    return "ok"
 
 
 def solved_pixel_scale(result: astrometry.SolveResult) -> float | None:
@@ -292,13 +252,17 @@ def calibrate_entry(frame: RawFrame, masters: Callable[[], Masters], settings: S
     entry.pop("astrometry", None)  # a new CAL file needs a new solution
     entry.pop("catalogue", None)
     entry.pop("health", None)
-    made = None
-    with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
-        made = _calibrate_one(frame, masters(), settings, cal_path, record, log)
-    checkpoint("stage:frame_calibrated")
-    if made is not None and settings.photometry.enabled:
-        with stage(entry, "catalogue", log, root, CATALOGUE_STEP) as record:
-            catalogue_step(made, cal_path, settings, record, log)
+    made, measuring = None, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue") as beside:
+        with stage(entry, "calibrate", log, root, CALIBRATE_STEP) as record:
+            made, cal_file = _calibrate_one(frame, masters(), settings, cal_path, record, log)
+            if settings.photometry.enabled:  # measured beside the write (frame_catalogue: why)
+                measuring = beside.submit(measure_frame_catalogue, made, settings)
+            write_cal_file(cal_file, cal_path, record, log)
+        checkpoint("stage:frame_calibrated")
+        if measuring is not None and entry["calibrate"]["status"] == "ok":
+            with stage(entry, "catalogue", log, root, CATALOGUE_STEP) as record:
+                write_frame_catalogue(made, measuring.result(), cal_path, record)
     return entry["calibrate"]["status"]
 
 

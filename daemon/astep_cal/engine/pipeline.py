@@ -290,32 +290,30 @@ class NightRun:
                     self.progress(self.date, index, len(frames))
             if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
                 self.solving.close_after(time.monotonic() - started, self.settings.astrometry)
-                self._end_solves_with_the_wait([future for _, future in pending])
-            self._wait_for_solves([future for _, future in pending])
+            self._wait_for_solves([future for _, future in pending], end_with_the_wait=bool(self.result.calibrated))
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
                              night_budget_s=self.settings.astrometry.night_budget_s)
 
-    def _end_solves_with_the_wait(self, futures: list[Future]) -> None:
-        """Wait for the night's solves until the end of its wait (``solve_budget``), then stop those still
-        running: a solve started before the wait was set has its whole frame budget, which would hold the
-        night past its wait (those not started yet are deferred by ``solving.spent``)."""
-        while wait_futures(futures, timeout=0.2).not_done and not self.should_stop():
-            if self.solving.over():
-                self.solving.cut_off()
-                terminate_running_solves(grace_s=1.0)  # again each turn: a run may start between two kills
+    def _wait_for_solves(self, futures: list[Future], end_with_the_wait: bool) -> None:
+        """Wait for the solves still queued or running.
 
-    def _wait_for_solves(self, futures: list[Future]) -> None:
-        """Wait for the solves still queued or running, unless a stop comes: then those not started are
-        cancelled and the running one ended. A pass of deferred solves calibrates nothing, so it queues every
-        solve at once and has no calibration-bound wait: without this, a shutdown waited for all of them (up
-        to ``night_budget_s``), past systemd's stop timeout."""
+        ``end_with_the_wait`` (a pass that calibrated): only until the end of the night's wait for solves
+        (``solve_budget``); the solves still running then are stopped — one started before the wait was set
+        has its whole frame budget, which would hold the night past its wait (those not started yet are
+        deferred by ``solving.spent``). A pass of deferred solves calibrates nothing, queues every solve at
+        once and has no such wait. Either way a stop cancels those not started and ends the running one:
+        otherwise a shutdown waited for all of them (up to ``night_budget_s``), past systemd's stop timeout.
+        """
         while wait_futures(futures, timeout=0.2).not_done:
             if self.should_stop():
                 for future in futures:
                     future.cancel()
                 terminate_running_solves(grace_s=1.0)
+            elif end_with_the_wait and self.solving.over():
+                self.solving.cut_off()
+                terminate_running_solves(grace_s=1.0)  # again each turn: a run may start between two kills
 
     def _calibrate(self, frame: RawFrame) -> None:
         entry = self.ledger.frame(self.date, frame.name)

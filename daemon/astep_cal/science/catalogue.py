@@ -24,9 +24,8 @@ the CAL frame is written by ``products`` from the step in ``frame_steps``. Choic
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from astropy.stats import SigmaClip
@@ -107,19 +106,20 @@ def peaks(data: np.ndarray, xy: np.ndarray, radius: float) -> np.ndarray:
     return values.max(axis=1).astype(np.float32)
 
 
-@contextlib.contextmanager
-def measured_error(data: np.ndarray, error: np.ndarray, read_noise_e: float) -> Iterator[np.ndarray]:
+def measured_error(data: np.ndarray, error: np.ndarray, read_noise_e: float) -> np.ndarray:
     """``ERR`` with the replaced pixels' "no measurement" value (``REPLACED_ERR``) swapped for the noise
     of the value put there (photon + read): one cosmic ray in an aperture must not make its flux worthless
-    to the light curve; the ``flags`` say it was there. Done in place and undone on exit: a copy of a
-    4096² ``ERR`` map would add 64 MB to the frame's peak memory."""
+    to the light curve; the ``flags`` say it was there.
+
+    A new array (64 MB at 4096²), not ``error`` changed in place and back: the catalogue is measured while
+    the CAL file is being written from the same arrays (``engine/frame_catalogue.py``), which must not see
+    a changed ``ERR``, and those arrays are read-only by then."""
     replaced = np.nonzero(error >= REPLACED_ERR)
-    kept = error[replaced]
-    error[replaced] = np.sqrt(np.clip(data[replaced], 0.0, None) + read_noise_e ** 2)
-    try:
-        yield error
-    finally:
-        error[replaced] = kept
+    if not len(replaced[0]):
+        return error
+    measured = error.copy()
+    measured[replaced] = np.sqrt(np.clip(data[replaced], 0.0, None) + read_noise_e ** 2)
+    return measured
 
 
 def measure_catalogue(data: np.ndarray, error: np.ndarray, mask: np.ndarray, sources: np.ndarray,
@@ -146,8 +146,7 @@ def measure_catalogue(data: np.ndarray, error: np.ndarray, mask: np.ndarray, sou
     table["id"] = np.arange(1, len(xy) + 1, dtype=np.int32)
     table["x"], table["y"] = xy[:, 0], xy[:, 1]
     table["ra"], table["dec"] = np.full(len(xy), np.nan), np.full(len(xy), np.nan)
-    with measured_error(data, error, read_noise_e) as measured:
-        _add_fluxes(table, data, measured, xy, apertures, sky, sky_rms, sky_pixels)
+    _add_fluxes(table, data, measured_error(data, error, read_noise_e), xy, apertures, sky, sky_rms, sky_pixels)
     table["background"], table["background_rms"] = sky.astype(np.float32), sky_rms.astype(np.float32)
     table["peak"] = peaks(data, xy, apertures[0])
     flags = mask_flags(mask, xy, max(apertures)) | edge_flags(data.shape, xy, outer)
