@@ -206,6 +206,25 @@ def _mount_tmpfs(mount_point: Path) -> None:
         pytest.skip("cannot mount a tmpfs here (needs root)")
 
 
+def test_storage_trouble_mid_night_does_not_wait_for_the_queued_solves(tmp_path, capsys):
+    """The data root vanishes while a solve runs (here the solver itself moves it away, then would search for
+    10 minutes): the run stops on the storage trouble at once (exit 5) and ends the solve. Before, the
+    error waited for every queued solve to run to its end before it reached the caller."""
+    source = tmp_path / "source"
+    make_night(source, small_spec(n_science=4))
+    root = tmp_path / "data"
+    shutil.copytree(source, root)
+    solver = _script(tmp_path, "vanish", f'mv "{root}" "{root}.gone" 2>/dev/null; sleep 600')
+    config = _solver_config(tmp_path, solver, timeout_s=600.0, extra="frame_budget_s = 600.0")
+    started = time.monotonic()
+    code, _, events = run_cli(capsys, "once", root, "--config", config)
+    assert code == 5, [e["event"] for e in events]
+    assert time.monotonic() - started < 60
+    assert "storage_unavailable" in {e["event"] for e in events}
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+                if str(tmp_path / "vanish") in line and "mv " not in line]
+
+
 def test_daemon_survives_a_real_unmount_of_the_data_root(small_night, tmp_path, daemons):
     """The data root is a real mount point, unmounted and mounted again (the ledger lives outside it,
     as under systemd). Unmounting leaves an empty directory at the root's path: the daemon must take

@@ -330,3 +330,51 @@ def test_a_missing_or_hanging_query_starkd_fails_the_step_only(season, tmp_path)
             record.update(frame_health(tmp_path / cal.name, settings))
         assert record["status"] == "failed" and reason in record["error"]
     assert not list(tmp_path.glob("health/*"))  # nothing half-written is left for the next frame
+
+
+def test_prometheus_labels_an_astep_plus_frame_with_its_cameras_night_key(tmp_path):
+    """The frame block's ``night`` label is the night key the night block uses (``DATE-CAMR``), not the
+    date alone: a dashboard joins the two on it."""
+    from astep_cal.engine import prometheus
+
+    path = tmp_path / "astep_cal.prom"
+    cal = tmp_path / "2026-07-02" / "2026-07-02-CAMR_CAL" / "a_CAL.fits"
+    assert prometheus.write_frame(path, cal, {"zp": 19.0}) is None
+    assert 'astep_cal_frame_zp{night="2026-07-02-CAMR",frame="a_CAL.fits"} 19.0' in path.read_text()
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    """A real 64 kB tmpfs, filled up (root: mount)."""
+    import subprocess
+
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        descriptor = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(descriptor, b"\0" * 4096):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+        finally:
+            os.close(descriptor)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_prometheus_directory_is_the_monitorings_trouble_only(tmp_path, full_tmpfs):
+    """node_exporter's directory full (a full /var): the writers return the reason, as for any write error;
+    before, the storage's own exception came out of them and stopped the night's processing like a full
+    data disk, solve after solve, until /var was freed."""
+    from astep_cal.engine import prometheus
+
+    cal = tmp_path / "2026-07-02" / "2026-07-02-CAMS_CAL" / "a_CAL.fits"
+    frame_error = prometheus.write_frame(full_tmpfs / "astep_cal.prom", cal, {"zp": 19.0})
+    night_error = prometheus.write_textfile(full_tmpfs / "astep_cal.prom", "2026-07-02", {"throughput": 19.0})
+    assert frame_error and "space" in frame_error
+    assert night_error and "space" in night_error

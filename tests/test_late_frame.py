@@ -22,9 +22,11 @@ from astep_cal.devtools.bench_late import _next_frame
 from astep_cal.devtools.synthetic import make_night
 from astep_cal.devtools.transit import TransitSpec
 from astep_cal.engine.masters_cache import MastersCache
+from astep_cal.engine.night_masters import Masters
 from astep_cal.engine.pipeline import NightRun
 from astep_cal.formats.names import SUMMARY_JSON, SUMMARY_PNG, cal_dir, cal_name
 from astep_cal.frontends.watcher import IDLE_TICK_S, MIN_WAIT_S, idle_wait_s
+from astep_cal.science.masters import DarkLibrary
 from astep_cal.state import entries
 from astep_cal.state.ledger import Ledger
 from astep_cal.support.config import Settings
@@ -162,3 +164,17 @@ def test_light_curves_deferred_by_the_daemon_are_those_of_once(tmp_path, daemons
               for name, root in roots.items()}
     assert len([line for line in curves["once"] if not line.startswith("#")]) == 1 + 5  # a header and 5 frames
     assert curves["daemon"] == curves["once"]
+
+
+def test_masters_whose_files_cannot_be_seen_are_neither_kept_nor_matched(tmp_path):
+    """A night whose master files cannot be stat'ed (gone, unreadable directory) has no identity: before, a
+    kept None matched a later None, and a night whose masters were deleted got the old arrays back."""
+    record = {"complete": True, "detector": {}, "flat": {"file": "gone/flat.fits"},
+              "darks": {"10": {"file": "dark_10.fits"}}}
+    masters = Masters(shape=(4, 4), library=DarkLibrary(darks={}, bias=None), flat=np.ones((4, 4), np.float32),
+                      mask=np.zeros((4, 4), np.uint8), record=record)
+    cache = MastersCache()
+    cache.keep(tmp_path, "2026-07-01", masters)
+    assert cache.get(tmp_path, "2026-07-01", record) is None
+    cache._key, cache._masters, cache.date = None, masters, "2026-07-01"  # as the old code kept it
+    assert cache.get(tmp_path, "2026-07-01", record) is None

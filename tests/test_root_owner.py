@@ -113,3 +113,20 @@ def test_a_state_directory_owned_by_another_account_decides_over_the_data_root(o
     assert done.returncode == 0, done.stderr
     assert {(p.stat().st_uid, p.stat().st_gid) for p in state.iterdir()} == {(54321, 54321)}
     assert "(uid 54321)" in done.stderr
+
+
+def test_a_root_owned_state_directory_left_by_an_earlier_root_run_does_not_keep_commands_root(tmp_path):
+    """An earlier ``sudo astep-cal once`` (before commands switched owner) left ``ROOT/.astep-cal`` owned by
+    root under a data root the service owns: the data root's owner decides. Before, every later command run
+    as root stayed root and left more root-owned files the service could not write."""
+    from astep_cal.frontends.privileges import tree_owner
+
+    root, state = tmp_path / "data", tmp_path / "data" / ".astep-cal"
+    state.mkdir(parents=True)
+    os.chown(root, 65534, 65534)
+    assert tree_owner(state, root) == (65534, 65534)
+    os.chown(state, 65533, 65533)
+    assert tree_owner(state, root) == (65533, 65533)  # a state directory the service owns decides first
+    os.chown(root, 0, 0)
+    os.chown(state, 0, 0)
+    assert tree_owner(state, root) is None  # root's own tree

@@ -43,7 +43,8 @@ class MastersCache:
         on disk as they were kept; else None."""
         if self._masters is None or not record.get("complete") or "detector" not in record:
             return None
-        if self._identity(root, date, record) != self._key:
+        identity = self._identity(root, date, record)
+        if identity is None or identity != self._key:  # a master gone (None) never matches, not even None
             return None
         return replace(self._masters, record=record)
 
@@ -51,8 +52,9 @@ class MastersCache:
         """Keep a night's complete masters (with their flat); a night without one is not kept (its
         next run tries to borrow a flat again)."""
         self.clear()
-        if masters.flat is not None and masters.record.get("complete"):
-            self.date, self._key, self._masters = date, self._identity(root, date, masters.record), masters
+        identity = self._identity(root, date, masters.record)
+        if masters.flat is not None and masters.record.get("complete") and identity is not None:
+            self.date, self._key, self._masters = date, identity, masters
 
     def clear(self) -> None:
         self.date = self._key = self._masters = None

@@ -187,6 +187,13 @@ def _frames_name_a_target(night: dict[str, Any]) -> bool:
 
 # --- a night in this process (``once``, the daemon) ----------------------------------------------
 
+def _abandon(futures: list[Future]) -> None:
+    """Solves not to be waited for (a stop, an error): those queued cancelled, the running one ended."""
+    for future in futures:
+        future.cancel()
+    terminate_running_solves(grace_s=1.0)
+
+
 @dataclass
 class NightResult:
     date: str
@@ -269,28 +276,29 @@ class NightRun:
         pending: list[tuple[str, Future]] = []
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="solve") as solver:
-            for index, frame in enumerate(frames, start=1):
-                if self.should_stop():
-                    self.log.info("night_interrupted", remaining=len(frames) - index + 1)
-                    for _, future in pending:
-                        future.cancel()
-                    terminate_running_solves()
-                    break
-                self._calibrate(frame)
-                if self.result.calibrated:  # a pass that calibrates: its failed solving is paced (solve_budget)
-                    self.solving.pace_from(started, self.settings.astrometry.wait_fraction)
-                entry = self.ledger.frame(self.date, frame.name)
-                if needs_solve(entry, self.settings, self.retry_deferred):
-                    cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
-                    tries = entries.solve_tries(entry) + 1
-                    pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries,
-                                                              self.solving)))
-                pending = self._collect(pending, wait=False)
-                if self.progress:
-                    self.progress(self.date, index, len(frames))
-            if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
-                self.solving.close_after(time.monotonic() - started, self.settings.astrometry)
-            self._wait_for_solves([future for _, future in pending], end_with_the_wait=bool(self.result.calibrated))
+            try:
+                for index, frame in enumerate(frames, start=1):
+                    if self.should_stop():
+                        self.log.info("night_interrupted", remaining=len(frames) - index + 1)
+                        break
+                    self._calibrate(frame)
+                    if self.result.calibrated:  # a pass that calibrates: its failed solving is paced (solve_budget)
+                        self.solving.pace_from(started, self.settings.astrometry.wait_fraction)
+                    entry = self.ledger.frame(self.date, frame.name)
+                    if needs_solve(entry, self.settings, self.retry_deferred):
+                        cal_path = self.inventory.cal_dir / names.cal_name(frame.name)
+                        tries = entries.solve_tries(entry) + 1
+                        pending.append((frame.name, solver.submit(solve_frame, cal_path, self.settings, tries,
+                                                                  self.solving)))
+                    pending = self._collect(pending, wait=False)
+                    if self.progress:
+                        self.progress(self.date, index, len(frames))
+                if self.result.calibrated:  # the solves left may hold the night a fraction of its calibration
+                    self.solving.close_after(time.monotonic() - started, self.settings.astrometry)
+                self._wait_for_solves([f for _, f in pending], end_with_the_wait=bool(self.result.calibrated))
+            except BaseException:  # storage trouble, a crash: the queued solves are not waited for (each could
+                _abandon([f for _, f in pending])  # take its frame budget before the error reaches the caller)
+                raise
             self._collect(pending, wait=True)
         if self.result.deferred:
             self.log.warning("solve_deferred", frames=self.result.deferred, failed_s=round(self.solving.failed_s, 1),
@@ -308,9 +316,7 @@ class NightRun:
         """
         while wait_futures(futures, timeout=0.2).not_done:
             if self.should_stop():
-                for future in futures:
-                    future.cancel()
-                terminate_running_solves(grace_s=1.0)
+                _abandon(futures)
             elif end_with_the_wait and self.solving.over():
                 self.solving.cut_off()
                 terminate_running_solves(grace_s=1.0)  # again each turn: a run may start between two kills

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from astep_cal.formats.names import unit_of_cal_file
 from astep_cal.state.alerts import KINDS, TOTAL_KEYS
-from astep_cal.support.storage import atomic_write_bytes
+from astep_cal.support.storage import StorageUnavailable, atomic_write_bytes
 
 PREFIX = "astep_cal_health"
 FRAME_PREFIX = "astep_cal_frame"
@@ -76,7 +77,7 @@ def write_textfile(path: Path, date: str, figures: dict[str, Any]) -> str | None
     when it could not be written (the night's health is recorded all the same), else None."""
     try:
         _replace_block(path, PREFIX, render(date, figures))
-    except OSError as error:
+    except (OSError, StorageUnavailable) as error:  # a full /var is the monitoring's trouble, not the night's
         return f"prometheus textfile {path}: {error}"
     return None
 
@@ -85,7 +86,7 @@ def write_frame(path: Path, cal_path: Path, record: dict[str, Any]) -> str | Non
     """Replace the frame block with a solved frame's health record; the error text when it could not
     be written (the frame is good all the same), else None."""
     try:
-        _replace_block(path, FRAME_PREFIX, render_frame(cal_path.parent.parent.name, cal_path.name, record))
-    except OSError as error:
+        _replace_block(path, FRAME_PREFIX, render_frame(unit_of_cal_file(cal_path), cal_path.name, record))
+    except (OSError, StorageUnavailable) as error:  # (StorageUnavailable would stop the data's processing)
         return f"prometheus textfile {path}: {error}"
     return None

@@ -24,13 +24,17 @@ from astep_cal.support.settings import Settings
 
 
 def tree_owner(state_dir: Path, root: Path) -> tuple[int, int] | None:
-    """(uid, gid) owning the state directory, else the data root; None when that is root or neither exists."""
+    """(uid, gid) owning the state directory, else the data root: the first of them that exists and is not
+    root's; None when neither is. A root-owned state directory under a data root the service owns is the
+    trace of an earlier command run as root (before this module): the data root's owner still decides,
+    or every later command run as root would leave more root-owned files the service cannot write."""
     for candidate in (state_dir, root):
         try:
             status = os.stat(candidate)
         except OSError:
             continue
-        return (status.st_uid, status.st_gid) if status.st_uid != 0 else None
+        if status.st_uid != 0:
+            return status.st_uid, status.st_gid
     return None
 
 
@@ -64,10 +68,15 @@ def run_as_tree_owner(settings: Settings, given_root: str | None) -> str | None:
     if not root_text:
         return None  # the command reports the missing root itself
     root = Path(root_text).resolve()
-    owner = tree_owner(settings.ledger_path(root).parent, root)
+    owner = tree_owner(settings.ledger_path(root).parent, root)  # before any switch: root may stat all
     if owner is None:
         return None
+    state_dir = settings.ledger_path(root).parent
+    state_is_roots = state_dir.exists() and state_dir.stat().st_uid == 0
     name = become(*owner)
     print(f"astep-cal: running as {name} (uid {owner[0]}), the owner of {root}'s state, not as root",
           file=sys.stderr)
+    if state_is_roots:
+        print(f"astep-cal: the state directory {state_dir} belongs to root (an earlier command run as root?): "
+              f"give it back to the service with 'chown -R {name}: {state_dir}'", file=sys.stderr)
     return name

@@ -19,7 +19,6 @@ a worker that makes no progress at all stops the watchdog pings (``worker_stalle
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import threading
 import time
@@ -131,6 +130,7 @@ class NightWorker:
             try:
                 night = self._next_night()
                 if night is None and not self.stop.is_set():
+                    self._finish_closes(time.monotonic())  # before a retry pass, which may take minutes
                     night = self._deferred_night()
                     if night is not None:
                         before = self.ledger.totals(night).get("solve_deferred", 0)
@@ -162,8 +162,11 @@ class NightWorker:
         """The deferred closes (light curves, summary PNG) of nights without a new frame for ``close_delay_s``."""
         for night in [n for n, when in self.closes.items() if when <= now]:
             del self.closes[night]
-            with contextlib.suppress(StorageUnavailable):  # the ledger keeps it pending: the next run draws it
+            try:
                 self._guarded(night, finish_night_close, self.root, night, self.ledger, self.settings, self.log)
+            except StorageUnavailable:  # still pending (and in the ledger): done once the storage is back,
+                self.closes[night] = now  # not left to a restart (a reconcile trusts the night's stamp)
+                raise
 
     def _turn_ok(self) -> None:
         if self.progress.error is not None:
