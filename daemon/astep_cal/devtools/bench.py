@@ -332,7 +332,7 @@ TARGETS = {  # checked on the medians of one run; m: medians, r: ratios, p: the 
 
 def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, size: int = 4096) -> dict[str, Any]:
     def med(path: tuple[str, str]) -> float | None:
-        values = [r[path[0]].get(path[1]) for r in rounds if r[path[0]].get(path[1]) is not None]
+        values = [r[path[0]].get(path[1]) for r in rounds if isinstance(r[path[0]].get(path[1]), (int, float))]
         return statistics.median(values) if values else None
 
     runs = ("baseline", "floor", "astep_cal", "no_photometry", "frames", "late")
