@@ -112,7 +112,8 @@ def test_deferred_solves_do_not_hold_the_next_night_and_are_retried_when_idle(ni
     idle, and recorded as tries. A short retry back-off makes the first night's failed solves due again by
     its end, as a long night's are: their retries wait for the second night too (they did not, before)."""
     root = _copy(nights, tmp_path / "data", (SPEC.date, SECOND.date))
-    daemon = daemons(root, daemon_config(settle=0.5, solve=True, astrometry=UNSOLVABLE + "retry_backoff_s = 1.0\n"))
+    daemon = daemons(root, daemon_config(settle=0.5, solve=True, astrometry=UNSOLVABLE + "retry_backoff_s = 1.0\n",
+                                         extra="close_delay_s = 2.0"))
     daemon.wait_for(lambda: daemon.count("night_done") >= 2, 240, "both nights done")
     events = daemon.events()
     done = [e for e in events if e["event"] == "night_done"]
@@ -143,6 +144,11 @@ def test_deferred_solves_do_not_hold_the_next_night_and_are_retried_when_idle(ni
     daemon.wait_for(lambda: daemon.count("deferred_solves_retried") >= 1, 120, "an idle retry of deferred solves")
     retried = next(e for e in daemon.events() if e["event"] == "deferred_solves_retried")
     assert retried["night"] == SPEC.date and _time(retried) > _time(done[1])
+    # both nights' deferred closes (light curves, summary PNG) came first: a retry pass, which may take
+    # minutes and be followed by others, is idle work; before, it ran while the closes waited
+    drawn = {e["night"] for e in daemon.events() if e["event"] == "summary_written" and e.get("png_kb")
+             and _time(e) < _time(retried)}
+    assert {SPEC.date, SECOND.date} <= drawn, drawn
     assert retried["frames"] >= done[0]["deferred"]  # (a retry pass of failed solves may defer some too)
     daemon.wait_for(lambda: any(e["event"] == "night_done" and _time(e) > _time(retried) for e in daemon.events()),
                     120, "the idle retry pass done")

@@ -143,6 +143,7 @@ def finish_night_close(root: Path, date: str, ledger: Ledger, settings: Settings
     night = ledger.night(date)
     pending = night.get(entries.CLOSE_PENDING) == "pending"
     if pending:
+        log = log.bind(night=date)  # its events name the night, as an immediate close's do
         write_night_photometry(root, date, night, settings, log)
         write_night_summary(root, date, night, settings, log, refresh_png=True)
         night.pop(entries.CLOSE_PENDING, None)

@@ -129,9 +129,8 @@ class NightWorker:
         while not self.stop.is_set():
             try:
                 night = self._next_night()
-                if night is None and not self.stop.is_set():
-                    self._finish_closes(time.monotonic())  # before a retry pass, which may take minutes
-                    night = self._deferred_night()
+                if night is None and not self.stop.is_set() and not self.closes:  # idle: closes done first
+                    night = self._deferred_night()  # (a retry pass may take minutes; a close is a night's end)
                     if night is not None:
                         before = self.ledger.totals(night).get("solve_deferred", 0)
                         self._guarded(night, self._process, night, True)
