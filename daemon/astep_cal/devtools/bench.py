@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from astep_cal.devtools.bench_late import late_frame_round, print_late
+from astep_cal.devtools.harness import numeric_medians
 from astep_cal.state import entries
 
 BASELINE_SCRIPT = r'''
@@ -331,13 +332,8 @@ TARGETS = {  # checked on the medians of one run; m: medians, r: ratios, p: the 
 
 
 def summarise(rounds: list[dict[str, Any]], n_science: int, mem_limit: float, size: int = 4096) -> dict[str, Any]:
-    def med(path: tuple[str, str]) -> float | None:
-        values = [r[path[0]].get(path[1]) for r in rounds if isinstance(r[path[0]].get(path[1]), (int, float))]
-        return statistics.median(values) if values else None
-
     runs = ("baseline", "floor", "astep_cal", "no_photometry", "frames", "late")
-    keys = {name: sorted({k for r in rounds for k in r[name]}) for name in runs}
-    medians = {name: {k: med((name, k)) for k in ks} for name, ks in keys.items()}
+    medians = {name: numeric_medians([r[name] for r in rounds]) for name in runs}
     floor = medians["floor"]["astroscrappy_s"]
     astep = medians["astep_cal"]
     steady = astep.get("steady_frame_s") or astep["calibrate_per_frame_s"]

@@ -25,9 +25,10 @@ from astropy.io import fits
 from astep_cal.devtools.defect_scene import defect_scene
 from astep_cal.devtools.evaluate import calibrate_scene
 from astep_cal.devtools.harness import write_report
+from astep_cal.engine.frame_catalogue import Calibrated, measure_frame_catalogue
 from astep_cal.engine.frame_steps import read_only
 from astep_cal.formats import products
-from astep_cal.science import catalogue, quality
+from astep_cal.science import quality
 from astep_cal.support.config import Settings
 
 
@@ -41,8 +42,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
     settings = Settings()
     frame = read_only(calibrate_scene(defect_scene((size, size), seed=5)))
     found = quality.measure_frame(frame.data, frame.mask)
-    sources = found.sources.positions()[:settings.photometry.max_sources]
-    photometry = settings.photometry
+    made = Calibrated(frame, found, fits.Header(), gain=1.0, read_noise_e=9.0)
 
     with tempfile.TemporaryDirectory(prefix="astep-bench-beside-") as tmp:
         path = Path(tmp) / "frame_CAL.fits"
@@ -51,8 +51,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
             products.write_calibrated(path, products.calibrated_hdul(fits.Header(), frame, {}, settings.output))
 
         def measure_catalogue() -> None:
-            catalogue.measure_catalogue(frame.data, frame.error, frame.mask, sources, found.fwhm_px,
-                                        photometry.aperture_factors, photometry.annulus_factors, 9.0)
+            measure_frame_catalogue(made, settings)  # the engine's own step
 
         def beside() -> None:
             with ThreadPoolExecutor(max_workers=1) as helper:
@@ -66,7 +65,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
         for _ in range(repeats):
             for name, action in ways.items():
                 times[name].append(_timed(action))
-    result = {"size": size, "sources": len(sources), "repeats": repeats}
+    result = {"size": size, "sources": min(len(found.sources), settings.photometry.max_sources), "repeats": repeats}
     for name, pairs in times.items():
         result[f"{name}_wall_s"] = statistics.median(p[0] for p in pairs)
         result[f"{name}_cpu_s"] = statistics.median(p[1] for p in pairs)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from astep_cal.devtools.harness import write_report
+from astep_cal.devtools.harness import numeric_medians, write_report
 from astep_cal.state import entries
 
 FORMS = {"compressed": "", "plain": "[output]\ncompress = false\n"}
@@ -138,17 +138,8 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     """Steps 1-3 above for one output form, on a fresh copy of the night."""
     from astep_cal.devtools.bench import astep_cadence
 
-    root = work / form / "root"
-    night = root / night_dir.name
-    shutil.copytree(night_dir, night)
-    raws = sorted(p for p in night.rglob("*") if p.is_file())
+    root, raws, late, held, config = _without_its_last_frame(night_dir, work / form, form)
     raw_bytes = _tree_bytes(raws)
-    science = sorted(p for p in raws if "science" in p.name.lower() or p.name.lower().startswith("sci"))
-    late = (science or raws)[-1]
-    held = work / form / late.name
-    late.rename(held)
-    config = work / form / "config.toml"
-    config.write_text(FORMS[form])
     first = _run_once(root, config, work / form / "first.log", mem_limit)
     held.rename(late)
     second = _run_once(root, config, work / form / "late.log", mem_limit)
@@ -173,22 +164,32 @@ def one_form(night_dir: Path, work: Path, form: str, mem_limit: float) -> dict[s
     return result
 
 
+def _without_its_last_frame(night_dir: Path, form_dir: Path, form: str) -> tuple[Path, list[Path], Path, Path, Path]:
+    """A fresh copy of the night under ``form_dir``, its last science frame held back beside it, and the
+    form's configuration: (root, raw files, the late frame's place, where it is held, config)."""
+    root = form_dir / "root"
+    night = root / night_dir.name
+    shutil.copytree(night_dir, night)
+    raws = sorted(p for p in night.rglob("*") if p.is_file())
+    science = sorted(p for p in raws if "science" in p.name.lower() or p.name.lower().startswith("sci"))
+    late = (science or raws)[-1]
+    held = form_dir / late.name
+    late.rename(held)
+    config = form_dir / "config.toml"
+    config.write_text(FORMS[form])
+    return root, raws, late, held, config
+
+
 def steady_cadence(night_dir: Path, work: Path, form: str, mem_limit: float) -> float | None:
     """``astep-cal once`` on a fresh copy of the night (its last science frame held back, as in
     :func:`one_form`): the steady cadence alone."""
-    root = work / f"{form}-cadence" / "root"
-    night = root / night_dir.name
-    shutil.copytree(night_dir, night)
-    science = sorted(p for p in night.rglob("*_SCIENCE*") if p.is_file())
-    science[-1].unlink()
-    config = work / f"{form}-cadence" / "config.toml"
-    config.write_text(FORMS[form])
-    log = work / f"{form}-cadence" / "once.log"
-    _run_once(root, config, log, mem_limit)
     from astep_cal.devtools.bench import astep_cadence
 
-    cadence = astep_cadence(log)["steady_frame_s"]
-    shutil.rmtree(work / f"{form}-cadence")
+    form_dir = work / f"{form}-cadence"
+    root, _, _, _, config = _without_its_last_frame(night_dir, form_dir, form)
+    _run_once(root, config, form_dir / "once.log", mem_limit)
+    cadence = astep_cadence(form_dir / "once.log")["steady_frame_s"]
+    shutil.rmtree(form_dir)
     return cadence
 
 
@@ -254,18 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {index + 1}: cadence compressed / plain "
                   f"{rounds[-1]['cadence_compressed_over_plain'] or float('nan'):.3f}", flush=True)
             write_report(args.out, {"rounds": rounds})  # kept if cut short
-    result = _medians(rounds)
+    result = numeric_medians(rounds)
     print_late(result)
     write_report(args.out, {**result, "rounds": rounds})
     return 0
-
-
-def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each numeric figure's median over the rounds (the ratio too: the median of the rounds' ratios)."""
-    import statistics
-
-    keys = {key for r in rounds for key, value in r.items() if isinstance(value, (int, float))}
-    return {key: statistics.median(r[key] for r in rounds if isinstance(r.get(key), (int, float))) for key in keys}
 
 
 if __name__ == "__main__":

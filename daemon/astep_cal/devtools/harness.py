@@ -131,6 +131,16 @@ class DaemonProcess:
         self.sock.close()
 
 
+def numeric_medians(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each key's median over the records that hold a number for it (None when none does): a benchmark's
+    rounds summarised; lists and texts in a record are not figures."""
+    import statistics
+
+    keys = sorted({key for record in records for key in record})
+    values = {key: [r[key] for r in records if isinstance(r.get(key), (int, float))] for key in keys}
+    return {key: statistics.median(found) if found else None for key, found in values.items()}
+
+
 def write_report(path: Path, document: Any) -> None:
     """A benchmark's or a campaign's JSON report (bench-results/ by default), its folder made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
