@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pwd
 import sys
+import tempfile
 from pathlib import Path
 
 from astep_cal.support.settings import Settings
@@ -55,8 +56,10 @@ def become(uid: int, gid: int) -> str:
     except OSError as error:
         raise PermissionError(f"cannot switch to the owner of the tree ({name}, uid {uid}): {error}") from None
     os.environ.update({"USER": name, "LOGNAME": name})
-    if home:
-        os.environ["HOME"] = home
+    # A uid without an entry has no home: root's (HOME=/root, 0700) would stay, and astropy's first look at
+    # its configuration there failed the command ("Permission denied: '/root/.astropy/config'", found by
+    # make test with Debian's /usr/bin/python3). It gets a private directory of its own instead.
+    os.environ["HOME"] = home or tempfile.mkdtemp(prefix=f"astep-cal-home-{uid}-")
     return name
 
 
