@@ -5,6 +5,7 @@ import pytest
 from astropy.io import fits
 
 from astep_cal.science.masters import (
+    BYTES_PER_STACK_VALUE,
     DarkLibrary,
     MaskBit,
     bad_pixel_mask,
@@ -98,7 +99,7 @@ def _write(path, data):
 def test_band_combine_matches_in_memory_combine(tmp_path):
     frames = [RNG.normal(500, 5, (300, 200)).astype(np.float32) for _ in range(6)]
     paths = [_write(tmp_path / f"d{i}.fits", f) for i, f in enumerate(frames)]
-    tiny_budget = 6 * 200 * 16 * 20  # forces bands of ~20 rows
+    tiny_budget = 6 * 200 * BYTES_PER_STACK_VALUE * 20  # forces bands of ~20 rows
     assert band_height(6, 200, tiny_budget) == 20
     banded = combine_files(paths, (300, 200), 3.0, tiny_budget)
     whole = combine_stack(np.stack(frames), 3.0)

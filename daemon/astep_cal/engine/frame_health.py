@@ -29,7 +29,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from astep_cal.formats import names, products
-from astep_cal.science import zeropoint
+from astep_cal.science import moon, zeropoint
 from astep_cal.support.config import HealthSettings
 from astep_cal.support.storage import atomic_write_bytes
 
@@ -118,8 +118,8 @@ def _mid_exposure(header: fits.Header, exptime: float) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _moon(when: str, ra: float, dec: float) -> tuple[tuple[str, Any], ...]:
-    """The Moon of ``zeropoint.moon_position`` (0.2 s of astropy), kept for the other frames of the pointing."""
-    return tuple(zeropoint.moon_position(when, ra, dec).items())
+    """The Moon of ``moon.position``, kept for the other frames of the pointing."""
+    return tuple(moon.position(when, ra, dec).items())
 
 
 def frame_health(cal_path: Path, settings: HealthSettings) -> dict[str, Any]:

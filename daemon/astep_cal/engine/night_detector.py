@@ -13,7 +13,7 @@ million pixels measure the noise to 0.1 %, and four 4096² frames need not be he
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from astropy.io import fits
 
 from astep_cal.engine.stages import DETECTOR_STEP, run_stage
 from astep_cal.formats import keywords as kw
-from astep_cal.formats.fitsio import read_image
+from astep_cal.formats.fitsio import read_window
 from astep_cal.formats.raw_night import NightInventory, RawFrame
 from astep_cal.science import detector
 from astep_cal.science.masters import DarkLibrary
@@ -45,8 +45,23 @@ def window(shape: tuple[int, int], trim: int) -> tuple[slice, slice]:
 
 
 def _read(frame: RawFrame, cut: tuple[slice, slice]) -> np.ndarray:
-    data, _ = read_image(frame.path, frame.hdu)
-    return np.array(data[cut], dtype=np.float32)
+    """The window of a frame, read alone (``read_window``: a third of a 4096² frame's bytes)."""
+    return read_window(frame.path, frame.hdu, cut)
+
+
+def _read_pairs(pairs: list[tuple[RawFrame, RawFrame]], cut: tuple[slice, slice],
+                prepare: Callable[[RawFrame, np.ndarray], np.ndarray] | None = None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The windows of consecutive pairs, each frame read once though it is in two pairs."""
+    windows: dict[Path, np.ndarray] = {}
+
+    def window_of(frame: RawFrame) -> np.ndarray:
+        if frame.path not in windows:
+            data = _read(frame, cut)
+            windows[frame.path] = data if prepare is None else prepare(frame, data)
+        return windows[frame.path]
+
+    return [(window_of(a), window_of(b)) for a, b in pairs]
 
 
 def _noise_pairs(biases: list[RawFrame], darks: list[RawFrame]) -> tuple[list[tuple[RawFrame, RawFrame]], str]:
@@ -69,7 +84,7 @@ def _measure_read_noise(record: dict[str, Any], biases: list[RawFrame], darks: l
                         cut: tuple[slice, slice]) -> float | None:
     pairs, source = _noise_pairs(biases, darks)
     try:
-        found = detector.read_noise_adu([(_read(a, cut), _read(b, cut)) for a, b in pairs])
+        found = detector.read_noise_adu(_read_pairs(pairs, cut))
     except ValueError as error:
         record["read_noise_unmeasured"] = f"{error} (needs two biases or two darks of one exposure time)"
         return None
@@ -82,14 +97,14 @@ def _measure_gain(record: dict[str, Any], flats: list[RawFrame], library: DarkLi
                   cut: tuple[slice, slice]) -> float | None:
     pairs = list(pairwise(sorted(flats, key=lambda f: f.name)))[:MAX_PAIRS]
 
-    def flat(frame: RawFrame) -> np.ndarray:
+    def dark_subtracted(frame: RawFrame, data: np.ndarray) -> np.ndarray:
         choice = library.dark_for(frame.exptime)
         if choice is None:
             raise ValueError("no dark for the sky flats")
-        return _read(frame, cut) - choice.data[cut]
+        return data - choice.data[cut]
 
     try:
-        found = detector.gain_e_per_adu([(flat(a), flat(b)) for a, b in pairs], read_noise)
+        found = detector.gain_e_per_adu(_read_pairs(pairs, cut, dark_subtracted), read_noise)
     except ValueError as error:
         record["gain_unmeasured"] = f"{error} (needs two usable sky flats of the night)"
         return None

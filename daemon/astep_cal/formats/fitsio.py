@@ -66,6 +66,13 @@ def read_image(path: Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
     return data, header
 
 
+def read_window(path: Path, hdu: int, window: tuple[slice, slice]) -> np.ndarray:
+    """A window of HDU ``hdu``'s image as float32 (BZERO/BSCALE applied), reading only its rows
+    (``HDU.section``; for an fpack file only the tiles it covers are decompressed)."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return np.array(hdul[hdu].section[window], dtype=np.float32)
+
+
 MAX_KEPT_OPEN = 64  # inputs held open through a band iteration; with more, each band opens and closes each
 
 

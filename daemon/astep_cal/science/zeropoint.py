@@ -10,7 +10,7 @@ Pure functions (arrays in, numbers out; the reference table is read by the engin
   to trust it. The RC filter is not V: colour terms are ~0.1 mag per star but the same every night for
   a field, so night-to-night the zero point follows the throughput.
 * Sky brightness (mag/arcsec²) = ``ZP - 2.5 log10(sky_e / exptime / scale²)``.
-* The Moon's altitude and separation use astropy's built-in ephemeris (offline).
+* The Moon's altitude and separation are :mod:`astep_cal.science.moon`'s (ERFA, offline).
 """
 
 from __future__ import annotations
@@ -86,28 +86,3 @@ def sky_brightness(zp: float | None, sky_e: float, exptime: float, pixel_scale_a
     if zp is None or sky_e <= 0 or exptime <= 0 or pixel_scale_arcsec <= 0:
         return None
     return float(zp - 2.5 * np.log10(sky_e / exptime / pixel_scale_arcsec ** 2))
-
-
-def moon_position(date_obs: str, ra_deg: float, dec_deg: float) -> dict[str, Any]:
-    """The Moon's altitude (deg) at Concordia, its separation from the field (deg) and its illuminated
-    fraction at ``date_obs`` (UTC, ISO). Offline: built-in ephemeris, no IERS download."""
-    import warnings
-
-    import astropy.units as u
-    from astropy.coordinates import AltAz, SkyCoord, get_body
-    from astropy.time import Time
-    from astropy.utils import iers
-
-    from astep_cal.science.lightcurve_time import CONCORDIA
-
-    when = Time(date_obs, scale="utc")
-    with iers.conf.set_temp("auto_download", False), iers.conf.set_temp("iers_degraded_accuracy", "warn"), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        moon, sun = get_body("moon", when, CONCORDIA), get_body("sun", when, CONCORDIA)
-        field = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
-        altitude = moon.transform_to(AltAz(obstime=when, location=CONCORDIA)).alt.deg
-        separation = moon.separation(field, origin_mismatch="ignore").deg
-        elongation = sun.separation(moon, origin_mismatch="ignore").rad
-    return {"moon_alt_deg": round(float(altitude), 2), "moon_sep_deg": round(float(separation), 2),
-            "moon_illumination": round(float((1.0 - np.cos(elongation)) / 2.0), 3)}
