@@ -74,3 +74,36 @@ def test_solve_field_shares_our_autogroup(tmp_path: Path) -> None:
     code, output = run_solve_field([sys.executable, "-c", report], timeout_s=30, work_dir=tmp_path)
     assert code == 0, output
     assert output.strip() == _our_autogroup()
+
+
+def test_a_stop_ends_a_hanging_query_starkd_too(tmp_path: Path) -> None:
+    """query-starkd (the health step's reference stars, in the solve thread) is ended by a stop like
+    solve-field: the old code left it to its ``query_timeout_s``, and a stop waited that long."""
+    import threading
+
+    from astep_cal.engine.frame_health import ReferenceUnavailable, query_reference
+    from astep_cal.support.config import HealthSettings
+
+    hanging = tmp_path / "query-starkd"
+    hanging.write_text("#!/bin/sh\nsleep 60\n")
+    hanging.chmod(0o755)
+    index = tmp_path / "index.fits"
+    index.write_bytes(b"")
+    settings = HealthSettings(query_starkd=str(hanging), reference_index=str(index), query_timeout_s=60.0)
+    outcome: list[BaseException] = []
+
+    def query() -> None:
+        try:
+            query_reference(150.0, -60.0, 1.0, settings)
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    worker = threading.Thread(target=query)
+    started = time.monotonic()
+    worker.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and terminate_running_solves(grace_s=0.5) == 0:
+        time.sleep(0.05)
+    worker.join(10)
+    assert not worker.is_alive() and time.monotonic() - started < 15, "the query outlived the stop"
+    assert len(outcome) == 1 and isinstance(outcome[0], ReferenceUnavailable), outcome

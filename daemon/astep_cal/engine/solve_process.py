@@ -17,7 +17,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from astep_cal.support.faults import checkpoint
 
@@ -35,7 +38,7 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def terminate_running_solves(grace_s: float = 2.0) -> int:
-    """End every ``solve-field`` process group started by :func:`solve` (service shutdown).
+    """End every process group :func:`tracked` holds: solve-field's and query-starkd's (service shutdown).
 
     SIGTERM first, SIGKILL after ``grace_s``. Returns how many were running.
     """
@@ -87,25 +90,39 @@ def _in_child() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def start_in_own_group(command: list[str], **popen: Any) -> subprocess.Popen:
+    """Start an Astrometry.net program (solve-field, query-starkd) as solve-field is started: in a process
+    group of its own inside astep-cal's session, at ``SOLVE_NICENESS``, killed if astep-cal dies."""
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_in_child, **popen)
+
+
+@contextmanager
+def tracked(process: subprocess.Popen) -> Iterator[None]:
+    """While inside, ``process``'s group is ended by :func:`terminate_running_solves` (a stop); on leaving,
+    whatever is left of its group is killed."""
+    with _running_lock:
+        _running.add(process)
+    try:
+        yield
+    finally:
+        _kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
+        with _running_lock:
+            _running.discard(process)
+
+
 def run_solve_field(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
     """Run in a new process group (in astep-cal's session: see the module); on timeout kill the whole group. Returns (exit code or None, output)."""
     environment = dict(os.environ, TMPDIR=str(work_dir))
     log_path = work_dir / "solve-field.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, cwd=work_dir, env=environment,
-                                   process_group=0, preexec_fn=_in_child)
-        with _running_lock:
-            _running.add(process)
-        checkpoint("solve_running")
-        try:
-            code: int | None = process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(process, signal.SIGKILL)
-            process.wait()
-            code = None
-        finally:
-            _kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
-            with _running_lock:
-                _running.discard(process)
+        process = start_in_own_group(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=work_dir,
+                                     env=environment)
+        with tracked(process):
+            checkpoint("solve_running")
+            try:
+                code: int | None = process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(process, signal.SIGKILL)
+                process.wait()
+                code = None
     return code, log_path.read_text(errors="replace")
