@@ -181,6 +181,35 @@ def test_daemon_waits_for_space_and_resumes(small_night, tmpfs, tmp_path, daemon
     assert daemon.stop() < 10
 
 
+def test_a_deferred_close_that_meets_a_full_disk_is_done_once_space_returns(small_night, tmpfs, tmp_path, daemons):
+    """The night's deferred close (light curves, summary picture) finds the disk full: it waits with the
+    storage and is done once space returns, with no restart (the worker keeps the close, and the rescan
+    after the storage's return finds it pending in the ledger too)."""
+    from astep_cal.state import entries
+
+    mount_point, resize = tmpfs
+    root = _fill_to_leave(mount_point, small_night, resize, spare_mb=40.0)
+    (root / DATE / "NIGHT_COMPLETE").touch()
+    daemon = daemons(root, _config(settle=0.5, extra="storage_retry_s = 1.0\nclose_delay_s = 4.0"))
+    daemon.wait_for(lambda: daemon.count("night_close_deferred") == 1, 120, "the night's close deferred")
+    filler = mount_point / "filler"
+    with open(filler, "wb") as out:  # every byte left, taken before the close runs
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    daemon.wait_message("STATUS=waiting for storage", timeout=60)
+    assert read_ledger(root)["nights"][DATE].get(entries.CLOSE_PENDING) == "pending"
+    filler.unlink()
+    daemon.wait_for(lambda: read_ledger(root)["nights"][DATE].get(entries.CLOSE_PENDING) is None, 60,
+                    "the deferred close done after space returned")
+    assert (cal_dir(root, DATE) / "summary.png").stat().st_size > 0
+    _assert_nothing_partial(root)
+    assert daemon.stop() < 10
+
+
 # --- the data root gone and back ---------------------------------------------------------------------
 
 def test_daemon_survives_the_data_root_vanishing(small_night, tmp_path, daemons):
