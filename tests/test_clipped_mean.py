@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.stats import sigma_clip
 
-from astep_cal.science.clipped_mean import clipped_mean
+from astep_cal.science.clipped_mean import BLOCK_PIXELS, clipped_mean
 
 RTOL = 1e-6  # 20 float32 additions' rounding; a pixel kept or clipped otherwise moves the mean by ~1e-3
 
@@ -25,9 +25,9 @@ def _astropy(stack: np.ndarray, sigma: float, maxiters: int) -> np.ndarray:
         return np.nanmean(clipped, axis=0).astype(np.float32)
 
 
-def _hard_stack(n_frames: int, seed: int) -> np.ndarray:
+def _hard_stack(n_frames: int, seed: int, shape: tuple[int, int] = (120, 90)) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    stack = (1000 + 10 * rng.standard_normal((n_frames, 120, 90))).astype(np.float32)
+    stack = (1000 + 10 * rng.standard_normal((n_frames, *shape))).astype(np.float32)
     stack[rng.random(stack.shape) < 0.03] += rng.uniform(20, 3000, size=1).astype(np.float32)  # hits
     stack[:, 20:24, :] += np.linspace(0, 5000, n_frames, dtype=np.float32)[:, None, None]  # a drifting star
     stack[:, :6] = np.round(stack[:, :6] / 8) * 8  # ties
@@ -54,8 +54,9 @@ def test_the_same_as_astropys_sigma_clip_then_nanmean(n_frames: int, maxiters: i
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.5, 5.0])
-def test_other_sigmas_and_a_frame_axis_of_one_dimension_more(sigma: float) -> None:
-    stack = _hard_stack(11, seed=int(sigma * 10)).reshape(11, 30, 4, 90)
+def test_other_sigmas_more_pixels_than_a_block_and_one_dimension_more(sigma: float) -> None:
+    stack = _hard_stack(11, seed=int(sigma * 10), shape=(400, 300)).reshape(11, 100, 4, 300)
+    assert stack[0].size > 1.5 * BLOCK_PIXELS
     np.testing.assert_allclose(clipped_mean(stack, sigma), _astropy(stack, sigma, 2), rtol=RTOL, equal_nan=True)
 
 

@@ -246,7 +246,7 @@ def bad_pixel_mask(dark_rate_adu: np.ndarray | None, flat: np.ndarray, gain: flo
 
 # --- the file side: combining many frames in row bands within the memory limit --------------------
 
-BYTES_PER_STACK_VALUE = 20  # float32 stack, its sorted copy and float64 deviations (clipped_mean: 15 B a value)
+BYTES_PER_STACK_VALUE = 16  # float32 stack, its float32 reads and the combine's temporaries (a margin)
 
 
 def band_height(n_frames: int, width: int, memory_bytes: float) -> int:
