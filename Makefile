@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := astrometry.net astrometry-data-tycho2-07-littleendian \
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all system-deps venv demo test test-faults docs season bench bench-health bench-state bench-photometry bench-compression bench-late bench-unsolvable soak soak-short fuzz fuzz-short clean install \
+.PHONY: all system-deps venv demo test test-slow test-faults docs season bench bench-health bench-state bench-photometry bench-compression bench-late bench-unsolvable soak soak-short fuzz fuzz-short clean install \
 	install-app install-files install-activate test-systemd print-debian-packages lock bundle upgrade-bundle
 
 all: test
@@ -58,13 +58,19 @@ demo: system-deps venv
 	$(BIN)/astep-cal demo
 
 test: system-deps venv
-	$(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not faults and not slow" $(PYTEST_ARGS)
+
+# The long end-to-end tests kept out of make test's ~13 min (the solve budget's timed nights, the three
+# front-ends compared on one archive); .ci/run runs them right after make test.
+test-slow: system-deps venv
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 # The documentation site (docs/pages/, configured by docs/mkdocs.yml) into site/; --strict: a broken link or anchor is an error.
 docs: venv
 	$(BIN)/mkdocs build --strict --config-file docs/mkdocs.yml
 
-# SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py): a few minutes.
+# SIGKILL at every named point of the pipeline, then a restart (tests/test_crash.py), and the fault
+# scenarios of tests/test_faults.py (disk full, data root gone, broken solver, backlog): ~6 min.
 test-faults: system-deps venv
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 

@@ -15,6 +15,9 @@ from conftest import REPO
 from astep_cal.devtools.compare_outputs import Tree, compare, make_fixed_night, run_frontend
 from astep_cal.devtools.output_digest import build_manifest, diff_manifests
 
+# make test-slow (run by .ci/run after make test): the three front-ends on one archive, ~40 s.
+pytestmark = pytest.mark.slow
+
 CAL = "2026-07-01/2026-07-01-CAMS_CAL"
 
 

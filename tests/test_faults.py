@@ -17,6 +17,9 @@ from astep_cal.devtools.synthetic import NightSpec, make_night
 from astep_cal.formats.names import cal_dir
 from astep_cal.formats.products import read_cal_header
 
+# With the SIGKILL suite in make test-faults: ~2 min of real daemons, a tmpfs filled up, solvers that fail.
+pytestmark = pytest.mark.faults
+
 DATE = "2026-07-01"
 
 

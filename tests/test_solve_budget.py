@@ -21,6 +21,9 @@ from astep_cal.engine.solve_budget import NightSolving, choose_hint, hint_argume
 from astep_cal.formats import products
 from astep_cal.support.config import AstrometrySettings
 
+# make test-slow (run by .ci/run after make test): ~1 min of unsolvable nights timed against solving off.
+pytestmark = pytest.mark.slow
+
 SPEC = dataclasses.replace(NightSpec(**SMALL), n_science=12, n_cosmic_rays=10)
 SECOND = dataclasses.replace(SPEC, date="2026-07-02", start_time="2026-07-02T20:00:00", seed=2)
 LONGER = dataclasses.replace(SPEC, n_science=30, date="2026-07-03", start_time="2026-07-03T20:00:00", seed=3)
