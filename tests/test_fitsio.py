@@ -65,3 +65,29 @@ def test_a_fits_write_fails_cleanly_and_a_full_disk_is_told_apart(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
     atomic_write_hdul(tmp_path / "d.fits", hdul)
     assert fits.getdata(tmp_path / "d.fits").shape == (64, 64)
+
+
+@pytest.mark.parametrize("form", ["plain", "fpack", "gzip"])
+def test_a_window_read_alone_is_the_window_of_the_whole_image(tmp_path, form):
+    """``read_window`` (the night's detector reads its pairs so) gives the same values as cutting the whole
+    image, BZERO applied, for a plain, a tile-compressed and a gzip-compressed raw frame."""
+    import gzip
+    import shutil
+
+    from astep_cal.formats.fitsio import read_image, read_window
+
+    data = np.random.default_rng(3).integers(30000, 65535, (300, 200)).astype(np.uint16)
+    path, hdu = tmp_path / "raw.fits", 0
+    if form == "fpack":
+        path, hdu = tmp_path / "raw.fits.fz", 1
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data)]).writeto(path)
+    else:
+        fits.PrimaryHDU(data).writeto(path)
+    if form == "gzip":
+        with open(path, "rb") as plain, gzip.open(tmp_path / "raw.fits.gz", "wb") as packed:
+            shutil.copyfileobj(plain, packed)
+        path = tmp_path / "raw.fits.gz"
+    window = (slice(50, 250), slice(20, 180))
+    found = read_window(path, hdu, window)
+    assert found.dtype == np.float32 and np.array_equal(found, read_image(path, hdu)[0][window])
+    assert np.array_equal(found, data[window].astype(np.float32))
