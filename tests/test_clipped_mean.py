@@ -75,3 +75,10 @@ def test_hits_are_clipped_and_the_sky_kept() -> None:
     np.put_along_axis(stack, hit_frame[None], 10_000, axis=0)
     result = clipped_mean(stack, 3.0)
     assert np.all(np.abs(result - 500) < 1.5)
+
+
+@pytest.mark.parametrize("maxiters", [0, -1, None, 2.0])
+def test_iterating_until_done_is_refused(maxiters) -> None:
+    """astropy reads a falsy ``maxiters`` as "until nothing changes"; that is not kept, so it is refused."""
+    with pytest.raises(ValueError, match="maxiters"):
+        clipped_mean(np.ones((5, 2, 2), dtype=np.float32), 3.0, maxiters)

@@ -62,6 +62,21 @@ def test_times_past_the_bundled_table_give_a_moon_a_bjd_and_an_airmass() -> None
     assert abs(bjd[0] - Time(date_obs).jd) < 0.01 and np.isfinite(airmass[0]) and airmass[0] >= 1.0
 
 
+def test_light_curve_times_do_not_depend_on_the_tables_age() -> None:
+    """The bundled table seen from 2040 (astropy's own ``_time_now`` hook): its predictions are years old.
+    The old code refused them whatever the frame's date past the measured part; this fails on it at any
+    wall-clock date, where the night test below fails on it only once the installed table is 30 days old."""
+    table = iers.earth_orientation_table.get()
+    table._time_now = Time("2040-01-01T00:00:00")
+    try:
+        for date_obs in (f"{FAR_DATE}T20:00:00", "2027-06-01T20:00:00"):
+            header = fits.Header({"DATE-OBS": date_obs, "EXPTIME": 60.0})
+            bjd, airmass = bjd_and_airmass(mid_exposure([header]), 100.0, -45.0)
+            assert np.isfinite(bjd[0]) and np.isfinite(airmass[0])
+    finally:
+        del table._time_now
+
+
 @pytest.fixture(scope="module")
 def far_night(tmp_path_factory):
     """A night dated past the table through the real ``once``: health on, a configured target (the

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from astep_cal.engine.solve_process import SOLVE_NICENESS, run_solve_field, terminate_running_solves
+from astep_cal.engine.solve_process import (
+    SOLVE_NICENESS,
+    run_solve_field,
+    terminate_running_children,
+    terminate_running_solves,
+)
 
 # What the child reports of itself: its pid, session, process group and niceness.
 _REPORT = "import os; print(os.getpid(), os.getsid(0), os.getpgid(0), os.nice(0))"
@@ -77,8 +82,9 @@ def test_solve_field_shares_our_autogroup(tmp_path: Path) -> None:
 
 
 def test_a_stop_ends_a_hanging_query_starkd_too(tmp_path: Path) -> None:
-    """query-starkd (the health step's reference stars, in the solve thread) is ended by a stop like
-    solve-field: the old code left it to its ``query_timeout_s``, and a stop waited that long."""
+    """query-starkd (the health step's reference stars, in the solve thread) is ended by the service's stop
+    like solve-field: the old code left it to its ``query_timeout_s``, and a stop waited that long. A solve
+    budget's cut-off leaves it be."""
     import threading
 
     from astep_cal.engine.frame_health import ReferenceUnavailable, query_reference
@@ -101,9 +107,13 @@ def test_a_stop_ends_a_hanging_query_starkd_too(tmp_path: Path) -> None:
     worker = threading.Thread(target=query)
     started = time.monotonic()
     worker.start()
+    time.sleep(1.0)
+    # A night's solve budget cut off ends solve-field only: the query belongs to a frame already solved.
+    assert terminate_running_solves(grace_s=0.5) == 0 and worker.is_alive()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and terminate_running_solves(grace_s=0.5) == 0:
+    while time.monotonic() < deadline and terminate_running_children(grace_s=0.5) == 0:  # the service's stop
         time.sleep(0.05)
     worker.join(10)
     assert not worker.is_alive() and time.monotonic() - started < 15, "the query outlived the stop"
     assert len(outcome) == 1 and isinstance(outcome[0], ReferenceUnavailable), outcome
+    assert "a stop" in str(outcome[0])

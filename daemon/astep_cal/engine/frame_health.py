@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from astep_cal.engine.solve_process import start_in_own_group, tracked
+from astep_cal.engine.solve_process import QUERY, kill_group, start_in_own_group, tracked
 from astep_cal.formats import names, products
 from astep_cal.science import moon, zeropoint
 from astep_cal.support.config import HealthSettings
@@ -62,13 +61,15 @@ def query_reference(ra: float, dec: float, radius_deg: float, settings: HealthSe
         command = [exe, "-T", "-r", f"{ra:.6f}", "-d", f"{dec:.6f}", "-R", f"{radius_deg:.6f}", "-o", str(out),
                    settings.reference_index]
         process = start_in_own_group(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        with tracked(process):  # a stop ends it at once, as it ends solve-field
+        with tracked(process, QUERY):  # a stop of the service ends it at once, as it ends solve-field
             try:
                 _, stderr = process.communicate(timeout=settings.query_timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # its whole group: no child left holding the pipes
+                kill_group(process, signal.SIGKILL)  # its whole group: no child left holding the pipes
                 process.communicate()
                 raise ReferenceUnavailable(f"query-starkd timed out after {settings.query_timeout_s:g} s") from None
+        if process.returncode is not None and process.returncode < 0:
+            raise ReferenceUnavailable(f"query-starkd ended by signal {-process.returncode} (a stop)")
         if process.returncode != 0:
             raise ReferenceUnavailable(f"query-starkd failed: {stderr.decode(errors='replace')[-200:]}")
         if not out.is_file():

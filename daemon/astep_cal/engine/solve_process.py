@@ -26,11 +26,13 @@ from astep_cal.support.faults import checkpoint
 
 _OUTPUT_TAIL_CHARS = 400
 
-_running: set[subprocess.Popen] = set()
+SOLVE, QUERY = "solve-field", "query-starkd"
+_running: dict[subprocess.Popen, str] = {}  # process -> SOLVE or QUERY
 _running_lock = threading.Lock()
 
 
-def _kill_group(process: subprocess.Popen, sig: int) -> None:
+def kill_group(process: subprocess.Popen, sig: int) -> None:
+    """Signal ``process``'s whole group; nothing if it is gone already."""
     try:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -38,20 +40,32 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def terminate_running_solves(grace_s: float = 2.0) -> int:
-    """End every process group :func:`tracked` holds: solve-field's and query-starkd's (service shutdown).
+    """End every solve-field process group :func:`tracked` holds (a night's solve budget cut off, a night
+    abandoned). A reference query (query-starkd) is left to finish: it belongs to a frame already solved,
+    and ended here it would leave that frame without its health record for good.
 
     SIGTERM first, SIGKILL after ``grace_s``. Returns how many were running.
     """
+    return _terminate((SOLVE,), grace_s)
+
+
+def terminate_running_children(grace_s: float = 2.0) -> int:
+    """End every tracked process group, solve-field's and query-starkd's (the service's shutdown: a stop
+    must not wait for a hanging query's ``query_timeout_s``). Returns how many were running."""
+    return _terminate((SOLVE, QUERY), grace_s)
+
+
+def _terminate(kinds: tuple[str, ...], grace_s: float) -> int:
     with _running_lock:
-        processes = list(_running)
+        processes = [process for process, kind in _running.items() if kind in kinds]
     for process in processes:
-        _kill_group(process, signal.SIGTERM)
+        kill_group(process, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for process in processes:
         try:
             process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_group(process, signal.SIGKILL)
+            kill_group(process, signal.SIGKILL)
     return len(processes)
 
 
@@ -97,17 +111,18 @@ def start_in_own_group(command: list[str], **popen: Any) -> subprocess.Popen:
 
 
 @contextmanager
-def tracked(process: subprocess.Popen) -> Iterator[None]:
-    """While inside, ``process``'s group is ended by :func:`terminate_running_solves` (a stop); on leaving,
-    whatever is left of its group is killed."""
+def tracked(process: subprocess.Popen, kind: str = SOLVE) -> Iterator[None]:
+    """While inside, ``process``'s group is ended by :func:`terminate_running_children` (a stop) and, for
+    solve-field (``kind`` SOLVE), by :func:`terminate_running_solves`; on leaving, whatever is left of its
+    group is killed."""
     with _running_lock:
-        _running.add(process)
+        _running[process] = kind
     try:
         yield
     finally:
-        _kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
+        kill_group(process, signal.SIGKILL)  # helpers left behind by a crashed parent
         with _running_lock:
-            _running.discard(process)
+            _running.pop(process, None)
 
 
 def run_solve_field(command: list[str], timeout_s: float, work_dir: Path) -> tuple[int | None, str]:
@@ -122,7 +137,7 @@ def run_solve_field(command: list[str], timeout_s: float, work_dir: Path) -> tup
             try:
                 code: int | None = process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                _kill_group(process, signal.SIGKILL)
+                kill_group(process, signal.SIGKILL)
                 process.wait()
                 code = None
     return code, log_path.read_text(errors="replace")

@@ -27,7 +27,7 @@ from typing import Any
 from systemd import daemon as sd
 
 from astep_cal import __version__
-from astep_cal.engine.solve_process import terminate_running_solves
+from astep_cal.engine.solve_process import terminate_running_children
 from astep_cal.frontends.control import ACTIVITY_FILE, write_activity
 from astep_cal.frontends.watcher import NightEvents, start_observer
 from astep_cal.frontends.worker import NightWorker
@@ -169,7 +169,7 @@ class Daemon:
         notify("STOPPING=1")
         self.log.info("daemon_stopping")
         self.events.wakeup.set()
-        terminate_running_solves()
+        terminate_running_children()  # solve-field and a reference query alike
         self.worker.thread.join(self.settings.daemon.stop_grace_s)
         self.observer.stop()
         if self.worker.thread.is_alive():
