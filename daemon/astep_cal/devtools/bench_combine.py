@@ -15,7 +15,6 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +44,6 @@ def sky_with_hits(frames: int, rows: int, width: int, seed: int = 3) -> np.ndarr
     return stack
 
 
-def _threaded(combine: Callable[[np.ndarray, float], np.ndarray], stack: np.ndarray, workers: int) -> np.ndarray:
-    from astep_cal.science import masters
-
-    saved = masters.combine_stack
-    masters.combine_stack = combine  # the same row cutting as the masters, with this combine in each thread
-    try:
-        return combine_stack_threaded(stack, SIGMA, workers)
-    finally:
-        masters.combine_stack = saved
-
-
 def measure(frames: int, rows: int, size: int, repeats: int) -> dict[str, Any]:
     stack = sky_with_hits(frames, rows, size)
     workers = cpu_count()
@@ -66,7 +54,7 @@ def measure(frames: int, rows: int, size: int, repeats: int) -> dict[str, Any]:
         order = list(ways) if repeat % 2 == 0 else list(reversed(ways))
         for name in order:
             start = time.perf_counter()
-            results[name] = _threaded(ways[name], stack, workers)
+            results[name] = combine_stack_threaded(stack, SIGMA, workers, ways[name])  # the masters' row cutting
             seconds[name].append(time.perf_counter() - start)
     scale = size / rows
     median = {name: statistics.median(values) * scale for name, values in seconds.items()}

@@ -52,8 +52,10 @@ class MastersCache:
         """Keep a night's complete masters (with their flat); a night without one is not kept (its
         next run tries to borrow a flat again)."""
         self.clear()
-        identity = self._identity(root, date, masters.record)
-        if masters.flat is not None and masters.record.get("complete") and identity is not None:
+        if masters.flat is None or not masters.record.get("complete"):
+            return
+        identity = self._identity(root, date, masters.record)  # stats the master files: only when kept
+        if identity is not None:
             self.date, self._key, self._masters = date, identity, masters
 
     def clear(self) -> None:

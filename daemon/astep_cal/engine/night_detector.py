@@ -44,20 +44,16 @@ def window(shape: tuple[int, int], trim: int) -> tuple[slice, slice]:
     return axis(shape[0]), axis(shape[1])
 
 
-def _read(frame: RawFrame, cut: tuple[slice, slice]) -> np.ndarray:
-    """The window of a frame, read alone (``read_window``: a third of a 4096² frame's bytes)."""
-    return read_window(frame.path, frame.hdu, cut)
-
-
 def _read_pairs(pairs: list[tuple[RawFrame, RawFrame]], cut: tuple[slice, slice],
                 prepare: Callable[[RawFrame, np.ndarray], np.ndarray] | None = None
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The windows of consecutive pairs, each frame read once though it is in two pairs."""
+    """The windows of consecutive pairs, each frame read once though it is in two pairs, and only its
+    window (``read_window``: a third of a 4096² frame's bytes)."""
     windows: dict[Path, np.ndarray] = {}
 
     def window_of(frame: RawFrame) -> np.ndarray:
         if frame.path not in windows:
-            data = _read(frame, cut)
+            data = read_window(frame.path, frame.hdu, cut)
             windows[frame.path] = data if prepare is None else prepare(frame, data)
         return windows[frame.path]
 

@@ -71,10 +71,10 @@ def run_as_tree_owner(settings: Settings, given_root: str | None) -> str | None:
     if not root_text:
         return None  # the command reports the missing root itself
     root = Path(root_text).resolve()
-    owner = tree_owner(settings.ledger_path(root).parent, root)  # before any switch: root may stat all
+    state_dir = settings.ledger_path(root).parent
+    owner = tree_owner(state_dir, root)  # before any switch: root may stat all
     if owner is None:
         return None
-    state_dir = settings.ledger_path(root).parent
     state_is_roots = state_dir.exists() and state_dir.stat().st_uid == 0
     name = become(*owner)
     print(f"astep-cal: running as {name} (uid {owner[0]}), the owner of {root}'s state, not as root",
